@@ -1,0 +1,1 @@
+"""Shared plumbing of reidzoo: errors, the component registry and the config system."""

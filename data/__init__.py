@@ -1,0 +1,1 @@
+"""Data layer: one metadata table for every source format, image loading, transforms, samplers."""
