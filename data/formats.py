@@ -1,0 +1,262 @@
+"""Adapters from the formats users bring to the one canonical table (data/table.py).
+
+Each adapter is registered under its format name as `fn(root, columns) -> DataFrame` and returns
+absolute image paths resolved inside the dataset root. Shared rules:
+  * `new_individual` / `new_whale` mean "unknown": identity None, never an identity.
+  * A `database` row with an *empty* identity cell is an error (a broken row); an explicit unknown
+    label on a database row is kept with identity None, so training skips it (Humpback's
+    `new_whale` training images).
+  * Query rows keep their identity when the file fills it (dev sets label queries for scoring).
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict
+
+import pandas as pd
+
+from core.errors import ConfigError, DataError, list_some
+from core.registry import Registry
+from core.suggest import did_you_mean
+from data.table import COLUMNS, clean_identity, clean_text, make_table, parse_bbox
+from data.validate import read_csv, require_columns, require_identities, resolve_all, validate_table
+
+DATASETS = Registry("dataset format")
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# Split names of other conventions mapped to ours; anything else is left for validation to reject.
+SPLIT_ALIASES = {"train": "database", "test": "query", "database": "database", "query": "query"}
+OPTIONAL_TEXT = ("species", "orientation", "date")
+
+
+def _column(frame: pd.DataFrame, name: str) -> list:
+    return [clean_text(v) for v in frame[name]] if name in frame.columns else [None] * len(frame)
+
+
+def _bboxes(values: list, names: list, source: Path) -> list:
+    parsed, bad = [], []
+    for value, name in zip(values, names, strict=True):
+        try:
+            parsed.append(parse_bbox(value))
+        except (ValueError, TypeError):
+            parsed.append(None)
+            bad.append(f"{name}: {value!r}")
+    if bad:
+        raise DataError(f"{source}: {len(bad)} bbox values are not [x, y, w, h]: {list_some(bad)}")
+    return parsed
+
+
+def _split_values(raw: pd.Series) -> list:
+    return [SPLIT_ALIASES.get(str(v).strip().lower(), v) for v in raw]
+
+
+def _table_from_metadata(frame: pd.DataFrame, root: Path, source: Path, *, default_dataset: str) -> pd.DataFrame:
+    """Canonical table from a frame already using our column names (animalclef2025, wildlifereid10k, csv)."""
+    image_ids = frame["image_id"].map(lambda v: clean_text(v) or "")
+    splits = _split_values(frame["split"]) if "split" in frame.columns else ["database"] * len(frame)
+    require_identities(frame["identity"], pd.Series([s == "database" for s in splits], index=frame.index),
+                       image_ids, source, "database")
+    datasets = _column(frame, "dataset") if "dataset" in frame.columns else [default_dataset] * len(frame)
+    columns = {
+        "image_id": list(image_ids),
+        "identity": [clean_identity(v) for v in frame["identity"]],
+        "path": resolve_all(root, list(frame["path"]), source),
+        "split": splits,
+        "dataset": datasets,
+        "bbox": _bboxes(list(frame["bbox"]), list(image_ids), source) if "bbox" in frame.columns
+        else [None] * len(frame),
+    }
+    columns.update({name: _column(frame, name) for name in OPTIONAL_TEXT})
+    return make_table([dict(zip(COLUMNS, values, strict=True))
+                       for values in zip(*(columns[c] for c in COLUMNS), strict=True)])
+
+
+def _require_dir(root: Path) -> Path:
+    if not root.is_dir():
+        raise DataError(f"dataset root {root} is not a folder")
+    return root
+
+
+@DATASETS.register("animalclef2025")
+def animalclef2025(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
+    """ROOT/metadata.csv with image_id, identity, path, split (database/query), dataset, and
+    optionally species, orientation, date, bbox; paths relative to ROOT."""
+    source = _require_dir(root) / "metadata.csv"
+    frame = read_csv(source)
+    require_columns(frame, ["image_id", "identity", "path", "split", "dataset"], source)
+    return _table_from_metadata(frame, root, source, default_dataset=root.name)
+
+
+@DATASETS.register("wildlifereid10k")
+def wildlifereid10k(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
+    """ROOT/metadata.csv like AnimalCLEF's, with split train/test (-> database/query) and identities
+    on test rows too; bbox [x, y, w, h] as a list string where present."""
+    source = _require_dir(root) / "metadata.csv"
+    frame = read_csv(source)
+    require_columns(frame, ["image_id", "identity", "path", "split", "dataset"], source)
+    return _table_from_metadata(frame, root, source, default_dataset=root.name)
+
+
+def _list_images(folder: Path) -> list:
+    """Image files under `folder`, recursively, following links once, sorted, hidden entries skipped."""
+    found, seen = [], set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link cycle: this folder was already listed through another path
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(Path(dirpath) / f for f in sorted(filenames)
+                     if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
+    return found
+
+
+def _humpback_boxes(root: Path) -> Dict[str, list]:
+    """Optional ROOT/bboxes.csv: name column `fn` or `Image`; box as 'x0 y0 x1 y1' or columns x0..y1."""
+    source = root / "bboxes.csv"
+    if not source.is_file():
+        return {}
+    frame = read_csv(source)
+    name_col = next((c for c in ("fn", "Image") if c in frame.columns), None)
+    if name_col is None:
+        require_columns(frame, ["fn"], source)
+    if all(c in frame.columns for c in ("x0", "y0", "x1", "y1")):
+        corners = frame[["x0", "y0", "x1", "y1"]].agg(" ".join, axis=1)
+    else:
+        others = [c for c in frame.columns if c != name_col]
+        if len(others) != 1:
+            raise DataError(f"{source}: expected a name column and one 'x0 y0 x1 y1' column "
+                            f"(or columns x0, y0, x1, y1); the file has columns: {', '.join(frame.columns)}")
+        corners = frame[others[0]]
+    boxes, bad = {}, []
+    for name, text in zip(frame[name_col], corners, strict=True):
+        try:
+            x0, y0, x1, y1 = (float(v) for v in str(text).replace(",", " ").split())
+        except ValueError:
+            bad.append(f"{name}: {text!r}")
+            continue
+        if x1 <= x0 or y1 <= y0:
+            bad.append(f"{name}: {text!r}")
+            continue
+        boxes[str(name)] = [x0, y0, x1 - x0, y1 - y0]
+    if bad:
+        raise DataError(f"{source}: {len(bad)} boxes are not 'x0 y0 x1 y1' with x1 > x0 and y1 > y0: "
+                        f"{list_some(bad)}")
+    return boxes
+
+
+@DATASETS.register("humpback")
+def humpback(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
+    """Kaggle Humpback Whale Identification: train.csv + train/ (database), test/ (query, unlabelled).
+
+    Training images labelled `new_whale` stay in the database with identity None: each may be a
+    different whale, so they name no individual; training and galleries skip unlabelled rows.
+    """
+    source = _require_dir(root) / "train.csv"
+    frame = read_csv(source)
+    require_columns(frame, ["Image", "Id"], source)
+    names = frame["Image"].map(lambda v: clean_text(v) or "")
+    require_identities(frame["Id"], pd.Series(True, index=frame.index), names, source, "train")
+    boxes = _humpback_boxes(root)
+    base = {"dataset": "humpback", "species": "humpback whale"}
+    paths = resolve_all(root / "train", list(names), source)
+    rows = [
+        {"image_id": name, "identity": clean_identity(ident), "path": path, "split": "database",
+         "bbox": boxes.get(name), **base}
+        for name, ident, path in zip(names, frame["Id"], paths, strict=True)
+    ]
+    test_dir = root / "test"
+    if test_dir.is_dir():
+        rows += [{"image_id": p.name, "identity": None, "path": os.path.abspath(p), "split": "query",
+                  "bbox": boxes.get(p.name), **base} for p in _list_images(test_dir)]
+    return make_table(rows)
+
+
+@DATASETS.register("folders")
+def folders(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
+    """ROOT/<identity>/<image>, at any depth: the identity is the image's immediate folder name.
+
+    So LionData's ROOT/{train,val}/<lion>/<image> works too: the lion's name is the identity.
+    """
+    root = _require_dir(root)
+    images = _list_images(root)
+    if not images:
+        raise DataError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    loose = [p.name for p in images if p.parent == root]
+    if loose:
+        raise DataError(f"{root}: {len(loose)} images lie directly in the root, outside any identity "
+                        f"folder (expected ROOT/<identity>/<image>): {list_some(loose)}")
+    dataset = Path(os.path.abspath(root)).name
+    return make_table([
+        {"image_id": p.relative_to(root).as_posix(), "identity": p.parent.name,
+         "path": os.path.abspath(p), "split": "database", "dataset": dataset}
+        for p in images
+    ])
+
+
+@DATASETS.register("csv")
+def csv(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
+    """Any table with image paths and identities; `columns` maps our column names to the file's.
+
+    Unmapped columns are looked up under our own name. Paths are relative to the CSV's folder; no
+    `image_id` column -> the 0-based row number; no `split` -> all `database`; no `dataset` -> the
+    CSV's folder name.
+    """
+    source = root / "metadata.csv" if root.is_dir() else root
+    unknown = [k for k in columns if k not in COLUMNS]
+    if unknown:
+        raise ConfigError(f"data.columns: '{unknown[0]}' is not a column of ours"
+                          f"{did_you_mean(unknown[0], COLUMNS)}")
+    frame = read_csv(source)
+    mapping = {ours: columns.get(ours, ours) for ours in COLUMNS}
+    require_columns(frame, [mapping["path"], mapping["identity"]] +
+                    [theirs for ours, theirs in mapping.items() if ours in columns], source)
+    present = {ours: frame[theirs] for ours, theirs in mapping.items() if theirs in frame.columns}
+    ours_frame = pd.DataFrame(present, index=frame.index)
+    if "image_id" not in ours_frame.columns:
+        ours_frame["image_id"] = [str(i) for i in range(len(frame))]
+    folder = source.parent
+    return _table_from_metadata(ours_frame, folder, source, default_dataset=Path(os.path.abspath(folder)).name)
+
+
+def _filter(df: pd.DataFrame, column: str, keep: list, key: str) -> pd.DataFrame:
+    if not keep:
+        return df
+    available = sorted({v for v in df[column] if v is not None})
+    unknown = [v for v in keep if v not in available]
+    if unknown:
+        raise ConfigError(f"{key}: no images with {column} '{unknown[0]}'{did_you_mean(unknown[0], available)}")
+    return df[df[column].isin(keep)].reset_index(drop=True)
+
+
+def _read(cfg) -> tuple:
+    if cfg.format == "synthetic":
+        from data.synthetic import ensure_synthetic  # generated on demand; imported only when used
+
+        syn = cfg.synthetic
+        root = Path(ensure_synthetic(cfg.root, seed=syn.seed, individuals=syn.individuals,
+                                     images_per_individual=syn.images_per_individual))
+        return DATASETS.get("animalclef2025")(root, {}), root
+    if cfg.format not in DATASETS:
+        raise ConfigError(f"unknown dataset format '{cfg.format}'"
+                          f"{did_you_mean(cfg.format, DATASETS.names() + ['synthetic'])}")
+    if not cfg.root:
+        raise ConfigError(f"data.root is required for data.format={cfg.format}")
+    if cfg.columns and cfg.format != "csv":
+        raise ConfigError(f"data.columns applies only to data.format=csv, not {cfg.format}")
+    root = Path(cfg.root).expanduser()
+    if not root.exists():
+        raise DataError(f"dataset root {root} does not exist")
+    # Image paths of a csv file are relative to the file's folder, so that folder is the root.
+    images_root = root.parent if cfg.format == "csv" and not root.is_dir() else root
+    return DATASETS.get(cfg.format)(root, dict(cfg.columns)), images_root
+
+
+def load_table(cfg) -> pd.DataFrame:
+    """Read, filter (data.datasets, data.species) and validate the dataset a DataConfig describes."""
+    df, root = _read(cfg)
+    df = _filter(df, "dataset", list(cfg.datasets), "data.datasets")
+    df = _filter(df, "species", list(cfg.species), "data.species")
+    return validate_table(df, root, verify_images=cfg.verify_images)
