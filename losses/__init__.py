@@ -1,0 +1,6 @@
+"""Training losses from a registry, summed with weights into one Criterion."""
+from losses import classification, feature_similarity, margin, pair, triplet  # noqa: F401  (registers the losses)
+from losses.criterion import Criterion, build_criterion
+from losses.registry import LOSSES
+
+__all__ = ["LOSSES", "Criterion", "build_criterion"]

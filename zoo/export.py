@@ -1,0 +1,177 @@
+"""Export folders: `model.safetensors` + `config.json`, enough to rebuild a trained model with one call.
+
+config.json holds the architecture and its arguments, embed_dim, num_classes, the label map
+(identity -> class index), input size, mean/std, the training config and validation metrics.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Dict, Mapping, Tuple, Union
+
+import safetensors.torch
+import timm
+import torch
+from torch import nn
+
+from core.errors import ConfigError, DataError
+from zoo.base import ReIDModel
+from zoo.registry import MODELS
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+REQUIRED_KEYS = ("format_version", "architecture", "model_args", "embed_dim", "num_classes", "input_size", "mean", "std")
+
+
+def unwrap_model(model: nn.Module) -> ReIDModel:
+    """The zoo model inside DDP, torch.compile or EMA wrappers."""
+    while not isinstance(model, ReIDModel):
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if inner is None:
+            raise TypeError(f"{type(model).__name__} is not a reidzoo model (build it with zoo.build_model)")
+        model = inner
+    return model
+
+
+def export_config(
+    model: nn.Module,
+    *,
+    label_map: Mapping[str, int] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Dict[str, Any]:
+    """The config.json content of `model`; `extra` keys are added last (they may override input_size, mean, std)."""
+    model = unwrap_model(model)
+    config = {
+        "format_version": FORMAT_VERSION,
+        "architecture": model.architecture,
+        "model_args": model.model_args,
+        "embed_dim": model.embed_dim,
+        "num_classes": model.num_classes,
+        "label_map": dict(label_map) if label_map is not None else None,
+        "input_size": model.input_size,
+        "mean": list(model.mean),
+        "std": list(model.std),
+        "train_config": train_config,
+        "metrics": metrics,
+        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+    }
+    config.update(extra or {})
+    return config
+
+
+def _to_json(config: Mapping[str, Any]) -> str:
+    def plain(value: Any) -> Any:  # numpy / torch scalars from metrics, paths from configs
+        if hasattr(value, "item"):
+            return value.item()
+        if isinstance(value, os.PathLike):
+            return os.fspath(value)
+        raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+    try:
+        return json.dumps(config, indent=2, default=plain)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"cannot write {CONFIG_FILE}: {err}") from err
+
+
+def save_export(
+    model: nn.Module,
+    out_dir: Union[str, Path],
+    *,
+    label_map: Mapping[str, int] | None = None,
+    train_config: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write `out_dir/model.safetensors` and `out_dir/config.json` atomically; returns `out_dir`.
+
+    Both files are written into a temporary folder next to `out_dir` that then replaces it, so a
+    reader never sees a half-written export (at worst, briefly, none).
+    """
+    out_dir = Path(out_dir)
+    config_text = _to_json(export_config(model, label_map=label_map, train_config=train_config, metrics=metrics, extra=extra))
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    for leftover in (tmp, old):  # from a run killed mid-export with the same pid
+        shutil.rmtree(leftover, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        # save_model drops duplicate names of shared (tied) tensors and makes channels-last tensors contiguous.
+        safetensors.torch.save_model(unwrap_model(model), str(tmp / WEIGHTS_FILE), force_contiguous=True)
+        (tmp / CONFIG_FILE).write_text(config_text)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def _export_files(path: Union[str, Path]) -> Tuple[Path, Path]:
+    root = Path(path).expanduser()
+    if root.is_file() and root.name in (CONFIG_FILE, WEIGHTS_FILE):
+        root = root.parent
+    if not root.is_dir():
+        raise DataError(f"export folder not found: {root}")
+    missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (root / name).is_file()]
+    if missing:
+        raise DataError(
+            f"{root} is not a complete reidzoo export: {' and '.join(missing)} missing "
+            f"(an export holds {WEIGHTS_FILE} and {CONFIG_FILE}, written by train.py into <output_dir>/export)"
+        )
+    return root / WEIGHTS_FILE, root / CONFIG_FILE
+
+
+def read_export_config(path: Union[str, Path]) -> Dict[str, Any]:
+    _, config_path = _export_files(path)
+    try:
+        meta = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"{config_path} is not valid JSON: {err}") from err
+    absent = [key for key in REQUIRED_KEYS if key not in meta] if isinstance(meta, dict) else list(REQUIRED_KEYS)
+    if absent:
+        raise DataError(f"{config_path} lacks {', '.join(absent)}: not a reidzoo export config")
+    if meta["format_version"] > FORMAT_VERSION:
+        raise ConfigError(
+            f"{config_path} has format_version {meta['format_version']}; this reidzoo reads up to {FORMAT_VERSION}: upgrade it"
+        )
+    return meta
+
+
+def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
+    """Rebuild the model of an export folder (no download: weights come from the folder), in eval mode."""
+    weights_path, config_path = _export_files(path)
+    meta = read_export_config(path)
+    args = dict(meta["model_args"])
+    if "pretrained" in args:
+        args["pretrained"] = False
+    try:
+        model = MODELS.build(meta["architecture"], args, num_classes=meta["num_classes"])
+    except ConfigError as err:
+        raise ConfigError(f"cannot rebuild the model of {config_path}: {err}") from err
+    try:
+        safetensors.torch.load_model(model, str(weights_path), strict=True)
+    except (RuntimeError, OSError, safetensors.SafetensorError) as err:
+        raise DataError(f"{weights_path} does not fit the architecture in {config_path.name}: {err}") from err
+    model.input_size = int(meta["input_size"])
+    model.mean = [float(v) for v in meta["mean"]]
+    model.std = [float(v) for v in meta["std"]]
+    return model.eval(), meta
+
+
+def model_checksum(path: Union[str, Path]) -> str:
+    """sha256 over model.safetensors then config.json: the identity of an export for caches and manifests."""
+    digest = hashlib.sha256()
+    for file in _export_files(path):
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

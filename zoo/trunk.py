@@ -1,0 +1,81 @@
+"""A timm backbone with its global pooling and optional intermediate feature maps: the part every model shares."""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Sequence, Tuple
+
+import timm.data
+import torch
+from torch import nn
+
+from core.errors import ConfigError
+from zoo.backbones import Pretrained, create_backbone, freeze_stages, resolve_hub_name
+from zoo.pooling import GeM
+
+
+class Trunk(nn.Module):
+    """images -> (pooled features (B, num_features), [intermediate maps (B, C_l, H_l, W_l)])."""
+
+    def __init__(
+        self,
+        backbone: str,
+        pretrained: Pretrained = False,
+        pool: str | None = None,
+        freeze: int = 0,
+        feature_layers: Sequence[int] | None = None,
+        img_size: int | None = None,
+        backbone_args: Dict[str, Any] | None = None,
+    ):
+        super().__init__()
+        architecture, hub_args, hub_cfg = resolve_hub_name(backbone)
+        kwargs = {**hub_args, **(backbone_args or {})}
+        if img_size:
+            kwargs["img_size"] = img_size
+        if hub_cfg is not None:
+            kwargs["pretrained_cfg"] = hub_cfg
+        use_gem = pool == "gem"
+        # With GeM, timm keeps no pooling of its own and we pool forward_features' map ourselves.
+        self.body = create_backbone(
+            architecture, pretrained, num_classes=0, global_pool="" if use_gem else pool, **kwargs
+        )
+        self.gem = GeM() if use_gem else None
+        self.num_features: int = self.body.num_features
+        # What to record so the trunk is rebuilt without the hub: the architecture and its arguments.
+        self.architecture = architecture
+        self.resolved_args = {k: v for k, v in kwargs.items() if k not in ("img_size", "pretrained_cfg")}
+        self.data_config = timm.data.resolve_data_config({}, model=self.body)
+        self.feature_layers = self._check_layers(feature_layers)
+        self.frozen = freeze_stages(self.body, freeze)
+
+    def _check_layers(self, layers: Sequence[int] | None) -> List[int]:
+        layers = list(layers or [])
+        if not layers:
+            return []
+        if not hasattr(self.body, "forward_intermediates"):
+            raise ConfigError(f"backbone '{self.architecture}' cannot return intermediate feature maps")
+        count = len(self.body.feature_info)
+        bad = [i for i in layers if not isinstance(i, int) or not -count <= i < count]
+        if bad:
+            names = [info["module"] for info in self.body.feature_info]
+            raise ConfigError(
+                f"feature_layers {bad} out of range: '{self.architecture}' has {count} feature levels "
+                f"0..{count - 1} ({', '.join(names)})"
+            )
+        return layers
+
+    def forward(self, images: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        if self.feature_layers:
+            final, maps = self.body.forward_intermediates(images, indices=self.feature_layers)
+        else:
+            final, maps = self.body.forward_features(images), []
+        pooled = self.gem(final) if self.gem is not None else self.body.forward_head(final, pre_logits=True)
+        return pooled, list(maps)
+
+    def train(self, mode: bool = True) -> Trunk:
+        super().train(mode)
+        if mode and self.frozen:
+            # Frozen stages stay in eval mode so their BatchNorm statistics do not drift either.
+            for module in self.body.modules():
+                own = list(module.parameters(recurse=False))
+                if own and not any(p.requires_grad for p in own):
+                    module.eval()
+        return self
