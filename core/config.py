@@ -139,7 +139,8 @@ def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
 def _merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
     out = dict(base)
     for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+        # A component's `args` belong to its `name`: a recipe that sets them replaces the base's.
+        if key != "args" and isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
             out[key] = _merge(out[key], value)
         else:
             out[key] = value
