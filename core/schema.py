@@ -71,22 +71,18 @@ class LossConfig:
 
 
 @dataclass
-class OptimConfig:
-    name: str = "adamw"  # (str) adamw | sgd
-    lr: float = 1e-3  # (float) peak learning rate (after warmup)
-    weight_decay: float = 0.05  # (float) decoupled weight decay (AdamW) or L2 (SGD)
-    momentum: float = 0.9  # (float) SGD momentum
-    head_lr_mult: float = 10.0  # (float) lr multiplier of loss parameters (ArcFace class centres)
-    warmup_steps: int = 100  # (int) linear warmup from 0
-    min_lr_ratio: float = 0.01  # (float) cosine floor as a fraction of lr
-
-
-@dataclass
 class TrainLoopConfig:
     epochs: int = 10  # (int) passes over the training identities
     max_steps: int = 0  # (int) stop after this many optimizer steps (0 = epochs decide)
     max_minutes: float = 0.0  # (float) wall-clock budget; stop at the next step after it (0 = none)
     batch_size: int = 32  # (int) images per optimizer step per process, before accumulation
+    optimizer: str = "adamw"  # (str) adamw | sgd
+    lr: float = 1e-3  # (float) peak learning rate (after warmup)
+    weight_decay: float = 0.05  # (float) decoupled weight decay (AdamW) or L2 (SGD); not on norms/biases
+    momentum: float = 0.9  # (float) SGD momentum (Nesterov)
+    head_lr_mult: float = 10.0  # (float) lr multiplier of loss parameters (ArcFace class centres)
+    warmup_steps: int = 100  # (int) linear warmup from 0
+    min_lr_ratio: float = 0.01  # (float) cosine floor as a fraction of lr
     grad_accum: int = 1  # (int) micro-batches accumulated into one optimizer step
     clip_grad: float = 5.0  # (float) max gradient norm (0 = no clipping)
     mixed_precision: str = "auto"  # (str) auto (bf16/fp16 on GPU, off on CPU) | no | fp16 | bf16
@@ -118,7 +114,6 @@ class TrainConfig:
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     model: ComponentConfig = field(default_factory=lambda: ComponentConfig(name="embedder"))
     losses: List[LossConfig] = field(default_factory=lambda: [LossConfig()])
-    optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     val: ValidationConfig = field(default_factory=ValidationConfig)
 

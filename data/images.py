@@ -29,6 +29,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from core.errors import DataError
+from core.paths import resolve_cache_setting
 
 # Bump when the decoding or resizing changes, so old cache entries are not reused.
 CACHE_VERSION = 1
@@ -43,14 +44,8 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, Image.DecompressionBombError
 
 
 def resolve_cache_dir(value: str | None) -> str | None:
-    """Config value -> cache directory: "" = default (under $REIDZOO_CACHE or ~/.cache/reidzoo),
-    "none" (or None) = caching off, anything else = that path."""
-    if value is None or value.strip().lower() == "none":
-        return None
-    if value.strip() == "":
-        base = os.environ.get("REIDZOO_CACHE") or os.path.join("~", ".cache", "reidzoo")
-        return os.path.join(os.path.expanduser(base), "images")
-    return os.path.expanduser(value)
+    """Config value -> image cache folder: "" = default, "none" (or None) = caching off."""
+    return resolve_cache_setting(value, "images")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:

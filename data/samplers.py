@@ -10,6 +10,7 @@ Images whose label is < 0 (unknown identity) are never drawn.
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from typing import Iterator, List, Sequence
 
 import numpy as np
@@ -22,7 +23,7 @@ from core.schema import SamplerConfig
 SAMPLERS = Registry("sampler")
 
 
-class ShardedBatchSampler(Sampler[List[int]]):
+class ShardedBatchSampler(Sampler[List[int]], ABC):
     """Shared epoch/shard/resume logic; subclasses draw the global batches of one epoch."""
 
     def __init__(self, labels: Sequence[int], batch_size: int, seed: int = 0, num_replicas: int = 1,
@@ -42,11 +43,13 @@ class ShardedBatchSampler(Sampler[List[int]]):
         self.epoch = 0
         self.start_batch = 0
 
+    @abstractmethod
     def num_global_batches(self) -> int:
-        raise NotImplementedError
+        """Batches in one epoch over all processes."""
 
+    @abstractmethod
     def global_batches(self, rng: np.random.Generator) -> List[List[int]]:
-        raise NotImplementedError
+        """The epoch's batches over all processes, in order."""
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         """Select the epoch's order; iteration starts at this process's batch `start_batch`."""

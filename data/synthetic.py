@@ -20,6 +20,7 @@ import math
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
@@ -32,6 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from core.errors import ConfigError
+from core.paths import cache_base
 
 try:
     import fcntl
@@ -577,12 +579,6 @@ def _move_into_place(tmp: Path, out: Path) -> None:
 # ----------------------------------------------------------------------------- the cache
 
 
-def cache_dir() -> Path:
-    """Base of reidzoo's caches: $REIDZOO_CACHE, else ~/.cache/reidzoo."""
-    base = os.environ.get("REIDZOO_CACHE")
-    return Path(base).expanduser() if base else Path.home() / ".cache" / "reidzoo"
-
-
 @contextlib.contextmanager
 def _exclusive(lock_path: Path) -> Iterator[None]:
     with open(lock_path, "a+") as handle:
@@ -599,13 +595,13 @@ def ensure_synthetic(root: str = "", *, seed: int = 0, individuals: int = 120,
                      images_per_individual: int = 12) -> Path:
     """Path of a complete synthetic dataset for these arguments, generated on first use.
 
-    `root` "" means the cache (`cache_dir()/synthetic/s{seed}-n{individuals}-m{images}`).
+    `root` "" means the cache (`cache_base()/synthetic/s{seed}-n{individuals}-m{images}`).
     Several processes may call this at once (e.g. the ranks of a distributed launch): one
     generates under a file lock while the others wait and then reuse its result.
     """
     _check_arguments(seed, individuals=individuals, images_per_individual=images_per_individual)
     in_cache = not root
-    target = (cache_dir() / "synthetic" / f"s{seed}-n{individuals}-m{images_per_individual}" if in_cache
+    target = (cache_base() / "synthetic" / f"s{seed}-n{individuals}-m{images_per_individual}" if in_cache
               else Path(root).expanduser()).absolute()
     expected = _marker(seed, individuals, images_per_individual)
     if _is_complete(target, expected):
@@ -617,6 +613,6 @@ def ensure_synthetic(root: str = "", *, seed: int = 0, individuals: int = 120,
         if in_cache and target.exists():  # a leftover of an older layout or a manual deletion
             shutil.rmtree(target)
         print(f"generating the synthetic dataset ({individuals} individuals x {images_per_individual} images) "
-              f"into {target}", flush=True)
+              f"into {target}", file=sys.stderr, flush=True)
         generate(target, seed=seed, individuals=individuals, images_per_individual=images_per_individual)
     return target

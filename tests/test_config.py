@@ -12,8 +12,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_overrides_are_typed_and_dotted():
-    cfg = load_config(TrainConfig, None, ["optim.lr=3e-4", "data.root=/x", "train.epochs=3", "data.crop_to_bbox=false"])
-    assert cfg.optim.lr == pytest.approx(3e-4) and isinstance(cfg.optim.lr, float)
+    cfg = load_config(TrainConfig, None, ["train.lr=3e-4", "data.root=/x", "train.epochs=3", "data.crop_to_bbox=false"])
+    assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
     assert cfg.data.root == "/x" and cfg.train.epochs == 3 and cfg.data.crop_to_bbox is False
 
 
@@ -27,10 +27,10 @@ def test_override_into_component_args_and_lists():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("optim.lrr=1", "did you mean 'optim.lr'"),
+        ("train.lrr=1", "did you mean 'train.lr'"),
         ("trian.epochs=1", "did you mean 'train'"),
         ("train.epochs=1.5", "'train.epochs' must be an integer"),
-        ("optim.lr=fast", "'optim.lr' must be a number"),
+        ("train.lr=fast", "'train.lr' must be a number"),
         ("data.crop_to_bbox=3", "must be true or false"),
         ("losses=[{name: arcface, wieght: 2}]", "did you mean 'losses[0].weight'"),
         ("train.epochs", "must look like key=value"),
@@ -42,10 +42,10 @@ def test_bad_overrides_name_the_key(override, message):
 
 
 def test_yaml_file_base_and_roundtrip(tmp_path):
-    (tmp_path / "base.yaml").write_text("train: {epochs: 7}\noptim: {lr: 0.01}\n")
-    (tmp_path / "child.yaml").write_text("base: base.yaml\noptim: {lr: 0.02}\n")
+    (tmp_path / "base.yaml").write_text("train: {epochs: 7, lr: 0.01}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\ntrain: {lr: 0.02}\n")
     cfg = load_config(TrainConfig, tmp_path / "child.yaml")
-    assert cfg.train.epochs == 7 and cfg.optim.lr == 0.02
+    assert cfg.train.epochs == 7 and cfg.train.lr == 0.02
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(TrainConfig, tmp_path / "resolved.yaml") == cfg
 

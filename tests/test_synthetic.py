@@ -98,15 +98,15 @@ def test_ensure_synthetic_caches_and_repairs(tmp_path: Path, monkeypatch, capsys
     args = {"seed": 5, "individuals": 3, "images_per_individual": 2}
     root = ensure_synthetic(**args)
     assert root == (tmp_path / "cache" / "synthetic" / "s5-n3-m2").absolute()
-    assert "generating" in capsys.readouterr().out
+    assert "generating" in capsys.readouterr().err
     marker = root / synthetic.MARKER
     stamp = marker.stat().st_mtime_ns
     assert ensure_synthetic(**args) == root
-    assert "generating" not in capsys.readouterr().out and marker.stat().st_mtime_ns == stamp
+    assert "generating" not in capsys.readouterr().err and marker.stat().st_mtime_ns == stamp
 
     marker.unlink()  # an interrupted or damaged dataset: regenerated, not trusted
     assert ensure_synthetic(**args) == root
-    assert "generating" in capsys.readouterr().out and marker.is_file()
+    assert "generating" in capsys.readouterr().err and marker.is_file()
     assert len(pd.read_csv(root / "metadata.csv")) == 6
 
 
@@ -120,7 +120,7 @@ def test_concurrent_callers_generate_once(tmp_path: Path, monkeypatch, capsys) -
     for caller in callers:
         caller.join()
     assert len(results) == 2 and results[0] == results[1]
-    assert capsys.readouterr().out.count("generating") == 1
+    assert capsys.readouterr().err.count("generating") == 1
 
 
 def _good_matches(a: np.ndarray, b: np.ndarray) -> int:
