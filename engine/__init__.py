@@ -1,0 +1,1 @@
+"""Training and evaluation engine: training loop plumbing, metrics, retrieval, calibration, submissions."""

@@ -1,0 +1,197 @@
+"""Open-set decisions: the best identity, or "new" when its score is below a threshold.
+
+The threshold is tuned to maximise the AnimalCLEF 2025 score on a labelled validation split the
+caller carves from the database (data.splits.open_set_split: some identities held out as "new"),
+never on query labels. Per-dataset thresholds matter: species differ in how close their
+individuals look.
+"""
+from __future__ import annotations
+
+import math
+from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from core.errors import ConfigError, DataError
+from data.table import NEW_INDIVIDUAL, clean_identity
+from engine.metrics import HUMPBACK_NEW
+
+Threshold = Union[float, Mapping[str, object]]
+# Thresholds just outside the observed scores ("accept all", "reject all") sit this far away.
+END_MARGIN = 1e-6
+
+
+def thresholds_for(datasets: Sequence[str] | None, threshold: Threshold, count: int) -> np.ndarray:
+    """One threshold per query from a float, {dataset: t}, or a `tune_threshold` result
+    ({"global": t, "per_dataset": {...}}: datasets it does not list use the global value)."""
+    if not isinstance(threshold, Mapping):
+        return np.full(count, float(threshold))
+    per_dataset = threshold.get("per_dataset") or {} if "global" in threshold else threshold
+    fallback = threshold.get("global")
+    if datasets is None:
+        if fallback is None:
+            raise ConfigError("per-dataset thresholds need the dataset of every query")
+        return np.full(count, float(fallback))
+    missing = sorted({d for d in datasets if d not in per_dataset}) if fallback is None else []
+    if missing:
+        raise ConfigError(f"no threshold for dataset(s) {', '.join(missing)} and no global threshold")
+    return np.array([float(per_dataset.get(d, fallback)) for d in datasets], dtype=np.float64)
+
+
+def decide(best_ids: Sequence, best_scores: Sequence[float], threshold: Threshold,
+           datasets: Sequence[str] | None = None, new_label: str = NEW_INDIVIDUAL) -> np.ndarray:
+    """Predicted identity per query: the best identity, or `new_label` where score < threshold
+    (or where there is no candidate)."""
+    scores = np.nan_to_num(np.asarray(best_scores, dtype=np.float64), nan=-np.inf)
+    ids = np.asarray(list(best_ids), dtype=object)
+    if len(ids) != len(scores):
+        raise ValueError(f"{len(ids)} identities for {len(scores)} scores")
+    limits = thresholds_for(datasets, threshold, len(scores))
+    has_id = np.array([clean_identity(i) is not None for i in ids], dtype=bool)
+    return np.where((scores >= limits) & has_id, ids, new_label).astype(object)
+
+
+def _weights(groups: np.ndarray) -> np.ndarray:
+    """1 / (group size x number of groups): summing these over a subset gives a balanced accuracy.
+    None is one group (unknown queries without an identity label)."""
+    if len(groups) == 0:
+        return np.zeros(0)
+    codes, _ = pd.factorize(pd.Series(groups, dtype=object), use_na_sentinel=False)
+    sizes = np.bincount(codes)
+    return 1.0 / (sizes[codes] * len(sizes))
+
+
+def _dataset_curve(scores, correct, truth, known, candidates: np.ndarray) -> np.ndarray:
+    """sqrt(BAKS x BAUS) of one dataset at every candidate threshold (NaN parts count as 0).
+
+    A known query scores when it is accepted (score >= t) with the right identity; an unknown one
+    when rejected (score < t). Both are weighted sums over sorted scores, so every threshold costs
+    a binary search instead of a pass over the queries.
+    """
+    if not known.any() or known.all():
+        return np.zeros(len(candidates))
+    k_scores, k_weights = scores[known], _weights(truth[known]) * correct[known]
+    order = np.argsort(k_scores)
+    k_scores, k_cum = k_scores[order], np.concatenate([[0.0], np.cumsum(k_weights[order])])
+    baks = k_cum[-1] - k_cum[np.searchsorted(k_scores, candidates, side="left")]
+    u_scores, u_weights = scores[~known], _weights(truth[~known])
+    order = np.argsort(u_scores)
+    u_scores, u_cum = u_scores[order], np.concatenate([[0.0], np.cumsum(u_weights[order])])
+    baus = u_cum[np.searchsorted(u_scores, candidates, side="left")]
+    return np.sqrt(np.clip(baks, 0, None) * np.clip(baus, 0, None))
+
+
+def _candidate_thresholds(scores: np.ndarray, grid: Sequence[float] | None) -> Tuple[np.ndarray, np.ndarray]:
+    """(thresholds to evaluate, the edges of the interval each stands for).
+
+    Without a grid: one threshold per distinct decision, i.e. below all scores, the midpoints of
+    consecutive distinct scores, above all scores; interval j spans edges[j]..edges[j+1].
+    """
+    if grid is not None:
+        values = np.unique(np.asarray(grid, dtype=np.float64))
+        return values, np.append(values, values[-1])
+    finite = np.unique(scores[np.isfinite(scores)])
+    if len(finite) == 0:
+        return np.array([0.0]), np.array([0.0, 0.0])
+    edges = np.concatenate([[finite[0] - END_MARGIN], finite, [finite[-1] + END_MARGIN]])
+    return (edges[:-1] + edges[1:]) / 2, edges
+
+
+def _middle_of_best(values: np.ndarray, candidates: np.ndarray, edges: np.ndarray, grid_given: bool) -> float:
+    """Middle of the widest run of consecutive optimal candidates (robust to ties)."""
+    best = values.max()
+    optimal = np.isclose(values, best, rtol=0, atol=1e-12)
+    bounds = np.diff(np.concatenate([[0], optimal.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(bounds == 1), np.flatnonzero(bounds == -1) - 1
+    if grid_given:
+        widths = candidates[stops] - candidates[starts]
+        i = int(np.argmax(widths))
+        return float((candidates[starts[i]] + candidates[stops[i]]) / 2)
+    widths = edges[stops + 1] - edges[starts]
+    i = int(np.argmax(widths))
+    return float((edges[starts[i]] + edges[stops[i] + 1]) / 2)
+
+
+def _known_mask(truth: np.ndarray, known: Union[np.ndarray, Iterable[str]]) -> np.ndarray:
+    if isinstance(known, np.ndarray) and known.dtype == bool:
+        if known.shape != truth.shape:
+            raise ValueError(f"known mask of shape {known.shape} for {len(truth)} queries")
+        return known
+    return pd.Series(truth, dtype=object).isin(set(known)).to_numpy()
+
+
+def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: Sequence,
+                   known: Union[np.ndarray, Iterable[str]], datasets: Sequence[str] | None = None,
+                   per_dataset: bool = True, grid: Sequence[float] | None = None) -> Dict:
+    """Thresholds maximising the AnimalCLEF 2025 score on a labelled validation split.
+
+    `known` is a boolean mask (query's identity is in the validation database) or the database
+    identities. The global threshold maximises the mean over datasets of sqrt(BAKS x BAUS); each
+    per-dataset threshold maximises its own dataset's term. Candidates are every distinct decision
+    (midpoints of consecutive distinct scores) or the given `grid`; among equal optima the middle
+    of the widest plateau wins. A dataset whose split has no known or no unknown queries cannot
+    be tuned and takes the global threshold.
+    Returns {"global": t, "per_dataset": {dataset: t}, "validation": {"global": score,
+    "per_dataset": score with the per-dataset thresholds}}.
+    """
+    scores = np.nan_to_num(np.asarray(best_scores, dtype=np.float64), nan=-np.inf)
+    truth = np.array([clean_identity(v) for v in true_ids], dtype=object)
+    ids = np.array([clean_identity(v) for v in best_ids], dtype=object)
+    groups = np.asarray(["all"] * len(scores) if datasets is None else list(datasets), dtype=object)
+    if not (len(scores) == len(truth) == len(ids) == len(groups)):
+        raise ValueError("best_scores, best_ids, true_ids and datasets must have one entry per query")
+    if len(scores) == 0:
+        raise DataError("threshold tuning needs labelled validation queries; the split has none")
+    known_mask = _known_mask(truth, known)
+    if not known_mask.any() or known_mask.all():
+        raise DataError(f"threshold tuning needs both known and new individuals among the validation queries; "
+                        f"got {int(known_mask.sum())} known and {int((~known_mask).sum())} new")
+    correct = ids == truth
+    candidates, edges = _candidate_thresholds(scores, grid)
+    names = sorted(set(groups.tolist()))
+    curves = {}
+    for name in names:
+        rows = groups == name
+        curves[name] = _dataset_curve(scores[rows], correct[rows], truth[rows], known_mask[rows], candidates)
+    mean_curve = np.mean([curves[n] for n in names], axis=0)
+    global_t = _middle_of_best(mean_curve, candidates, edges, grid is not None)
+    tuned: Dict[str, float] = {}
+    for name in names:
+        rows = groups == name
+        tunable = known_mask[rows].any() and not known_mask[rows].all()
+        tuned[name] = _middle_of_best(curves[name], candidates, edges, grid is not None) \
+            if per_dataset and tunable else global_t
+    return {"global": global_t, "per_dataset": tuned,
+            "validation": {"global": _score_at(scores, correct, truth, known_mask, groups, names, global_t),
+                           "per_dataset": _score_at(scores, correct, truth, known_mask, groups, names, tuned)}}
+
+
+def _score_at(scores, correct, truth, known_mask, groups, names, threshold) -> float:
+    terms = []
+    for name in names:
+        rows = groups == name
+        t = threshold[name] if isinstance(threshold, dict) else threshold
+        terms.append(_dataset_curve(scores[rows], correct[rows], truth[rows], known_mask[rows], np.array([t]))[0])
+    return float(np.mean(terms))
+
+
+def humpback_guesses(candidates: Sequence[Tuple[str, float]], threshold: float,
+                     fallback: Sequence[str] = ()) -> List[str]:
+    """Five guesses for one Humpback query: `new_whale` goes before the first candidate whose score
+    is below the threshold (after all of them if none is), duplicates dropped; padded from
+    `fallback` (e.g. the most frequent database whales) when fewer than five are left."""
+    guesses: List[str] = []
+    for identity, score in candidates:
+        score = -math.inf if score is None or math.isnan(score) else score
+        if score < threshold and HUMPBACK_NEW not in guesses:
+            guesses.append(HUMPBACK_NEW)
+        name = clean_identity(identity) or HUMPBACK_NEW
+        if name not in guesses:
+            guesses.append(name)
+    for name in [HUMPBACK_NEW, *fallback]:
+        if len(guesses) >= 5:
+            break
+        if name not in guesses:
+            guesses.append(name)
+    return guesses[:5]

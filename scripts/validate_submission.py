@@ -1,0 +1,56 @@
+"""Check a submission file against a dataset before uploading it.
+
+    python scripts/validate_submission.py SUBMISSION --format FMT --root DIR [--kind animalclef|humpback]
+
+Prints OK with counts, or every problem found and exits with status 2.
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import argparse  # noqa: E402
+
+from core.errors import cli_entry  # noqa: E402
+from core.schema import DataConfig  # noqa: E402
+from engine.submission import (  # noqa: E402
+    COLUMNS,
+    NEW_LABEL,
+    check_submission,
+    query_rows,
+    read_submission,
+    submission_kind,
+)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("submission", help="the CSV file to check")
+    parser.add_argument("--format", required=True, help="dataset format (animalclef2025, humpback, csv, ...)")
+    parser.add_argument("--root", default="", help="dataset root (empty for --format synthetic)")
+    parser.add_argument("--kind", choices=sorted(COLUMNS), default=None,
+                        help="submission format (default: from --format)")
+    return parser.parse_args(argv)
+
+
+@cli_entry
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from data.formats import load_table  # the data layer is only needed once the arguments are valid
+
+    table = load_table(DataConfig(format=args.format, root=args.root, verify_images=False))
+    kind = submission_kind(args.format, args.kind or "auto")
+    frame = read_submission(args.submission)
+    check_submission(frame, table, kind)
+    label = frame[COLUMNS[kind][1]].astype(str).str.strip()
+    first = label.str.split().str[0]
+    new = int((first == NEW_LABEL[kind]).sum())
+    print(f"OK: {args.submission} is a valid {kind} submission: {len(frame)} rows covering all "
+          f"{len(query_rows(table))} query images; {new} predicted new ({NEW_LABEL[kind]} first), "
+          f"{first[first != NEW_LABEL[kind]].nunique()} distinct database identities predicted first")
+
+
+if __name__ == "__main__":
+    main()
