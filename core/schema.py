@@ -126,6 +126,7 @@ class RetrievalConfig:
     nprobe: int = 16  # (int) ivf: clusters searched
     hnsw_m: int = 32  # (int) hnsw: graph degree
     ef_search: int = 128  # (int) hnsw: search breadth
+    ef_construction: int = 200  # (int) hnsw: build breadth (graph quality)
     aggregation: str = "max"  # (str) identity score: max | mean_top_m
     m: int = 3  # (int) mean_top_m: images averaged per identity
     use_gpu: bool = True  # (bool) use a faiss GPU index when faiss-gpu and a GPU are present

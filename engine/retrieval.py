@@ -28,7 +28,6 @@ QUERY_BATCH = 8192  # queries per faiss call: bounds the (batch, k) buffers, not
 ADD_CHUNK = 65536  # gallery rows added per call, so large galleries show progress
 IVF_TRAIN_PER_LIST = 40  # faiss k-means wants >= 39 points per cluster; more only costs time
 # Graph quality of HNSW is set at build time; efSearch alone cannot repair a sparse graph.
-HNSW_EF_CONSTRUCTION = 200
 PAD_CODE = -1
 PAD_SCORE = -np.inf
 
@@ -102,7 +101,7 @@ def build_index(gallery: np.ndarray, cfg: RetrievalConfig | None = None, progres
         index.nprobe = min(cfg.nprobe, nlist)
     else:
         index = faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = max(HNSW_EF_CONSTRUCTION, cfg.ef_search)
+        index.hnsw.efConstruction = max(cfg.ef_construction, cfg.ef_search)
         index.hnsw.efSearch = cfg.ef_search
     if cfg.use_gpu and cfg.index != "hnsw" and gpu_available():
         index = faiss.index_cpu_to_all_gpus(index)
