@@ -27,7 +27,6 @@ AGGREGATIONS = ("max", "mean_top_m")
 QUERY_BATCH = 8192  # queries per faiss call: bounds the (batch, k) buffers, not the speed
 ADD_CHUNK = 65536  # gallery rows added per call, so large galleries show progress
 IVF_TRAIN_PER_LIST = 40  # faiss k-means wants >= 39 points per cluster; more only costs time
-# Graph quality of HNSW is set at build time; efSearch alone cannot repair a sparse graph.
 PAD_CODE = -1
 PAD_SCORE = -np.inf
 
