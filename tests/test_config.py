@@ -90,10 +90,10 @@ def test_registry_suggests_names_and_arguments():
 
 
 def test_every_recipe_builds_its_model_and_losses():
+    import timm
+
     from losses import build_criterion
     from zoo import build_model
-
-    import timm
 
     for recipe in sorted((ROOT / "configs" / "train").glob("*.yaml")):
         cfg = load_config(TrainConfig, recipe, ["model.args.pretrained=false"])

@@ -1,0 +1,103 @@
+"""Training and validation data of a run: identity-disjoint split, datasets, loader."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Optional
+
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader
+
+from core.errors import DataError
+from core.schema import TrainConfig
+from data.dataset import ReIDDataset, build_label_map
+from data.formats import load_table
+from data.images import ImageLoader, resolve_cache_dir
+from data.samplers import build_batch_sampler
+from data.splits import identity_split, open_set_split
+from data.transforms import build_eval_transform, build_train_transform
+from engine.seeding import SeededBatchSampler, SeededDataset
+
+MIN_VAL_IDENTITIES = 4
+
+
+@dataclass
+class TrainData:
+    train_table: pd.DataFrame
+    val_table: Optional[pd.DataFrame]  # open-set: split column says database / query
+    label_map: Dict[str, int]
+    loader: DataLoader
+    batch_sampler: SeededBatchSampler
+    val_dataset: Optional[ReIDDataset]
+
+
+def training_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """Labelled database images: query identities, even where a dev set labels them, are never trained on."""
+    rows = table[(table["split"] == "database") & table["identity"].notna()]
+    if rows.empty:
+        raise DataError("the training set is empty: no labelled images in the database split")
+    return rows.reset_index(drop=True)
+
+
+def split_validation(rows: pd.DataFrame, cfg: TrainConfig):
+    """Hold out identities for open-set validation; skipped when there are too few of them."""
+    if not cfg.val.enabled or cfg.val.fraction <= 0:
+        return rows, None
+    train, held = identity_split(rows, cfg.val.fraction, cfg.seed)
+    if held["identity"].nunique() < MIN_VAL_IDENTITIES or train.empty:
+        print(f"validation skipped: fewer than {MIN_VAL_IDENTITIES} identities could be held out")
+        return rows, None
+    if len(held) > cfg.val.max_images:
+        keep = held["identity"].drop_duplicates().sample(frac=1.0, random_state=cfg.seed)
+        counts = held.groupby("identity").size().reindex(keep)
+        held = held[held["identity"].isin(counts[counts.cumsum() <= cfg.val.max_images].index)]
+    val = open_set_split(held, unknown_fraction=cfg.val.unknown_fraction, query_fraction=0.2, seed=cfg.seed)
+    return train.reset_index(drop=True), val.reset_index(drop=True)
+
+
+def build_train_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, pin_memory: bool = False) -> TrainData:
+    table = load_table(cfg.data)
+    train_table, val_table = split_validation(training_rows(table), cfg)
+    label_map = build_label_map(train_table["identity"])
+    image_loader = ImageLoader(
+        cfg.data.image_size,
+        resolve_cache_dir(cfg.data.cache_dir),
+        crop_to_bbox=cfg.data.crop_to_bbox,
+        bbox_padding=cfg.data.bbox_padding,
+    )
+    train_set = ReIDDataset(
+        train_table,
+        image_loader,
+        build_train_transform(cfg.augment, cfg.data.image_size, cfg.data.mean, cfg.data.std),
+        label_map=label_map,
+        orientation_rules=cfg.data.orientation_rules,
+    )
+    labels = [label_map[i] for i in train_table["identity"]]
+    sampler = build_batch_sampler(
+        cfg.sampler, labels, cfg.train.batch_size, cfg.seed, num_replicas=num_replicas, rank=rank
+    )
+    if len(sampler) == 0:
+        raise DataError(
+            f"the training set ({len(train_table)} images) gives no full batch of {cfg.train.batch_size}; "
+            "lower train.batch_size"
+        )
+    batches = SeededBatchSampler(sampler, cfg.seed)
+    workers = cfg.data.num_workers
+    loader = DataLoader(
+        SeededDataset(train_set),
+        batch_sampler=batches,
+        num_workers=workers,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        # A private generator keeps the global torch RNG (dropout) independent of data loading.
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+    val_set = None
+    if val_table is not None:
+        val_set = ReIDDataset(
+            val_table,
+            image_loader,
+            build_eval_transform(cfg.data.image_size, cfg.data.mean, cfg.data.std),
+            orientation_rules=cfg.data.orientation_rules,
+        )
+    return TrainData(train_table, val_table, label_map, loader, batches, val_set)

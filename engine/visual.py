@@ -1,0 +1,36 @@
+"""Image grids of queries and their top matches, framed green (correct) or red (wrong)."""
+from __future__ import annotations
+
+from typing import List, Optional, Sequence
+
+import numpy as np
+import torch
+from torchvision.utils import make_grid
+
+GREEN = (40, 180, 60)
+RED = (220, 40, 40)
+GREY = (128, 128, 128)
+
+
+def framed(image: np.ndarray, colour: Sequence[int], width: int = 3) -> np.ndarray:
+    out = image.copy()
+    out[:width], out[-width:], out[:, :width], out[:, -width:] = colour, colour, colour, colour
+    return out
+
+
+def match_grid(
+    queries: List[np.ndarray],
+    matches: List[List[np.ndarray]],
+    correct: List[List[Optional[bool]]],
+) -> torch.Tensor:
+    """One row per query: the query (grey frame) then its matches; returns (3, H, W) uint8."""
+    columns = 1 + max((len(m) for m in matches), default=0)
+    blank = np.zeros_like(queries[0])
+    tiles = []
+    for query, row, flags in zip(queries, matches, correct):
+        tiles.append(framed(query, GREY))
+        for image, ok in zip(row, flags):
+            tiles.append(framed(image, GREEN if ok else RED))
+        tiles.extend([blank] * (columns - 1 - len(row)))
+    batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
+    return make_grid(batch, nrow=columns, padding=2)

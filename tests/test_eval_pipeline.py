@@ -1,0 +1,260 @@
+"""eval.py end to end on a tiny synthetic set: outputs, the embedding cache, bad input, open-set rules."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import eval as eval_cli
+from core.config import load_config
+from core.errors import ConfigError, DataError
+from core.schema import EvalConfig
+from data.table import make_table
+from engine import pipeline
+from engine.baselines import pixel_baseline
+from engine.pipeline import ModelOutput, evaluate_outputs, run_evaluation, tuning_split, voting_classes
+from engine.submission import check_submission, read_submission
+from zoo import build_model, model_checksum, save_export
+
+SIZE = 32
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "eval" / "default.yaml"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_synthetic):
+    """The session's tiny synthetic set, an untrained embedder export, caches."""
+    base = tmp_path_factory.mktemp("eval")
+    root = tiny_synthetic
+    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    model.input_size = SIZE
+    export = save_export(model, base / "export")
+    return {"base": base, "root": root, "export": export}
+
+
+def config(world, out_name: str, *overrides: str) -> EvalConfig:
+    base = world["base"]
+    return load_config(EvalConfig, RECIPE, [
+        "data.format=animalclef2025", f"data.root={world['root']}", f"data.cache_dir={base / 'images'}",
+        "data.num_workers=0", f"embed_cache={base / 'embeddings'}", f"models=[{world['export']}]",
+        f"output_dir={base / out_name}", "batch_size=32", *overrides])
+
+
+@pytest.fixture(scope="module")
+def first_run(world):
+    return run_evaluation(config(world, "out"))
+
+
+def test_end_to_end_writes_valid_outputs(world, first_run):
+    out = world["base"] / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "metrics.json", "report.html",
+                                                     "submission.csv"]
+    table = pd.read_csv(world["root"] / "metadata.csv", dtype=str)
+    check_submission(out / "submission.csv", pipeline.load_evaluation_data(config(world, "out")).table, "animalclef")
+    assert len(read_submission(out / "submission.csv")) == (table["split"] == "query").sum()
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["tuned"]["per_dataset"]) == {"SynthLynx", "SynthSalamander", "SynthTurtle"}
+    for part in ("tuned", "hindsight"):
+        assert 0 <= metrics[part]["score"] <= 1 and "BAKS" in metrics[part] and "BAUS" in metrics[part]
+    assert "query labels" in metrics["hindsight"]["note"]
+    assert metrics["hindsight"]["score"] >= metrics["tuned"]["score"] - 1e-9
+    assert {"rank1", "rank5", "mAP"} <= set(metrics["retrieval"][str(world["export"])])
+
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"][0]["checksum"] == model_checksum(world["export"])
+    assert manifest["models"][0]["input_size"] == SIZE
+    assert {"torch", "timm", "numpy"} <= set(manifest["versions"])
+    assert manifest["config"]["output_dir"] == str(out) and len(manifest["data"]["fingerprint"]) == 64
+
+    report = (out / "report.html").read_text()
+    assert report.count("<svg") >= 3 and "data:image/jpeg;base64," in report
+    assert 'src="http' not in report and "<script" not in report, "the report must be self-contained"
+    assert first_run["metrics"] == metrics
+    assert not [p for p in world["base"].iterdir() if p.name.startswith(".out.")], "no staging folder left"
+
+
+def test_rerun_with_other_settings_reads_embeddings_from_the_cache(world, first_run, monkeypatch):
+    def no_extraction(*args, **kwargs):
+        raise AssertionError("embeddings were extracted again")
+
+    monkeypatch.setattr(pipeline, "extract", no_extraction)
+    result = run_evaluation(config(world, "out2", "calibration=logistic", "threshold.value=0.5",
+                                   "retrieval.aggregation=mean_top_m", "report=false"))
+    assert result["threshold"]["global"] == 0.5 and result["report"] is None
+    assert not (world["base"] / "out2" / "report.html").exists()
+
+
+def test_humpback_submission_has_five_guesses(world, first_run):
+    run_evaluation(config(world, "hump", "submission=humpback", "threshold.per_dataset=false", "report=false"))
+    path = world["base"] / "hump" / "submission.csv"
+    check_submission(path, pipeline.load_evaluation_data(config(world, "x")).table, "humpback")
+    frame = read_submission(path)
+    assert list(frame.columns) == ["Image", "Id"]
+    assert frame["Id"].str.split().map(lambda guesses: len(set(guesses))).eq(5).all()
+
+
+def test_classifier_votes_with_its_softmax(world, first_run):
+    gallery = pipeline.load_evaluation_data(config(world, "x")).gallery
+    label_map = {identity: i for i, identity in enumerate(sorted(set(gallery["identity"])))}
+    model = build_model({"name": "classifier", "args": {"backbone": "resnet18"}}, num_classes=len(label_map))
+    model.input_size = SIZE
+    export = save_export(model, world["base"] / "classifier", label_map=label_map)
+    run_evaluation(config(world, "cls", f"models=[{export},{world['export']}]", "weights=[1,2]", "report=false"))
+    manifest = json.loads((world["base"] / "cls" / "manifest.json").read_text())
+    assert [m["votes_with"] for m in manifest["models"]] == ["softmax", "embedding"]
+    assert [m["weight"] for m in manifest["models"]] == [1.0, 2.0]
+
+
+def test_unlabelled_queries_give_a_submission_and_a_report_but_no_metrics(world, first_run, tmp_path, capsys):
+    root = tmp_path / "competition"
+    root.mkdir()
+    (root / "images").symlink_to(world["root"] / "images")
+    table = pd.read_csv(world["root"] / "metadata.csv", dtype=str)
+    table.loc[table["split"] == "query", "identity"] = ""  # as in a competition's test set
+    table.to_csv(root / "metadata.csv", index=False)
+    cfg = config(world, "unlabelled", f"data.root={root}")
+    eval_cli.main([f"{key}={value}" for key, value in (
+        ("data.format", "animalclef2025"), ("data.root", root), ("data.cache_dir", cfg.data.cache_dir),
+        ("data.num_workers", 0), ("embed_cache", cfg.embed_cache), ("models", f"[{world['export']}]"),
+        ("output_dir", cfg.output_dir))])
+    printed = capsys.readouterr().out
+    out = world["base"] / "unlabelled"
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "report.html", "submission.csv"]
+    assert f"submission: {out / 'submission.csv'}" in printed and "score" not in printed
+    assert "no metrics" in (out / "report.html").read_text()
+
+
+def test_missing_model_stops_with_status_2_and_writes_nothing(world, capsys):
+    out = world["base"] / "never"
+    with pytest.raises(SystemExit) as stop:
+        eval_cli.main([f"data.root={world['root']}", "data.format=animalclef2025", f"output_dir={out}",
+                       f"models=[{world['base'] / 'no_such_export'}]"])
+    assert stop.value.code == 2
+    assert "no model at" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_default_run_without_a_trained_model_says_what_to_do(world, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as stop:
+        eval_cli.main([])
+    assert stop.value.code == 2
+    assert "no model at runs/default/export: run `python train.py` first or pass models=[...]" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_empty_query_set_is_refused(world, tmp_path):
+    root = tmp_path / "noquery"
+    root.mkdir()
+    (root / "images").symlink_to(world["root"] / "images")
+    table = pd.read_csv(world["root"] / "metadata.csv", dtype=str)
+    table.assign(split="database").to_csv(root / "metadata.csv", index=False)
+    with pytest.raises(DataError, match="query set is empty"):
+        run_evaluation(config(world, "noquery", f"data.root={root}"))
+    assert not (world["base"] / "noquery").exists()
+
+
+def test_invalid_submission_leaves_the_previous_output_untouched(world, first_run, monkeypatch):
+    out = world["base"] / "kept"
+    shutil.copytree(world["base"] / "out", out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    real = pipeline.evaluate_outputs
+
+    def corrupted(*args, **kwargs):
+        evaluation = real(*args, **kwargs)
+        evaluation.predictions[0] = "an_animal_nobody_knows"
+        return evaluation
+
+    monkeypatch.setattr(pipeline, "evaluate_outputs", corrupted)
+    with pytest.raises(DataError, match="neither a database identity"):
+        run_evaluation(config(world, "kept"))
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert not [p for p in world["base"].iterdir() if p.name.startswith(".kept.")]
+
+
+def test_an_output_dir_holding_other_files_is_refused(world, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not an eval output folder"):
+        run_evaluation(config(world, "x", f"output_dir={tmp_path}"))
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+def test_raw_pixel_baseline_scores_with_the_same_procedure(world):
+    metrics = pixel_baseline(config(world, "pixels"))
+    assert 0 <= metrics["tuned"]["score"] <= 1 and "hindsight" in metrics
+
+
+# ----------------------------------------------------------------------------- open-set rules, no models
+
+
+def test_classifier_classes_must_fit_the_database():
+    database = {"a", "b", "c"}
+    assert voting_classes("m", {"label_map": {"a": 0, "b": 1}}, 2, database) == {"a": 0, "b": 1}
+    assert voting_classes("m", {"label_map": {"x": 0, "y": 1}}, 2, database) is None  # another dataset
+    assert voting_classes("m", {}, None, database) is None  # not a classifier
+    with pytest.raises(DataError, match="do not fit this dataset"):
+        voting_classes("m", {"label_map": {"a": 0, "x": 1}}, 2, database)
+    with pytest.raises(DataError, match="outputs 3 classes"):
+        voting_classes("m", {"label_map": {"a": 0, "b": 1}}, 3, database)
+
+
+def clustered(seed: int = 0, identities: int = 12, per_identity: int = 6, new: int = 3, dim: int = 16):
+    """Gallery and query tables with embeddings: each identity a direction plus noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(identities + new, dim))
+    rows, vectors = [], []
+    for i, centre in enumerate(centres):
+        dataset = "A" if i % 2 else "B"
+        for k in range(per_identity):
+            split = "query" if i >= identities or k == 0 else "database"
+            rows.append({"image_id": f"{i}-{k}", "identity": f"{dataset}{i}", "path": f"/x/{i}-{k}.jpg",
+                         "split": split, "dataset": dataset})
+            vectors.append(centre + rng.normal(scale=0.6, size=dim))
+    table = make_table(rows)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    is_query = (table["split"] == "query").to_numpy()
+    gallery, query = table[~is_query].reset_index(drop=True), table[is_query].reset_index(drop=True)
+    return gallery, query, np.concatenate([vectors[~is_query], vectors[is_query]])
+
+
+def test_threshold_and_decisions_never_depend_on_query_labels():
+    cfg = EvalConfig()
+    gallery, query, vectors = clustered()
+    first = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)])
+    hidden = query.assign(identity=None)
+    second = evaluate_outputs(cfg, gallery, hidden, [ModelOutput("m", vectors)])
+    assert first.threshold == second.threshold
+    assert list(first.decided) == list(second.decided)
+    assert set(first.threshold["per_dataset"]) == {"A", "B"}
+
+
+def test_tuning_split_holds_out_database_identities_preferring_unseen_ones():
+    cfg = EvalConfig()
+    gallery, _, _ = clustered(identities=20, per_identity=5)
+    split = tuning_split(gallery, cfg)
+    assert set(split["image_id"]) <= set(gallery["image_id"])
+    for _, part in split.groupby("dataset"):
+        query_only = set(part.loc[part["split"] == "query", "identity"]) - set(part.loc[part["split"] == "database", "identity"])
+        assert query_only, "every dataset needs new individuals to tune on"
+    unseen = {f"A{i}" for i in (1, 3, 5, 7, 9)} | {f"B{i}" for i in (0, 2, 4, 6, 8)}
+    seen = set(gallery["identity"]) - unseen
+    split = tuning_split(gallery, cfg, seen=seen)
+    assert set(split["identity"]) <= unseen, "identities a model was trained on make optimistic thresholds"
+
+
+def test_queries_are_matched_within_their_own_dataset_when_identities_are_namespaced():
+    cfg = EvalConfig()
+    gallery, query, vectors = clustered()
+    ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)])
+    for dataset, candidates in zip(query["dataset"], ev.candidates, strict=True):
+        assert candidates and all(identity.startswith(dataset) for identity, _ in candidates)
+    shared = gallery.copy()
+    shared.loc[0, "dataset"] = "B" if shared.loc[0, "dataset"] == "A" else "A"  # one identity in both datasets
+    ev = evaluate_outputs(cfg, shared, query, [ModelOutput("m", vectors)])
+    assert any(not identity.startswith(dataset) for dataset, candidates in zip(query["dataset"], ev.candidates)
+               for identity, _ in candidates)

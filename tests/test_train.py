@@ -1,0 +1,143 @@
+"""train.py end to end: a tiny run, exact resume after SIGKILL, two processes, bad configs."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, tiny_train_overrides
+from safetensors.torch import load_file
+
+from zoo import load_export
+
+
+def run_train(args, timeout=300, launcher=None, env=None):
+    cmd = (launcher or [sys.executable]) + [str(REPO / "train.py")] + [str(a) for a in args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def final_weights(out: Path) -> dict:
+    latest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    return load_file(str(latest / "model.safetensors"))
+
+
+@pytest.mark.slow
+def test_train_end_to_end_exports_a_rebuildable_model(tiny_synthetic, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + ["train.epochs=2", "val.fraction=0.4"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "best validation" in result.stdout
+    model, meta = load_export(out / "export")
+    assert meta["embed_dim"] == 64 and meta["input_size"] == 48
+    assert len(meta["label_map"]) > 0 and {"rank1", "geometric_mean"} <= set(meta["metrics"])
+    assert (out / "config.yaml").is_file() and list((out / "tensorboard").glob("events.*"))
+    with torch.no_grad():
+        emb = model.embed(torch.rand(2, 3, 48, 48))
+    assert emb.shape == (2, 64) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_is_bitwise_identical(tiny_synthetic, tmp_path):
+    common = tiny_train_overrides(tiny_synthetic, tmp_path / "x", tmp_path / "cache")[1:] + [
+        "train.max_steps=10",
+        "train.checkpoint_every=3",
+        "train.keep_last=5",
+        "train.deterministic=true",
+        "val.enabled=false",
+        "data.num_workers=2",
+    ]
+    straight = tmp_path / "straight"
+    result = run_train([f"output_dir={straight}"] + common)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+    killed = tmp_path / "killed"
+    cmd = [sys.executable, str(REPO / "train.py"), f"output_dir={killed}"] + common
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not (killed / "checkpoints" / "step-000003").is_dir():
+        assert proc.poll() is None and time.monotonic() < deadline, "run ended before its first checkpoint"
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "checkpoints" / "step-000010").exists(), "killed too late to test a resume"
+    resumed = run_train([f"output_dir={killed}"] + common + ["--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from" in resumed.stdout + resumed.stderr
+
+    a, b = final_weights(straight), final_weights(killed)
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_agree_and_match_one_process(tiny_synthetic, tmp_path):
+    common = tiny_train_overrides(tiny_synthetic, tmp_path / "x", tmp_path / "cache")[1:] + [
+        "train.max_steps=6",
+        "val.enabled=false",
+        "train.log_every=1",
+        "train.warmup_steps=0",
+    ]
+    two = tmp_path / "two"
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = run_train([f"output_dir={two}", "train.batch_size=16"] + common, launcher=launcher, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = json.loads((two / "rank_digests.json").read_text())
+    assert len(digests) == 2 and digests[0] == digests[1]
+
+    # One process accumulating two micro-batches of 16 sees the same global batches, augmented alike.
+    one = tmp_path / "one"
+    result = run_train([f"output_dir={one}", "train.batch_size=16", "train.grad_accum=2"] + common, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    curve = {}
+    for run in (one, two):
+        curve[run] = [json.loads(line)["loss"] for line in (run / "loss.jsonl").read_text().splitlines()]
+    assert len(curve[one]) == len(curve[two]) == 6
+    assert curve[one] == pytest.approx(curve[two], rel=1e-3), (curve[one], curve[two])
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["train.epochz=1"], "did you mean 'train.epochs'"),
+        (["train.epochs=many"], "'train.epochs' must be an integer"),
+        (["model.name=embeder"], "did you mean 'embedder'"),
+        (["losses=[{name: arcfase}]"], "did you mean 'arcface'"),
+        (["data.datasets=[NoSuchDataset]"], "NoSuchDataset"),
+    ],
+)
+def test_bad_configs_exit_2_with_a_message(tiny_synthetic, tmp_path, overrides, message):
+    result = run_train(tiny_train_overrides(tiny_synthetic, tmp_path / "run", tmp_path / "cache") + overrides)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_empty_training_set_exits_2(tmp_path):
+    root = tmp_path / "data"
+    (root / "images").mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(root / "images" / "q.jpg")
+    (root / "metadata.csv").write_text(
+        "image_id,identity,path,date,orientation,species,split,dataset\n1,,images/q.jpg,,,lynx,query,X\n"
+    )
+    result = run_train([f"output_dir={tmp_path / 'run'}", "data.format=animalclef2025", f"data.root={root}"])
+    assert result.returncode == 2 and "training set is empty" in result.stderr
+
+
+@pytest.mark.slow
+def test_resume_with_other_classes_exits_2(tiny_synthetic, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + ["train.max_steps=2", "val.enabled=false"]
+    assert run_train(args).returncode == 0
+    result = run_train(args + ["data.datasets=[SynthLynx]", "--resume"])
+    assert result.returncode == 2 and "do not match" in result.stderr, result.stderr[-2000:]
