@@ -71,8 +71,10 @@ class ShardedBatchSampler(Sampler[List[int]], ABC):
 
 @SAMPLERS.register("pk")
 class PKBatchSampler(ShardedBatchSampler):
-    """P = batch_size // k identities x K images each; an epoch visits every identity about once.
+    """P = batch_size // k identities x K images each.
 
+    An epoch draws about as many images as the training set holds: it visits every identity
+    round(mean images per identity / K) times (at least once), each visit in a fresh order.
     Identities with fewer than K images contribute all of them, topped up with repeats.
     """
 
@@ -88,11 +90,18 @@ class PKBatchSampler(ShardedBatchSampler):
         if len(ids) < self.p:
             raise DataError(f"P x K sampling needs at least P={self.p} identities per batch, the training "
                             f"set has {len(ids)}: lower train.batch_size or raise sampler.k")
+        self.visits = max(1, round(len(self.labelled) / (len(ids) * k)))
 
     def num_global_batches(self) -> int:
-        return math.ceil(len(self.images_of) / self.p)
+        return self.visits * math.ceil(len(self.images_of) / self.p)
 
     def global_batches(self, rng: np.random.Generator) -> List[List[int]]:
+        batches = []
+        for _ in range(self.visits):
+            batches.extend(self._one_visit(rng))
+        return batches
+
+    def _one_visit(self, rng: np.random.Generator) -> List[List[int]]:
         order = rng.permutation(len(self.images_of))
         batches = []
         for start in range(0, len(order), self.p):

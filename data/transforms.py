@@ -73,7 +73,7 @@ def _normalise(mean: Sequence[float], std: Sequence[float]) -> list:
 
 def build_train_transform(aug: AugmentConfig, size: int, mean: Sequence[float],
                           std: Sequence[float]) -> Callable[[np.ndarray], torch.Tensor]:
-    """RandomResizedCrop + flip + (CLAHE | ColorJitter) + Rotate + (MotionBlur | Downscale) + ToGray.
+    """Resize + RandomResizedCrop + flip + (CLAHE | ColorJitter) + Rotate + (MotionBlur | Downscale) + ToGray.
 
     A probability of 0 leaves the op out.
     """
@@ -81,7 +81,10 @@ def build_train_transform(aug: AugmentConfig, size: int, mean: Sequence[float],
         _check_probability(name, getattr(aug, name))
     if aug.rotate < 0:
         raise ConfigError(f"augment.rotate must be >= 0 degrees, got {aug.rotate}")
-    ops: list = [A.RandomResizedCrop(size=(size, size), scale=_check_range("scale", aug.scale, 0.0, 1.0),
+    # Resize first, as the eval transform does: crops of an elongated animal (a 2:1 flank) then
+    # cover the same body parts the model sees at evaluation, instead of a square middle piece.
+    ops: list = [A.Resize(size, size),
+                 A.RandomResizedCrop(size=(size, size), scale=_check_range("scale", aug.scale, 0.0, 1.0),
                                      ratio=_check_range("ratio", aug.ratio, 0.0, float("inf")))]
     if aug.hflip > 0:
         ops.append(A.HorizontalFlip(p=aug.hflip))

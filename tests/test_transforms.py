@@ -38,13 +38,13 @@ def test_train_transform_shape_dtype_and_every_op():
     pixels = out * torch.tensor(STD)[:, None, None] + torch.tensor(MEAN)[:, None, None]
     assert torch.allclose(pixels[0], pixels[1], atol=1e-5)  # ToGray at p=1: channels equal
     names = [type(t).__name__ for t in transform.compose.transforms]
-    assert names[:6] == ["RandomResizedCrop", "HorizontalFlip", "OneOf", "Rotate", "OneOf", "ToGray"]
+    assert names[:7] == ["Resize", "RandomResizedCrop", "HorizontalFlip", "OneOf", "Rotate", "OneOf", "ToGray"]
 
 
 def test_zero_probabilities_drop_ops():
     aug = AugmentConfig(hflip=0, color=0, rotate=0, blur=0, gray=0)
     names = [type(t).__name__ for t in build_train_transform(aug, 16, MEAN, STD).compose.transforms]
-    assert names == ["RandomResizedCrop", "Normalize", "ToTensorV2"]
+    assert names == ["Resize", "RandomResizedCrop", "Normalize", "ToTensorV2"]
 
 
 def test_bad_augment_values_are_config_errors():
