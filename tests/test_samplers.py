@@ -103,3 +103,13 @@ def test_random_sampler_covers_each_image_once_per_epoch():
     labelled = [i for i, label in enumerate(LABELS) if label >= 0]
     assert len(drawn) == len(set(drawn)) == len(labelled) // 5 * 5 and set(drawn) <= set(labelled)
     assert drawn != sorted(drawn)  # shuffled, not in file order
+
+
+def test_pk_epoch_draws_about_as_many_images_as_the_set_holds():
+    labels = [i for i in range(6) for _ in range(12)]  # 72 images, 12 per identity
+    sampler = PKBatchSampler(labels, batch_size=8, k=4, seed=0)
+    batches = all_batches(sampler)
+    assert len(batches) == 9  # 3 visits x ceil(6 identities / P=2)
+    visits = Counter(labels[b[0]] for b in batches for b in (b[:4], b[4:]))
+    assert set(visits.values()) == {3}
+    assert sum(len(b) for b in batches) == len(labels)
