@@ -29,7 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", help=f"recipe YAML (default: {DEFAULT_RECIPE})")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. models=[runs/x/export]")
-    return parser.parse_args(argv)
+    # Intermixed: overrides may come before and after --config.
+    return parser.parse_intermixed_args(argv)
 
 
 def summary(result: dict) -> str:

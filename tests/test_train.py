@@ -141,3 +141,9 @@ def test_resume_with_other_classes_exits_2(tiny_synthetic, tmp_path):
     assert run_train(args).returncode == 0
     result = run_train(args + ["data.datasets=[SynthLynx]", "--resume"])
     assert result.returncode == 2 and "do not match" in result.stderr, result.stderr[-2000:]
+
+
+def test_overrides_before_and_after_config_are_applied():
+    result = run_train(["train.epochs=3", "--config", "configs/train/triplet_cpu.yaml", "train.lr=0.5", "--print-config"])
+    assert result.returncode == 0, result.stderr
+    assert "epochs: 3" in result.stdout and "lr: 0.5" in result.stdout and "name: triplet" in result.stdout
