@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Sequence
@@ -29,7 +28,7 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from core.errors import DataError
-from core.paths import resolve_cache_setting
+from core.paths import resolve_cache_setting, save_npy_atomic
 
 # Bump when the decoding or resizing changes, so old cache entries are not reused.
 CACHE_VERSION = 1
@@ -119,15 +118,7 @@ class ImageLoader:
         """Write through a temporary file and an atomic rename: parallel DataLoader workers and
         processes never see a half-written entry, and the last writer simply wins."""
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    np.save(handle, image)
-                os.replace(tmp, cache_file)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            save_npy_atomic(cache_file, image)
         except OSError as err:
             # A full or read-only cache disk slows training down; it must not stop it.
             if not self._cache_write_failed:

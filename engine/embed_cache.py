@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
@@ -23,19 +22,16 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
+from core.paths import resolve_cache_setting, save_npy_atomic
+
 # Bump when extraction changes how numbers are computed, so old entries are not reused.
 CACHE_VERSION = 1
 
 
 def resolve_embed_cache_dir(value: Optional[str]) -> Optional[Path]:
-    """Config value -> folder: "" = $REIDZOO_CACHE/embeddings or ~/.cache/reidzoo/embeddings,
-    "none" = off, anything else = that path."""
-    if value is None or value.strip().lower() == "none":
-        return None
-    if value.strip() == "":
-        base = os.environ.get("REIDZOO_CACHE") or os.path.join("~", ".cache", "reidzoo")
-        return Path(os.path.expanduser(base)) / "embeddings"
-    return Path(os.path.expanduser(value))
+    """Config value -> folder: "" = the default under the cache base, "none" = off, else that path."""
+    folder = resolve_cache_setting(value, "embeddings")
+    return Path(folder) if folder else None
 
 
 def _digest(payload: Any) -> str:
@@ -108,15 +104,7 @@ class EmbeddingCache:
         if path is None:
             return
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-            try:
-                with os.fdopen(fd, "wb") as handle:
-                    np.save(handle, np.ascontiguousarray(array))
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            save_npy_atomic(path, array)
         except OSError as err:
             # A full or read-only disk makes the next run slower; it must not fail this one.
             if not self._write_failed:

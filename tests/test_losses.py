@@ -288,7 +288,7 @@ def test_distributed_losses_see_the_global_batch(tmp_path):
         local_value, _ = run_loss(name, embedding[:8], [f[:8] for f in features], labels[:8], False)
         assert not torch.allclose(local_value, value)  # the other half changes the loss...
         for rank in range(2):
-            rank_value, rank_grad = torch.load(tmp_path / f"rank{rank}.pt")[name]
+            rank_value, rank_grad = torch.load(tmp_path / f"rank{rank}.pt", weights_only=True)[name]
             assert torch.allclose(rank_value, value, atol=1e-6), name  # ...and each process computes it whole
             # Scaled by the process count so that DDP's gradient averaging gives the one-process gradient.
             assert torch.allclose(rank_grad, 2 * grad[8 * rank : 8 * rank + 8], atol=1e-6), name
