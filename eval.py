@@ -11,26 +11,14 @@ report.html, config.yaml.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from core.config import load_config, to_dict
+from core.cli import config_parser, parse_config
 from core.errors import cli_entry
 from core.schema import EvalConfig
 
 DEFAULT_RECIPE = "configs/eval/default.yaml"  # relative to this file, so it is found from any folder
-
-
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help=f"recipe YAML (default: {DEFAULT_RECIPE})")
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. models=[runs/x/export]")
-    # Intermixed: overrides may come before and after --config.
-    return parser.parse_intermixed_args(argv)
 
 
 def summary(result: dict) -> str:
@@ -56,10 +44,8 @@ def summary(result: dict) -> str:
 
 @cli_entry
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    cfg = load_config(EvalConfig, args.config or Path(__file__).resolve().parent / DEFAULT_RECIPE, args.overrides)
+    args, cfg = parse_config(EvalConfig, config_parser(__doc__, DEFAULT_RECIPE, "models=[runs/x/export]"), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return {}
     from engine.accel import make_accelerator  # heavy imports only once the config is known to be valid
     from engine.pipeline import run_evaluation

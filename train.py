@@ -13,36 +13,28 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
-from core.config import load_config, to_dict
+from core.cli import config_parser, parse_config
 from core.errors import cli_entry
 from core.schema import TrainConfig
 
 DEFAULT_RECIPE = "configs/train/default.yaml"  # relative to this file, so it is found from any folder
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", help=f"recipe YAML (default: {DEFAULT_RECIPE})")
+def build_parser() -> argparse.ArgumentParser:
+    parser = config_parser(__doc__, DEFAULT_RECIPE, "train.lr=3e-4")
     parser.add_argument(
         "--resume",
         nargs="?",
         const="latest",
         help="continue training: the run's latest checkpoint, or a checkpoint folder",
     )
-    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.lr=3e-4")
-    # Intermixed: overrides may come before and after --config.
-    return parser.parse_intermixed_args(argv)
+    return parser
 
 
 @cli_entry
 def main(argv=None) -> dict:
-    args = parse_args(argv)
-    cfg = load_config(TrainConfig, args.config or Path(__file__).resolve().parent / DEFAULT_RECIPE, args.overrides)
+    args, cfg = parse_config(TrainConfig, build_parser(), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         return {}
     from engine.trainer import train  # heavy imports only once the config is known to be valid
 
