@@ -15,7 +15,7 @@ def resolve_mixed_precision(value: str) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
-def make_accelerator(mixed_precision: str = "auto", project_dir: str | None = None) -> Accelerator:
+def make_accelerator(mixed_precision: str = "auto") -> Accelerator:
     # Without CUDA, `accelerate launch --multi_gpu` starts independent processes unless the
     # accelerator is built for CPU: then it joins them over gloo and averages gradients.
     cpu = not torch.cuda.is_available()
@@ -24,6 +24,5 @@ def make_accelerator(mixed_precision: str = "auto", project_dir: str | None = No
     return Accelerator(
         cpu=cpu,
         mixed_precision=resolve_mixed_precision(mixed_precision),
-        project_dir=project_dir,
         kwargs_handlers=[ddp],
     )
