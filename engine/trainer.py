@@ -27,7 +27,7 @@ from core.errors import ConfigError
 from core.schema import TrainConfig
 from engine.accel import make_accelerator
 from engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from engine.schedule import build_scheduler
+from engine.schedule import TimeBudget, build_scheduler
 from engine.train_data import TrainData, build_train_data
 from engine.validation import validate
 from losses import build_criterion
@@ -101,15 +101,25 @@ class Trainer:
         optimizer = build_optimizer(cfg, step_module)
         self.steps_per_epoch = math.ceil(len(self.data.batch_sampler) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
+        # Fraction of train.max_minutes spent, agreed by all ranks: the lr schedule reads it.
+        self._time_fraction = 0.0
         self.scheduler = build_scheduler(
-            optimizer, warmup_steps=cfg.train.warmup_steps, total_steps=self.total_steps, min_ratio=cfg.train.min_lr_ratio
+            optimizer,
+            warmup_steps=cfg.train.warmup_steps,
+            total_steps=self.total_steps,
+            min_ratio=cfg.train.min_lr_ratio,
+            time_fraction=lambda: self._time_fraction,
         )
         self.step_module, self.optimizer = self.acc.prepare(step_module, optimizer)
         self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema else None
 
-        self.state: Dict[str, Any] = {"epoch": 0, "next_batch": 0, "step": 0, "best": None, "best_step": None}
+        self.state: Dict[str, Any] = {
+            "epoch": 0, "next_batch": 0, "step": 0, "best": None, "best_step": None, "spent_seconds": 0.0
+        }
         if resume is not None:
             self._resume(find_checkpoint(self.out, resume))
+        self.budget = TimeBudget(cfg.train.max_minutes, spent_before=self.state["spent_seconds"])
+        self._time_fraction = self.budget.fraction()
         self._step_loss, self._last_loss = 0.0, math.nan
         self.train_seconds = 0.0
         self.writer = None
@@ -130,10 +140,11 @@ class Trainer:
             self.acc, path, module=self.acc.unwrap_model(self.step_module), optimizer=self.optimizer, ema=self.ema
         )
         self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
-        self.state.update({k: state[k] for k in self.state})
+        self.state.update({k: state[k] for k in self.state if k in state})
         self.acc.print(f"resumed from {path} at step {self.state['step']} (epoch {self.state['epoch']})")
 
     def _checkpoint(self) -> None:
+        self.state["spent_seconds"] = self.budget.spent()
         state = dict(self.state, label_map=self.data.label_map, config=to_dict(self.cfg))
         path = save_checkpoint(
             self.acc,
@@ -157,7 +168,6 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         cfg, acc, state = self.cfg, self.acc, self.state
         epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        deadline = time.monotonic() + cfg.train.max_minutes * 60 if cfg.train.max_minutes > 0 else None
         bar = tqdm(total=self.total_steps, initial=state["step"], desc="train", disable=not acc.is_main_process)
         metrics: Dict[str, float] = {}
         stop = state["step"] >= self.total_steps
@@ -176,7 +186,7 @@ class Trainer:
                 state["next_batch"] = position + 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{self._last_loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                out_of_time = _agree(acc, deadline is not None and time.monotonic() > deadline)
+                out_of_time = self._update_time_fraction()
                 if out_of_time:
                     acc.print(f"stopping at step {state['step']}: train.max_minutes={cfg.train.max_minutes} reached")
                 stop = out_of_time or state["step"] >= self.total_steps
@@ -204,6 +214,18 @@ class Trainer:
             "steps": state["step"],
             "train_seconds": self.train_seconds,
         }
+
+    def _update_time_fraction(self) -> bool:
+        """Refresh the budget fraction the lr schedule follows; True once the budget is spent."""
+        if not self.budget.enabled:
+            return False
+        fraction = self.budget.fraction()
+        if self.acc.num_processes > 1:
+            # Every rank must apply the same lr and stop at the same step: take the slowest clock.
+            value = torch.tensor([fraction], device=self.acc.device, dtype=torch.float64)
+            fraction = self.acc.reduce(value, reduction="max").item()
+        self._time_fraction = fraction
+        return fraction >= 1.0
 
     def _micro_step(self, batch: Dict[str, torch.Tensor], position: int, n_batches: int) -> bool:
         """Forward/backward one micro-batch; True when it completed an optimizer step."""
@@ -313,14 +335,6 @@ def state_digest(module: nn.Module) -> str:
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
-
-
-def _agree(acc, flag: bool) -> bool:
-    """True on every rank when any rank says so (a time budget must stop all ranks together)."""
-    if acc.num_processes == 1:
-        return flag
-    value = torch.tensor([1.0 if flag else 0.0], device=acc.device)
-    return bool(acc.reduce(value, reduction="sum").item() > 0)
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:

@@ -105,6 +105,22 @@ def test_two_processes_agree_and_match_one_process(tiny_synthetic, tmp_path):
     assert curve[one] == pytest.approx(curve[two], rel=1e-3), (curve[one], curve[two])
 
 
+@pytest.mark.slow
+def test_time_budget_stops_the_run_with_the_lr_annealed(tiny_synthetic, tmp_path):
+    out = tmp_path / "run"
+    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + [
+        "train.epochs=1000", "train.max_minutes=0.1", "train.lr=0.01", "train.min_lr_ratio=0.01", "val.enabled=false"
+    ]
+    result = run_train(args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "train.max_minutes=0.1 reached" in result.stdout
+    latest = sorted((out / "checkpoints").glob("step-*"))[-1]
+    last_lr = torch.load(latest / "scheduler.pt", weights_only=True)["_last_lr"][0]
+    # Far from the planned 1000 epochs, yet the cosine followed the clock down to its floor.
+    assert last_lr < 0.01 * 0.05, last_lr
+    assert json.loads((latest / "trainer_state.json").read_text())["spent_seconds"] >= 6.0
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [
