@@ -1,8 +1,10 @@
 """The built-in synthetic re-identification dataset, written in AnimalCLEF 2025 format.
 
-Each individual is an animal-like sprite whose species fixes the body shape and base colour
-and whose identity lives only in its coat pattern (spots, blotches, shell scutes and scales),
-a different one on each flank, as on real animals. Each sprite is rendered once at a
+Each individual is an animal-like sprite whose species fixes the body shape and whose identity
+lives in its coat: a tint of the species colour and a pattern style shared by both flanks (how
+many spots and how large, how much yellow, how many scutes), and the exact layout of the marks,
+a different one on each flank, as on real animals. Pattern elements are large enough to survive
+a 64-px thumbnail of the animal, so a small CNN can learn them. Each sprite is rendered once at a
 resolution where local keypoints survive, then every photo is a new view of it: perspective
 warp, rotation and scale, a random place in a cluttered frame, occluding grass or a branch,
 lighting, blur, noise and JPEG. Pixel-space nearest neighbours therefore do poorly while
@@ -43,7 +45,7 @@ except ImportError:  # no advisory locks (Windows): the atomic rename alone keep
 FRAME_W, FRAME_H = 384, 288
 SPRITE_W, SPRITE_H = 400, 200
 JPEG_QUALITY = 90
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 MARKER = "SYNTHETIC_COMPLETE.json"  # written last: its presence means the dataset is whole
 NEW_FRACTION = 0.2  # of each group's individuals, seen only in the query split
 QUERY_FRACTION = 0.2  # of a known individual's photos (its latest ones) put in the query split
@@ -134,7 +136,7 @@ def _lynx(body: np.random.Generator, coat: np.random.Generator) -> tuple[np.ndar
     """A bob-tailed spotted cat: spots and rosettes over a tawny coat with a paler belly."""
     length, height, head = body.uniform(0.94, 1.06, 3)
     legs = body.uniform(-6, 6, 4)
-    base, belly = _jitter(body, (190, 150, 105), 0.08), _jitter(body, (226, 208, 178), 0.05)
+    base, belly = _jitter(body, (190, 150, 105), 0.15), _jitter(body, (226, 208, 178), 0.05)
     spot = _jitter(body, (62, 42, 28), 0.1)
     mask = np.zeros((SPRITE_H, SPRITE_W), np.uint8)
     _ellipse(mask, (185, 95), (118 * length, 44 * height), 0, 255)
@@ -153,12 +155,14 @@ def _lynx(body: np.random.Generator, coat: np.random.Generator) -> tuple[np.ndar
     rgb[:] = base
     belly_layer = np.clip((np.arange(SPRITE_H, dtype=np.float32) - 100) / 40, 0, 1)[:, None] * 200
     _paint(rgb, np.broadcast_to(belly_layer, mask.shape), belly)
+    # The individual's style, the same on both flanks: how many spots, how large, how many rosettes.
+    count, size, rosettes = int(body.integers(14, 56)), body.uniform(5, 15), body.uniform(0, 0.6)
     spots = np.zeros(mask.shape, np.uint8)
-    for (x, y) in _points_in(mask, coat, int(coat.integers(60, 95))):
-        a, b = coat.uniform(4, 11), coat.uniform(3, 8)
+    for (x, y) in _points_in(mask, coat, count):
+        a, b = size * coat.uniform(0.7, 1.3), size * coat.uniform(0.5, 0.9)
         strength = int(coat.uniform(170, 255))
-        if coat.random() < 0.2:  # rosette: an open ring of dark marks
-            _ellipse(spots, (x, y), (a + 3, b + 3), coat.uniform(0, 180), strength, 3)
+        if coat.random() < rosettes:  # rosette: an open ring of dark marks
+            _ellipse(spots, (x, y), (a + 3, b + 3), coat.uniform(0, 180), strength, 5)
         else:
             _ellipse(spots, (x, y), (a, b), coat.uniform(0, 180), strength)
     _paint(rgb, spots, spot)
@@ -177,7 +181,7 @@ def _lynx(body: np.random.Generator, coat: np.random.Generator) -> tuple[np.ndar
 def _salamander(body: np.random.Generator, coat: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A fire-salamander-like body: yellow blotches of organic shape on glossy black skin."""
     length, height, head = body.uniform(0.94, 1.06, 3)
-    base, blotch = _jitter(body, (38, 33, 30), 0.1), _jitter(body, (236, 186, 38), 0.06)
+    base, blotch = _jitter(body, (38, 33, 30), 0.1), _jitter(body, (236, 186, 38), 0.12)
     mask = np.zeros((SPRITE_H, SPRITE_W), np.uint8)
     _ellipse(mask, (205, 100), (108 * length, 28 * height), 0, 255)
     _ellipse(mask, (318, 98), (36 * head, 25 * head), 0, 255)
@@ -190,13 +194,13 @@ def _salamander(body: np.random.Generator, coat: np.random.Generator) -> tuple[n
         _limb(mask, [(x, 110), (x + 14 * sign, 140), (x + 22 * sign, 150)], 10)
 
     # Blotches about a head wide: small enough that a thumbnail blurs them into the same grey.
-    field = (_smooth_noise(coat, (12, 30), (SPRITE_W, SPRITE_H))
-             + 0.5 * _smooth_noise(coat, (24, 60), (SPRITE_W, SPRITE_H))
-             + 0.25 * _smooth_noise(coat, (48, 120), (SPRITE_W, SPRITE_H)))
-    threshold = np.quantile(field[mask > 127], coat.uniform(0.58, 0.7))
+    cells = body.uniform(0.6, 1.4)  # the individual's blotch size
+    field = (_smooth_noise(coat, (max(2, round(7 * cells)), max(4, round(16 * cells))), (SPRITE_W, SPRITE_H))
+             + 0.4 * _smooth_noise(coat, (14, 32), (SPRITE_W, SPRITE_H)))
+    threshold = np.quantile(field[mask > 127], body.uniform(0.4, 0.8))  # the individual's share of yellow
     blotches = (np.clip((field - threshold) / 0.08, 0, 1) * 255).astype(np.uint8)
-    for (x, y) in _points_in(mask, coat, int(coat.integers(12, 28))):
-        _ellipse(blotches, (x, y), (coat.uniform(2, 5), coat.uniform(2, 5)), 0, 255)
+    for (x, y) in _points_in(mask, coat, int(coat.integers(4, 10))):
+        _ellipse(blotches, (x, y), (coat.uniform(4, 8), coat.uniform(4, 8)), 0, 255)
     rgb = np.empty((SPRITE_H, SPRITE_W, 3), np.float32)
     rgb[:] = base
     _paint(rgb, blotches, blotch)
@@ -210,7 +214,7 @@ def _salamander(body: np.random.Generator, coat: np.random.Generator) -> tuple[n
 def _turtle(body: np.random.Generator, coat: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A sea-turtle-like body: shell of scutes with streaks, head and flippers of small scales."""
     length, height, head = body.uniform(0.94, 1.06, 3)
-    shell_colour, skin_colour = _jitter(body, (116, 84, 48), 0.08), _jitter(body, (150, 132, 98), 0.08)
+    shell_colour, skin_colour = _jitter(body, (116, 84, 48), 0.15), _jitter(body, (150, 132, 98), 0.08)
     plastron_colour = _jitter(body, (212, 192, 140), 0.05)
     shell = np.zeros((SPRITE_H, SPRITE_W), np.uint8)
     _ellipse(shell, (190, 128), (128 * length, 86 * height), 0, 255)
@@ -226,17 +230,18 @@ def _turtle(body: np.random.Generator, coat: np.random.Generator) -> tuple[np.nd
 
     rgb = np.empty((SPRITE_H, SPRITE_W, 3), np.float32)
     rgb[:] = skin_colour
-    scute_seeds = _points_in(shell, coat, int(coat.integers(12, 19)))
+    scute_seeds = _points_in(shell, coat, int(body.integers(8, 24)))
     scutes = _voronoi_labels(scute_seeds)
-    tones = coat.uniform(0.7, 1.3, scutes.max() + 1).astype(np.float32)
+    contrast, streakiness = body.uniform(0.1, 0.45), int(body.integers(0, 4))
+    tones = coat.uniform(1 - contrast, 1 + contrast, scutes.max() + 1).astype(np.float32)
     in_shell = shell > 127
     rgb[in_shell] = shell_colour * tones[scutes[in_shell]][:, None]
     streaks = np.zeros(shell.shape, np.uint8)
     for (x, y) in scute_seeds:
-        for _ in range(int(coat.integers(2, 6))):
-            angle, reach = coat.uniform(0, 2 * math.pi), coat.uniform(8, 26)
+        for _ in range(int(coat.integers(0, 2 * streakiness + 1))):
+            angle, reach = coat.uniform(0, 2 * math.pi), coat.uniform(14, 34)
             end = (int(x + reach * math.cos(angle)), int(y + reach * math.sin(angle)))
-            cv2.line(streaks, (int(x), int(y)), end, int(coat.uniform(150, 255)), 2, cv2.LINE_AA)
+            cv2.line(streaks, (int(x), int(y)), end, int(coat.uniform(180, 255)), 5, cv2.LINE_AA)
     _paint(rgb, np.minimum(streaks, shell), np.array((52, 34, 20), np.float32))
     _paint(rgb, np.minimum(_cell_edges(scutes), shell), np.array((218, 196, 140), np.float32))
     grid = np.stack(np.meshgrid(np.arange(0, SPRITE_W, 11.0), np.arange(0, SPRITE_H, 11.0)), -1).reshape(-1, 2)
@@ -342,15 +347,15 @@ def _occlude(img: np.ndarray, rng: np.random.Generator, box: tuple[int, int, int
     """Grass in front of the lower body, or a branch across it."""
     x, y, w, h = box
     kind = rng.random()
-    if kind < 0.45:
-        for _ in range(int(rng.integers(6, 26))):
+    if kind < 0.25:
+        for _ in range(int(rng.integers(6, 18))):
             root = (rng.uniform(x - 10, x + w + 10), y + h + rng.uniform(0, 10))
             tip = (root[0] + rng.uniform(-25, 25), y + h - rng.uniform(0.15, 0.55) * h)
             bend = ((root[0] + tip[0]) / 2 + rng.uniform(-8, 8), (root[1] + tip[1]) / 2)
             colour = tuple(float(c) for c in _jitter(rng, (96, 132, 58), 0.3))
             pts = np.array([root, bend, tip], np.int32)
             cv2.polylines(img, [pts], False, colour, int(rng.integers(2, 5)), cv2.LINE_AA)
-    elif kind < 0.7:
+    elif kind < 0.4:
         start = (x + rng.uniform(-0.2, 0.4) * w, y + rng.uniform(0, 1) * h)
         end = (x + rng.uniform(0.6, 1.2) * w, y + rng.uniform(0, 1) * h)
         colour = tuple(float(c) for c in _jitter(rng, (84, 62, 40), 0.25))
@@ -367,11 +372,11 @@ def _occlude(img: np.ndarray, rng: np.random.Generator, box: tuple[int, int, int
 def _lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Colour cast and a light gradient across the frame, then brightness, contrast and gamma."""
     angle = rng.uniform(0, 2 * math.pi)
-    gradient = 1 + rng.uniform(0, 0.5) * (_XX * math.cos(angle) + _YY * math.sin(angle))
-    cast = rng.uniform(0.85, 1.15, 3).astype(np.float32)
+    gradient = 1 + rng.uniform(0, 0.3) * (_XX * math.cos(angle) + _YY * math.sin(angle))
+    cast = rng.uniform(0.94, 1.06, 3).astype(np.float32)
     lit = np.clip(img.astype(np.float32) * gradient[..., None] * cast, 0, 255).astype(np.uint8)
     levels = np.arange(256, dtype=np.float32) / 255
-    curve = (levels ** rng.uniform(0.7, 1.4) - 0.5) * rng.uniform(0.7, 1.25) + 0.5 + rng.uniform(-0.12, 0.12)
+    curve = (levels ** rng.uniform(0.85, 1.2) - 0.5) * rng.uniform(0.85, 1.15) + 0.5 + rng.uniform(-0.07, 0.07)
     return cv2.LUT(lit, np.clip(curve * 255, 0, 255).astype(np.uint8))
 
 
