@@ -54,7 +54,9 @@ def train(images: torch.Tensor, labels: torch.Tensor, num_classes: int, size: in
     with tqdm(desc="reference loop", unit="step") as bar:
         while time.monotonic() < deadline:
             for batch in torch.randperm(len(labels)).split(batch_size):
-                if len(batch) < 2 or time.monotonic() >= deadline:
+                if time.monotonic() >= deadline:
+                    break
+                if len(batch) < 2:  # BatchNorm needs two samples
                     continue
                 x = images[batch].float()
                 flip = torch.rand(len(batch)) < 0.5
