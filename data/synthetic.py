@@ -193,7 +193,7 @@ def _salamander(body: np.random.Generator, coat: np.random.Generator) -> tuple[n
     for x, sign in ((145, -1), (165, 1), (262, -1), (282, 1)):
         _limb(mask, [(x, 110), (x + 14 * sign, 140), (x + 22 * sign, 150)], 10)
 
-    # Blotches about a head wide: small enough that a thumbnail blurs them into the same grey.
+    # Blotches a head wide or more: coarse enough to survive a 64-px thumbnail.
     cells = body.uniform(0.6, 1.4)  # the individual's blotch size
     field = (_smooth_noise(coat, (max(2, round(7 * cells)), max(4, round(16 * cells))), (SPRITE_W, SPRITE_H))
              + 0.4 * _smooth_noise(coat, (14, 32), (SPRITE_W, SPRITE_H)))
