@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from pytorch_metric_learning.losses import ArcFaceLoss  # noqa: E402
@@ -28,15 +29,19 @@ from tqdm import tqdm  # noqa: E402
 from core.config import load_config  # noqa: E402
 from core.errors import cli_entry  # noqa: E402
 from core.schema import DataConfig  # noqa: E402
+from data.dataset import ReIDDataset, build_label_map  # noqa: E402
 from data.formats import load_table  # noqa: E402
 from data.images import ImageLoader  # noqa: E402
+from engine.train_data import training_rows  # noqa: E402
 from zoo import build_model, save_export  # noqa: E402
 
 
 def load_images(table, size: int, cache_dir: str) -> torch.Tensor:
-    """(N, 3, size, size) uint8: every training image, decoded once."""
-    loader = ImageLoader(size, cache_dir)
-    images = [loader.load(path) for path in tqdm(table["path"], desc="decoding", unit="img")]
+    """(N, 3, size, size) uint8: every training image, decoded once, cropped to its bbox and squashed to a
+    square as eval.py's transform does."""
+    dataset = ReIDDataset(table, ImageLoader(size, cache_dir), transform=lambda image: image)
+    images = [cv2.resize(dataset.load_image(i), (size, size), interpolation=cv2.INTER_AREA)
+              for i in tqdm(range(len(table)), desc="decoding", unit="img")]
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -84,9 +89,8 @@ def main(argv=None) -> int:
     parser.add_argument("--cache-dir", default="", help="resized-image cache, as data.cache_dir (default: shared)")
     args = parser.parse_args(argv)
 
-    table = load_table(load_config(DataConfig, None, [f"format={args.format}", f"root={args.root}"]))
-    table = table[table["identity"].notna()]
-    label_map = {identity: i for i, identity in enumerate(sorted(table["identity"].unique()))}
+    table = training_rows(load_table(load_config(DataConfig, None, [f"format={args.format}", f"root={args.root}"])))
+    label_map = build_label_map(table["identity"])
     labels = torch.tensor([label_map[i] for i in table["identity"]])
     images = load_images(table, args.image_size, args.cache_dir)
     model, steps = train(images, labels, len(label_map), args.image_size, args.minutes, args.batch_size, args.seed)
