@@ -50,7 +50,9 @@ def main(argv=None) -> dict:
     from engine.accel import make_accelerator  # heavy imports only once the config is known to be valid
     from engine.pipeline import run_evaluation
 
-    accelerator = make_accelerator("auto")
+    # On CPU, extraction is a small share of the time and float32 keeps near-equal similarities
+    # in order; GPUs extract in bf16/fp16.
+    accelerator = make_accelerator("auto", cpu_bf16=False)
     result = run_evaluation(cfg, accelerator)
     if accelerator.is_main_process:
         print(summary(result))
