@@ -39,8 +39,9 @@ def main(argv=None) -> dict:
     from engine.trainer import train  # heavy imports only once the config is known to be valid
 
     result = train(cfg, resume=args.resume)
-    summary = "  ".join(f"{k}={v:.4f}" for k, v in (result["best"] or result["metrics"]).items())
-    print(f"done: {result['steps']} steps; best validation: {summary or 'n/a'}; model exported to {result['export']}")
+    summary = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result["metrics"].items())
+    print(f"done: {result['steps']} steps; exported model's validation: {summary or 'n/a'}; "
+          f"model exported to {result['export']}")
     return result
 
 

@@ -85,14 +85,14 @@ class TrainLoopConfig:
     min_lr_ratio: float = 0.01  # (float) cosine floor as a fraction of lr
     grad_accum: int = 1  # (int) micro-batches accumulated into one optimizer step
     clip_grad: float = 5.0  # (float) max gradient norm (0 = no clipping)
-    mixed_precision: str = "auto"  # (str) auto (bf16/fp16 on GPU, off on CPU) | no | fp16 | bf16
+    mixed_precision: str = "auto"  # (str) auto (bf16/fp16 on GPU; bf16 on CPUs with AVX512-BF16/AMX, else off) | no | fp16 | bf16
     ema: bool = False  # (bool) keep an exponential moving average of the weights for eval/export
     ema_decay: float = 0.999  # (float) EMA decay per step
     checkpoint_every: int = 200  # (int) save full training state every N steps (0 = epoch ends only)
     keep_last: int = 2  # (int) checkpoints kept
     log_every: int = 10  # (int) TensorBoard scalars every N steps
     deterministic: bool = False  # (bool) deterministic algorithms (bitwise-reproducible on CPU)
-    channels_last: bool = False  # (bool) channels-last memory format (faster on recent GPUs)
+    channels_last: bool = False  # (bool) channels-last memory format (faster on recent GPUs and with oneDNN on CPU)
 
 
 @dataclass
@@ -102,6 +102,7 @@ class ValidationConfig:
     unknown_fraction: float = 0.2  # (float) of the held-out identities, fraction only in the query set
     every_epochs: int = 1  # (int) validate every N epochs (and at the end)
     best_metric: str = "geometric_mean"  # (str) rank1 | mAP | BAKS | BAUS | geometric_mean
+    export: str = "best"  # (str) weights exported: best (by best_metric) | last (end of the schedule)
     max_images: int = 2000  # (int) cap on validation images, for speed
 
 

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from core.config import save_config, to_dict
 from core.errors import ConfigError
 from core.schema import TrainConfig
+from core.suggest import did_you_mean
 from engine.accel import make_accelerator
 from engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from engine.schedule import TimeBudget, build_scheduler
@@ -68,8 +69,13 @@ def _fresh_output_dir(out: Path, resuming: bool) -> None:
         shutil.rmtree(old)
 
 
+EXPORTED_WEIGHTS = ("best", "last")
+
+
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None):
+        if cfg.val.export not in EXPORTED_WEIGHTS:
+            raise ConfigError(f"unknown val.export '{cfg.val.export}'{did_you_mean(cfg.val.export, EXPORTED_WEIGHTS)}")
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.acc = make_accelerator(cfg.train.mixed_precision)
@@ -204,11 +210,11 @@ class Trainer:
         bar.close()
         self._sync_buffers()
         self._checkpoint()
-        export = self._export(metrics)
+        export, exported_metrics = self._export(metrics)
         if self.writer is not None:
             self.writer.close()
         return {
-            "metrics": metrics,
+            "metrics": exported_metrics,
             "best": state["best"],
             "export": str(export),
             "steps": state["step"],
@@ -286,7 +292,7 @@ class Trainer:
             raise ConfigError(f"val.best_metric '{key}' is not a validation metric; valid: {', '.join(metrics)}")
         if self.state["best"] is None or metrics[key] > self.state["best"][key]:
             self.state["best"], self.state["best_step"] = dict(metrics), step
-            if self.acc.is_main_process:
+            if self.acc.is_main_process and self.cfg.val.export == "best":
                 (self.out / "best").mkdir(exist_ok=True)
                 save_model(self.eval_model(), str(self.out / "best" / "model.safetensors"))
         return metrics
@@ -307,15 +313,19 @@ class Trainer:
         if len(set(digests)) != 1:
             raise RuntimeError(f"the {self.acc.num_processes} processes ended with different weights: {digests}")
 
-    def _export(self, last_metrics: Dict[str, float]) -> Path:
+    def _export(self, last_metrics: Dict[str, float]) -> tuple:
+        """Write export/ with the best weights (val.export=best, when validation ran) or the last ones;
+        returns its path and the validation metrics of the exported weights."""
         export = self.out / "export"
+        metrics = dict(last_metrics, step=self.state["step"]) if last_metrics else {}
+        best_file = self.out / "best" / "model.safetensors"
+        use_best = self.cfg.val.export == "best" and self.state["best"] is not None
+        if use_best:
+            metrics = dict(self.state["best"], step=self.state["best_step"])
         if self.acc.is_main_process:
             model = self.eval_model()
-            best_file = self.out / "best" / "model.safetensors"
-            metrics = last_metrics
-            if self.state["best"] is not None and best_file.is_file():
+            if use_best:
                 load_model(model, str(best_file), device=str(self.acc.device))
-                metrics = dict(self.state["best"], step=self.state["best_step"])
             save_export(
                 model,
                 export,
@@ -325,7 +335,7 @@ class Trainer:
             )
             self.acc.print(f"exported {export}")
         self.acc.wait_for_everyone()
-        return export
+        return export, metrics
 
 
 def state_digest(module: nn.Module) -> str:

@@ -32,7 +32,7 @@ def test_train_end_to_end_exports_a_rebuildable_model(tiny_synthetic, tmp_path):
     out = tmp_path / "run"
     result = run_train(tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + ["train.epochs=2", "val.fraction=0.4"])
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "best validation" in result.stdout
+    assert "exported model's validation: rank1=" in result.stdout
     model, meta = load_export(out / "export")
     assert meta["embed_dim"] == 64 and meta["input_size"] == 48
     assert len(meta["label_map"]) > 0 and {"rank1", "geometric_mean"} <= set(meta["metrics"])
@@ -40,6 +40,21 @@ def test_train_end_to_end_exports_a_rebuildable_model(tiny_synthetic, tmp_path):
     with torch.no_grad():
         emb = model.embed(torch.rand(2, 3, 48, 48))
     assert emb.shape == (2, 64) and torch.allclose(emb.norm(dim=1), torch.ones(2), atol=1e-5)
+
+
+@pytest.mark.slow
+def test_val_export_last_exports_the_final_weights(tiny_synthetic, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + [
+        "train.max_steps=4", "val.fraction=0.4", "val.export=last"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (out / "best").exists()
+    exported = load_file(str(out / "export" / "model.safetensors"))
+    final = {k[len("model."):]: v for k, v in final_weights(out).items() if k.startswith("model.")}
+    assert exported.keys() == final.keys()
+    assert all(torch.equal(exported[k], final[k]) for k in final)
+    metrics = json.loads((out / "export" / "config.json").read_text())["metrics"]
+    assert metrics["step"] == 4 and "rank1" in metrics
 
 
 @pytest.mark.slow
@@ -129,6 +144,7 @@ def test_time_budget_stops_the_run_with_the_lr_annealed(tiny_synthetic, tmp_path
         (["model.name=embeder"], "did you mean 'embedder'"),
         (["losses=[{name: arcfase}]"], "did you mean 'arcface'"),
         (["data.datasets=[NoSuchDataset]"], "NoSuchDataset"),
+        (["val.export=lats"], "did you mean 'last'"),
     ],
 )
 def test_bad_configs_exit_2_with_a_message(tiny_synthetic, tmp_path, overrides, message):
