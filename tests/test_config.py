@@ -50,6 +50,19 @@ def test_yaml_file_base_and_roundtrip(tmp_path):
     assert load_config(TrainConfig, tmp_path / "resolved.yaml") == cfg
 
 
+def test_no_and_off_are_strings_not_booleans(tmp_path):
+    # YAML 1.1 would read these as False: `train.mixed_precision=no` must stay the string "no".
+    cfg = load_config(TrainConfig, None, ["train.mixed_precision=no", "data.crop_to_bbox=False"])
+    assert cfg.train.mixed_precision == "no" and cfg.data.crop_to_bbox is False
+    (tmp_path / "r.yaml").write_text("train: {mixed_precision: no, deterministic: true}\n")
+    cfg = load_config(TrainConfig, tmp_path / "r.yaml")
+    assert cfg.train.mixed_precision == "no" and cfg.train.deterministic is True
+    save_config(cfg, tmp_path / "resolved.yaml")
+    assert load_config(TrainConfig, tmp_path / "resolved.yaml") == cfg
+    with pytest.raises(ConfigError, match="'val.enabled' must be true or false, got 'yes'"):
+        load_config(TrainConfig, None, ["val.enabled=yes"])
+
+
 def test_missing_or_invalid_yaml(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
         load_config(TrainConfig, tmp_path / "nope.yaml")
