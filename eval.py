@@ -48,7 +48,7 @@ def main(argv=None) -> dict:
     if args.print_config:
         return {}
     from engine.accel import make_accelerator  # heavy imports only once the config is known to be valid
-    from engine.pipeline import run_evaluation
+    from engine.evaluation.pipeline import run_evaluation
 
     # On CPU, extraction is a small share of the time and float32 keeps near-equal similarities
     # in order; GPUs extract in bf16/fp16.

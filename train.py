@@ -36,7 +36,7 @@ def main(argv=None) -> dict:
     args, cfg = parse_config(TrainConfig, build_parser(), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
         return {}
-    from engine.trainer import train  # heavy imports only once the config is known to be valid
+    from engine.training.loop import train  # heavy imports only once the config is known to be valid
 
     result = train(cfg, resume=args.resume)
     summary = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result["metrics"].items())

@@ -1,12 +1,9 @@
-"""Where reidzoo keeps its caches (synthetic datasets, resized images, embeddings), and how it writes them."""
+"""Where reidzoo keeps its caches (synthetic datasets, resized images, embeddings)."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Optional
-
-import numpy as np
 
 
 def cache_base() -> Path:
@@ -22,16 +19,3 @@ def resolve_cache_setting(value: Optional[str], kind: str) -> Optional[str]:
     if value.strip() == "":
         return str(cache_base() / kind)
     return os.path.expanduser(value)
-
-
-def save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    """Write `array` as .npy under a temporary name, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array))
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -28,7 +28,8 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from core.errors import DataError
-from core.paths import resolve_cache_setting, save_npy_atomic
+from core.files import save_npy_atomic
+from core.paths import resolve_cache_setting
 
 # Bump when the decoding or resizing changes, so old cache entries are not reused.
 CACHE_VERSION = 1

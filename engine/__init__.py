@@ -1,1 +1,2 @@
-"""Training and evaluation engine: training loop plumbing, metrics, retrieval, calibration, submissions."""
+"""The engine: `training/` (train.py's loop) and `evaluation/` (eval.py's pipeline); the modules here
+(extraction, embedding cache, retrieval, metrics, visual grids, accelerator set-up) serve both."""

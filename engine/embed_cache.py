@@ -22,7 +22,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from core.paths import resolve_cache_setting, save_npy_atomic
+from core.files import save_npy_atomic
+from core.paths import resolve_cache_setting
 
 # Bump when extraction changes how numbers are computed, so old entries are not reused.
 CACHE_VERSION = 1

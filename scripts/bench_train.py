@@ -5,9 +5,9 @@
 Three figures, each over the same number of optimizer steps of the default recipe's model and
 loss (resnet18 embedder + ArcFace) on the synthetic dataset:
   bare      a plain loop: model -> loss -> backward -> AdamW step, batches already in memory
-  ours/mem  engine.trainer's loop (Accelerate, scheduler, clipping, logging, progress bar) fed
+  ours/mem  engine.training.loop's loop (Accelerate, scheduler, clipping, logging, progress bar) fed
             the very same in-memory batches
-  ours/disk engine.trainer's loop reading images from disk through the resized-image cache
+  ours/disk engine.training.loop's loop reading images from disk through the resized-image cache
             (warmed first) with its DataLoader workers and augmentation
 These three run in float32, contiguous memory, like the bare loop, so the ratios measure the
 loop's overhead. A fourth figure, ours/mem at the recipe's numerics (channels-last and, where the
@@ -30,7 +30,7 @@ from accelerate.state import AcceleratorState  # noqa: E402
 
 from core.config import load_config  # noqa: E402
 from core.schema import TrainConfig  # noqa: E402
-from engine.trainer import Trainer  # noqa: E402
+from engine.training.loop import Trainer  # noqa: E402
 from losses import build_criterion  # noqa: E402
 from zoo import build_model  # noqa: E402
 

@@ -32,7 +32,7 @@ from core.schema import DataConfig  # noqa: E402
 from data.dataset import ReIDDataset, build_label_map  # noqa: E402
 from data.formats import load_table  # noqa: E402
 from data.images import ImageLoader  # noqa: E402
-from engine.train_data import training_rows  # noqa: E402
+from engine.training.data import training_rows  # noqa: E402
 from zoo import build_model, save_export  # noqa: E402
 
 

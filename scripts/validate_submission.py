@@ -15,7 +15,7 @@ import argparse  # noqa: E402
 
 from core.errors import cli_entry  # noqa: E402
 from core.schema import DataConfig  # noqa: E402
-from engine.submission import (  # noqa: E402
+from engine.evaluation.submission import (  # noqa: E402
     COLUMNS,
     NEW_LABEL,
     check_submission,

@@ -6,7 +6,7 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 
 from core.errors import ConfigError, DataError
-from engine.calibration import (
+from engine.evaluation.calibration import (
     Calibrator,
     fit_calibrator,
     pair_scores_for_calibration,

@@ -14,10 +14,10 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
 from data.table import make_table
-from engine import pipeline
-from engine.baselines import pixel_baseline
-from engine.pipeline import ModelOutput, evaluate_outputs, run_evaluation, tuning_split, voting_classes
-from engine.submission import check_submission, read_submission
+from engine.evaluation import pipeline
+from engine.evaluation.baselines import pixel_baseline
+from engine.evaluation.pipeline import ModelOutput, evaluate_outputs, run_evaluation, tuning_split, voting_classes
+from engine.evaluation.submission import check_submission, read_submission
 from zoo import build_model, model_checksum, save_export
 
 SIZE = 32

@@ -11,9 +11,9 @@ from conftest import REPO
 import data.synthetic
 from core.config import load_config
 from core.schema import EvalConfig
-from engine.baselines import pixel_baseline
-from engine.pipeline import load_evaluation_data, run_evaluation
-from engine.submission import check_submission
+from engine.evaluation.baselines import pixel_baseline
+from engine.evaluation.pipeline import load_evaluation_data, run_evaluation
+from engine.evaluation.submission import check_submission
 
 TRAIN_RECIPE = REPO / "configs" / "train" / "default.yaml"
 EVAL_RECIPE = REPO / "configs" / "eval" / "default.yaml"

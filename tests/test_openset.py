@@ -4,7 +4,7 @@ import pytest
 
 from core.errors import ConfigError, DataError
 from engine.metrics import animalclef_score
-from engine.openset import decide, humpback_guesses, tune_threshold
+from engine.evaluation.openset import decide, humpback_guesses, tune_threshold
 
 NEW = "new_individual"
 

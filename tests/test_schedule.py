@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from engine.schedule import TimeBudget, build_scheduler, warmup_cosine_factor
+from engine.training.schedule import TimeBudget, build_scheduler, warmup_cosine_factor
 
 KW = dict(warmup_steps=10, total_steps=110, min_ratio=0.01)
 

@@ -27,10 +27,10 @@ from core.errors import ConfigError
 from core.schema import TrainConfig
 from core.suggest import did_you_mean
 from engine.accel import make_accelerator
-from engine.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
-from engine.schedule import TimeBudget, build_scheduler
-from engine.train_data import TrainData, build_train_data
-from engine.validation import validate
+from engine.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from engine.training.schedule import TimeBudget, build_scheduler
+from engine.training.data import TrainData, build_train_data
+from engine.training.validation import validate
 from losses import build_criterion
 from zoo import build_model, save_export
 

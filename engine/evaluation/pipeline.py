@@ -57,7 +57,7 @@ from data.splits import open_set_split, split_from_column
 from data.table import labelled
 from data.transforms import build_tta_transform, num_tta_views
 from data.validate import require_query
-from engine.calibration import (
+from engine.evaluation.calibration import (
     METHODS,
     fit_calibrator,
     pair_scores_for_calibration,
@@ -73,9 +73,9 @@ from engine.embed_cache import (
 )
 from engine.extraction import EMBEDDING, LOGITS, extract
 from engine.metrics import animalclef_score, cmc, map_at_5, mean_average_precision
-from engine.openset import decide, humpback_guesses, thresholds_for, tune_threshold
+from engine.evaluation.openset import decide, humpback_guesses, thresholds_for, tune_threshold
 from engine.retrieval import Candidates, RetrievalResult, retrieve, to_candidates
-from engine.submission import submission_kind, write_submission
+from engine.evaluation.submission import submission_kind, write_submission
 
 TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as validation queries
 MIN_UNSEEN_IDENTITIES = 4  # per dataset, to tune on identities no model was trained on
@@ -637,7 +637,7 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         _write_json(staging / MANIFEST, manifest(cfg, table, outputs, ev, kind))
         save_config(cfg, staging / "config.yaml")
         if cfg.report:
-            from engine.report import write_report
+            from engine.evaluation.report import write_report
 
             write_report(staging / "report.html", cfg=cfg, gallery=gallery, query=query, evaluation=ev,
                          metrics=metrics, rows=rows)

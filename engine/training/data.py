@@ -18,7 +18,7 @@ from data.images import ImageLoader, resolve_cache_dir
 from data.samplers import build_batch_sampler
 from data.splits import identity_split, open_set_split
 from data.transforms import build_eval_transform, build_train_transform
-from engine.seeding import SeededBatchSampler, SeededDataset
+from engine.training.seeding import SeededBatchSampler, SeededDataset
 
 MIN_VAL_IDENTITIES = 4
 

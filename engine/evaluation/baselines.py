@@ -15,7 +15,7 @@ from tqdm import tqdm
 from core.schema import EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
-from engine.pipeline import ModelOutput, evaluate_outputs, load_evaluation_data, query_metrics
+from engine.evaluation.pipeline import ModelOutput, evaluate_outputs, load_evaluation_data, query_metrics
 
 PIXEL_SIZE = 32
 

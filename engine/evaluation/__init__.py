@@ -1,0 +1,1 @@
+"""Evaluation: scorers, calibration, soft voting, the open-set decision, submissions, metrics and the report."""

@@ -1,0 +1,1 @@
+"""Training: the Accelerate loop, its data pipeline, checkpoints, schedules, seeding and in-loop validation."""
