@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import json
+import os
+import random
+import shutil
 import threading
 from pathlib import Path
 
@@ -14,6 +17,8 @@ from PIL import Image
 from core.errors import ConfigError
 from data import synthetic
 from data.synthetic import ensure_synthetic, generate
+from data.synthetic_photo import FRAME_H, FRAME_W, render_photo
+from data.synthetic_species import GROUPS, Group, sprite
 from data.table import parse_bbox
 
 TINY = {"individuals": 6, "images_per_individual": 4}
@@ -39,11 +44,11 @@ def test_format_is_animalclef_with_bbox(tiny: Path) -> None:
     for row in table.itertuples():
         assert row.path.startswith("images/") and ".." not in row.path
         with Image.open(tiny / row.path) as img:
-            assert img.format == "JPEG" and img.size == (synthetic.FRAME_W, synthetic.FRAME_H)
+            assert img.format == "JPEG" and img.size == (FRAME_W, FRAME_H)
             img.load()
         x, y, w, h = parse_bbox(row.bbox)
         assert w > 20 and h > 20 and x >= 0 and y >= 0
-        assert x + w <= synthetic.FRAME_W and y + h <= synthetic.FRAME_H
+        assert x + w <= FRAME_W and y + h <= FRAME_H
 
 
 def test_open_set_splits_and_dates(tiny: Path) -> None:
@@ -71,6 +76,27 @@ def test_same_seed_same_bytes_other_seed_differs(tiny: Path, tmp_path: Path) -> 
     assert not set(_files(tiny).items()) & set(other.items()), "no file may be the same under another seed"
 
 
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.dataset)
+def test_a_photo_depends_only_on_its_seeds(group: Group) -> None:
+    """No global random state, no earlier draw and no OpenCV thread count reaches the pixels."""
+    def photo() -> tuple[np.ndarray, list[int]]:
+        return render_photo(sprite(group, 4, 1, "right"), np.random.default_rng([4, 1]), group.max_rotation)
+
+    first, first_box = photo()
+    np.random.seed(123)
+    random.seed(123)
+    render_photo(sprite(group, 4, 2, "left"), np.random.default_rng([4, 2]), group.max_rotation)
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(2)
+    try:
+        again, again_box = photo()
+    finally:
+        cv2.setNumThreads(threads)
+    assert np.array_equal(first, again) and first_box == again_box
+    other_flank, _ = render_photo(sprite(group, 4, 1, "left"), np.random.default_rng([4, 1]), group.max_rotation)
+    assert not np.array_equal(first, other_flank)
+
+
 def test_workers_give_identical_output(tmp_path: Path) -> None:
     args = {"seed": 3, "individuals": 3, "images_per_individual": 2, "progress": False}
     one = generate(tmp_path / "one", workers=1, **args)
@@ -91,6 +117,29 @@ def test_refuses_foreign_folder_and_replaces_its_own(tmp_path: Path) -> None:
     generate(out, individuals=3, images_per_individual=1, progress=False)
     assert len(pd.read_csv(out / "metadata.csv")) == 3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == [], "no temporary folder left"
+
+
+def test_a_dataset_another_writer_finished_first_is_kept(tmp_path: Path, monkeypatch) -> None:
+    """If the same dataset lands at `out` while ours is staged, ours is dropped, not an error."""
+    args = {"seed": 4, "individuals": 2, "images_per_individual": 1, "progress": False}
+    theirs = generate(tmp_path / "theirs", **args)
+    out = (tmp_path / "race").absolute()
+    real_replace = os.replace
+
+    def other_writer_wins(src, dst):
+        if Path(dst) == out and not out.exists():
+            shutil.copytree(theirs, out)
+            (out / "written-by-the-other-writer").touch()
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", other_writer_wins)
+    assert generate(out, **args) == out
+    assert (out / "written-by-the-other-writer").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["race", "theirs"], "no staging folder left"
+
+    shutil.rmtree(out)  # a dataset with other arguments is not ours to keep: the failed swap is an error
+    with pytest.raises(OSError):
+        generate(out, **{**args, "individuals": 3})
 
 
 def test_ensure_synthetic_caches_and_repairs(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -128,15 +177,14 @@ def _good_matches(a: np.ndarray, b: np.ndarray) -> int:
     return sum(1 for p in pairs if len(p) == 2 and p[0].distance < 0.75 * p[1].distance)
 
 
-@pytest.mark.parametrize("group", synthetic.GROUPS, ids=lambda g: g.dataset)
-def test_keypoints_match_the_same_flank_only(group: synthetic.Group) -> None:
+@pytest.mark.parametrize("group", GROUPS, ids=lambda g: g.dataset)
+def test_keypoints_match_the_same_flank_only(group: Group) -> None:
     """Two views of one flank share many keypoints; the other flank and other animals do not."""
     sift = cv2.SIFT_create()
 
     def descriptors(individual: int, side: str, k: int) -> np.ndarray:
-        sprite = synthetic._sprite(group, 0, individual, side)
-        rgb, (x, y, w, h) = synthetic.render_photo(sprite, np.random.default_rng([9, individual, k]),
-                                                   group.max_rotation)
+        rgb, (x, y, w, h) = render_photo(sprite(group, 0, individual, side),
+                                         np.random.default_rng([9, individual, k]), group.max_rotation)
         return sift.detectAndCompute(cv2.cvtColor(rgb[y:y + h, x:x + w], cv2.COLOR_RGB2GRAY), None)[1]
 
     views = {(i, side, k): descriptors(i, side, k) for i in range(3) for side, k in (("left", 0), ("left", 1))}
