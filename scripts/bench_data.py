@@ -3,7 +3,7 @@
     python scripts/bench_data.py [--synthetic-root DIR] [--dogfacenet DIR] [--images N]
 
 Three image sets: the built-in synthetic dataset (with --synthetic-root; "" would mean the
-default cache location), DogFaceNet-dev when present, and 3,000 x 2,000 JPEG photos generated
+default cache location), DogFaceNet-dev (with --dogfacenet), and 3,000 x 2,000 JPEG photos generated
 here in a temporary folder. For each: the loader alone (full decode + resize, draft decode +
 resize, cache read), then loader + training transform in one process and through a DataLoader,
 first with an empty cache (cold: decode + write) and then cached. "Cold" means never decoded
@@ -29,14 +29,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from core.errors import cli_entry  # noqa: E402
+from core.errors import UserError, cli_entry  # noqa: E402
 from core.schema import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig  # noqa: E402
 from data.dataset import ReIDDataset  # noqa: E402
 from data.images import ImageLoader  # noqa: E402
 from data.table import make_table, parse_bbox  # noqa: E402
 from data.transforms import build_train_transform  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 Item = Tuple[str, list | None]  # (path, bbox)
 
@@ -133,8 +132,8 @@ def main(argv: List[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--synthetic-root", default=None,
                         help="synthetic dataset folder (generated there if missing); omit to skip")
-    parser.add_argument("--dogfacenet", default=str(REPO.parent / "shared" / "data" / "DogFaceNet-dev"),
-                        help="DogFaceNet-dev folder (skipped if absent)")
+    parser.add_argument("--dogfacenet", default=None,
+                        help="DogFaceNet-dev folder (ROOT/<identity>/<image>); omit to skip")
     parser.add_argument("--images", type=int, default=300, help="images per set (at most)")
     parser.add_argument("--photos", type=int, default=60, help="3,000-px photos to generate")
     parser.add_argument("--size", type=int, default=224, help="target shorter side in pixels")
@@ -147,11 +146,11 @@ def main(argv: List[str] | None = None) -> None:
         items = synthetic_items(args.synthetic_root, args.images)
         if items:
             bench("synthetic", items, args.size, args.workers)
-    dogs = Path(args.dogfacenet)
-    if dogs.is_dir():
+    if args.dogfacenet is not None:
+        dogs = Path(args.dogfacenet)
+        if not dogs.is_dir():
+            raise UserError(f"--dogfacenet {dogs}: no such folder")
         bench("DogFaceNet-dev", folder_items(dogs, args.images), args.size, args.workers)
-    else:
-        print(f"DogFaceNet-dev: {dogs} not found; skipped")
     with tempfile.TemporaryDirectory(prefix="reidzoo-bench-photos-") as folder:
         photos = bench("3,000 x 2,000 JPEG photos", make_photos(Path(folder), min(args.photos, args.images)),
                        args.size, args.workers)

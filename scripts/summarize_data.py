@@ -1,6 +1,6 @@
 """Summarize a re-ID dataset in any supported format, after validating it.
 
-    python scripts/summarize_data.py --format folders --root ../shared/data/DogFaceNet-dev
+    python scripts/summarize_data.py --format folders --root /data/DogFaceNet-dev
     python scripts/summarize_data.py --format csv --root my.csv --columns path=file,identity=id --json
     python scripts/summarize_data.py --format synthetic
 
