@@ -2,7 +2,7 @@
 
 * `atomic_folder`: build a folder under a temporary sibling name, then swap it into place in one
   rename; a crash or an exception at any point leaves the previous folder (or none) as it was.
-* `atomic_write_text` / `save_npy_atomic`: the same for a single file.
+* `atomic_write_text` / `save_npy_atomic` / `save_npz_atomic`: the same for a single file.
 * `file_identity`: what identifies an image file for caches (absolute path, size, mtime).
 * `weights_checksum`: one sha256 for a model's weights, the same whatever device or wrapper holds them.
 """
@@ -37,6 +37,9 @@ def atomic_folder(final: PathLike, *, may_replace: Optional[Callable[[Path], boo
         raise FileExistsError(f"{final} exists and is not ours to replace")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield staging
     except BaseException:
@@ -83,6 +86,15 @@ def atomic_write_text(path: PathLike, text: str) -> None:
 def save_npy_atomic(path: PathLike, array: np.ndarray) -> None:
     """Write `array` as .npy under a temporary name, then rename: readers never see half a file."""
     _atomic_file(Path(path), lambda handle: np.save(handle, np.ascontiguousarray(array)), "wb")
+
+
+def save_npz_atomic(path: PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write named arrays as one uncompressed .npz the same way: readers see all of them or none."""
+    clashing = [name for name in arrays if name in ("file", "allow_pickle")]  # np.savez's own parameters
+    if clashing:
+        raise ValueError(f"array name {clashing[0]!r} is reserved by np.savez; use another name")
+    arrays = {name: np.ascontiguousarray(array) for name, array in arrays.items()}
+    _atomic_file(Path(path), lambda handle: np.savez(handle, **arrays), "wb")
 
 
 def file_identity(path: PathLike) -> Tuple[str, int, int]:

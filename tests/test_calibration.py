@@ -7,11 +7,11 @@ from sklearn.isotonic import IsotonicRegression
 
 from core.errors import ConfigError, DataError
 from engine.evaluation.calibration import (
+    RAMP_SHARE,
     Calibrator,
     fit_calibrator,
     pair_scores_for_calibration,
     soft_vote,
-    softmax_candidates,
 )
 from engine.retrieval import l2_normalize
 
@@ -24,24 +24,50 @@ def _noisy_pairs(n=2000, seed=0):
 
 
 @pytest.mark.parametrize("method", ["isotonic", "logistic"])
-def test_calibration_is_monotone_into_unit_interval(method):
+def test_calibration_is_strictly_increasing_into_unit_interval(method):
     scores, same = _noisy_pairs()
     calibrator = fit_calibrator(scores, same, method)
     grid = np.linspace(-2, 2, 2001)
     probs = calibrator(grid)
-    assert np.all(np.diff(probs) >= 0)
-    assert probs.min() >= 0 and probs.max() <= 1
+    assert np.all(np.diff(probs) > 0), "raw scores that differ must never share a calibrated score"
+    assert probs.min() > 0 and probs.max() < 1
     assert probs[0] < 0.05 and probs[-1] > 0.95  # informative, not a constant
-    assert calibrator(-np.inf) == probs[0] or method == "logistic"
     again = Calibrator.from_dict(json.loads(json.dumps(calibrator.to_dict())))
     np.testing.assert_allclose(again(grid), probs)
 
 
-def test_isotonic_reproduces_sklearn_predict():
+def test_isotonic_follows_the_isotonic_fit_without_its_plateaus():
     scores, same = _noisy_pairs(seed=1)
     reference = IsotonicRegression(out_of_bounds="clip", increasing=True).fit(scores, same)
-    grid = np.linspace(-1, 2, 301)
-    np.testing.assert_allclose(fit_calibrator(scores, same)(grid), reference.predict(grid), atol=1e-12)
+    calibrator = fit_calibrator(scores, same)
+    grid = np.linspace(0.0, 1.0, 301)
+    # Centred isotonic regression stays close to the step function it smooths...
+    assert np.abs(calibrator(grid) - reference.predict(grid)).mean() < 0.03
+    # ...and where the step function is flat, the calibration still rises.
+    plateau = grid[np.flatnonzero(np.diff(reference.predict(grid)) == 0)]
+    assert len(plateau) > 50 and np.all(np.diff(calibrator(plateau)) > 0)
+
+
+def test_hand_computed_centred_isotonic_and_ramp():
+    # Pairs (score, same): blocks by isotonic regression are {0.1, 0.2} -> 0, {0.3, 0.5} -> 0.5, {0.6} -> 1.
+    scores = np.array([0.1, 0.2, 0.3, 0.5, 0.6])
+    same = np.array([False, False, True, False, True])
+    calibrator = fit_calibrator(scores, same)
+    assert calibrator.params["x"] == pytest.approx([0.15, 0.4, 0.6])
+    assert calibrator.params["y"] == pytest.approx([0.0, 0.5, 1.0])
+    centre, spread = scores.mean(), scores.std()
+    s = 0.275  # halfway between the first two block centres
+    ramp = 1 / (1 + np.exp(-(s - centre) / spread))
+    assert calibrator(s) == pytest.approx((1 - RAMP_SHARE) * 0.25 + RAMP_SHARE * ramp)
+
+
+def test_a_calibrator_without_evidence_keeps_the_raw_order():
+    """Scores unrelated to the labels: isotonic fits one flat block, logistic a zero slope."""
+    rng = np.random.default_rng(3)
+    scores, same = rng.normal(size=500), rng.random(500) < 0.5
+    for method in ("isotonic", "logistic"):
+        probs = fit_calibrator(scores, same, method)(np.sort(scores))
+        assert np.all(np.diff(probs) > 0) and 0.3 < probs.mean() < 0.7
 
 
 def test_calibration_needs_both_kinds_of_pairs():
@@ -77,15 +103,3 @@ def test_soft_vote_by_hand():
     assert soft_vote([model_a, model_a]) == [[("x", 0.8), ("y", 0.4)], []]  # agreeing models keep their value
     with pytest.raises(ConfigError):
         soft_vote([model_a, model_b], weights=[1])
-
-
-def test_softmax_candidates_average_classifiers():
-    logits_a = np.log(np.array([[0.7, 0.2, 0.1]]))
-    logits_b = np.log(np.array([[0.1, 0.5, 0.4]]))
-    label_map = {"lynx_1": 0, "lynx_2": 1, "lynx_3": 2}
-    result = softmax_candidates([logits_a, logits_b], label_map, top=2)
-    assert result == [[("lynx_1", pytest.approx(0.4)), ("lynx_2", pytest.approx(0.35))]]
-    json_map = {"0": "lynx_1", "1": "lynx_2", "2": "lynx_3"}  # index -> identity, as read back from JSON
-    assert softmax_candidates(logits_b, json_map, top=1) == [[("lynx_2", pytest.approx(0.5))]]
-    with pytest.raises(ConfigError, match="2 identities"):
-        softmax_candidates(logits_a, ["lynx_1", "lynx_2"])

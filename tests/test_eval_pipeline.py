@@ -5,7 +5,6 @@ import json
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 
@@ -13,11 +12,14 @@ import eval as eval_cli
 from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
-from data.table import make_table
-from engine.evaluation import pipeline
+from engine.evaluation import model_outputs, pipeline
 from engine.evaluation.baselines import pixel_baseline
-from engine.evaluation.pipeline import ModelOutput, evaluate_outputs, run_evaluation, tuning_split, voting_classes
+from engine.evaluation.decision import evaluate_outputs, tuning_split
+from engine.evaluation.model_outputs import voting_classes
+from engine.evaluation.pipeline import run_evaluation
+from engine.evaluation.scorers import ModelOutput
 from engine.evaluation.submission import check_submission, read_submission
+from tests.embedding_worlds import clustered
 from zoo import build_model, model_checksum, save_export
 
 SIZE = 32
@@ -81,7 +83,7 @@ def test_rerun_with_other_settings_reads_embeddings_from_the_cache(world, first_
     def no_extraction(*args, **kwargs):
         raise AssertionError("embeddings were extracted again")
 
-    monkeypatch.setattr(pipeline, "extract", no_extraction)
+    monkeypatch.setattr(model_outputs, "extract", no_extraction)
     result = run_evaluation(config(world, "out2", "calibration=logistic", "threshold.value=0.5",
                                    "retrieval.aggregation=mean_top_m", "report=false"))
     assert result["threshold"]["global"] == 0.5 and result["report"] is None
@@ -200,26 +202,6 @@ def test_classifier_classes_must_fit_the_database():
         voting_classes("m", {"label_map": {"a": 0, "x": 1}}, 2, database)
     with pytest.raises(DataError, match="outputs 3 classes"):
         voting_classes("m", {"label_map": {"a": 0, "b": 1}}, 3, database)
-
-
-def clustered(seed: int = 0, identities: int = 12, per_identity: int = 6, new: int = 3, dim: int = 16):
-    """Gallery and query tables with embeddings: each identity a direction plus noise."""
-    rng = np.random.default_rng(seed)
-    centres = rng.normal(size=(identities + new, dim))
-    rows, vectors = [], []
-    for i, centre in enumerate(centres):
-        dataset = "A" if i % 2 else "B"
-        for k in range(per_identity):
-            split = "query" if i >= identities or k == 0 else "database"
-            rows.append({"image_id": f"{i}-{k}", "identity": f"{dataset}{i}", "path": f"/x/{i}-{k}.jpg",
-                         "split": split, "dataset": dataset})
-            vectors.append(centre + rng.normal(scale=0.6, size=dim))
-    table = make_table(rows)
-    vectors = np.asarray(vectors, dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    is_query = (table["split"] == "query").to_numpy()
-    gallery, query = table[~is_query].reset_index(drop=True), table[is_query].reset_index(drop=True)
-    return gallery, query, np.concatenate([vectors[~is_query], vectors[is_query]])
 
 
 def test_threshold_and_decisions_never_depend_on_query_labels():

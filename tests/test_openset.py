@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError, DataError
-from engine.metrics import animalclef_score
-from engine.evaluation.openset import decide, humpback_guesses, tune_threshold
+from engine.evaluation.openset import decide, humpback_guesses, tune_humpback_threshold, tune_threshold
+from engine.metrics import animalclef_score, map_at_5
 
 NEW = "new_individual"
 
@@ -89,3 +89,18 @@ def test_humpback_new_whale_goes_where_the_threshold_says():
     assert humpback_guesses(candidates[:3], 0.1) == ["w1", "w2", "w3", "new_whale"]
     short = [("w1", 0.9), ("w1", 0.8), ("w2", 0.2)]
     assert humpback_guesses(short, 0.5, fallback=["w9", "w2", "w8"]) == ["w1", "new_whale", "w2", "w9", "w8"]
+
+
+def test_new_whale_place_is_tuned_for_map5_by_hand():
+    # Two known whales (the right one first, at 0.9 and 0.5) and one new whale (best candidate 0.7).
+    candidates = [[("w1", 0.9), ("w2", 0.2)], [("w3", 0.5), ("w4", 0.1)], [("w5", 0.7), ("w6", 0.3)]]
+    truth = np.array(["w1", "w3", "new_whale"], dtype=object)
+    known = np.array([True, True, False])
+    tuned = tune_humpback_threshold(candidates, truth, known)
+    # By hand: t in (0.7, 0.9] gives 1 + 1/2 + 1 and t in (0.3, 0.5] gives 1 + 1 + 1/2; nothing does
+    # better, since no threshold puts both w3 and new_whale first.
+    assert tuned["validation"] == pytest.approx(2.5 / 3)
+    assert 0.7 < tuned["global"] <= 0.9 or 0.3 < tuned["global"] <= 0.5
+    by_metric = max(map_at_5(truth, [humpback_guesses(c, t) for c in candidates]) for t in np.linspace(0, 1, 201))
+    assert by_metric == pytest.approx(tuned["validation"])
+    assert map_at_5(truth, [humpback_guesses(c, tuned["global"]) for c in candidates]) == pytest.approx(2.5 / 3)

@@ -15,7 +15,10 @@ from tqdm import tqdm
 from core.schema import EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
-from engine.evaluation.pipeline import ModelOutput, evaluate_outputs, load_evaluation_data, query_metrics
+from engine.evaluation.decision import evaluate_outputs
+from engine.evaluation.pipeline import load_evaluation_data
+from engine.evaluation.query_metrics import query_metrics
+from engine.evaluation.scorers import ModelOutput
 
 PIXEL_SIZE = 32
 

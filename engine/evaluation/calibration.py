@@ -1,15 +1,18 @@
-"""Scores to probabilities, and ensembles of models by soft voting.
+"""Scores to probabilities, and ensembles of scorers by soft voting.
 
-Every model scores on its own scale (the cosine of one backbone is not the cosine of another, nor
-a keypoint-match count), so before models are averaged or thresholded each score is mapped to
-the probability that the pair shows the same individual. The map is monotone, fitted on labelled
-database pairs (isotonic regression, as in WildFusion; logistic as an option).
+Every scorer scores on its own scale (the cosine of one backbone is not the cosine of another, nor
+a softmax, nor a keypoint-match count), so before scorers are averaged or thresholded each score is
+mapped to the probability that the pair shows the same individual. The map is fitted on labelled
+database pairs (isotonic regression, as in WildFusion; logistic as an option) and is **strictly
+increasing**: two pairs whose raw scores differ never share a calibrated score. A plain isotonic
+fit is a step function whose wide plateaus would tie most queries of a weak model, and the open-set
+threshold, tuned and applied on calibrated scores, could then only fall between plateaus.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Dict, Mapping, Sequence, Tuple, Union
+from typing import Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -21,15 +24,22 @@ from core.suggest import did_you_mean
 from engine.retrieval import Candidates, as_float32, encode_labels, exact_search
 
 METHODS = ("isotonic", "logistic", "none")
+# Share of a logistic ramp over the fitted scores' spread blended into every calibrator: enough to
+# keep scores beyond the fitted pairs' range (and any flat stretch) in their raw order at a
+# resolution thresholds can use, small enough to leave the probabilities where the pairs put them.
+RAMP_SHARE = 0.02
 
 
 @dataclass
 class Calibrator:
-    """A monotone non-decreasing map from raw scores to probabilities in [0, 1].
+    """A strictly increasing map from raw scores to probabilities in (0, 1).
 
-    isotonic: piecewise-linear through sklearn's X_thresholds_/y_thresholds_, clipped at the
-    ends (what IsotonicRegression(out_of_bounds="clip").predict computes). logistic: sigmoid(a*s+b)
-    with a >= 0. none: the raw scores, unchanged (not probabilities: use for one model only).
+    p(s) = (1 - RAMP_SHARE) * base(s) + RAMP_SHARE * sigmoid((s - centre) / spread), where base is
+    isotonic: piecewise-linear through the centres of the isotonic fit's blocks (centred isotonic
+    regression: each run of pairs sharing one fitted value becomes one point at its mean score, so
+    the map rises between blocks instead of stepping), clipped at the outer centres;
+    logistic: sigmoid(a*s+b) with a >= 0 (a = 0 when the scores carry no evidence).
+    none: the raw scores, unchanged (not probabilities: for a single scorer only).
     """
 
     method: str
@@ -37,12 +47,14 @@ class Calibrator:
 
     def __call__(self, scores) -> np.ndarray:
         s = np.asarray(scores, dtype=np.float64)
+        if self.method == "none":
+            return s
         if self.method == "isotonic":
-            return np.interp(s, self.params["x"], self.params["y"])
-        if self.method == "logistic":
-            with np.errstate(over="ignore"):
-                return 1.0 / (1.0 + np.exp(-(self.params["coef"] * s + self.params["intercept"])))
-        return s
+            base = np.interp(s, self.params["x"], self.params["y"])
+        else:
+            base = _sigmoid(self.params["coef"] * s + self.params["intercept"])
+        ramp = _sigmoid((s - self.params["centre"]) / self.params["spread"])
+        return (1.0 - RAMP_SHARE) * base + RAMP_SHARE * ramp
 
     def to_dict(self) -> Dict[str, object]:
         """JSON-serialisable (for manifest.json, and to reuse the calibration later)."""
@@ -53,13 +65,30 @@ class Calibrator:
         method = data.get("method")
         if method not in METHODS:
             raise ConfigError(f"calibrator: unknown method {method!r}{did_you_mean(str(method), METHODS)}")
-        needed = {"isotonic": ("x", "y"), "logistic": ("coef", "intercept"), "none": ()}[method]
+        needed = {"isotonic": ("x", "y", "centre", "spread"), "logistic": ("coef", "intercept", "centre", "spread"),
+                  "none": ()}[method]
         missing = [key for key in needed if key not in data]
         if missing:
             raise ConfigError(f"calibrator ({method}): missing {', '.join(missing)}")
+        params = {key: float(data[key]) for key in needed if key not in ("x", "y")}
         if method == "isotonic":
-            return cls(method, {"x": [float(v) for v in data["x"]], "y": [float(v) for v in data["y"]]})
-        return cls(method, {key: float(data[key]) for key in needed})
+            params.update(x=[float(v) for v in data["x"]], y=[float(v) for v in data["y"]])
+        return cls(method, params)
+
+
+def _sigmoid(z) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return 1.0 / (1.0 + np.exp(-np.asarray(z, dtype=np.float64)))
+
+
+def _block_centres(scores: np.ndarray, fitted: np.ndarray) -> Tuple[list, list]:
+    """(mean score, value) of each run of sorted pairs sharing one isotonic value."""
+    order = np.argsort(scores, kind="stable")
+    s, y = scores[order], fitted[order]
+    starts = np.flatnonzero(np.concatenate([[True], np.diff(y) != 0]))
+    sums = np.add.reduceat(s, starts)
+    counts = np.diff(np.append(starts, len(s)))
+    return (sums / counts).tolist(), y[starts].tolist()
 
 
 def fit_calibrator(scores: Sequence[float], same: Sequence[bool], method: str = "isotonic") -> Calibrator:
@@ -68,7 +97,7 @@ def fit_calibrator(scores: Sequence[float], same: Sequence[bool], method: str = 
     The probabilities reflect the mix of pairs they were fitted on; fitted on each image's top-k
     neighbours, that mix resembles a query's top candidates, which is what they are applied to.
     Logistic regression is effectively unregularised (Platt scaling); if its slope comes out
-    negative (scores carry no evidence) it is set to 0, leaving the base rate.
+    negative (scores carry no evidence) it is set to 0, leaving the base rate and the ramp.
     """
     if method not in METHODS:
         raise ConfigError(f"calibration: unknown method '{method}'{did_you_mean(method, METHODS)}")
@@ -84,15 +113,18 @@ def fit_calibrator(scores: Sequence[float], same: Sequence[bool], method: str = 
         raise DataError(f"calibration needs pairs of the same and of different individuals; got {int(y.sum())} "
                         f"same and {int((~y).sum())} different (the database needs identities with at "
                         "least two images, and more than one identity)")
+    spread = float(s.std())
+    ramp = {"centre": float(s.mean()), "spread": spread if spread > 0 else 1.0}
     if method == "isotonic":
         iso = IsotonicRegression(out_of_bounds="clip", increasing=True, y_min=0.0, y_max=1.0).fit(s, y)
-        return Calibrator("isotonic", {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()})
+        x, values = _block_centres(s, iso.predict(s))
+        return Calibrator("isotonic", {"x": x, "y": values, **ramp})
     model = LogisticRegression(C=1e6).fit(s[:, None], y)
     coef = float(model.coef_[0, 0])
     if coef < 0:
         rate = float(np.clip(y.mean(), 1e-12, 1 - 1e-12))
-        return Calibrator("logistic", {"coef": 0.0, "intercept": math.log(rate / (1 - rate))})
-    return Calibrator("logistic", {"coef": coef, "intercept": float(model.intercept_[0])})
+        return Calibrator("logistic", {"coef": 0.0, "intercept": math.log(rate / (1 - rate)), **ramp})
+    return Calibrator("logistic", {"coef": coef, "intercept": float(model.intercept_[0]), **ramp})
 
 
 def pair_scores_for_calibration(embeddings: np.ndarray, labels: Sequence, k: int = 10,
@@ -166,45 +198,3 @@ def soft_vote(per_model: Sequence[Candidates], weights: Sequence[float] | None =
         parts.append(part)
     votes = pd.concat(parts, ignore_index=True).groupby(["query", "identity"], as_index=False)["prob"].sum()
     return _frame_to_candidates(votes, queries)
-
-
-def _class_names(label_map: Union[Mapping, Sequence[str]], classes: int) -> np.ndarray:
-    """Identity of each class index from {identity: index}, {index: identity} (keys may be JSON strings) or a list."""
-    if isinstance(label_map, Mapping):
-        if all(isinstance(v, (int, np.integer)) for v in label_map.values()):
-            pairs = {int(v): str(k) for k, v in label_map.items()}
-        else:
-            pairs = {int(k): str(v) for k, v in label_map.items()}
-        if sorted(pairs) != list(range(len(pairs))):
-            raise ConfigError("label map: class indices must be 0..n-1 without gaps")
-        names = [pairs[i] for i in range(len(pairs))]
-    else:
-        names = [str(v) for v in label_map]
-    if len(names) != classes:
-        raise ConfigError(f"the label map has {len(names)} identities but the classifier outputs {classes} classes")
-    return np.asarray(names, dtype=object)
-
-
-def softmax_candidates(logits: Union[np.ndarray, Sequence[np.ndarray]], label_map: Union[Mapping, Sequence[str]],
-                       top: int = 10, weights: Sequence[float] | None = None) -> Candidates:
-    """Classifiers: softmax over the known identities, averaged over models (weighted), top identities.
-
-    `logits` is one (Q, C) array or a list of them from classifiers sharing one label map.
-    """
-    stack = [np.asarray(logits, dtype=np.float64)] if isinstance(logits, np.ndarray) else \
-        [np.asarray(part, dtype=np.float64) for part in logits]
-    shapes = {part.shape for part in stack}
-    if len(shapes) != 1 or len(stack[0].shape) != 2:
-        raise ValueError(f"logits must be (Q, C) arrays of one shape, got {sorted(shapes)}")
-    w = _equal_or_given(weights, len(stack))
-    probs = np.zeros_like(stack[0])
-    for weight, part in zip(w, stack, strict=True):
-        shifted = np.exp(part - part.max(axis=1, keepdims=True))
-        probs += weight * shifted / shifted.sum(axis=1, keepdims=True)
-    names = _class_names(label_map, probs.shape[1])
-    top = min(top, probs.shape[1])
-    best = np.argpartition(-probs, top - 1, axis=1)[:, :top]
-    order = np.argsort(-np.take_along_axis(probs, best, axis=1), axis=1, kind="stable")
-    best = np.take_along_axis(best, order, axis=1)
-    values = np.take_along_axis(probs, best, axis=1)
-    return [list(zip(names[b].tolist(), v.tolist(), strict=True)) for b, v in zip(best, values, strict=True)]

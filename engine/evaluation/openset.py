@@ -99,18 +99,21 @@ def _candidate_thresholds(scores: np.ndarray, grid: Sequence[float] | None) -> T
 
 
 def _middle_of_best(values: np.ndarray, candidates: np.ndarray, edges: np.ndarray, grid_given: bool) -> float:
-    """Middle of the widest run of consecutive optimal candidates (robust to ties)."""
+    """The middle of the longest run of consecutive optimal candidates (robust to ties).
+
+    Without a grid, runs are measured in decisions (validation scores they span), not in score
+    units, and the middle is the middle decision: the choice then depends only on the scores'
+    order, so a strictly increasing calibration picks the same split of the validation queries as
+    the raw scores would. With a grid, the middle of the run's grid values.
+    """
     best = values.max()
     optimal = np.isclose(values, best, rtol=0, atol=1e-12)
     bounds = np.diff(np.concatenate([[0], optimal.astype(np.int8), [0]]))
     starts, stops = np.flatnonzero(bounds == 1), np.flatnonzero(bounds == -1) - 1
+    i = int(np.argmax(stops - starts))
     if grid_given:
-        widths = candidates[stops] - candidates[starts]
-        i = int(np.argmax(widths))
         return float((candidates[starts[i]] + candidates[stops[i]]) / 2)
-    widths = edges[stops + 1] - edges[starts]
-    i = int(np.argmax(widths))
-    return float((edges[starts[i]] + edges[stops[i] + 1]) / 2)
+    return float(candidates[(starts[i] + stops[i]) // 2])
 
 
 def _known_mask(truth: np.ndarray, known: Union[np.ndarray, Iterable[str]]) -> np.ndarray:
@@ -130,7 +133,7 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
     identities. The global threshold maximises the mean over datasets of sqrt(BAKS x BAUS); each
     per-dataset threshold maximises its own dataset's term. Candidates are every distinct decision
     (midpoints of consecutive distinct scores) or the given `grid`; among equal optima the middle
-    of the widest plateau wins. A dataset whose split has no known or no unknown queries cannot
+    of the longest run wins (see _middle_of_best). A dataset whose split has no known or no unknown queries cannot
     be tuned and takes the global threshold.
     Returns {"global": t, "per_dataset": {dataset: t}, "validation": {"global": score,
     "per_dataset": score with the per-dataset thresholds}}.
@@ -150,18 +153,20 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
     correct = ids == truth
     candidates, edges = _candidate_thresholds(scores, grid)
     names = sorted(set(groups.tolist()))
-    curves = {}
-    for name in names:
-        rows = groups == name
-        curves[name] = _dataset_curve(scores[rows], correct[rows], truth[rows], known_mask[rows], candidates)
-    mean_curve = np.mean([curves[n] for n in names], axis=0)
+    parts = {name: (scores[rows], correct[rows], truth[rows], known_mask[rows])
+             for name in names for rows in [groups == name]}
+    mean_curve = np.mean([_dataset_curve(*parts[name], candidates) for name in names], axis=0)
     global_t = _middle_of_best(mean_curve, candidates, edges, grid is not None)
     tuned: Dict[str, float] = {}
     for name in names:
-        rows = groups == name
-        tunable = known_mask[rows].any() and not known_mask[rows].all()
-        tuned[name] = _middle_of_best(curves[name], candidates, edges, grid is not None) \
-            if per_dataset and tunable else global_t
+        own_scores, _, _, own_known = parts[name]
+        if per_dataset and own_known.any() and not own_known.all():
+            # A dataset's own scores delimit its decisions: other datasets' scores would only
+            # split its runs and move its middle.
+            own, own_edges = _candidate_thresholds(own_scores, grid)
+            tuned[name] = _middle_of_best(_dataset_curve(*parts[name], own), own, own_edges, grid is not None)
+        else:
+            tuned[name] = global_t
     return {"global": global_t, "per_dataset": tuned,
             "validation": {"global": _score_at(scores, correct, truth, known_mask, groups, names, global_t),
                            "per_dataset": _score_at(scores, correct, truth, known_mask, groups, names, tuned)}}
@@ -195,3 +200,54 @@ def humpback_guesses(candidates: Sequence[Tuple[str, float]], threshold: float,
         if name not in guesses:
             guesses.append(name)
     return guesses[:5]
+
+
+MAX_HUMPBACK_THRESHOLDS = 2048  # candidate thresholds tried for MAP@5 (quantiles of the scores beyond)
+
+
+def _map5_curve(top_scores: np.ndarray, truth_rank: np.ndarray, known: np.ndarray,
+                thresholds: np.ndarray) -> np.ndarray:
+    """Mean MAP@5 at each threshold when `new_whale` goes before the first candidate below it.
+
+    top_scores: (Q, 5) scores of each query's first five candidates, best first (-inf padded);
+    truth_rank: (Q,) rank of the right whale among them (5 = absent); known: the query's whale is in
+    the database (else the right answer is new_whale). new_whale's slot is the number of candidates
+    at or above the threshold; a known whale ranked r moves one slot down when new_whale is before it.
+    """
+    slot = (top_scores[None, :, :] >= thresholds[:, None, None]).sum(axis=2)  # (T, Q)
+    r = truth_rank[None, :]
+    position = np.where(r < slot, r, r + 1)
+    known_gain = np.where(r < 5, 1.0 / (position + 1), 0.0) * (position < 5)
+    unknown_gain = np.where(slot < 5, 1.0 / (slot + 1), 0.0)
+    return np.where(known[None, :], known_gain, unknown_gain).mean(axis=1)
+
+
+def tune_humpback_threshold(candidates: Sequence[Sequence[Tuple[str, float]]], true_ids: Sequence,
+                            known: np.ndarray) -> Dict:
+    """The threshold placing `new_whale` among the five guesses that maximises MAP@5 on a labelled
+    validation split (`known`: the query's whale is in the validation database). Candidates are the
+    midpoints between distinct candidate scores (quantiles when there are very many); among equal
+    optima the middle of the longest run wins. Returns {"global": t, "validation": MAP@5}."""
+    known = np.asarray(known, dtype=bool)
+    if len(candidates) == 0:
+        raise DataError("MAP@5 tuning needs labelled validation queries; the split has none")
+    top = np.full((len(candidates), 5), -np.inf)
+    rank = np.full(len(candidates), 5)
+    for i, (cands, truth) in enumerate(zip(candidates, true_ids, strict=True)):
+        names = []
+        for identity, score in cands:
+            if identity in names:
+                continue
+            names.append(identity)
+            top[i, len(names) - 1] = -np.inf if score is None or math.isnan(score) else score
+            if len(names) == 5:
+                break
+        if known[i] and truth in names:
+            rank[i] = names.index(truth)
+    finite = np.unique(top[np.isfinite(top)])
+    if len(finite) > MAX_HUMPBACK_THRESHOLDS:
+        finite = np.unique(np.quantile(finite, np.linspace(0, 1, MAX_HUMPBACK_THRESHOLDS)))
+    thresholds, edges = _candidate_thresholds(finite, None)
+    curve = _map5_curve(top, rank, known, thresholds)
+    best = _middle_of_best(curve, thresholds, edges, grid_given=False)
+    return {"global": best, "validation": float(_map5_curve(top, rank, known, np.array([best]))[0])}

@@ -1,0 +1,99 @@
+"""What eval.py writes besides the submission: the output folder (replaced whole, never half-written),
+manifest.json (config, models, data fingerprint, threshold, calibrators, versions, git commit)."""
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterator, Optional, Sequence
+
+import pandas as pd
+
+from core.config import to_dict
+from core.errors import ConfigError
+from core.files import atomic_folder, atomic_write_text
+from core.schema import EvalConfig
+from engine.embed_cache import image_list_fingerprint
+from engine.evaluation.decision import Evaluation
+from engine.evaluation.query_metrics import finite
+from engine.evaluation.scorers import ModelOutput
+
+MANIFEST = "manifest.json"
+PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "faiss-gpu", "numpy", "pandas", "scikit-learn",
+            "accelerate", "albumentations", "safetensors", "pytorch-metric-learning", "reidzoo")
+
+
+def _is_our_output(folder: Path) -> bool:
+    if not folder.is_dir():
+        return False
+    return not any(folder.iterdir()) or (folder / MANIFEST).is_file()
+
+
+def check_output_dir(final: Path) -> None:
+    """The output folder is replaced as a whole, so it must be new, empty or an earlier eval output."""
+    final = final.expanduser().absolute()
+    if final.exists() and not _is_our_output(final):
+        raise ConfigError(f"output_dir {final} exists and is not an eval output folder (no {MANIFEST}): "
+                          "choose a new or empty folder")
+
+
+@contextlib.contextmanager
+def staged_directory(final: Path) -> Iterator[Path]:
+    """A temporary folder next to `final` that replaces it when the block completes; removed on error."""
+    check_output_dir(final)
+    with atomic_folder(final, may_replace=_is_our_output) as staging:
+        yield staging
+
+
+def _versions() -> Dict[str, Optional[str]]:
+    from importlib import metadata
+
+    found = {}
+    for name in PACKAGES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _git_commit() -> Optional[Dict[str, Any]]:
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=repo,
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput], ev: Evaluation,
+             kind: str) -> Dict[str, Any]:
+    import platform
+
+    return finite({
+        "tool": "reidzoo eval",
+        "config": to_dict(cfg),
+        "submission_kind": kind,
+        "models": [{**{k: v for k, v in o.info.items() if k != "training_identities"}, "weight": o.weight,
+                    "training_identities": len(o.info.get("training_identities") or {})} for o in outputs],
+        "data": {"format": cfg.data.format, "root": cfg.data.root, "images": len(table),
+                 "database": int((table["split"] == "database").sum()), "query": int((table["split"] == "query").sum()),
+                 "fingerprint": image_list_fingerprint(table)},
+        "threshold": ev.threshold,
+        "calibrators": ev.calibrators,
+        "tuning_split": None if ev.tuning is None else {k: ev.tuning[k] for k in ("queries", "identities", "new_identities")},
+        "versions": {"python": platform.python_version(), **_versions()},
+        "git": _git_commit(),
+    })
+
+
+def write_json(path: Path, payload: Any) -> None:
+    atomic_write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+
+

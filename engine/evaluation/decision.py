@@ -1,0 +1,162 @@
+"""The open-set decision for every query: calibrators and threshold from a split of the database,
+then the ensemble's vote on the real queries.
+
+* **Threshold.** Tuned without query labels, on a split carved from the labelled database: some
+  identities are held out, a fraction of them act as "new" (all their images become validation
+  queries), the others send half their images to the validation queries; the validation queries
+  are matched against the rest of the database. When the models' label maps show which identities
+  they were trained on and at least MIN_UNSEEN_IDENTITIES of a dataset's identities are unseen by
+  all of them (train.py holds validation identities out), the held-out identities are drawn from
+  those: scores of training images are optimistic, so a threshold tuned on them would not transfer.
+  Calibrators are fitted on the same remaining database, never on the validation queries.
+* **Scores the threshold sees** are fused calibrated probabilities; every calibrator is strictly
+  increasing, so a single model's decisions follow its raw scores' order exactly.
+* **Humpback**: where `new_whale` goes among the five guesses is tuned for MAP@5 on the same split.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from core.errors import DataError
+from core.schema import EvalConfig
+from data.splits import open_set_split
+from engine.evaluation.openset import (
+    decide,
+    humpback_guesses,
+    tune_humpback_threshold,
+    tune_threshold,
+)
+from engine.evaluation.scorers import ImageRanking, MatchSpace, ModelOutput, Scorer, scorers_for
+from engine.evaluation.voting import fit_calibrators, vote
+from engine.retrieval import Candidates
+
+TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as validation queries
+MIN_UNSEEN_IDENTITIES = 4  # per dataset, to tune on identities no model was trained on
+MIN_HELD_IDENTITIES = 2  # per dataset: one known and one new at least
+
+
+@dataclass
+class Evaluation:
+    """Everything decided for the queries, plus what the tuning split saw (for the report)."""
+
+    candidates: Candidates  # fused identity ranking per query, best first
+    best_ids: np.ndarray
+    best_scores: np.ndarray
+    threshold: Dict[str, Any]  # {"source", "global", "per_dataset", ...}
+    decided: np.ndarray  # identity or new_individual per query
+    predictions: list  # what the submission holds (AnimalCLEF labels or Humpback guess lists)
+    tuning: Optional[Dict[str, Any]]  # best_scores, known, datasets of the validation queries
+    rankings: Dict[str, ImageRanking]  # per embedding scorer: top-k gallery images of each query
+    raw: Dict[str, Candidates]  # per scorer: raw identity candidates of each query
+    calibrators: Dict[str, Dict[str, Any]]
+
+
+def training_identities(metas: Sequence[Optional[Dict[str, int]]]) -> Optional[set]:
+    """Identities any model was trained on, from their label maps; None when no model records one."""
+    maps = [m for m in metas if m]
+    return set().union(*(set(m) for m in maps)) if maps else None
+
+
+def tuning_split(gallery: pd.DataFrame, cfg: EvalConfig, seen: Optional[set] = None) -> pd.DataFrame:
+    """Held-out database identities as a labelled open-set split (`split` = database | query).
+
+    Per dataset, `threshold.holdout_fraction` of the identities (at least MIN_HELD_IDENTITIES, so
+    one can act as new) are drawn from those no model was trained on when there are enough of
+    them, else from all; data.splits.open_set_split then makes `threshold.unknown_fraction` of
+    them new individuals.
+    """
+    held = []
+    for dataset, part in gallery.groupby("dataset", sort=True):
+        identities = sorted(part["identity"].unique())
+        if len(identities) < 2:
+            continue
+        unseen = [i for i in identities if seen is not None and i not in seen]
+        pool, most = (unseen, len(unseen)) if len(unseen) >= MIN_UNSEEN_IDENTITIES else (identities, len(identities) - 1)
+        wanted = min(max(MIN_HELD_IDENTITIES, round(cfg.threshold.holdout_fraction * len(identities))), most)
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(str(dataset).encode())])
+        held.append(part[part["identity"].isin(set(rng.permutation(pool)[:wanted]))])
+    if not held:
+        raise DataError("every dataset of the database has a single identity: no held-out identities can tune "
+                        "the threshold; set threshold.value")
+    return open_set_split(pd.concat(held), unknown_fraction=cfg.threshold.unknown_fraction,
+                          query_fraction=TUNING_QUERY_FRACTION, seed=cfg.seed)
+
+
+def namespaced_by_dataset(gallery: pd.DataFrame) -> bool:
+    """True when no identity appears in two datasets: then a query is only matched within its own
+    dataset (a lynx is never a salamander), else against the whole gallery."""
+    return bool(gallery.groupby("identity")["dataset"].nunique().max() <= 1)
+
+
+def best_of(candidates: Candidates):
+    """(best identity, its score) per query; None and -inf where a query has no candidate."""
+    ids = np.array([c[0][0] if c else None for c in candidates], dtype=object)
+    scores = np.array([c[0][1] if c else -np.inf for c in candidates], dtype=np.float64)
+    return ids, scores
+
+
+def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOutput], space: MatchSpace,
+          gallery: pd.DataFrame, kind: str) -> tuple:
+    """Fit the calibrators and tune the threshold on held-out database identities."""
+    all_gallery = np.arange(len(gallery))
+    softmax_voters = any(o.label_map is not None for o in outputs)
+    # A classifier can only vote for identities it was trained on, so it needs seen identities held out.
+    seen = None if softmax_voters else training_identities([o.info.get("training_identities") for o in outputs])
+    split = tuning_split(gallery, cfg, seen)
+    position = pd.Series(all_gallery, index=gallery["image_id"])
+    val_q = position[split.loc[split["split"] == "query", "image_id"]].to_numpy()
+    val_g = np.setdiff1d(all_gallery, val_q)
+    fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed)
+    val_vote = vote(scorers, space, val_q, val_g)
+    val_ids, val_scores = best_of(val_vote.candidates)
+    truth = space.labels[val_q]
+    known = pd.Series(truth, dtype=object).isin(set(space.labels[val_g])).to_numpy()
+    datasets = space.datasets[val_q]
+    try:
+        tuned = tune_threshold(val_scores, val_ids, truth, known, datasets, per_dataset=cfg.threshold.per_dataset)
+    except DataError as err:
+        raise DataError(f"{err}; or set threshold.value") from err
+    threshold = {"source": "tuned on held-out database identities", **tuned}
+    if not cfg.threshold.per_dataset:
+        threshold["per_dataset"] = {}
+    if kind == "humpback":
+        threshold["new_whale"] = tune_humpback_threshold(val_vote.candidates, truth, known)
+    tuning = {"best_scores": val_scores, "known": known, "datasets": datasets, "queries": int(len(val_q)),
+              "identities": int(split["identity"].nunique()), "new_identities": int(len(set(truth[~known])))}
+    return threshold, tuning
+
+
+def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, outputs: Sequence[ModelOutput],
+                     kind: str = "animalclef") -> Evaluation:
+    """The open-set decision for every query from the models' outputs (rows: gallery, then query)."""
+    n_gallery = len(gallery)
+    all_gallery = np.arange(n_gallery)
+    q_rows = np.arange(n_gallery, n_gallery + len(query))
+    datasets = np.concatenate([gallery["dataset"].to_numpy(dtype=object), query["dataset"].to_numpy(dtype=object)])
+    space = MatchSpace(gallery["identity"].to_numpy(dtype=object), datasets, namespaced_by_dataset(gallery),
+                       cfg.retrieval)
+    scorers = scorers_for(outputs)
+    tuning = None
+    if cfg.threshold.value is None:
+        threshold, tuning = _tune(cfg, scorers, outputs, space, gallery, kind)
+    else:
+        fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed)
+        threshold = {"source": "threshold.value", "global": float(cfg.threshold.value), "per_dataset": {}}
+    # Queries are matched against the whole gallery with the calibrators fitted above.
+    result = vote(scorers, space, q_rows, all_gallery)
+    best_ids, best_scores = best_of(result.candidates)
+    datasets_q = query["dataset"].tolist()
+    decided = decide(best_ids, best_scores, threshold, datasets_q)
+    if kind == "humpback":
+        whale_threshold = threshold.get("new_whale", {}).get("global", threshold["global"])
+        fallback = gallery["identity"].value_counts().index[:5].tolist()
+        predictions = [humpback_guesses(c, whale_threshold, fallback) for c in result.candidates]
+    else:
+        predictions = list(decided)
+    return Evaluation(result.candidates, best_ids, best_scores, threshold, decided, predictions, tuning,
+                      result.rankings, result.raw, {s.name: s.calibrator.to_dict() for s in scorers})

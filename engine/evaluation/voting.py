@@ -1,0 +1,132 @@
+"""The ensemble: each scorer's calibrator fitted on database pairs, the global stage, the shortlist
+re-scored by shortlist scorers, and the soft vote over all of them.
+
+Flow for a set of query rows against gallery rows:
+1. every global scorer proposes raw identity candidates, mapped through its calibrator;
+2. if there are shortlist scorers, the global scorers shortlist the top `shortlist` gallery images
+   of each query (images they propose, ranked by their weighted calibrated pair scores), the
+   shortlist scorers score those pairs only, and each identity takes its best calibrated pair;
+3. soft voting averages the calibrated candidates of all scorers with their weights.
+Calibration pairs are drawn the same way among labelled database rows, never from queries.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from engine.evaluation.calibration import fit_calibrator, soft_vote
+from engine.evaluation.scorers import GlobalScorer, ImageRanking, MatchSpace, Scorer
+from engine.retrieval import Candidates
+
+SHORTLIST = 25  # gallery images per query re-scored by shortlist scorers
+MAX_SHORTLIST_CALIBRATION_QUERIES = 2000  # database images used to calibrate shortlist scorers
+
+
+@dataclass
+class Vote:
+    """The fused identity candidates of each query, plus what each scorer saw (for the report)."""
+
+    candidates: Candidates  # fused, calibrated, best first
+    raw: Dict[str, Candidates]  # per scorer: raw identity candidates, best first
+    rankings: Dict[str, ImageRanking]  # per scorer with an image ranking (embeddings)
+
+
+def _global(scorers: Sequence[Scorer]) -> List[GlobalScorer]:
+    return [s for s in scorers if s.stage == "global"]
+
+
+def _rescorers(scorers: Sequence[Scorer]) -> List[Scorer]:
+    return [s for s in scorers if s.stage == "shortlist"]
+
+
+def shortlist(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray,
+              size: int = SHORTLIST, exclude_self: bool = False) -> np.ndarray:
+    """(Q, size) gallery rows (-1 padded): the images the global scorers propose for each query, best
+    first by their weighted mean calibrated pair score. With `exclude_self`, a row never shortlists
+    itself (database rows matched against the database, for calibration)."""
+    out = np.full((len(q_rows), size), -1, np.int64)
+    if len(q_rows) == 0 or len(g_rows) == 0:
+        return out
+    global_scorers = _global(scorers)
+    proposed = np.concatenate([s.propose(space, q_rows, g_rows, size + int(exclude_self)) for s in global_scorers],
+                              axis=1)
+    pairs_q, pairs_g = [], []
+    for i, row in enumerate(proposed):
+        found = np.unique(row[row >= 0])
+        if exclude_self:
+            found = found[found != q_rows[i]]
+        pairs_q.append(np.full(len(found), i))
+        pairs_g.append(found)
+    flat_q, flat_g = np.concatenate(pairs_q).astype(np.int64), np.concatenate(pairs_g).astype(np.int64)
+    weights = np.array([s.weight for s in global_scorers], dtype=np.float64)
+    fused = np.zeros(len(flat_q))
+    for scorer, weight in zip(global_scorers, weights / weights.sum(), strict=True):
+        fused += weight * scorer.calibrator(scorer.pair_scores(space, q_rows[flat_q], flat_g))
+    order = np.lexsort((-fused, flat_q))  # by query, best first
+    flat_q, flat_g = flat_q[order], flat_g[order]
+    starts = np.searchsorted(flat_q, np.arange(len(q_rows)))
+    ends = np.searchsorted(flat_q, np.arange(len(q_rows)), side="right")
+    for i, (start, end) in enumerate(zip(starts, ends, strict=True)):
+        chosen = flat_g[start:min(end, start + size)]
+        out[i, :len(chosen)] = chosen
+    return out
+
+
+def _pairs(short: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """Flat (query position, gallery row) of a shortlist's filled slots."""
+    positions, slots = np.nonzero(short >= 0)
+    return positions, short[positions, slots]
+
+
+def _identity_best(positions: np.ndarray, g_rows: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                   queries: int) -> Candidates:
+    """Per query, each identity's best pair score among its shortlisted images, best first."""
+    best: List[Dict] = [{} for _ in range(queries)]
+    for q, g, score in zip(positions.tolist(), g_rows.tolist(), scores.tolist(), strict=True):
+        identity = labels[g]
+        if score > best[q].get(identity, -np.inf):
+            best[q][identity] = score
+    return [sorted(found.items(), key=lambda item: -item[1]) for found in best]
+
+
+def fit_calibrators(scorers: Sequence[Scorer], space: MatchSpace, rows: np.ndarray, method: str,
+                    seed: int) -> None:
+    """Fit every scorer's calibrator on labelled pairs among the database `rows` (never queries)."""
+    rng = np.random.default_rng(seed)
+    for scorer in _global(scorers):
+        scorer.calibrator = fit_calibrator(*scorer.calibration_pairs(space, rows, rng), method)
+    rescorers = _rescorers(scorers)
+    if not rescorers:
+        return
+    sample = rows if len(rows) <= MAX_SHORTLIST_CALIBRATION_QUERIES else \
+        np.sort(rng.choice(rows, MAX_SHORTLIST_CALIBRATION_QUERIES, replace=False))
+    positions, g_rows = _pairs(shortlist(scorers, space, sample, rows, exclude_self=True))
+    q_rows = sample[positions]
+    same = space.labels[q_rows] == space.labels[g_rows]
+    for scorer in rescorers:
+        scorer.calibrator = fit_calibrator(scorer.pair_scores(space, q_rows, g_rows), same, method)
+
+
+def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray) -> Vote:
+    """Fused candidates of `q_rows` against `g_rows` (scorers' calibrators already fitted)."""
+    raw: Dict[str, Candidates] = {}
+    calibrated: List[Candidates] = []
+    rankings: Dict[str, ImageRanking] = {}
+    for scorer in _global(scorers):
+        found, ranking = scorer.candidates(space, q_rows, g_rows)
+        raw[scorer.name] = found
+        calibrated.append(scorer.calibrated(found))
+        if ranking is not None:
+            rankings[scorer.name] = ranking
+    rescorers = _rescorers(scorers)
+    if rescorers:
+        positions, pair_g = _pairs(shortlist(scorers, space, q_rows, g_rows))
+        for scorer in rescorers:
+            scores = scorer.pair_scores(space, q_rows[positions], pair_g)
+            found = _identity_best(positions, pair_g, scores, space.labels, len(q_rows))
+            raw[scorer.name] = found
+            calibrated.append(scorer.calibrated(found))
+    weights = [s.weight for s in _global(scorers)] + [s.weight for s in rescorers]
+    return Vote(soft_vote(calibrated, weights), raw, rankings)

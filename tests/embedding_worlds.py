@@ -1,0 +1,26 @@
+"""Embeddings of made-up identities for evaluation tests that need no model."""
+from __future__ import annotations
+
+import numpy as np
+
+from data.table import make_table
+
+
+def clustered(seed=0, identities=12, per_identity=6, new=3, dim=16, noise=0.6, datasets=("A", "B")):
+    """Gallery and query tables with embeddings: each identity a direction plus noise."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(identities + new, dim))
+    rows, vectors = [], []
+    for i, centre in enumerate(centres):
+        dataset = datasets[i % len(datasets)]
+        for k in range(per_identity):
+            split = "query" if i >= identities or k == 0 else "database"
+            rows.append({"image_id": f"{i}-{k}", "identity": f"{dataset}{i}", "path": f"/x/{i}-{k}.jpg",
+                         "split": split, "dataset": dataset})
+            vectors.append(centre + rng.normal(scale=noise, size=dim))
+    table = make_table(rows)
+    vectors = np.asarray(vectors, dtype=np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    is_query = (table["split"] == "query").to_numpy()
+    gallery, query = table[~is_query].reset_index(drop=True), table[is_query].reset_index(drop=True)
+    return gallery, query, np.concatenate([vectors[~is_query], vectors[is_query]])
