@@ -1,6 +1,6 @@
 """Re-identification metrics: BAKS, BAUS, the AnimalCLEF 2025 score, MAP@5, CMC and mAP.
 
-Conventions (ARCHITECTURE.md section 2):
+Conventions:
   * a prediction is an identity string, or a "new" label (`new_individual`, `new_whale`; a
     missing prediction counts as "new" too);
   * a ground truth is an identity string or None. A query is *known* when its true identity is

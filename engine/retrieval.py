@@ -1,7 +1,7 @@
 """Top-K retrieval with faiss, and identity-level scores from the retrieved images.
 
 Embeddings are L2-normalised, so inner product = cosine similarity. A dense query x gallery
-matrix is never formed (140k images would need 78 GB, ARCHITECTURE.md section 4): faiss scores
+matrix is never formed (140k images would need 78 GB): faiss scores
 blocks and keeps only the top K, and queries go in batches so memory stays bounded.
 
 Results stay compact: (Q, k) arrays of identity codes and scores, padded with -1 / -inf, which

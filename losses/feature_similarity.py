@@ -1,4 +1,4 @@
-"""Feature-similarity loss over intermediate layers (KCC 2025, ARCHITECTURE.md section 3).
+"""Feature-similarity loss over intermediate layers (KCC team, AnimalCLEF 2025).
 
 For each feature map l: global-average-pool every image to h_i, S_ij = cos(h_i, h_j) over the batch,
 T_ij = 1 for the same identity else 0, loss_l = MSE(S, T) over all batch pairs; the loss is the sum
