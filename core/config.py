@@ -1,8 +1,10 @@
 """Typed configs: YAML files loaded into dataclasses, with dotted ``key=value`` overrides.
 
 Every key is checked against the dataclass schema: an unknown key or a value of the wrong type
-stops with a ConfigError naming the key and the closest valid one. Fields typed ``dict`` hold
-free-form blocks (component ``args``), which the registry validates when it builds them.
+stops with a ConfigError naming the key and the closest valid one, and every value against the
+schema's VALUE_RULES (a misspelt name, a zero where a count is needed, a mean of 2 numbers).
+Fields typed ``dict`` hold free-form blocks (component ``args``), which the registry validates
+when it builds them.
 """
 from __future__ import annotations
 
@@ -15,6 +17,8 @@ from typing import Any, Dict, List, Mapping, Sequence, Type, TypeVar, Union
 import yaml
 
 from core.errors import ConfigError
+from core.files import atomic_write_text
+from core.schema import value_problem
 from core.suggest import did_you_mean
 
 T = TypeVar("T")
@@ -110,7 +114,7 @@ def _field_types(cls: type) -> Dict[str, Any]:
 
 
 def from_dict(cls: Type[T], data: Mapping[str, Any], prefix: str = "") -> T:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys and wrong types."""
+    """Build dataclass `cls` from a mapping, rejecting unknown keys, wrong types and bad values."""
     types = _field_types(cls)
     kwargs = {}
     for key, value in data.items():
@@ -119,9 +123,13 @@ def from_dict(cls: Type[T], data: Mapping[str, Any], prefix: str = "") -> T:
             raise ConfigError(f"unknown config key '{prefix}{key}'{did_you_mean(prefix + key, valid)}")
         kwargs[key] = _coerce(value, types[key], f"{prefix}{key}")
     try:
-        return cls(**kwargs)
+        cfg = cls(**kwargs)
     except TypeError as err:
         raise ConfigError(f"config section '{prefix.rstrip('.') or cls.__name__}': {err}") from err
+    problem = value_problem(cfg, prefix)
+    if problem:
+        raise ConfigError(problem)
+    return cfg
 
 
 def to_dict(cfg: Any) -> Dict[str, Any]:
@@ -195,4 +203,4 @@ def load_config(cls: Type[T], path: Union[str, Path, None] = None, overrides: Se
 
 
 def save_config(cfg: Any, path: Union[str, Path]) -> None:
-    Path(path).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,9 +1,11 @@
 """Config system and registry: typed overrides, unknown keys and names suggest the close match."""
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from core.config import load_config, parse_override, save_config
+from core import schema
+from core.config import _merge, load_config, load_yaml, parse_override, read_yaml, save_config, to_dict
 from core.errors import ConfigError
 from core.registry import Registry
 from core.schema import EvalConfig, TrainConfig
@@ -19,7 +21,8 @@ def test_overrides_are_typed_and_dotted():
 
 def test_override_into_component_args_and_lists():
     cfg = load_config(TrainConfig, None, ["model.args.backbone=resnet50", "losses=[{name: triplet, weight: 2}]"])
-    assert cfg.model.args == {"backbone": "resnet50"}
+    # A dotted override changes one argument of the default model and keeps the others.
+    assert cfg.model.args == {"backbone": "resnet50", "pretrained": False, "embed_dim": 256}
     assert cfg.losses[0].name == "triplet" and cfg.losses[0].weight == 2.0
     assert load_config(EvalConfig, None, ["models=[a,b]"]).models == ["a", "b"]
 
@@ -78,6 +81,120 @@ def test_every_shipped_recipe_loads():
         load_config(TrainConfig, recipe)
     for recipe in sorted((ROOT / "configs" / "eval").glob("*.yaml")):
         load_config(EvalConfig, recipe)
+
+
+def test_default_recipes_are_the_schema_defaults():
+    assert load_config(TrainConfig, ROOT / "configs" / "train" / "default.yaml") == TrainConfig()
+    assert load_config(EvalConfig, ROOT / "configs" / "eval" / "default.yaml") == EvalConfig()
+
+
+def _leaves(tree: dict, prefix: str = "") -> dict:
+    """Dotted key -> value; lists and the `model` block (a name and the args it takes) are single values."""
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict) and key != "model":
+            out.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs" / "train").glob("*.yaml")
+                                           if p.name != "default.yaml"))
+def test_recipes_state_only_what_they_change(recipe):
+    path = ROOT / "configs" / "train" / recipe
+    own = load_yaml(path.read_text())  # the file alone, without what it builds on
+    base_name = own.pop("base", None)
+    base = to_dict(TrainConfig())
+    if base_name:
+        base = _merge(base, read_yaml(path.parent / base_name))
+    base_leaves = _leaves(base)
+    restated = [k for k, v in _leaves(own).items() if base_leaves.get(k) == v]
+    assert not restated, f"{recipe} restates what it builds on: {restated}"
+
+
+def test_gpu_recipe_states_its_own_choices():
+    own = read_yaml(ROOT / "configs" / "train" / "arcface.yaml")
+    for key in ("scale", "ratio", "rotate", "blur", "gray"):
+        assert key in own["augment"], key
+    assert "base" not in own and own["sampler"]["name"] == "pk" and own["val"]["export"] == "best"
+    cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "arcface.yaml")
+    assert cfg.augment.scale == [0.6, 1.0] and cfg.train.head_lr_mult == 10.0
+
+
+@pytest.mark.parametrize(
+    "cls, override, message",
+    [
+        (TrainConfig, "train.grad_accum=0", "'train.grad_accum' must be >= 1, got 0"),
+        (TrainConfig, "val.every_epochs=0", "'val.every_epochs' must be >= 1, got 0"),
+        (TrainConfig, "data.image_size=0", "'data.image_size' must be >= 1, got 0"),
+        (TrainConfig, "train.mixed_precision=bf61", "must be one of auto, no, fp16, bf16, got 'bf61'; did you mean 'bf16'?"),
+        (TrainConfig, "train.optimizer=adam", "'train.optimizer' must be one of adamw, sgd, got 'adam'; did you mean 'adamw'?"),
+        (TrainConfig, "sampler.name=pkk", "did you mean 'pk'?"),
+        (TrainConfig, "data.format=humpbak", "did you mean 'humpback'?"),
+        (TrainConfig, "val.export=bset", "did you mean 'best'?"),
+        (TrainConfig, "val.best_metric=rank-1", "did you mean 'rank1'?"),
+        (TrainConfig, "val.fraction=1", "'val.fraction' must be in (0, 1), got 1.0"),
+        (TrainConfig, "train.ema_decay=0", "'train.ema_decay' must be in (0, 1)"),
+        (TrainConfig, "augment.hflip=1.5", "'augment.hflip' must be in [0, 1], got 1.5"),
+        (TrainConfig, "data.mean=[0.5,0.5]", "'data.mean' must be a list of 3 numbers, got [0.5, 0.5]"),
+        (TrainConfig, "data.std=[0.2,0,0.2]", "'data.std' must be a list of 3 positive numbers"),
+        (TrainConfig, "augment.scale=[1,0.5]", "'augment.scale' must be [min, max] with 0 < min <= max <= 1"),
+        (TrainConfig, "augment.ratio=[0.75]", "'augment.ratio' must be [min, max]"),
+        (TrainConfig, "train.lr=0", "'train.lr' must be > 0, got 0.0"),
+        (TrainConfig, "train.lr=.nan", "'train.lr' must be > 0, got nan"),
+        (TrainConfig, "losses=[]", "'losses' must be a list of at least one loss"),
+        (TrainConfig, "losses=[{name: arcface, weight: 0}]", "'losses[0].weight' must be > 0"),
+        (TrainConfig, "sampler.name=pk", "'sampler.k' = 4 must divide 'train.batch_size' = 30"),
+        (EvalConfig, "tta=[identity,hflp]", "'tta[1]' must be one of identity, hflip, fivecrop, got 'hflp'"),
+        (EvalConfig, "tta=[]", "'tta' must list at least one value"),
+        (EvalConfig, "calibration=isotnic", "did you mean 'isotonic'?"),
+        (EvalConfig, "submission=kagle", "'submission' must be one of auto, animalclef, humpback"),
+        (EvalConfig, "retrieval.index=hnws", "did you mean 'hnsw'?"),
+        (EvalConfig, "retrieval.aggregation=mean", "'retrieval.aggregation' must be one of max, mean_top_m"),
+        (EvalConfig, "threshold.holdout_fraction=0", "'threshold.holdout_fraction' must be in (0, 1)"),
+        (EvalConfig, "weights=[1,2]", "'weights' has 2 values for 1 models"),
+        (EvalConfig, "weights=[-1]", "'weights[0]' must be >= 0, got -1.0"),
+        (EvalConfig, "models=[]", "'models' must be a list of at least one model"),
+    ],
+)
+def test_bad_values_name_the_key_the_value_and_what_is_valid(cls, override, message):
+    extra = ["train.batch_size=30"] if "sampler.name=pk" in override else []
+    with pytest.raises(ConfigError) as err:
+        load_config(cls, None, [override, *extra])
+    assert message in str(err.value)
+
+
+def test_a_recipe_file_with_a_bad_value_names_the_key(tmp_path):
+    (tmp_path / "r.yaml").write_text("train: {grad_accum: 0}\n")
+    with pytest.raises(ConfigError, match=r"'train.grad_accum' must be >= 1, got 0"):
+        load_config(TrainConfig, tmp_path / "r.yaml")
+
+
+def test_the_names_the_schema_accepts_are_the_ones_the_code_knows():
+    from accelerate.utils import PrecisionType
+
+    from data.formats import DATASETS
+    from data.samplers import SAMPLERS
+    from data.transforms import TTA_VIEWS
+    from engine import retrieval
+    from engine.evaluation.calibration import METHODS
+    from engine.evaluation.submission import COLUMNS
+    from engine.training.validation import open_set_metrics
+
+    assert set(schema.DATA_FORMATS) == {*DATASETS.names(), "synthetic"}
+    assert set(schema.SAMPLERS) == set(SAMPLERS.names())
+    assert schema.TTA_VIEWS == tuple(TTA_VIEWS)
+    assert schema.CALIBRATIONS == tuple(METHODS)
+    assert schema.SUBMISSIONS == ("auto", *COLUMNS)
+    assert (schema.INDEXES, schema.AGGREGATIONS) == (retrieval.INDEXES, retrieval.AGGREGATIONS)
+    assert set(schema.MIXED_PRECISIONS) - {"auto"} <= set(PrecisionType.list())
+    rng = np.random.default_rng(0)
+    emb = rng.normal(size=(6, 4)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    ids = np.array(["a", "b", "c", "a", "b", "d"], dtype=object)
+    metrics, _ = open_set_metrics(emb[:3], ids[:3], emb[3:], ids[3:])
+    assert set(schema.VALIDATION_METRICS) == set(metrics) - {"threshold"}
 
 
 def test_parse_override_values():
