@@ -12,7 +12,7 @@ def clustered(seed=0, identities=12, per_identity=6, new=3, dim=16, noise=0.6, d
     centres = rng.normal(size=(identities + new, dim))
     rows, vectors = [], []
     for i, centre in enumerate(centres):
-        dataset = datasets[i % len(datasets)]
+        dataset = datasets[(i + 1) % len(datasets)]  # odd identities in the first dataset
         for k in range(per_identity):
             split = "query" if i >= identities or k == 0 else "database"
             rows.append({"image_id": f"{i}-{k}", "identity": f"{dataset}{i}", "path": f"/x/{i}-{k}.jpg",

@@ -56,10 +56,11 @@ def test_embedder_classifier_and_pair_head_vote_together_calibrated_on_database_
                ModelOutput("classifier", vectors, logits, label_map),
                ModelOutput("siamese", vectors, pair_head=spy_head)]
     ev = evaluate_outputs(EvalConfig(), gallery, query, outputs)
-    assert set(ev.calibrators) == {"embedder", "classifier", "siamese", "siamese [pair_head]"}
-    assert all(c["method"] == "isotonic" for c in ev.calibrators.values())
+    assert set(ev.scorers) == {"embedder", "classifier", "siamese", "siamese [pair_head]"}
+    assert [s["kind"] for s in ev.scorers.values()] == ["embedding", "softmax", "embedding", "pair_head"]
+    assert all(s["calibrator"]["method"] == "isotonic" for s in ev.scorers.values())
     assert seen_in_calibration and all((rows < n_gallery).all() for rows in seen_in_calibration)
-    assert set(ev.raw) == set(ev.calibrators)
+    assert set(ev.raw) == set(ev.scorers)
     assert len(ev.predictions) == len(query)
     known = set(gallery["identity"]) | {"new_individual"}
     assert set(ev.decided) <= known

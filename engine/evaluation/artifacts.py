@@ -86,7 +86,7 @@ def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput
                  "database": int((table["split"] == "database").sum()), "query": int((table["split"] == "query").sum()),
                  "fingerprint": image_list_fingerprint(table)},
         "threshold": ev.threshold,
-        "calibrators": ev.calibrators,
+        "scorers": ev.scorers,
         "tuning_split": None if ev.tuning is None else {k: ev.tuning[k] for k in ("queries", "identities", "new_identities")},
         "versions": {"python": platform.python_version(), **_versions()},
         "git": _git_commit(),

@@ -53,7 +53,7 @@ class Evaluation:
     tuning: Optional[Dict[str, Any]]  # best_scores, known, datasets of the validation queries
     rankings: Dict[str, ImageRanking]  # per embedding scorer: top-k gallery images of each query
     raw: Dict[str, Candidates]  # per scorer: raw identity candidates of each query
-    calibrators: Dict[str, Dict[str, Any]]
+    scorers: Dict[str, Dict[str, Any]]  # per scorer: kind, stage, weight, calibrator
 
 
 def training_identities(metas: Sequence[Optional[Dict[str, int]]]) -> Optional[set]:
@@ -159,4 +159,5 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     else:
         predictions = list(decided)
     return Evaluation(result.candidates, best_ids, best_scores, threshold, decided, predictions, tuning,
-                      result.rankings, result.raw, {s.name: s.calibrator.to_dict() for s in scorers})
+                      result.rankings, result.raw, {s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
+                                                             "calibrator": s.calibrator.to_dict()} for s in scorers})

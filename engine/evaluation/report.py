@@ -20,14 +20,17 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from core.files import atomic_write_text
 from core.schema import EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from data.table import NEW_INDIVIDUAL
+from engine.evaluation.calibration import Calibrator
 
 THUMBNAIL = 96  # px, longer side
 GRID_QUERIES = 20
 TOP = 5
+QUANTILES = (0.1, 0.5, 0.9)
 BINS = 30
 JPEG_QUALITY = 75
 KNOWN_COLOUR, UNKNOWN_COLOUR, ALL_COLOUR = "#2b7bb9", "#e07b39", "#7a7a7a"
@@ -194,10 +197,36 @@ def _grid(rows: pd.DataFrame, gallery: pd.DataFrame, query: pd.DataFrame, ev, cf
             if row is None:
                 continue
             colour = NEUTRAL if truth is None else (CORRECT if identity == truth else WRONG)
+            raw = _raw_scores(ev, q, identity)
             tiles.append(_tile(thumbnail_uri(dataset.load_image(row)),
-                               f"{html.escape(str(identity))}<br>{score:.3f}", colour))
+                               f"{html.escape(str(identity))}<br>{score:.3f}<br><small>{raw}</small>", colour))
         out.append(f'<div class="row">{"".join(tiles)}</div>')
     return "".join(out)
+
+
+def _raw_scores(ev, q: int, identity: str) -> str:
+    """Each scorer's raw score for (query q, identity), '-' where it did not list the identity."""
+    parts = []
+    for name, candidates in ev.raw.items():
+        found = dict(candidates[q]).get(identity)
+        parts.append(f"{html.escape(name)}: {'-' if found is None else f'{found:.3f}'}")
+    return "raw " + "; ".join(parts)
+
+
+def _scorers_section(ev) -> str:
+    """Per scorer: kind, weight, and what its calibrator makes of the queries' best raw scores."""
+    rows = []
+    for name, info in ev.scorers.items():
+        best_raw = np.array([c[0][1] for c in ev.raw[name] if c], dtype=np.float64)
+        calibrator = Calibrator.from_dict(info["calibrator"])
+        quantiles = np.quantile(best_raw, QUANTILES) if len(best_raw) else np.full(len(QUANTILES), np.nan)
+        mapped = calibrator(quantiles) if len(best_raw) else quantiles
+        rows.append([name, info["kind"], info["stage"], info["weight"], info["calibrator"]["method"],
+                     " / ".join(f"{r:.3f} -> {c:.3f}" for r, c in zip(quantiles, mapped, strict=True))])
+    return (_table(["scorer", "kind", "stage", "weight", "calibration",
+                    "best raw score -> calibrated (10th / 50th / 90th percentile of queries)"], rows)
+            + '<p class="note">Calibrations are strictly increasing, fitted on labelled database pairs; the '
+              "threshold is tuned and applied on the soft vote of calibrated scores.</p>")
 
 
 def _metrics_section(metrics: Optional[dict]) -> str:
@@ -241,6 +270,7 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         f'<p class="note">{html.escape(str(ev.threshold.get("source", "")))}. A query whose best score is below '
         "its dataset's threshold is predicted as a new individual.</p>",
         "<h2>Metrics</h2>", _metrics_section(metrics),
+        "<h2>Scorers</h2>", _scorers_section(ev),
         "<h2>Best score per query</h2>", _histograms(query, gallery_ids, ev, metrics),
         f"<h2>Queries and their top-{TOP} identities</h2>",
         '<p class="note">Frames: green = correct identity, red = wrong, grey = query identity unknown.</p>',
@@ -250,5 +280,5 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
 
 def write_report(path: Path, **kwargs) -> Path:
     path = Path(path)
-    path.write_text(render_report(**kwargs), encoding="utf-8")
+    atomic_write_text(path, render_report(**kwargs))
     return path
