@@ -19,7 +19,16 @@ import pandas as pd
 from core.errors import ConfigError, DataError, list_some
 from core.registry import Registry
 from core.suggest import did_you_mean
-from data.table import COLUMNS, clean_identity, clean_text, make_table, parse_bbox
+from data.table import (
+    COLUMNS,
+    bbox_problem,
+    clean_identity,
+    clean_text,
+    is_missing,
+    make_table,
+    parse_bbox,
+    parse_numbers,
+)
 from data.validate import read_csv, require_columns, require_identities, resolve_all, validate_table
 
 DATASETS = Registry("dataset format")
@@ -35,15 +44,17 @@ def _column(frame: pd.DataFrame, name: str) -> list:
 
 
 def _bboxes(values: list, names: list, source: Path) -> list:
+    """The `bbox` column parsed; an empty cell is "no box", anything else must be a usable box."""
     parsed, bad = [], []
-    for value, name in zip(values, names, strict=True):
+    for line, (value, name) in enumerate(zip(values, names, strict=True), start=2):
         try:
             parsed.append(parse_bbox(value))
-        except (ValueError, TypeError):
+        except ValueError as err:
             parsed.append(None)
-            bad.append(f"{name}: {value!r}")
+            bad.append(f"line {line} ({name}): {value!r} ({err})")
     if bad:
-        raise DataError(f"{source}: {len(bad)} bbox values are not [x, y, w, h]: {list_some(bad)}")
+        raise DataError(f"{source}: {len(bad)} bbox values are not boxes [x, y, w, h] with w, h > 0: "
+                        f"{list_some(bad)}")
     return parsed
 
 
@@ -123,24 +134,29 @@ def _humpback_boxes(root: Path) -> Dict[str, list]:
     if name_col is None:
         require_columns(frame, ["fn"], source)
     if all(c in frame.columns for c in ("x0", "y0", "x1", "y1")):
-        corners = frame[["x0", "y0", "x1", "y1"]].agg(" ".join, axis=1)
+        cells = frame[["x0", "y0", "x1", "y1"]].itertuples(index=False)
+        corners = [[clean_text(v) or "" for v in row] for row in cells]
     else:
         others = [c for c in frame.columns if c != name_col]
         if len(others) != 1:
             raise DataError(f"{source}: expected a name column and one 'x0 y0 x1 y1' column "
                             f"(or columns x0, y0, x1, y1); the file has columns: {', '.join(frame.columns)}")
-        corners = frame[others[0]]
+        corners = [clean_text(v) or "" for v in frame[others[0]]]
     boxes, bad = {}, []
-    for name, text in zip(frame[name_col], corners, strict=True):
+    # Every row of this file is there to give a box, so an empty cell is an error, not "no box".
+    for line, (name, value) in enumerate(zip(frame[name_col], corners, strict=True), start=2):
         try:
-            x0, y0, x1, y1 = (float(v) for v in str(text).replace(",", " ").split())
-        except ValueError:
-            bad.append(f"{name}: {text!r}")
+            if is_missing(name):
+                raise ValueError("a box without an image name")
+            x0, y0, x1, y1 = parse_numbers(value)
+            box = [x0, y0, x1 - x0, y1 - y0]
+            problem = bbox_problem(box)
+            if problem:
+                raise ValueError(problem.replace("negative width or height", "x1 < x0 or y1 < y0"))
+        except ValueError as err:
+            bad.append(f"line {line} ({clean_text(name) or 'no name'}): {value!r} ({err})")
             continue
-        if x1 <= x0 or y1 <= y0:
-            bad.append(f"{name}: {text!r}")
-            continue
-        boxes[str(name)] = [x0, y0, x1 - x0, y1 - y0]
+        boxes[str(name).strip()] = box
     if bad:
         raise DataError(f"{source}: {len(bad)} boxes are not 'x0 y0 x1 y1' with x1 > x0 and y1 > y0: "
                         f"{list_some(bad)}")

@@ -46,18 +46,60 @@ def clean_text(value: Any) -> Optional[str]:
     return None if is_missing(value) else str(value).strip()
 
 
-def parse_bbox(value: Any) -> Optional[list]:
-    """Accept [x, y, w, h] as a list, a JSON/Python list string, or 'x y w h'; None if missing."""
-    if is_missing(value):
-        return None
+def parse_numbers(value: Any, count: int = 4) -> list:
+    """'1 2 3 4', '1,2,3,4', '[1, 2, 3, 4]' or a sequence -> `count` finite floats; a ValueError
+    says what is wrong (the caller names the row)."""
     if isinstance(value, str):
         text = value.strip()
-        parsed = json.loads(text) if text.startswith("[") else [float(v) for v in text.replace(",", " ").split()]
+        try:
+            if text.startswith("["):
+                items = json.loads(text)
+            else:  # split on commas where there are any, so that '1,,3,4' shows its empty value
+                items = [part.strip() for part in text.split(",")] if "," in text else text.split()
+        except ValueError:
+            raise ValueError(f"not a list of {count} numbers") from None
+        if not isinstance(items, list):
+            raise ValueError(f"not a list of {count} numbers")
     else:
-        parsed = list(value)
-    if len(parsed) != 4:
-        raise ValueError(f"bbox must have 4 numbers [x, y, w, h], got {value!r}")
-    return [float(v) for v in parsed]
+        try:
+            items = list(value)
+        except TypeError:
+            raise ValueError(f"not a list of {count} numbers") from None
+    if not items or any(is_missing(v) for v in items):
+        raise ValueError("an empty value")
+    if len(items) != count:
+        raise ValueError(f"{len(items)} value{'s' if len(items) != 1 else ''}, not {count}")
+    try:
+        numbers = [float(v) for v in items]
+    except (TypeError, ValueError):
+        raise ValueError("not numbers") from None
+    if not all(math.isfinite(v) for v in numbers):
+        raise ValueError("not finite numbers")
+    return numbers
+
+
+def bbox_problem(box: list) -> Optional[str]:
+    """Why [x, y, w, h] cannot be a crop, or None. Boxes that reach past the image border are fine
+    (the loader clips them); whether a box overlaps its image at all is checked where the image
+    size is known (data/validate.py)."""
+    _, _, w, h = box
+    if w < 0 or h < 0:
+        return "inverted: negative width or height"
+    if w == 0 or h == 0:
+        return "zero width or height"
+    return None
+
+
+def parse_bbox(value: Any) -> Optional[list]:
+    """Accept [x, y, w, h] as a list, a JSON/Python list string, or 'x y w h'; None if missing.
+    A ValueError says what is wrong with any other value."""
+    if is_missing(value):
+        return None
+    box = parse_numbers(value)
+    problem = bbox_problem(box)
+    if problem:
+        raise ValueError(problem)
+    return box
 
 
 def make_table(rows: list) -> pd.DataFrame:

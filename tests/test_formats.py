@@ -113,14 +113,65 @@ def test_humpback_new_whale_is_unknown_and_boxes_become_xywh(tmp_path):
         write_image(root / "test" / name, "JPEG")
     write_csv(root / "train.csv", [{"Image": "t1.jpg", "Id": "w_1"}, {"Image": "t2.jpg", "Id": "w_1"},
                                    {"Image": "t3.jpg", "Id": "new_whale"}])
-    write_csv(root / "bboxes.csv", [{"fn": "t1.jpg", "bbox": "10 20 50 80"}, {"fn": "q1.jpg", "bbox": "0 0 4 4"}])
+    write_csv(root / "bboxes.csv", [{"fn": "t1.jpg", "bbox": "1 2 5 6"}, {"fn": "q1.jpg", "bbox": "0 0 4 4"}])
     df = load_table(DataConfig(format="humpback", root=str(root)))
     rows = by_id(df)
-    assert rows["t1.jpg"]["identity"] == "w_1" and rows["t1.jpg"]["bbox"] == [10.0, 20.0, 40.0, 60.0]
+    assert rows["t1.jpg"]["identity"] == "w_1" and rows["t1.jpg"]["bbox"] == [1.0, 2.0, 4.0, 4.0]
     assert rows["t3.jpg"]["identity"] is None and rows["t3.jpg"]["split"] == "database"
     assert {rows["q1.jpg"]["split"], rows["q2.JPG"]["split"]} == {"query"}
     assert rows["q1.jpg"]["identity"] is None and rows["q1.jpg"]["bbox"] == [0.0, 0.0, 4.0, 4.0]
     assert set(df["dataset"]) == {"humpback"} and set(df["species"]) == {"humpback whale"}
+
+
+def make_humpback(root: Path, boxes: list) -> Path:
+    for name in ("t1.jpg", "t2.jpg"):
+        write_image(root / "train" / name, "JPEG")
+    write_csv(root / "train.csv", [{"Image": "t1.jpg", "Id": "w_1"}, {"Image": "t2.jpg", "Id": "w_2"}])
+    write_csv(root / "bboxes.csv", boxes)
+    return root
+
+
+@pytest.mark.parametrize(
+    "boxes, offender",
+    [
+        # Kaggle's corner columns with an empty cell (this was a TypeError).
+        ([{"Image": "t1.jpg", "x0": 1, "y0": 1, "x1": 5, "y1": 5}, {"Image": "t2.jpg", "x0": 1, "y0": "", "x1": 5, "y1": 5}],
+         "line 3 (t2.jpg): ['1', '', '5', '5'] (an empty value)"),
+        ([{"fn": "t1.jpg", "bbox": "1 1 5 5"}, {"fn": "t2.jpg", "bbox": ""}], "line 3 (t2.jpg): '' (an empty value)"),
+        ([{"fn": "t1.jpg", "bbox": "1 1 five 5"}], "line 2 (t1.jpg): '1 1 five 5' (not numbers)"),
+        ([{"fn": "t1.jpg", "bbox": "5 1 1 5"}], "line 2 (t1.jpg): '5 1 1 5' (inverted: x1 < x0 or y1 < y0)"),
+        ([{"fn": "t1.jpg", "bbox": "1 1 1 5"}], "(zero width or height)"),
+        ([{"fn": "t1.jpg", "bbox": "1 1 5"}], "(3 values, not 4)"),
+        ([{"fn": "", "bbox": "1 1 5 5"}], "line 2 (no name): '1 1 5 5' (a box without an image name)"),
+    ],
+)
+def test_humpback_broken_boxes_name_the_file_and_line(tmp_path, boxes, offender):
+    root = make_humpback(tmp_path / "humpback", boxes)
+    with pytest.raises(DataError) as err:
+        load_table(DataConfig(format="humpback", root=str(root)))
+    assert str(err.value).startswith(f"{root / 'bboxes.csv'}: 1 boxes are not 'x0 y0 x1 y1'")
+    assert offender in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "bbox, reason",
+    [
+        ("[1, 2, , 4]", "not a list of 4 numbers"),
+        ("1,2,,4", "an empty value"),
+        ("1 2 x 4", "not numbers"),
+        ("1 2 -3 4", "inverted: negative width or height"),
+        ("1 2 3 0", "zero width or height"),
+        ("1 2 nan 4", "not finite numbers"),
+    ],
+)
+def test_broken_bbox_in_metadata_names_the_file_and_row(tmp_path, bbox, reason):
+    rows = animalclef_rows()
+    rows[1]["bbox"] = bbox
+    root = make_animalclef(tmp_path / "clef", rows)
+    with pytest.raises(DataError) as err:
+        load_table(DataConfig(format="animalclef2025", root=str(root)))
+    assert str(err.value).startswith(f"{root / 'metadata.csv'}: 1 bbox values are not boxes")
+    assert f"line 3 (2): {bbox!r} ({reason})" in str(err.value)
 
 
 def test_folders_identity_is_parent_folder_at_any_depth(tmp_path):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
 from core.errors import DataError
 from core.schema import DataConfig
@@ -94,6 +94,37 @@ def test_unreadable_image_is_reported_unless_verification_is_off(tmp_path):
     with pytest.raises(DataError, match=r"1 image files cannot be read as images: bad\.jpg \(UnidentifiedImageError"):
         validate_table(df, tmp_path)
     assert validate_table(df, tmp_path, verify_images=False) is df
+
+
+def test_boxes_must_overlap_their_image_but_may_cross_its_border(tmp_path):
+    write_image(tmp_path / "a.png")  # 8 x 6
+    inside = [[0.0, 0.0, 8.0, 6.0], [-5.0, -5.0, 10.0, 10.0], [7.0, 5.0, 10.0, 10.0]]
+    for box in inside:
+        validate_table(table(tmp_path, ["a.png"], bbox=box), tmp_path)
+    for box in ([8.0, 0.0, 4.0, 4.0], [0.0, -10.0, 4.0, 10.0], [7.5, 0.0, 4.0, 4.0]):
+        with pytest.raises(DataError, match=r"1 boxes lie entirely outside their image .*: a\.png \(bbox .* "
+                                            r"lies outside the 8x6 image\)"):
+            validate_table(table(tmp_path, ["a.png"], bbox=box), tmp_path)
+        # Without the image pass the size is unknown: the loader refuses the crop instead.
+        validate_table(table(tmp_path, ["a.png"], bbox=box), tmp_path, verify_images=False)
+
+
+def test_boxes_are_in_the_frame_the_photo_is_shown_in(tmp_path):
+    path = tmp_path / "turned.jpg"
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6  # stored 20 x 10, shown 10 x 20
+    Image.new("RGB", (20, 10)).save(path, format="JPEG", exif=exif)
+    validate_table(table(tmp_path, ["turned.jpg"], bbox=[0.0, 15.0, 5.0, 5.0]), tmp_path)
+    with pytest.raises(DataError, match="outside the 10x20 image"):
+        validate_table(table(tmp_path, ["turned.jpg"], bbox=[15.0, 0.0, 5.0, 5.0]), tmp_path)
+
+
+def test_broken_boxes_in_a_table_are_refused_whoever_built_it(tmp_path):
+    write_image(tmp_path / "a.png")
+    for box, reason in (([1.0, 1.0, -2.0, 2.0], "inverted"), ([1.0, 1.0, 0.0, 2.0], "zero width or height"),
+                        ([1.0, None, 2.0, 2.0], "an empty value"), ("1 2 3", "3 values, not 4")):
+        with pytest.raises(DataError, match=rf"1 bbox values are not boxes .*: a\.png: .* \({reason}"):
+            validate_table(table(tmp_path, ["a.png"], bbox=box), tmp_path, verify_images=False)
 
 
 def test_png_named_file_holding_a_jpeg_is_readable(tmp_path):
