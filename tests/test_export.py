@@ -62,7 +62,7 @@ def test_config_json_has_every_field(tmp_path):
     config = json.loads((tmp_path / "export" / "config.json").read_text())
     assert config["format_version"] == 1
     assert config["architecture"] == "embedder"
-    assert config["model_args"]["backbone"] == "test_resnet" and config["model_args"]["embed_dim"] == 32
+    assert config["model_args"]["trunk"]["backbone"] == "test_resnet" and config["model_args"]["embed_dim"] == 32
     assert config["embed_dim"] == 32 and config["num_classes"] == 3
     assert config["label_map"] == LABELS
     assert config["input_size"] == 96
@@ -175,8 +175,8 @@ def test_hub_backbone_is_recorded_as_its_architecture_and_rebuilt_offline(tmp_pa
     monkeypatch.setattr(timm.models, "load_model_config_from_hf", lambda model_id: (hub_cfg, "test_resnet", {"drop_path_rate": 0.05}))
     monkeypatch.setattr(timm.models._builder, "load_state_dict_from_hf", lambda *a, **k: dict(weights))
     model, meta = load_model("hf-hub:org/x")
-    assert meta["model_args"]["backbone"] == "test_resnet"
-    assert meta["model_args"]["backbone_args"] == {"drop_path_rate": 0.05}
+    assert meta["model_args"]["trunk"]["backbone"] == "test_resnet"
+    assert meta["model_args"]["trunk"]["backbone_args"] == {"drop_path_rate": 0.05}
     assert meta["mean"] == [0.5] * 3 and meta["std"] == [0.5] * 3
     export = save_export(model, tmp_path / "export")
 

@@ -47,7 +47,7 @@ def test_every_model_trains_one_step(name):
     with torch.no_grad():
         unit = model.embed(images())
     assert torch.allclose(unit.norm(dim=1), torch.ones(BATCH), atol=1e-5)
-    assert model.architecture == name and model.model_args["backbone"] == "resnet18"
+    assert model.architecture == name and model.model_args["trunk"]["backbone"] == "resnet18"
     assert model.input_size == 224 and len(model.mean) == 3 and len(model.std) == 3
 
 

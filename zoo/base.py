@@ -2,23 +2,28 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Mapping, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo.trunk import Trunk
+from zoo.trunk_config import TRUNK, split_model_args
 
 
 class ReIDModel(nn.Module):
     """forward(images) -> {"embedding": (B, D) raw, "logits"?: (B, num_classes), "features": [maps]}.
 
-    Attributes the export records: `architecture` (registry name), `model_args` (JSON-serialisable
-    arguments that rebuild it), `embed_dim`, `num_classes`, `input_size`, `mean`, `std`.
+    A model is built as `Model(num_classes, TrunkConfig(...), **own)`, its own arguments keyword-only;
+    `from_args` builds it from config arguments instead. Attributes the export records:
+    `architecture` (registry name), `model_args` ({"trunk": block, **own}: rebuilds it),
+    `embed_dim`, `num_classes`, `input_size`, `mean`, `std`. `has_pair_head` tells the evaluator
+    whether `pair_scores` can re-score pairs of embeddings.
     """
 
     architecture: str = ""
+    has_pair_head: bool = False
     embed_dim: int
     num_classes: int
     model_args: Dict[str, Any]
@@ -26,32 +31,36 @@ class ReIDModel(nn.Module):
     mean: List[float]
     std: List[float]
 
+    @classmethod
+    def own_args(cls) -> Tuple[str, ...]:
+        """The config arguments of this model beyond the trunk block: its keyword-only ones."""
+        params = inspect.signature(cls.__init__).parameters.values()
+        return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+    @classmethod
+    def block_args(cls, args: Mapping[str, Any]) -> Dict[str, Any]:
+        """Config arguments, trunk settings flat or nested, as {"trunk": {...}, **own} (what exports record)."""
+        trunk, own = split_model_args(cls.architecture, args, cls.own_args())
+        return {TRUNK: trunk.to_args(), **own}
+
+    @classmethod
+    def from_args(cls, num_classes: int = 0, **args: Any) -> ReIDModel:
+        """The registry's builder: config arguments (trunk settings flat or under `trunk:`) -> model."""
+        trunk, own = split_model_args(cls.architecture, args, cls.own_args())
+        return cls(num_classes, trunk, **own)
+
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised embeddings, the vectors retrieval compares by inner product."""
         return F.normalize(self(images)["embedding"].float(), dim=1)
 
-    def _record(self, init_locals: Dict[str, Any], trunk: Trunk) -> None:
-        """Keep the constructor's arguments (minus runtime ones) so the export can rebuild the model."""
-        names = [p for p in inspect.signature(type(self).__init__).parameters if p not in ("self", "num_classes")]
-        args = {name: init_locals[name] for name in names}
-        # A hub name is recorded as its timm architecture and arguments: rebuilding needs no network.
-        args["backbone"] = trunk.architecture
-        args["backbone_args"] = dict(trunk.resolved_args)
-        for key in ("feature_layers", "mean", "std"):
-            if args.get(key) is not None:
-                args[key] = list(args[key])
-        self.model_args = args
+    def _finish(self, trunk: Trunk, *, num_classes: int, embed_dim: int, own: Mapping[str, Any]) -> None:
+        """Sizes, input size and normalisation (the block's, else what timm knows of the backbone's
+        weights), and the arguments that rebuild the model."""
+        cfg, known = trunk.config, trunk.data_config
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.input_size = int(cfg.input_size or cfg.img_size or known["input_size"][-1])
+        self.mean = [float(v) for v in (cfg.mean if cfg.mean is not None else known["mean"])]
+        self.std = [float(v) for v in (cfg.std if cfg.std is not None else known["std"])]
+        self.model_args = {TRUNK: cfg.to_args(), **own}
 
-    def _set_data_config(
-        self,
-        trunk: Trunk,
-        input_size: int | None,
-        mean: Sequence[float] | None,
-        std: Sequence[float] | None,
-        img_size: int | None,
-    ) -> None:
-        """Input size and normalisation: explicit arguments, else what timm knows of the backbone's weights."""
-        cfg = trunk.data_config
-        self.input_size = int(input_size or img_size or cfg["input_size"][-1])
-        self.mean = [float(v) for v in (mean if mean is not None else cfg["mean"])]
-        self.std = [float(v) for v in (std if std is not None else cfg["std"])]

@@ -5,10 +5,8 @@ config.json holds the architecture and its arguments, embed_dim, num_classes, th
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
 
@@ -18,8 +16,10 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError, DataError
+from core.files import atomic_folder
 from zoo.base import ReIDModel
-from zoo.registry import MODELS
+from zoo.registry import MODELS, block_args
+from zoo.trunk_config import TRUNK
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -27,14 +27,22 @@ CONFIG_FILE = "config.json"
 REQUIRED_KEYS = ("format_version", "architecture", "model_args", "embed_dim", "num_classes", "input_size", "mean", "std")
 
 
-def unwrap_model(model: nn.Module) -> ReIDModel:
-    """The zoo model inside DDP, torch.compile or EMA wrappers."""
+def inner_module(model: nn.Module) -> nn.Module:
+    """The module inside DDP, torch.compile or EMA wrappers (which keep it in `.module` / `._orig_mod`)."""
     while not isinstance(model, ReIDModel):
         inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
         if inner is None:
-            raise TypeError(f"{type(model).__name__} is not a reidzoo model (build it with zoo.build_model)")
+            return model
         model = inner
     return model
+
+
+def unwrap_model(model: nn.Module) -> ReIDModel:
+    """The zoo model inside DDP, torch.compile or EMA wrappers."""
+    inner = inner_module(model)
+    if not isinstance(inner, ReIDModel):
+        raise TypeError(f"{type(inner).__name__} is not a reidzoo model (build it with zoo.build_model)")
+    return inner
 
 
 def export_config(
@@ -90,28 +98,15 @@ def save_export(
 ) -> Path:
     """Write `out_dir/model.safetensors` and `out_dir/config.json` atomically; returns `out_dir`.
 
-    Both files are written into a temporary folder next to `out_dir` that then replaces it, so a
-    reader never sees a half-written export (at worst, briefly, none).
+    Both files are written into a staging folder that then takes the place of `out_dir`
+    (core.files.atomic_folder), so a reader never sees a half-written export.
     """
     out_dir = Path(out_dir)
     config_text = _to_json(export_config(model, label_map=label_map, train_config=train_config, metrics=metrics, extra=extra))
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    for leftover in (tmp, old):  # from a run killed mid-export with the same pid
-        shutil.rmtree(leftover, ignore_errors=True)
-    tmp.mkdir()
-    try:
+    with atomic_folder(out_dir) as staging:
         # save_model drops duplicate names of shared (tied) tensors and makes channels-last tensors contiguous.
-        safetensors.torch.save_model(unwrap_model(model), str(tmp / WEIGHTS_FILE), force_contiguous=True)
-        (tmp / CONFIG_FILE).write_text(config_text)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
+        safetensors.torch.save_model(unwrap_model(model), str(staging / WEIGHTS_FILE), force_contiguous=True)
+        (staging / CONFIG_FILE).write_text(config_text)
     return out_dir
 
 
@@ -139,6 +134,8 @@ def read_export_config(path: Union[str, Path]) -> Dict[str, Any]:
     absent = [key for key in REQUIRED_KEYS if key not in meta] if isinstance(meta, dict) else list(REQUIRED_KEYS)
     if absent:
         raise DataError(f"{config_path} lacks {', '.join(absent)}: not a reidzoo export config")
+    if not isinstance(meta["model_args"], dict):
+        raise DataError(f"{config_path}: model_args must be a mapping, got {meta['model_args']!r}")
     if meta["format_version"] > FORMAT_VERSION:
         raise ConfigError(
             f"{config_path} has format_version {meta['format_version']}; this reidzoo reads up to {FORMAT_VERSION}: upgrade it"
@@ -147,14 +144,19 @@ def read_export_config(path: Union[str, Path]) -> Dict[str, Any]:
 
 
 def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
-    """Rebuild the model of an export folder (no download: weights come from the folder), in eval mode."""
+    """Rebuild the model of an export folder (no download: weights come from the folder), in eval mode.
+
+    meta["model_args"] comes back in the block form ({"trunk": {...}, **own}) even from exports
+    written before the trunk block existed.
+    """
     weights_path, config_path = _export_files(path)
     meta = read_export_config(path)
-    args = dict(meta["model_args"])
-    if "pretrained" in args:
-        args["pretrained"] = False
     try:
-        model = MODELS.build(meta["architecture"], args, num_classes=meta["num_classes"])
+        meta["model_args"] = block_args(meta["architecture"], meta["model_args"])
+        args = meta["model_args"]
+        # The weights come from the folder: never download (or look for) the pretrained ones again.
+        rebuild = {**args, TRUNK: {**args[TRUNK], "pretrained": False}}
+        model = MODELS.build(meta["architecture"], rebuild, num_classes=meta["num_classes"])
     except ConfigError as err:
         raise ConfigError(f"cannot rebuild the model of {config_path}: {err}") from err
     try:
@@ -165,13 +167,3 @@ def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
     model.mean = [float(v) for v in meta["mean"]]
     model.std = [float(v) for v in meta["std"]]
     return model.eval(), meta
-
-
-def model_checksum(path: Union[str, Path]) -> str:
-    """sha256 over model.safetensors then config.json: the identity of an export for caches and manifests."""
-    digest = hashlib.sha256()
-    for file in _export_files(path):
-        with open(file, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()

@@ -1,18 +1,30 @@
-"""`load_model(spec)`: an export folder, a zoo name or any timm / `hf-hub:` backbone, as a ready model."""
+"""Models named by a spec (an export folder, a zoo name or any timm / `hf-hub:` backbone), ready to run.
+
+`load_model` gives the model and its meta; `load_for_eval` adds its checksum (the key of cached
+outputs); `probe` runs it once to learn what it returns.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Dict, Tuple
 
+import torch
+
 from core.errors import ConfigError, DataError
 from zoo.base import ReIDModel
-from zoo.export import CONFIG_FILE, export_config, load_export
+from zoo.checksum import model_checksum
+from zoo.export import CONFIG_FILE, export_config, inner_module, load_export
 from zoo.registry import MODELS
 
 # Off-the-shelf re-ID backbones known by a short name.
 ZOO = {
     "megadescriptor-l-384": "hf-hub:BVRA/MegaDescriptor-L-384",
 }
+
+
+def looks_like_path(spec: str) -> bool:
+    """Whether a spec names a folder (it has a path separator or starts with . or ~), not a model name."""
+    return ":" not in spec and (any(sep in spec for sep in ("/", "\\")) or spec.startswith((".", "~")))
 
 
 def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:
@@ -27,7 +39,7 @@ def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:
             raise DataError(f"{spec} is a folder but not a reidzoo export: it has no {CONFIG_FILE}")
         return load_export(path)
     name = ZOO.get(spec.lower(), spec)
-    if ":" not in name and ("/" in name or "\\" in name):
+    if looks_like_path(name):
         raise DataError(
             f"model '{spec}': no export folder there (for a Hugging Face model write 'hf-hub:{spec}')"
         )
@@ -39,3 +51,30 @@ def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:
         ) from err
     meta = export_config(model, extra={"source": spec})
     return model.eval(), meta
+
+
+def load_for_eval(spec: str) -> Tuple[ReIDModel, Dict[str, Any], str]:
+    """(model in eval mode, meta, checksum) of an export folder, zoo name or timm name."""
+    model, meta = load_model(spec)
+    return model, meta, model_checksum(model)
+
+
+def probe(model: torch.nn.Module, spec: str, size: int, device: torch.device) -> Dict[str, Any]:
+    """One forward pass on blank images: whether the model takes `size` x `size` input, and what it returns.
+
+    {"embed_dim": D, "classes": number of logits or None, "pair_head": whether `pair_scores` can re-score pairs}.
+    """
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(2, 3, size, size, device=device))
+    except (RuntimeError, ValueError, AssertionError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise DataError(f"model {spec} does not accept {size}x{size} images: {first_line}") from err
+    if not isinstance(out, dict) or "embedding" not in out:
+        raise DataError(f"model {spec} is not a reidzoo model: its forward returns no 'embedding'")
+    logits = out.get("logits")
+    return {
+        "embed_dim": int(out["embedding"].shape[1]),
+        "classes": None if logits is None else int(logits.shape[1]),
+        "pair_head": bool(getattr(inner_module(model), "has_pair_head", False)),
+    }

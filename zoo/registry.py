@@ -1,7 +1,7 @@
 """The model registry and the one function the trainer calls to build a model from config."""
 from __future__ import annotations
 
-from typing import Any, Mapping, Union
+from typing import Any, Callable, Dict, Mapping, Union
 
 from torch import nn
 
@@ -11,6 +11,26 @@ from core.registry import Registry
 from core.schema import ComponentConfig
 
 MODELS = Registry("model")
+_CLASSES: Dict[str, type] = {}
+
+
+def register_model(name: str) -> Callable[[type], type]:
+    """Class decorator: the model is built from config arguments by its `from_args`, under `name`."""
+
+    def decorator(cls: type) -> type:
+        cls.architecture = name
+        MODELS.register(name)(cls.from_args)
+        _CLASSES[name] = cls
+        return cls
+
+    return decorator
+
+
+def block_args(architecture: str, args: Mapping[str, Any]) -> Dict[str, Any]:
+    """Model arguments as exports record them, {"trunk": {...}, **own}; flat trunk settings (configs,
+    exports written before the block) are moved into the block."""
+    MODELS.get(architecture)  # an unknown name fails here, with the closest valid one
+    return _CLASSES[architecture].block_args(args)
 
 
 def build_model(cfg: Union[ComponentConfig, Mapping[str, Any]], *, num_classes: int) -> nn.Module:

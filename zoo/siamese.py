@@ -1,56 +1,45 @@
 """The `siamese` model: a shared embedder plus a head that scores whether two images show the same individual."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Union
+from typing import Any, Dict, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from zoo.base import ReIDModel
 from zoo.embedder import Embedder
-from zoo.registry import MODELS
+from zoo.registry import register_model
+from zoo.trunk_config import TrunkConfig
+
+Embeddings = Union[np.ndarray, torch.Tensor]
 
 
-@MODELS.register("siamese")
+@register_model("siamese")
 class Siamese(ReIDModel):
-    """Embedder (shared by both images of a pair) + MLP on (|a-b|, a*b) -> same-individual logit."""
+    """Embedder (shared by both images of a pair) + MLP on (|a-b|, a*b) -> same-individual logit.
 
-    architecture = "siamese"
+    The head reads L2-normalised embeddings (it normalises what it is given), so it scores the
+    vectors of `embed()` and of engine.extraction (TTA views averaged, normalised again) as well as
+    the raw ones the training loss feeds it.
+    """
 
-    def __init__(
-        self,
-        num_classes: int = 0,
-        backbone: str = "resnet18",
-        pretrained: Union[bool, str] = False,
-        embed_dim: int = 512,
-        pool: str | None = None,
-        drop_rate: float = 0.0,
-        freeze_stages: int = 0,
-        feature_layers: List[int] | None = None,
-        img_size: int | None = None,
-        input_size: int | None = None,
-        mean: List[float] | None = None,
-        std: List[float] | None = None,
-        backbone_args: Dict[str, Any] | None = None,
-        pair_hidden: int = 256,
-    ):
+    has_pair_head = True
+
+    def __init__(self, num_classes: int = 0, trunk: TrunkConfig = TrunkConfig(), *, embed_dim: int = 512,
+                 pair_hidden: int = 256):
         super().__init__()
-        self.embedder = Embedder(
-            num_classes, backbone, pretrained, embed_dim, pool, drop_rate, freeze_stages,
-            feature_layers, img_size, input_size, mean, std, backbone_args,
-        )
+        self.embedder = Embedder(num_classes, trunk, embed_dim=embed_dim)
         self.pair_head = nn.Sequential(nn.Linear(2 * embed_dim, pair_hidden), nn.ReLU(), nn.Linear(pair_hidden, 1))
-        self.embed_dim = embed_dim
-        self.num_classes = num_classes
-        self._set_data_config(self.embedder.trunk, input_size, mean, std, img_size)
-        self._record(locals(), self.embedder.trunk)
+        self._finish(self.embedder.trunk, num_classes=num_classes, embed_dim=embed_dim,
+                     own={"embed_dim": embed_dim, "pair_hidden": pair_hidden})
 
     def forward(self, images: torch.Tensor) -> Dict[str, Any]:
         return self.embedder(images)
 
     def pair_logits(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
-        """(N, D) x (N, D) -> (N,) logits of "same individual"; raw or normalised embeddings alike."""
+        """(N, D) x (N, D) -> (N,) logits of "same individual", differentiable: what the pair loss trains."""
         # Comparing unit vectors makes the head independent of embedding scale, and lets the evaluator
         # feed it the normalised vectors of embed().
         a, b = F.normalize(emb_a, dim=1), F.normalize(emb_b, dim=1)
@@ -58,3 +47,26 @@ class Siamese(ReIDModel):
 
     def pair_probability(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.pair_logits(emb_a, emb_b))
+
+    def pair_scores(self, emb_a: Embeddings, emb_b: Embeddings, *, batch_size: int = 8192) -> np.ndarray:
+        """(N,) float32 logits of "same individual" for rows of already-extracted embeddings.
+
+        Arrays or tensors, raw or normalised; run without gradients, in float32 (outside any
+        autocast) on the head's device, `batch_size` pairs at a time.
+        """
+        a, b = _as_tensor(emb_a), _as_tensor(emb_b)
+        if a.ndim != 2 or a.shape != b.shape or a.shape[1] != self.embed_dim:
+            raise ValueError(f"pair_scores needs two (N, {self.embed_dim}) embedding arrays, got "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        weight = self.pair_head[0].weight
+        scores = []
+        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
+            for start in range(0, len(a), batch_size):
+                rows = slice(start, start + batch_size)
+                pair = (a[rows].to(weight.device, torch.float32), b[rows].to(weight.device, torch.float32))
+                scores.append(self.pair_logits(*pair).cpu())
+        return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+
+
+def _as_tensor(embeddings: Embeddings) -> torch.Tensor:
+    return embeddings.detach() if isinstance(embeddings, torch.Tensor) else torch.from_numpy(np.asarray(embeddings))

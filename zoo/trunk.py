@@ -1,50 +1,45 @@
 """A timm backbone with its global pooling and optional intermediate feature maps: the part every model shares."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Sequence, Tuple
+import dataclasses
+from typing import List, Sequence, Tuple
 
 import timm.data
 import torch
 from torch import nn
 
 from core.errors import ConfigError
-from zoo.backbones import Pretrained, create_backbone, freeze_stages, resolve_hub_name
+from zoo.backbones import create_backbone, freeze_stages, resolve_hub_name
 from zoo.pooling import GeM
+from zoo.trunk_config import TrunkConfig
 
 
 class Trunk(nn.Module):
     """images -> (pooled features (B, num_features), [intermediate maps (B, C_l, H_l, W_l)])."""
 
-    def __init__(
-        self,
-        backbone: str,
-        pretrained: Pretrained = False,
-        pool: str | None = None,
-        freeze: int = 0,
-        feature_layers: Sequence[int] | None = None,
-        img_size: int | None = None,
-        backbone_args: Dict[str, Any] | None = None,
-    ):
+    def __init__(self, cfg: TrunkConfig):
         super().__init__()
-        architecture, hub_args, hub_cfg = resolve_hub_name(backbone)
-        kwargs = {**hub_args, **(backbone_args or {})}
-        if img_size:
-            kwargs["img_size"] = img_size
+        architecture, hub_args, hub_cfg = resolve_hub_name(cfg.backbone)
+        kwargs = {**hub_args, **(cfg.backbone_args or {})}
+        if cfg.img_size:
+            kwargs["img_size"] = cfg.img_size
         if hub_cfg is not None:
             kwargs["pretrained_cfg"] = hub_cfg
-        use_gem = pool == "gem"
+        use_gem = cfg.pool == "gem"
         # With GeM, timm keeps no pooling of its own and we pool forward_features' map ourselves.
         self.body = create_backbone(
-            architecture, pretrained, num_classes=0, global_pool="" if use_gem else pool, **kwargs
+            architecture, cfg.pretrained, num_classes=0, global_pool="" if use_gem else cfg.pool, **kwargs
         )
         self.gem = GeM() if use_gem else None
         self.num_features: int = self.body.num_features
-        # What to record so the trunk is rebuilt without the hub: the architecture and its arguments.
         self.architecture = architecture
-        self.resolved_args = {k: v for k, v in kwargs.items() if k not in ("img_size", "pretrained_cfg")}
+        # The block an export records: a hub name becomes its timm architecture and arguments, so
+        # rebuilding needs no network.
+        resolved_args = {k: v for k, v in kwargs.items() if k not in ("img_size", "pretrained_cfg")}
+        self.config = dataclasses.replace(cfg, backbone=architecture, backbone_args=resolved_args)
         self.data_config = timm.data.resolve_data_config({}, model=self.body)
-        self.feature_layers = self._check_layers(feature_layers)
-        self.frozen = freeze_stages(self.body, freeze)
+        self.feature_layers = self._check_layers(cfg.feature_layers)
+        self.frozen = freeze_stages(self.body, cfg.freeze_stages)
 
     def _check_layers(self, layers: Sequence[int] | None) -> List[int]:
         layers = list(layers or [])
