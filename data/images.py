@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-import warnings
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 from core.errors import DataError
-from core.files import save_npy_atomic
+from core.files import file_identity
 from core.paths import resolve_cache_setting
+from engine.array_cache import ArrayCache
 
 # Bump when the decoding or resizing changes, so old cache entries are not reused.
 CACHE_VERSION = 1
@@ -82,19 +80,22 @@ class ImageLoader:
         self.crop_to_bbox = crop_to_bbox
         self.bbox_padding = float(bbox_padding)
         self.draft = draft
-        self._cache_write_failed = False
+        # Parallel DataLoader workers and processes never see a half-written entry (atomic
+        # renames), and the last writer simply wins.
+        self._cache = ArrayCache(self.cache_dir, what="image")
 
     def load(self, path: str, bbox: Sequence[float] | None = None) -> np.ndarray:
         """(H, W, 3) uint8 RGB with min(H, W) == size."""
         crop = self._padded_box(bbox) if (self.crop_to_bbox and bbox is not None) else None
-        cache_file = self._cache_file(path, crop) if self.cache_dir else None
-        if cache_file is not None:
-            cached = _read_cached(cache_file)
-            if cached is not None:
+        key = self._cache_key(path, crop) if self._cache.enabled else None
+        if key is not None:
+            cached = self._cache.load(key)
+            # A damaged or foreign entry is decoded again and overwritten.
+            if cached is not None and cached.ndim == 3 and cached.dtype == np.uint8:
                 return cached
         image = self._decode(path, crop)
-        if cache_file is not None:
-            self._write_cached(cache_file, image)
+        if key is not None:
+            self._cache.save(key, image)
         return image
 
     def _padded_box(self, bbox: Sequence[float]) -> tuple:
@@ -103,28 +104,13 @@ class ImageLoader:
         pad_x, pad_y = w * self.bbox_padding, h * self.bbox_padding
         return (x - pad_x, y - pad_y, x + w + pad_x, y + h + pad_y)
 
-    def _cache_file(self, path: str, crop: tuple | None) -> Path:
-        absolute = os.path.abspath(path)
+    def _cache_key(self, path: str, crop: tuple | None) -> str:
         try:
-            stat = os.stat(absolute)
+            identity = file_identity(path)
         except OSError as err:
             raise DataError(f"cannot read image {path}: {err.strerror or err}") from err
         crop_key = None if crop is None else tuple(round(v, 3) for v in crop)
-        key = repr((CACHE_VERSION, absolute, stat.st_size, stat.st_mtime_ns, self.size, crop_key, self.draft))
-        digest = hashlib.sha1(key.encode()).hexdigest()
-        # Two-level fan-out keeps directories small for datasets of 100k+ images.
-        return Path(self.cache_dir) / digest[:2] / f"{digest}.npy"
-
-    def _write_cached(self, cache_file: Path, image: np.ndarray) -> None:
-        """Write through a temporary file and an atomic rename: parallel DataLoader workers and
-        processes never see a half-written entry, and the last writer simply wins."""
-        try:
-            save_npy_atomic(cache_file, image)
-        except OSError as err:
-            # A full or read-only cache disk slows training down; it must not stop it.
-            if not self._cache_write_failed:
-                warnings.warn(f"image cache disabled for writing ({self.cache_dir}): {err}", stacklevel=2)
-                self._cache_write_failed = True
+        return hashlib.sha1(repr((CACHE_VERSION, *identity, self.size, crop_key, self.draft)).encode()).hexdigest()
 
     def _decode(self, path: str, crop: tuple | None) -> np.ndarray:
         try:
@@ -171,10 +157,3 @@ def _clip_box(crop: tuple | None, width: int, height: int, path: str) -> tuple:
         raise DataError(f"bbox {list(crop)} (with padding) lies outside image {path} ({width}x{height})")
     return (left, top, right, bottom)
 
-
-def _read_cached(cache_file: Path) -> np.ndarray | None:
-    try:
-        image = np.load(cache_file, allow_pickle=False)
-    except (OSError, ValueError, EOFError):
-        return None  # absent, or damaged by a crash: decode again and overwrite
-    return image if image.ndim == 3 and image.dtype == np.uint8 else None

@@ -7,23 +7,22 @@ An entry is keyed by everything that changes the numbers and nothing else:
     (the order is part of the key because rows of the array follow it);
   * the transform: input size, mean, std, TTA views, orientation rules, crop settings;
   * the output head (embedding or logits).
-Entries are `.npy` files written through a temporary file and an atomic rename, so a crash or
-a concurrent run never leaves a half-written entry behind.
+Entries are `.npy` files of an engine.array_cache.ArrayCache: written through a temporary file and
+an atomic rename, so a crash or a concurrent run never leaves a half-written entry behind.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence
 
-import numpy as np
 import pandas as pd
 
-from core.files import save_npy_atomic
+from core.files import file_identity
 from core.paths import resolve_cache_setting
+from engine.array_cache import ArrayCache
 
 # Bump when extraction changes how numbers are computed, so old entries are not reused.
 CACHE_VERSION = 1
@@ -45,12 +44,10 @@ def image_list_fingerprint(table: pd.DataFrame) -> str:
     digest = hashlib.sha256()
     columns = zip(table["path"], table["bbox"], table["dataset"], table["orientation"], strict=True)
     for path, bbox, dataset, orientation in columns:
-        absolute = os.path.abspath(path)
         try:
-            stat = os.stat(absolute)
-            size, mtime = stat.st_size, stat.st_mtime_ns
+            absolute, size, mtime = file_identity(path)
         except OSError:
-            size, mtime = -1, -1
+            absolute, size, mtime = os.path.abspath(path), -1, -1
         box = None if bbox is None else [round(float(v), 3) for v in bbox]
         digest.update(json.dumps([absolute, size, mtime, box, dataset, orientation], default=str).encode())
         digest.update(b"\n")
@@ -77,62 +74,8 @@ def cache_key(model_checksum: str, images_fingerprint: str, transform: Mapping[s
                     "transform": dict(transform), "head": head})
 
 
-class EmbeddingCache:
-    """Arrays stored as `<dir>/<key[:2]>/<key>.npy`; `directory=None` turns caching off."""
+class EmbeddingCache(ArrayCache):
+    """Arrays stored as `<dir>/<key[:2]>/<key>.npy`, one per output head; `directory=None` turns caching off."""
 
     def __init__(self, directory: Optional[Path]):
-        self.directory = Path(directory) if directory is not None else None
-        self._write_failed = False
-
-    @property
-    def enabled(self) -> bool:
-        return self.directory is not None
-
-    def path(self, key: str) -> Optional[Path]:
-        return None if self.directory is None else self.directory / key[:2] / f"{key}.npy"
-
-    def load(self, key: str) -> Optional[np.ndarray]:
-        path = self.path(key)
-        if path is None:
-            return None
-        try:
-            return np.load(path, allow_pickle=False)
-        except (OSError, ValueError, EOFError):
-            return None  # absent, or damaged: extract again and overwrite
-
-    def save(self, key: str, array: np.ndarray) -> None:
-        path = self.path(key)
-        if path is None:
-            return
-        try:
-            save_npy_atomic(path, array)
-        except OSError as err:
-            # A full or read-only disk makes the next run slower; it must not fail this one.
-            if not self._write_failed:
-                warnings.warn(f"embedding cache not written ({self.directory}): {err}", stacklevel=2)
-                self._write_failed = True
-
-    def get_or_compute(self, keys: Mapping[str, str], compute: Callable[[], Dict[str, np.ndarray]], *,
-                       accelerator=None, expected_rows: Optional[int] = None) -> Dict[str, np.ndarray]:
-        """{name: array} from the cache when every entry of `keys` is there, else from `compute()`
-        (which returns them all from one pass), stored under `keys`.
-
-        With several processes, `compute` is collective (each extracts a share), so all of them
-        must agree on hit or miss: it is a hit only if every process can read every entry. Only
-        the main process writes.
-        """
-        cached = {name: self.load(key) for name, key in keys.items()}
-        hit = all(a is not None and (expected_rows is None or len(a) == expected_rows) for a in cached.values())
-        if accelerator is not None and accelerator.num_processes > 1:
-            from accelerate.utils import gather_object
-
-            hit = all(gather_object([hit]))
-        if hit:
-            return cached
-        arrays = compute()
-        if accelerator is None or accelerator.is_main_process:
-            for name, key in keys.items():
-                self.save(key, arrays[name])
-        if accelerator is not None:
-            accelerator.wait_for_everyone()
-        return arrays
+        super().__init__(directory, what="embedding")
