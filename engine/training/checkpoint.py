@@ -1,49 +1,122 @@
-"""Full training state on disk: written atomically, the last K kept, loaded without unpickling.
+"""Full training state on disk: a checkpoint appears only when complete, the last K are kept.
 
 A checkpoint folder `checkpoints/step-000120/` holds
   model.safetensors      model + loss parameters (e.g. ArcFace class centres)
   ema.safetensors        EMA weights, when EMA is on
   optimizer.pt           optimizer (and grad-scaler) state, loaded with weights_only=True
+  scheduler.pt           learning-rate schedule position
   rng-rank{R}.pt         each process's torch RNG state (dropout, stochastic depth)
-  trainer_state.json     epoch, position in the epoch, step, best metric, label map
-Every process writes into `.tmp-step-000120/`; once all have finished the main process renames it,
-so a run killed mid-write never leaves a checkpoint that looks complete.
+  best.safetensors       the best validation weights so far (val.export=best), so that a resume
+                         rolls `best/` back with the rest of the state
+  trainer_state.json     epoch, position in the epoch, step, best metric, time budget spent,
+                         label map, config, and the size and sha256 of every other file
+The main process writes all of them (the other processes' RNG states are gathered to it) into a
+staging folder that core.files.atomic_folder renames into place; older checkpoints are pruned only
+after that rename. A folder whose trainer_state.json is missing or does not match its files is never
+resumed from, whatever killed the run that wrote it.
 """
 from __future__ import annotations
 
 import json
+import pickle
 import re
 import shutil
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 import torch
+from accelerate.utils import gather_object
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
-from core.errors import UserError
+from core.errors import ConfigError, UserError
+from core.files import atomic_folder, atomic_write_text, file_sha256
 
+STATE_FILE = "trainer_state.json"
+BEST_FILE = "best.safetensors"
 STEP_DIR = re.compile(r"^step-(\d+)$")
+# Staging and set-aside folders of atomic_folder (and of older versions) left by a killed run.
+LEFTOVER = re.compile(r"^\.(step-\d+\.(tmp|old)-.+|tmp-step-\d+)$")
+# Model arguments that only choose the initial weights, which a resume overwrites.
+INITIALISATION_ONLY = {"model.args.pretrained"}
 
 
-def checkpoint_dirs(root: Path) -> list:
-    """Complete checkpoints under `root`, oldest first."""
+def checkpoint_dirs(root: Path) -> List[Path]:
+    """Every `step-N` folder under `root`, complete or not, oldest first."""
     if not root.is_dir():
         return []
     found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
     return [p for _, p in sorted(found)]
 
 
-def find_checkpoint(output_dir: Path, which: str) -> Path:
-    """'latest' -> the newest checkpoint of the run; anything else is a checkpoint folder path."""
+def read_state(path: Path) -> Dict[str, Any]:
+    state = json.loads((path / STATE_FILE).read_text())
+    if not isinstance(state, dict):
+        raise ValueError("not a JSON object")
+    return state
+
+
+def checkpoint_problem(path: Path) -> Optional[str]:
+    """Why `path` cannot be resumed from; None when it is a complete checkpoint."""
+    if not path.is_dir():
+        return "no such folder"
+    if not (path / STATE_FILE).is_file():
+        return f"no {STATE_FILE}"
+    try:
+        files = read_state(path)["files"]
+        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in files.items()}
+    except (ValueError, OSError) as err:
+        return f"{STATE_FILE} is unreadable ({err})"
+    except (KeyError, TypeError, AttributeError):
+        return f"{STATE_FILE} does not list the checkpoint's files (written by an older train.py?)"
+    for name, (size, sha256) in expected.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size or file_sha256(file) != sha256:
+            return f"{name} does not match the size and checksum in {STATE_FILE}"
+    return None
+
+
+def find_checkpoint(output_dir: Path, which: str, warn: Callable[[str], None] = print) -> Path:
+    """'latest' -> the newest complete checkpoint of the run; anything else is a checkpoint folder path."""
     if which == "latest":
-        found = checkpoint_dirs(output_dir / "checkpoints")
-        if not found:
-            raise UserError(f"--resume: no checkpoint found under {output_dir / 'checkpoints'}")
-        return found[-1]
-    path = Path(which)
-    if not (path / "trainer_state.json").is_file():
-        raise UserError(f"--resume: {path} is not a checkpoint folder (no trainer_state.json)")
+        root = output_dir / "checkpoints"
+        for path in reversed(checkpoint_dirs(root)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return path
+            warn(f"warning: skipping incomplete checkpoint {path}: {problem}")
+        raise UserError(f"--resume: no complete checkpoint under {root}")
+    path = Path(which).expanduser()
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise UserError(f"--resume: {path} is not a complete checkpoint: {problem}")
     return path
+
+
+def _write_file(path: Path, write: Callable[[Path], None]) -> Dict[str, Any]:
+    """Write one checkpoint file; returns the identity trainer_state.json records for it."""
+    write(path)
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
+def _prune(root: Path, step: int, keep_last: int) -> None:
+    """Drop checkpoints of a timeline this run abandoned (a later step than the one just written,
+    left by a resume from an earlier checkpoint), then all but the last `keep_last` (0 = keep all)."""
+    ours = checkpoint_dirs(root)
+    stale = [p for p in ours if int(STEP_DIR.match(p.name).group(1)) > step]
+    kept = [p for p in ours if p not in stale]
+    for old in stale + (kept[:-keep_last] if keep_last > 0 else []):
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_leftovers(root: Path) -> None:
+    if root.is_dir():
+        for path in root.iterdir():
+            if LEFTOVER.match(path.name):
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def save_checkpoint(
@@ -53,47 +126,72 @@ def save_checkpoint(
     step: int,
     module: torch.nn.Module,
     optimizer,
+    scheduler,
     ema: Optional[torch.nn.Module],
     state: Dict[str, Any],
     keep_last: int,
+    best_weights: Optional[Path] = None,
 ) -> Path:
+    """Write the checkpoint of `step`; every process calls it. `best_weights` is copied in as
+    best.safetensors."""
     final = root / f"step-{step:06d}"
-    tmp = root / f".tmp-step-{step:06d}"
+    rng_states = gather_object([_rng_state()])  # rank order
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    accelerator.wait_for_everyone()
-    torch.save({"torch": torch.get_rng_state(), "cuda": _cuda_rng()}, tmp / f"rng-rank{accelerator.process_index}.pt")
-    if accelerator.is_main_process:
-        save_model(module, str(tmp / "model.safetensors"))
-        if ema is not None:
-            save_model(ema, str(tmp / "ema.safetensors"))
-        scaler = getattr(accelerator, "scaler", None)
-        torch.save(
-            {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None},
-            tmp / "optimizer.pt",
-        )
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-        for old in checkpoint_dirs(root)[:-keep_last] if keep_last > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+        _remove_leftovers(root)
+        with atomic_folder(final) as staging:
+            files: Dict[str, Any] = {}
+
+            def add(name: str, write: Callable[[Path], None]) -> None:
+                files[name] = _write_file(staging / name, write)
+
+            for rank, rng in enumerate(rng_states):
+                add(f"rng-rank{rank}.pt", lambda p, rng=rng: torch.save(rng, p))
+            add("model.safetensors", lambda p: save_model(module, str(p)))
+            if ema is not None:
+                add("ema.safetensors", lambda p: save_model(ema, str(p)))
+            scaler = getattr(accelerator, "scaler", None)
+            add("optimizer.pt", lambda p: torch.save(
+                {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None}, p))
+            add("scheduler.pt", lambda p: torch.save(scheduler.state_dict(), p))
+            if best_weights is not None:
+                add(BEST_FILE, lambda p: shutil.copyfile(best_weights, p))
+            # Written last: it is what makes the folder a checkpoint.
+            _write_file(staging / STATE_FILE, lambda p: p.write_text(json.dumps(dict(state, files=files), indent=1)))
+        _prune(root, step, keep_last)
     accelerator.wait_for_everyone()
     return final
 
 
-def load_checkpoint(accelerator, path: Path, *, module, optimizer, ema) -> Dict[str, Any]:
-    """Restore weights, optimizer, EMA and this process's RNG; return the trainer state."""
-    state = json.loads((path / "trainer_state.json").read_text())
-    load_model(module, str(path / "model.safetensors"), device=str(accelerator.device))
-    if ema is not None:
-        if not (path / "ema.safetensors").is_file():
-            raise UserError(f"{path} has no EMA weights but train.ema is on; resume with train.ema=false")
-        load_model(ema, str(path / "ema.safetensors"), device=str(accelerator.device))
-    saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
-    optimizer.load_state_dict(saved["optimizer"])
+def load_checkpoint(
+    accelerator, path: Path, *, module, optimizer, scheduler, ema, config: Mapping[str, Any]
+) -> Dict[str, Any]:
+    """Restore weights, optimizer, schedule, EMA and this process's RNG; return the trainer state.
+
+    `config` is the current run's config as a dict: a checkpoint of another model is refused with
+    what differs, before anything is loaded.
+    """
+    state = read_state(path)
+    saved_config = state.get("config") or {}
+    changed = config_differences(saved_config.get("model"), config["model"], "model")
+    if changed:
+        raise ConfigError(
+            f"checkpoint {path} was written by a different model ({'; '.join(changed)}): resume with the "
+            "checkpoint's model settings, or start a new run without --resume"
+        )
+    if ema is not None and not (path / "ema.safetensors").is_file():
+        raise UserError(f"{path} has no EMA weights but train.ema is on; resume with train.ema=false")
+    device = str(accelerator.device)
+    try:
+        load_model(module, str(path / "model.safetensors"), device=device)
+        if ema is not None:
+            load_model(ema, str(path / "ema.safetensors"), device=device)
+        saved = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
+    except (RuntimeError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as err:
+        changed = config_differences(saved_config.get("losses"), config["losses"], "losses")
+        reason = f"the losses differ ({'; '.join(changed)})" if changed else _one_line(err)
+        raise ConfigError(f"checkpoint {path} does not fit the current model and losses: {reason}") from err
     scaler = getattr(accelerator, "scaler", None)
     if scaler is not None and saved.get("scaler"):
         scaler.load_state_dict(saved["scaler"])
@@ -106,5 +204,103 @@ def load_checkpoint(accelerator, path: Path, *, module, optimizer, ema) -> Dict[
     return state
 
 
-def _cuda_rng() -> Optional[torch.Tensor]:
-    return torch.cuda.get_rng_state() if torch.cuda.is_available() else None
+def _one_line(err: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def config_differences(saved: Any, current: Any, prefix: str) -> List[str]:
+    """'key: A in the checkpoint, B now' for every leaf of two config blocks that differs."""
+    old, new = _leaves(saved, prefix), _leaves(current, prefix)
+    keys = sorted((set(old) | set(new)) - INITIALISATION_ONLY)
+    missing = "unset"
+    return [f"{key}: {old.get(key, missing)!r} in the checkpoint, {new.get(key, missing)!r} now"
+            for key in keys if old.get(key, missing) != new.get(key, missing)]
+
+
+def _leaves(block: Any, prefix: str) -> Dict[str, Any]:
+    if isinstance(block, Mapping):
+        items = block.items()
+    elif isinstance(block, (list, tuple)):
+        items = enumerate(block)
+    else:
+        return {prefix: block}
+    out: Dict[str, Any] = {}
+    for key, value in items:
+        out.update(_leaves(value, f"{prefix}.{key}"))
+    return out
+
+
+def _rng_state() -> Dict[str, Optional[torch.Tensor]]:
+    return {"torch": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None}
+
+
+# -- best/: the best validation weights, kept in step with the checkpoints ---------------------------
+BEST_DIR = "best"
+BEST_WEIGHTS = "model.safetensors"
+BEST_RECORD = "best.json"
+
+
+def write_best(output_dir: Path, model: torch.nn.Module, *, step: int, metrics: Mapping[str, float]) -> None:
+    _write_best(output_dir, lambda path: save_model(model, str(path)), step=step, metrics=metrics)
+
+
+def restore_best(output_dir: Path, checkpoint: Path, state: Mapping[str, Any]) -> bool:
+    """Make `best/` the best weights of `checkpoint`'s timeline; a best/ written after it, by steps
+    the resume discards, must not be exported. False (and no best/) when the checkpoint has none."""
+    source = checkpoint / BEST_FILE
+    if not source.is_file():
+        shutil.rmtree(output_dir / BEST_DIR, ignore_errors=True)
+        return False
+    _write_best(output_dir, lambda path: shutil.copyfile(source, path), step=state["best_step"], metrics=state["best"])
+    return True
+
+
+def _write_best(output_dir: Path, put_weights: Callable[[Path], Any], *, step: int, metrics: Mapping[str, float]) -> None:
+    with atomic_folder(output_dir / BEST_DIR) as staging:
+        put_weights(staging / BEST_WEIGHTS)
+        (staging / BEST_RECORD).write_text(json.dumps({"step": step, "metrics": dict(metrics)}, indent=1))
+
+
+# -- the run folder: train.py deletes or replaces only what it created -------------------------------
+RUN_MARKER = "reidzoo-run.json"
+# Everything a run writes into output_dir; without the marker, any of these is someone else's.
+RUN_OUTPUTS = ("checkpoints", "export", BEST_DIR, "tensorboard", "config.yaml", "loss.jsonl", "rank_digests.json")
+# A new run in an old run's folder removes these, which would otherwise mix with its own.
+PREVIOUS_RUN_STATE = ("checkpoints", BEST_DIR, "loss.jsonl")
+
+
+def check_run_dir(output_dir: Path) -> None:
+    """A run writes into a new or empty folder, a folder train.py created (it holds RUN_MARKER), or
+    one holding none of the names a run writes; anything else is refused before a file is touched."""
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"output_dir {output_dir} is a file, not a folder")
+    if not output_dir.is_dir() or (output_dir / RUN_MARKER).is_file():
+        return
+    foreign = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
+    if foreign:
+        raise ConfigError(
+            f"output_dir {output_dir} holds {', '.join(foreign)} but is not a train.py run folder (no {RUN_MARKER}): "
+            "choose a new or empty folder, or delete these yourself if they are an old run's"
+        )
+
+
+def claim_run_dir(output_dir: Path, *, fresh: bool, say: Callable[[str], None] = print) -> None:
+    """Mark `output_dir` as a train.py run; a fresh start in an earlier run's folder removes that
+    run's checkpoints, best weights and loss log (main process only)."""
+    check_run_dir(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    marker = output_dir / RUN_MARKER
+    if not marker.is_file():
+        atomic_write_text(marker, json.dumps({"created_by": "reidzoo train.py",
+                                              "created": datetime.now().isoformat(timespec="seconds")}))
+        return
+    stale = [output_dir / name for name in PREVIOUS_RUN_STATE if (output_dir / name).exists()] if fresh else []
+    if stale:
+        say(f"starting a new run in {output_dir}: the previous run's {', '.join(p.name for p in stale)} "
+            "are removed (use --resume to continue it)")
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

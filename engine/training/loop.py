@@ -10,13 +10,12 @@ import contextlib
 import hashlib
 import json
 import math
-import shutil
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model
 from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch import nn
@@ -27,7 +26,10 @@ from core.errors import ConfigError
 from core.schema import TrainConfig
 from core.suggest import did_you_mean
 from engine.accel import make_accelerator
-from engine.training.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from engine.training.checkpoint import (
+    BEST_DIR, BEST_FILE, BEST_WEIGHTS, check_run_dir, claim_run_dir, find_checkpoint, load_checkpoint,
+    read_state, restore_best, save_checkpoint, write_best,
+)
 from engine.training.schedule import TimeBudget, build_scheduler
 from engine.training.data import TrainData, build_train_data
 from engine.training.validation import validate
@@ -62,11 +64,23 @@ def build_optimizer(cfg: TrainConfig, step: TrainStep) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown train.optimizer '{cfg.train.optimizer}'; valid: adamw, sgd")
 
 
-def _fresh_output_dir(out: Path, resuming: bool) -> None:
-    old = out / "checkpoints"
-    if not resuming and old.exists():
-        print(f"starting a new run in {out}: its old checkpoints are removed (use --resume to continue them)")
-        shutil.rmtree(old)
+def progress_bar(budget: TimeBudget, total_steps: int, step: int, disable: bool) -> tqdm:
+    """Steps of the planned schedule; under a time budget, which ends a run long before its planned
+    steps, seconds of the budget instead, with the step count in the postfix."""
+    if budget.enabled:
+        return tqdm(total=round(budget.seconds), initial=min(round(budget.spent()), round(budget.seconds)),
+                    desc="train (time budget)", unit="s", disable=disable,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]")
+    return tqdm(total=total_steps, initial=step, desc="train", disable=disable)
+
+
+def advance(bar: tqdm, budget: TimeBudget, step: int, **postfix: str) -> None:
+    if budget.enabled:
+        bar.update(min(round(budget.spent()), bar.total) - bar.n)
+        postfix = dict(step=str(step), **postfix)
+    else:
+        bar.update(1)
+    bar.set_postfix(**postfix)
 
 
 EXPORTED_WEIGHTS = ("best", "last")
@@ -83,9 +97,9 @@ class Trainer:
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed)
+        check_run_dir(self.out)  # on every process, so that all of them stop on a foreign folder
         if self.acc.is_main_process:
-            self.out.mkdir(parents=True, exist_ok=True)
-            _fresh_output_dir(self.out, resume is not None)
+            claim_run_dir(self.out, fresh=resume is None, say=self.acc.print)
             save_config(cfg, self.out / "config.yaml")
         self.acc.wait_for_everyone()
 
@@ -123,7 +137,7 @@ class Trainer:
             "epoch": 0, "next_batch": 0, "step": 0, "best": None, "best_step": None, "spent_seconds": 0.0
         }
         if resume is not None:
-            self._resume(find_checkpoint(self.out, resume))
+            self._resume(find_checkpoint(self.out, resume, warn=self.acc.print))
         self.budget = TimeBudget(cfg.train.max_minutes, spent_before=self.state["spent_seconds"])
         self._time_fraction = self.budget.fraction()
         self._step_loss, self._last_loss = 0.0, math.nan
@@ -136,35 +150,41 @@ class Trainer:
 
     # -- state -------------------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
-        saved = json.loads((path / "trainer_state.json").read_text())
+        saved = read_state(path)
         if saved.get("label_map") != self.data.label_map:
             raise ConfigError(
                 f"checkpoint {path} was trained on {len(saved.get('label_map') or {})} identities that do not "
                 f"match the {len(self.data.label_map)} of the current data; resume with the same data and seed"
             )
         state = load_checkpoint(
-            self.acc, path, module=self.acc.unwrap_model(self.step_module), optimizer=self.optimizer, ema=self.ema
+            self.acc, path, module=self.acc.unwrap_model(self.step_module), optimizer=self.optimizer,
+            scheduler=self.scheduler, ema=self.ema, config=to_dict(self.cfg),
         )
-        self.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
         self.state.update({k: state[k] for k in self.state if k in state})
+        if self.cfg.val.export == "best" and not (path / BEST_FILE).is_file():
+            # Written with val.export=last: no best weights to go with the best metric, so start afresh.
+            self.state["best"], self.state["best_step"] = None, None
+        if self.acc.is_main_process:
+            restore_best(self.out, path, self.state)
+        self.acc.wait_for_everyone()
         self.acc.print(f"resumed from {path} at step {self.state['step']} (epoch {self.state['epoch']})")
 
     def _checkpoint(self) -> None:
         self.state["spent_seconds"] = self.budget.spent()
-        state = dict(self.state, label_map=self.data.label_map, config=to_dict(self.cfg))
-        path = save_checkpoint(
+        best = self.out / BEST_DIR / BEST_WEIGHTS
+        keep_best = self.cfg.val.export == "best" and self.state["best_step"] is not None and best.is_file()
+        save_checkpoint(
             self.acc,
             self.out / "checkpoints",
             step=self.state["step"],
             module=self.acc.unwrap_model(self.step_module),
             optimizer=self.optimizer,
+            scheduler=self.scheduler,
             ema=self.ema,
-            state=state,
+            state=dict(self.state, label_map=self.data.label_map, config=to_dict(self.cfg)),
             keep_last=self.cfg.train.keep_last,
+            best_weights=best if keep_best else None,
         )
-        if self.acc.is_main_process:
-            torch.save(self.scheduler.state_dict(), path / "scheduler.pt")
-        self.acc.wait_for_everyone()
 
     def eval_model(self) -> nn.Module:
         """The weights evaluated and exported: the EMA copy when EMA is on."""
@@ -174,9 +194,9 @@ class Trainer:
     def fit(self) -> Dict[str, Any]:
         cfg, acc, state = self.cfg, self.acc, self.state
         epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        bar = tqdm(total=self.total_steps, initial=state["step"], desc="train", disable=not acc.is_main_process)
+        bar = progress_bar(self.budget, self.total_steps, state["step"], disable=not acc.is_main_process)
         metrics: Dict[str, float] = {}
-        stop = state["step"] >= self.total_steps
+        stop = state["step"] >= self.total_steps or self._update_time_fraction()
         while not stop and state["epoch"] < epochs:
             epoch, start = state["epoch"], state["next_batch"]
             self.data.batch_sampler.set_epoch(epoch, start)
@@ -190,8 +210,8 @@ class Trainer:
                 now = time.perf_counter()
                 self.train_seconds, clock = self.train_seconds + now - clock, now
                 state["next_batch"] = position + 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{self._last_loss:.3f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
+                advance(bar, self.budget, state["step"], loss=f"{self._last_loss:.3f}",
+                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 out_of_time = self._update_time_fraction()
                 if out_of_time:
                     acc.print(f"stopping at step {state['step']}: train.max_minutes={cfg.train.max_minutes} reached")
@@ -201,13 +221,17 @@ class Trainer:
                 if cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0:
                     self._checkpoint()
                     clock = time.perf_counter()
-            if state["next_batch"] >= n_batches:
+            epoch_done = state["next_batch"] >= n_batches
+            if epoch_done:
                 state["epoch"], state["next_batch"] = epoch + 1, 0
-                if not stop and not cfg.train.checkpoint_every:
-                    self._checkpoint()
-            if stop or (state["next_batch"] == 0 and state["epoch"] % cfg.val.every_epochs == 0):
+            if stop or (epoch_done and state["epoch"] % cfg.val.every_epochs == 0):
                 metrics = self._validate()
+            # After the validation, so that the checkpoint's best weights include this epoch's.
+            if epoch_done and not stop and not cfg.train.checkpoint_every:
+                self._checkpoint()
         bar.close()
+        if not metrics:  # resumed from the end of the schedule: nothing trained, nothing validated yet
+            metrics = self._validate()
         self._sync_buffers()
         self._checkpoint()
         export, exported_metrics = self._export(metrics)
@@ -293,8 +317,8 @@ class Trainer:
         if self.state["best"] is None or metrics[key] > self.state["best"][key]:
             self.state["best"], self.state["best_step"] = dict(metrics), step
             if self.acc.is_main_process and self.cfg.val.export == "best":
-                (self.out / "best").mkdir(exist_ok=True)
-                save_model(self.eval_model(), str(self.out / "best" / "model.safetensors"))
+                write_best(self.out, self.eval_model(), step=step, metrics=metrics)
+            self.acc.wait_for_everyone()
         return metrics
 
     def _sync_buffers(self) -> None:
@@ -318,7 +342,7 @@ class Trainer:
         returns its path and the validation metrics of the exported weights."""
         export = self.out / "export"
         metrics = dict(last_metrics, step=self.state["step"]) if last_metrics else {}
-        best_file = self.out / "best" / "model.safetensors"
+        best_file = self.out / BEST_DIR / BEST_WEIGHTS
         use_best = self.cfg.val.export == "best" and self.state["best"] is not None
         if use_best:
             metrics = dict(self.state["best"], step=self.state["best_step"])

@@ -7,7 +7,7 @@ ending at a high learning rate.
 from __future__ import annotations
 
 import math
-import time
+from time import monotonic  # looked up at each call, so tests can replace the clock
 from typing import Callable, Optional
 
 import torch
@@ -51,19 +51,20 @@ def build_scheduler(
 
 
 class TimeBudget:
-    """Wall-clock budget of a run, carried across resumes through `spent_before`."""
+    """Wall-clock budget of a run, carried across resumes through `spent_before` (the seconds a
+    checkpoint recorded), so a resumed run follows the same schedule and stops at the same total."""
 
     def __init__(self, minutes: float, spent_before: float = 0.0):
         self.seconds = minutes * 60.0
         self.spent_before = spent_before
-        self._start = time.monotonic()
+        self._start = monotonic()
 
     @property
     def enabled(self) -> bool:
         return self.seconds > 0
 
     def spent(self) -> float:
-        return self.spent_before + time.monotonic() - self._start
+        return self.spent_before + monotonic() - self._start
 
     def fraction(self) -> float:
         return min(1.0, self.spent() / self.seconds) if self.enabled else 0.0
