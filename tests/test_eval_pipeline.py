@@ -111,6 +111,25 @@ def test_classifier_votes_with_its_softmax(world, first_run):
     assert [m["weight"] for m in manifest["models"]] == [1.0, 2.0]
 
 
+def test_embedder_classifier_and_siamese_pair_head_vote_in_one_submission(world, first_run):
+    gallery = pipeline.load_evaluation_data(config(world, "x")).gallery
+    label_map = {identity: i for i, identity in enumerate(sorted(set(gallery["identity"])))}
+    classifier = build_model({"name": "classifier", "args": {"backbone": "resnet18"}}, num_classes=len(label_map))
+    siamese = build_model({"name": "siamese", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    classifier.input_size = siamese.input_size = SIZE
+    exports = [save_export(classifier, world["base"] / "cls3", label_map=label_map),
+               save_export(siamese, world["base"] / "siamese"), world["export"]]
+    run_evaluation(config(world, "three", f"models=[{','.join(map(str, exports))}]"))
+    out = world["base"] / "three"
+    check_submission(out / "submission.csv", pipeline.load_evaluation_data(config(world, "x")).table, "animalclef")
+    manifest = json.loads((out / "manifest.json").read_text())
+    kinds = {name: s["kind"] for name, s in manifest["scorers"].items()}
+    assert sorted(kinds.values()) == ["embedding", "embedding", "pair_head", "softmax"]
+    assert kinds[f"{exports[1]} [pair_head]"] == "pair_head"
+    assert all(s["calibrator"]["method"] == "isotonic" for s in manifest["scorers"].values())
+    assert "raw " in (out / "report.html").read_text()
+
+
 def test_unlabelled_queries_give_a_submission_and_a_report_but_no_metrics(world, first_run, tmp_path, capsys):
     root = tmp_path / "competition"
     root.mkdir()

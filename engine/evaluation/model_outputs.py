@@ -13,7 +13,6 @@
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -29,49 +28,13 @@ from data.transforms import build_tta_transform
 from engine.embed_cache import EmbeddingCache, cache_key, transform_description
 from engine.evaluation.scorers import ModelOutput
 from engine.extraction import EMBEDDING, LOGITS, extract
-
-PAIR_HEAD_BATCH = 65536  # pairs per forward of a pair head
+from zoo.loading import load_for_eval, probe
 
 
 def say(accelerator, *parts) -> None:
     """Print once, on the main process."""
     if accelerator is None or accelerator.is_main_process:
         print(*parts, flush=True)
-
-
-def looks_like_path(spec: str) -> bool:
-    return ":" not in spec and (any(sep in spec for sep in ("/", "\\")) or spec.startswith((".", "~")))
-
-
-def _state_checksum(model: torch.nn.Module, spec: str) -> str:
-    digest = hashlib.sha256(spec.encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
-
-
-def load_eval_model(spec: str):
-    """(model in eval mode, meta, checksum) of an export folder, zoo name or timm name."""
-    from zoo import load_model, model_checksum  # the zoo imports timm: only once the config is valid
-
-    model, meta = load_model(spec)
-    checksum = model_checksum(spec) if Path(spec).expanduser().is_dir() else _state_checksum(model, spec)
-    return model, meta, checksum
-
-
-def _probe(model: torch.nn.Module, spec: str, size: int, device: torch.device) -> Dict[str, Any]:
-    """One forward pass on blank images: the model takes this input size, and what it returns."""
-    try:
-        with torch.no_grad():
-            out = model(torch.zeros(2, 3, size, size, device=device))
-    except (RuntimeError, ValueError, AssertionError) as err:
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise DataError(f"model {spec} does not accept {size}x{size} images: {first_line}") from err
-    if not isinstance(out, dict) or "embedding" not in out:
-        raise DataError(f"model {spec} is not a reidzoo model: its forward returns no 'embedding'")
-    logits = out.get(LOGITS)
-    return {"embed_dim": int(out["embedding"].shape[1]), "classes": None if logits is None else int(logits.shape[1])}
 
 
 def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],
@@ -103,14 +66,14 @@ def _runtime(accelerator) -> Dict[str, str]:
 def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: set,
                   cache: EmbeddingCache, images_fingerprint: str, accelerator=None) -> ModelOutput:
     """Load one model and extract (or read from the cache) its outputs for `rows`."""
-    model, meta, checksum = load_eval_model(spec)
+    model, meta, checksum = load_for_eval(spec)
     device = accelerator.device if accelerator is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     size = int(meta.get("input_size") or cfg.data.image_size)
     mean, std = meta.get("mean") or cfg.data.mean, meta.get("std") or cfg.data.std
-    probe = _probe(model, spec, size, device)
-    label_map = voting_classes(spec, meta, probe["classes"], gallery_identities)
-    if probe["classes"] is not None and label_map is None:
+    probed = probe(model, spec, size, device)
+    label_map = voting_classes(spec, meta, probed["classes"], gallery_identities)
+    if probed["classes"] is not None and label_map is None:
         say(accelerator, f"{spec}: its classes are none of the database identities; it votes with its embedding")
     heads = (EMBEDDING, LOGITS) if label_map is not None else (EMBEDDING,)
     transform = transform_description(size=size, mean=mean, std=std, tta=cfg.tta,
@@ -128,28 +91,14 @@ def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame,
 
     arrays = cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows))
     info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"), "input_size": size,
-            "mean": list(mean), "std": list(std), "embed_dim": probe["embed_dim"], "classes": probe["classes"],
+            "mean": list(mean), "std": list(std), "embed_dim": probed["embed_dim"], "classes": probed["classes"],
             "votes_with": "softmax" if label_map is not None else "embedding", "cache_keys": keys,
             "training_identities": meta.get("label_map") or None}
-    pair_head = _pair_head(model) if hasattr(model, "pair_logits") else None
+    pair_head = _pair_head(model) if probed["pair_head"] else None
     info["pair_head"] = pair_head is not None
     return ModelOutput(spec, arrays[EMBEDDING], arrays.get(LOGITS), label_map, weight, info, pair_head)
 
 
 def _pair_head(model: torch.nn.Module):
-    """The model's pair head as a numpy function on embeddings, in batches, on the CPU (it is small)."""
-    model = model.to("cpu").eval()
-
-    def score(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        out = np.empty(len(a), dtype=np.float64)
-        with torch.no_grad():
-            for start in range(0, len(a), PAIR_HEAD_BATCH):
-                stop = start + PAIR_HEAD_BATCH
-                logits = model.pair_logits(torch.from_numpy(np.ascontiguousarray(a[start:stop], dtype=np.float32)),
-                                           torch.from_numpy(np.ascontiguousarray(b[start:stop], dtype=np.float32)))
-                out[start:stop] = logits.double().numpy()
-        return out
-
-    return score
-
-
+    """The model's pair head as a function of two (N, D) embedding arrays -> (N,) float64 logits."""
+    return lambda a, b: np.asarray(model.pair_scores(a, b), dtype=np.float64)

@@ -26,9 +26,10 @@ from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_e
 from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
 from engine.evaluation.calibration import METHODS
 from engine.evaluation.decision import evaluate_outputs
-from engine.evaluation.model_outputs import looks_like_path, model_outputs, say
+from engine.evaluation.model_outputs import model_outputs, say
 from engine.evaluation.query_metrics import has_query_labels, query_metrics
 from engine.evaluation.submission import submission_kind, write_submission
+from zoo.loading import looks_like_path
 
 
 def check_eval_config(cfg: EvalConfig) -> None:
