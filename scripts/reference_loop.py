@@ -94,7 +94,9 @@ def main(argv=None) -> int:
     labels = torch.tensor([label_map[i] for i in table["identity"]])
     images = load_images(table, args.image_size, args.cache_dir)
     model, steps = train(images, labels, len(label_map), args.image_size, args.minutes, args.batch_size, args.seed)
-    out = save_export(model, Path(args.out) / "export", train_config={"reference_loop": vars(args)})
+    # metrics.step as train.py records it: the step of the exported weights.
+    out = save_export(model, Path(args.out) / "export", train_config={"reference_loop": vars(args)},
+                      metrics={"step": steps})
     print(f"{steps} steps ({steps * args.batch_size / len(labels):.1f} epochs of {len(labels)} images, "
           f"{len(label_map)} identities) in {args.minutes} minutes -> {out}")
     return 0

@@ -25,7 +25,7 @@ def test_reference_loop_trains_within_its_budget_and_exports(tiny_synthetic, tmp
     steps = int(capsys.readouterr().out.split(" steps")[0].split()[-1])
     assert steps > 0
     model, meta = load_export(tmp_path / "export")
-    assert meta["architecture"] == "features" and meta["input_size"] == 32
+    assert meta["architecture"] == "features" and meta["input_size"] == 32 and meta["metrics"]["step"] == steps
     with torch.no_grad():
         embedding = model.embed(torch.rand(2, 3, 32, 32))
     assert embedding.shape == (2, 512) and torch.isfinite(embedding).all()
