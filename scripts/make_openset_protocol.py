@@ -1,6 +1,6 @@
 """Build the open-set protocol from any labelled dataset: train on some individuals, test on others.
 
-    python scripts/make_openset_protocol.py --format folders --root ../shared/data/DogFaceNet-dev --out /tmp/dogs
+    python scripts/make_openset_protocol.py --format folders --root /data/DogFaceNet-dev --out /tmp/dogs
     python scripts/make_openset_protocol.py --format folders --root DIR --out OUT --val-fraction 0.2
 
 Splits the identities into disjoint parts. `--train-fraction` (default half) of them are for
