@@ -21,6 +21,12 @@ import numpy as np
 PathLike = Union[str, Path]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_folder(final: PathLike, *, may_replace: Optional[Callable[[Path], bool]] = None,
                   keep_if_present: Optional[Callable[[Path], bool]] = None) -> Iterator[Path]:
@@ -37,9 +43,7 @@ def atomic_folder(final: PathLike, *, may_replace: Optional[Callable[[Path], boo
         raise FileExistsError(f"{final} exists and is not ours to replace")
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(staging, 0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    os.chmod(staging, 0o777 & ~_umask())  # mkdtemp makes it private; the result is an ordinary folder
     try:
         yield staging
     except BaseException:
@@ -66,6 +70,7 @@ def _atomic_file(path: Path, write: Callable[[object], None], mode: str) -> None
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; the result is an ordinary file
     try:
         with os.fdopen(fd, mode) as handle:
             write(handle)

@@ -14,17 +14,15 @@ from typing import Any, Dict
 
 import pandas as pd
 
-from core.config import save_config
-from core.errors import ConfigError, DataError
+from core.config import from_dict, save_config, to_dict
+from core.errors import DataError
 from core.schema import EvalConfig
 from data.formats import load_table
 from data.splits import split_from_column
 from data.table import labelled
-from data.transforms import num_tta_views
 from data.validate import require_query
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
-from engine.evaluation.calibration import METHODS
 from engine.evaluation.decision import evaluate_outputs
 from engine.evaluation.model_outputs import model_outputs, say
 from engine.evaluation.query_metrics import has_query_labels, query_metrics
@@ -33,30 +31,14 @@ from zoo.loading import looks_like_path
 
 
 def check_eval_config(cfg: EvalConfig) -> None:
-    """Fail fast, before any data is read or model loaded."""
-    if not cfg.models:
-        raise ConfigError("models is empty: give at least one export folder, zoo name or timm name")
-    if cfg.weights and len(cfg.weights) != len(cfg.models):
-        raise ConfigError(f"weights has {len(cfg.weights)} values for {len(cfg.models)} models")
-    if any(w < 0 for w in cfg.weights) or (cfg.weights and sum(cfg.weights) <= 0):
-        raise ConfigError(f"weights must be non-negative with a positive sum, got {cfg.weights}")
-    num_tta_views(cfg.tta)
-    if cfg.calibration not in METHODS:
-        raise ConfigError(f"calibration: unknown method '{cfg.calibration}'; valid: {', '.join(METHODS)}")
+    """Fail fast, before any data is read or model loaded. Values are checked by the schema's rules
+    (again here, for configs built in code rather than read by load_config)."""
+    from_dict(EvalConfig, to_dict(cfg))
     submission_kind(cfg.data.format, cfg.submission)
-    if cfg.batch_size < 1:
-        raise ConfigError(f"batch_size must be >= 1, got {cfg.batch_size}")
     check_output_dir(Path(cfg.output_dir))
     for spec in cfg.models:
         if looks_like_path(spec) and not Path(spec).expanduser().exists():
             raise DataError(f"no model at {spec}: run `python train.py` first or pass models=[...]")
-    if cfg.threshold.value is None:
-        for key in ("holdout_fraction", "unknown_fraction"):
-            value = getattr(cfg.threshold, key)
-            if not 0 < value < 1:
-                raise ConfigError(f"threshold.{key} must be in (0, 1) to tune the threshold, got {value} "
-                                  "(or set threshold.value)")
-
 
 
 @dataclass
