@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from core.errors import ConfigError, UserError
-from engine.accel import make_accelerator
 from engine.training import checkpoint
-from engine.training.checkpoint import (
-    RUN_MARKER, check_run_dir, checkpoint_problem, claim_run_dir, find_checkpoint, load_checkpoint, read_state,
-    restore_best, save_checkpoint, write_best,
-)
+from engine.training.checkpoint import RUN_MARKER, find_checkpoint, read_state
 from engine.training.schedule import build_scheduler
 
 CONFIG = {"model": {"name": "embedder", "args": {"backbone": "test_resnet", "embed_dim": 4, "pretrained": False}},
@@ -25,12 +21,21 @@ class Killed(BaseException):
     """A kill -9 at this point: no code after it runs (an Exception handler would not catch it)."""
 
 
+class OneProcess:
+    """The part of an Accelerator that checkpoints use, without its process-wide state."""
+
+    is_main_process, process_index, device, scaler = True, 0, torch.device("cpu"), None
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+
 class Run:
     """A model, optimizer and schedule small enough to checkpoint in milliseconds."""
 
     def __init__(self, seed: int = 0):
         torch.manual_seed(seed)
-        self.acc = make_accelerator("no")
+        self.acc = OneProcess()
         self.module = torch.nn.Linear(3, 2)
         self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=0.1)
         self.scheduler = build_scheduler(self.optimizer, warmup_steps=0, total_steps=20, min_ratio=0.01)
@@ -42,22 +47,24 @@ class Run:
         self.optimizer.zero_grad()
 
     def save(self, root, step, keep_last=2, best=None):
-        return save_checkpoint(self.acc, root, step=step, module=self.module, optimizer=self.optimizer,
+        return checkpoint.save_checkpoint(self.acc, root, step=step, module=self.module, optimizer=self.optimizer,
                                scheduler=self.scheduler, ema=None, state={"step": step, "config": CONFIG},
                                keep_last=keep_last, best_weights=best)
 
     def load(self, path, config=CONFIG):
-        return load_checkpoint(self.acc, path, module=self.module, optimizer=self.optimizer,
+        return checkpoint.load_checkpoint(self.acc, path, module=self.module, optimizer=self.optimizer,
                                scheduler=self.scheduler, ema=None, config=config)
 
 
-def kill_at(monkeypatch, point):
-    """Kill the next checkpoint write after its `point`-th file (0: before the first), or, with
-    point='prune', after the rename and before older checkpoints are pruned."""
+def kill_checkpoint(monkeypatch, point, step=None):
+    """Kill the write of the next checkpoint (of `step`, when given) after its `point`-th file (0:
+    before the first), or with point='prune' after the rename and before older ones are pruned."""
     written = {"files": 0}
     original_write, original_prune = checkpoint._write_file, checkpoint._prune
 
-    def write(path, fn):
+    def write(path, fn):  # path is in atomic_folder's staging folder, .step-000004.tmp-*
+        if step is not None and not path.parent.name.startswith(f".step-{step:06d}."):
+            return original_write(path, fn)
         if point == 0:
             raise Killed
         identity = original_write(path, fn)
@@ -66,10 +73,10 @@ def kill_at(monkeypatch, point):
             raise Killed
         return identity
 
-    def prune(*args):
-        if point == "prune":
+    def prune(root, at, keep_last):
+        if point == "prune" and step in (None, at):
             raise Killed
-        original_prune(*args)
+        original_prune(root, at, keep_last)
 
     monkeypatch.setattr(checkpoint, "_write_file", write)
     monkeypatch.setattr(checkpoint, "_prune", prune)
@@ -84,7 +91,7 @@ def test_a_kill_at_any_point_of_a_write_leaves_the_previous_checkpoint_or_the_ne
     expected = {k: v.clone() for k, v in run.module.state_dict().items()}
     rng = torch.get_rng_state()
     run.step()
-    kill_at(monkeypatch, point)
+    kill_checkpoint(monkeypatch, point)
     with pytest.raises(Killed):
         run.save(root, 2)
     monkeypatch.undo()
@@ -108,7 +115,7 @@ def test_every_file_is_in_the_checkpoint_before_it_appears(tmp_path):
     path = run.save(tmp_path / "checkpoints", 3)
     assert sorted(p.name for p in path.iterdir()) == sorted(FILES)
     assert set(read_state(path)["files"]) == set(FILES) - {"trainer_state.json"}
-    assert checkpoint_problem(path) is None
+    assert checkpoint.checkpoint_problem(path) is None
 
 
 @pytest.mark.parametrize("damage, problem", [
@@ -190,17 +197,17 @@ def test_weights_that_do_not_fit_are_one_line_naming_the_losses(tmp_path):
 
 def test_best_rolls_back_with_the_checkpoint(tmp_path):
     run = Run()
-    write_best(tmp_path, run.module, step=1, metrics={"rank1": 0.5})
+    checkpoint.write_best(tmp_path, run.module, step=1, metrics={"rank1": 0.5})
     path = run.save(tmp_path / "checkpoints", 1, best=tmp_path / "best" / "model.safetensors")
     best_then = (tmp_path / "best" / "model.safetensors").read_bytes()
     run.step()
-    write_best(tmp_path, run.module, step=2, metrics={"rank1": 0.9})  # then killed before checkpoint 2
+    checkpoint.write_best(tmp_path, run.module, step=2, metrics={"rank1": 0.9})  # then killed before checkpoint 2
 
-    assert restore_best(tmp_path, path, {"best_step": 1, "best": {"rank1": 0.5}})
+    assert checkpoint.restore_best(tmp_path, path, {"best_step": 1, "best": {"rank1": 0.5}})
     assert json.loads((tmp_path / "best" / "best.json").read_text()) == {"step": 1, "metrics": {"rank1": 0.5}}
     assert (tmp_path / "best" / "model.safetensors").read_bytes() == best_then
     without_best = run.save(tmp_path / "checkpoints", 2)
-    assert not restore_best(tmp_path, without_best, {}) and not (tmp_path / "best").exists()
+    assert not checkpoint.restore_best(tmp_path, without_best, {}) and not (tmp_path / "best").exists()
 
 
 def test_someone_elses_folder_is_refused_and_left_alone(tmp_path):
@@ -209,27 +216,27 @@ def test_someone_elses_folder_is_refused_and_left_alone(tmp_path):
     (out / "checkpoints" / "thesis.tex").write_text("years of work")
     for fresh in (True, False):
         with pytest.raises(ConfigError, match=f"holds checkpoints but is not a train.py run folder .no {RUN_MARKER}"):
-            claim_run_dir(out, fresh=fresh)
+            checkpoint.claim_run_dir(out, fresh=fresh)
     assert (out / "checkpoints" / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "thesis.tex"]
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file"):
-        check_run_dir(tmp_path / "file")
+        checkpoint.check_run_dir(tmp_path / "file")
 
 
 def test_a_run_folder_is_claimed_then_reused(tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "README.txt").write_text("mine")  # none of the names a run writes: the run may live here
-    claim_run_dir(out, fresh=True)
+    checkpoint.claim_run_dir(out, fresh=True)
     assert (out / RUN_MARKER).is_file()
     (out / "checkpoints" / "step-000001").mkdir(parents=True)
     (out / "best").mkdir()
     (out / "loss.jsonl").write_text("{}\n")
     (out / "export").mkdir()
-    claim_run_dir(out, fresh=False)  # a resume keeps everything
+    checkpoint.claim_run_dir(out, fresh=False)  # a resume keeps everything
     assert (out / "checkpoints" / "step-000001").is_dir() and (out / "best").is_dir()
     said = []
-    claim_run_dir(out, fresh=True, say=said.append)
+    checkpoint.claim_run_dir(out, fresh=True, say=said.append)
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "export", RUN_MARKER]
     assert "checkpoints, best, loss.jsonl are removed" in said[0]

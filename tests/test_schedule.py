@@ -6,6 +6,7 @@ import math
 import pytest
 import torch
 
+from engine.training import schedule
 from engine.training.schedule import TimeBudget, build_scheduler, warmup_cosine_factor
 
 KW = dict(warmup_steps=10, total_steps=110, min_ratio=0.01)
@@ -45,8 +46,14 @@ def test_scheduler_reads_the_time_fraction_at_each_step():
     assert scheduler.get_last_lr()[0] == pytest.approx(0.01)
 
 
-def test_time_budget_counts_time_spent_before_a_resume():
+def test_time_budget_counts_time_spent_before_a_resume(monkeypatch):
+    clock = {"now": 500.0}
+    monkeypatch.setattr(schedule, "monotonic", lambda: clock["now"])
     assert not TimeBudget(0).enabled and TimeBudget(0).fraction() == 0.0
-    budget = TimeBudget(1.0, spent_before=30.0)
-    assert budget.enabled and 0.5 <= budget.fraction() < 0.6
+    budget = TimeBudget(1.0, spent_before=30.0)  # a checkpoint recorded 30 s of a 60 s budget
+    assert budget.enabled and budget.spent() == 30.0 and budget.fraction() == 0.5
+    clock["now"] += 15.0
+    assert budget.spent() == 45.0 and budget.fraction() == 0.75
+    clock["now"] += 60.0
+    assert budget.fraction() == 1.0
     assert TimeBudget(1.0, spent_before=90.0).fraction() == 1.0

@@ -179,3 +179,23 @@ def test_overrides_before_and_after_config_are_applied():
     result = run_train(["train.epochs=3", "--config", "configs/train/triplet_cpu.yaml", "train.lr=0.5", "--print-config"])
     assert result.returncode == 0, result.stderr
     assert "epochs: 3" in result.stdout and "lr: 0.5" in result.stdout and "name: triplet" in result.stdout
+
+
+def test_a_time_budget_shows_in_the_progress_bar_instead_of_the_planned_steps(monkeypatch):
+    from engine.training import schedule
+    from engine.training.loop import advance, progress_bar
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(schedule, "monotonic", lambda: clock["now"])
+    # train.epochs=1000 train.max_minutes=8, resumed 2 minutes in at step 442 of 117000 planned.
+    budget = schedule.TimeBudget(8, spent_before=120.0)
+    bar = progress_bar(budget, total_steps=117000, step=442, disable=False)
+    assert (bar.total, bar.n) == (480, 120)
+    clock["now"] = 60.0
+    advance(bar, budget, 443, loss="1.000")
+    assert bar.n == 180 and "180/480 s" in str(bar) and "step=443" in str(bar) and "117000" not in str(bar)
+    bar.close()
+    steps = progress_bar(schedule.TimeBudget(0), total_steps=117000, step=442, disable=False)
+    advance(steps, schedule.TimeBudget(0), 443, loss="1.000")
+    assert (steps.total, steps.n) == (117000, 443) and "step=" not in str(steps)
+    steps.close()

@@ -27,11 +27,20 @@ from core.schema import TrainConfig
 from core.suggest import did_you_mean
 from engine.accel import make_accelerator
 from engine.training.checkpoint import (
-    BEST_DIR, BEST_FILE, BEST_WEIGHTS, check_run_dir, claim_run_dir, find_checkpoint, load_checkpoint,
-    read_state, restore_best, save_checkpoint, write_best,
+    BEST_DIR,
+    BEST_FILE,
+    BEST_WEIGHTS,
+    check_run_dir,
+    claim_run_dir,
+    find_checkpoint,
+    load_checkpoint,
+    read_state,
+    restore_best,
+    save_checkpoint,
+    write_best,
 )
-from engine.training.schedule import TimeBudget, build_scheduler
 from engine.training.data import TrainData, build_train_data
+from engine.training.schedule import TimeBudget, build_scheduler
 from engine.training.validation import validate
 from losses import build_criterion
 from zoo import build_model, save_export
