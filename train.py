@@ -6,6 +6,8 @@
     python train.py --config configs/train/arcface.yaml --resume         # continue the latest checkpoint
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
+The run's folder (output_dir) is marked with reidzoo-run.json: a new run there replaces that run's
+checkpoints, and a folder train.py did not create is refused rather than overwritten.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume",
         nargs="?",
         const="latest",
-        help="continue training: the run's latest checkpoint, or a checkpoint folder",
+        help="continue training: the run's latest complete checkpoint, or a checkpoint folder",
     )
     return parser
 

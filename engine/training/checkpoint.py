@@ -14,6 +14,10 @@ The main process writes all of them (the other processes' RNG states are gathere
 staging folder that core.files.atomic_folder renames into place; older checkpoints are pruned only
 after that rename. A folder whose trainer_state.json is missing or does not match its files is never
 resumed from, whatever killed the run that wrote it.
+
+Also here, the rest of a run's folder state: `best/`, written atomically and restored from the
+checkpoint a run resumes from, and the marker (reidzoo-run.json) without which train.py neither
+deletes nor overwrites anything in output_dir.
 """
 from __future__ import annotations
 

@@ -77,8 +77,8 @@ def progress_bar(budget: TimeBudget, total_steps: int, step: int, disable: bool)
     """Steps of the planned schedule; under a time budget, which ends a run long before its planned
     steps, seconds of the budget instead, with the step count in the postfix."""
     if budget.enabled:
-        return tqdm(total=round(budget.seconds), initial=min(round(budget.spent()), round(budget.seconds)),
-                    desc="train (time budget)", unit="s", disable=disable,
+        seconds = max(1, round(budget.seconds))
+        return tqdm(total=seconds, initial=min(round(budget.spent()), seconds), desc="train (time budget)", disable=disable,
                     bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]")
     return tqdm(total=total_steps, initial=step, desc="train", disable=disable)
 
