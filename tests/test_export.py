@@ -189,3 +189,14 @@ def test_hub_backbone_is_recorded_as_its_architecture_and_rebuilt_offline(tmp_pa
     assert rebuilt.mean == [0.5] * 3
     with torch.no_grad():
         assert torch.equal(rebuilt.embed(images()), model.embed(images()))
+
+
+def test_an_export_never_replaces_someone_elses_folder(tmp_path):
+    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 8}}, num_classes=0)
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match="not a reidzoo export"):
+        save_export(model, tmp_path)
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+    save_export(model, tmp_path / "export")
+    save_export(model, tmp_path / "export")  # an earlier export is replaced
+    assert sorted(p.name for p in (tmp_path / "export").iterdir()) == ["config.json", "model.safetensors"]

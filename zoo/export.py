@@ -102,12 +102,20 @@ def save_export(
     (core.files.atomic_folder), so a reader never sees a half-written export.
     """
     out_dir = Path(out_dir)
+    if out_dir.exists() and not _replaceable(out_dir):
+        raise ConfigError(f"{out_dir} exists and is not a reidzoo export (it holds other files): "
+                          "choose another folder; nothing was written")
     config_text = _to_json(export_config(model, label_map=label_map, train_config=train_config, metrics=metrics, extra=extra))
-    with atomic_folder(out_dir) as staging:
+    with atomic_folder(out_dir, may_replace=_replaceable) as staging:
         # save_model drops duplicate names of shared (tied) tensors and makes channels-last tensors contiguous.
         safetensors.torch.save_model(unwrap_model(model), str(staging / WEIGHTS_FILE), force_contiguous=True)
         (staging / CONFIG_FILE).write_text(config_text)
     return out_dir
+
+
+def _replaceable(folder: Path) -> bool:
+    """An export may only replace an empty folder or an earlier export (never someone else's files)."""
+    return folder.is_dir() and set(p.name for p in folder.iterdir()) <= {WEIGHTS_FILE, CONFIG_FILE}
 
 
 def _export_files(path: Union[str, Path]) -> Tuple[Path, Path]:

@@ -7,7 +7,6 @@ validating on held-out identities and exporting the best model to `<output_dir>/
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import time
@@ -24,7 +23,6 @@ from tqdm.auto import tqdm
 from core.config import save_config, to_dict
 from core.errors import ConfigError
 from core.schema import TrainConfig
-from core.suggest import did_you_mean
 from engine.accel import make_accelerator
 from engine.training.checkpoint import (
     BEST_DIR,
@@ -43,7 +41,7 @@ from engine.training.data import TrainData, build_train_data
 from engine.training.schedule import TimeBudget, build_scheduler
 from engine.training.validation import validate
 from losses import build_criterion
-from zoo import build_model, save_export
+from zoo import build_model, model_checksum, save_export
 
 
 class TrainStep(nn.Module):
@@ -92,13 +90,8 @@ def advance(bar: tqdm, budget: TimeBudget, step: int, **postfix: str) -> None:
     bar.set_postfix(**postfix)
 
 
-EXPORTED_WEIGHTS = ("best", "last")
-
-
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None):
-        if cfg.val.export not in EXPORTED_WEIGHTS:
-            raise ConfigError(f"unknown val.export '{cfg.val.export}'{did_you_mean(cfg.val.export, EXPORTED_WEIGHTS)}")
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.acc = make_accelerator(cfg.train.mixed_precision)
@@ -107,10 +100,6 @@ class Trainer:
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed)
         check_run_dir(self.out)  # on every process, so that all of them stop on a foreign folder
-        if self.acc.is_main_process:
-            claim_run_dir(self.out, fresh=resume is None, say=self.acc.print)
-            save_config(cfg, self.out / "config.yaml")
-        self.acc.wait_for_everyone()
 
         self.data: TrainData = build_train_data(
             cfg,
@@ -128,6 +117,11 @@ class Trainer:
         if cfg.train.channels_last:
             step_module = step_module.to(memory_format=torch.channels_last)
         optimizer = build_optimizer(cfg, step_module)
+        # Only once data, model and losses are built: a run that cannot start leaves the folder alone.
+        if self.acc.is_main_process:
+            claim_run_dir(self.out, fresh=resume is None, say=self.acc.print)
+            save_config(cfg, self.out / "config.yaml")
+        self.acc.wait_for_everyone()
         self.steps_per_epoch = math.ceil(len(self.data.batch_sampler) / cfg.train.grad_accum)
         self.total_steps = cfg.train.max_steps or cfg.train.epochs * self.steps_per_epoch
         # Fraction of train.max_minutes spent, agreed by all ranks: the lr schedule reads it.
@@ -340,7 +334,7 @@ class Trainer:
             torch.distributed.broadcast(buffer.data, src=0)
         # Ranks that drifted apart (e.g. a loss whose parameters DDP did not see) would export one
         # rank's weights silently: compare them and record the evidence.
-        digests = self.acc.gather_for_metrics([state_digest(module)], use_gather_object=True)
+        digests = self.acc.gather_for_metrics([model_checksum(module)], use_gather_object=True)
         if self.acc.is_main_process:
             (self.out / "rank_digests.json").write_text(json.dumps(digests))
         if len(set(digests)) != 1:
@@ -369,15 +363,6 @@ class Trainer:
             self.acc.print(f"exported {export}")
         self.acc.wait_for_everyone()
         return export, metrics
-
-
-def state_digest(module: nn.Module) -> str:
-    """sha256 over every parameter and buffer, in state-dict order."""
-    digest = hashlib.sha256()
-    for name, tensor in module.state_dict().items():
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
 
 
 def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
