@@ -115,7 +115,7 @@ def test_recipes_state_only_what_they_change(recipe):
 
 def test_gpu_recipe_states_its_own_choices():
     own = read_yaml(ROOT / "configs" / "train" / "arcface.yaml")
-    for key in ("scale", "ratio", "rotate", "blur", "gray"):
+    for key in ("scale", "rotate", "blur", "gray"):
         assert key in own["augment"], key
     assert "base" not in own and own["sampler"]["name"] == "pk" and own["val"]["export"] == "best"
     cfg = load_config(TrainConfig, ROOT / "configs" / "train" / "arcface.yaml")
