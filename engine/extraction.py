@@ -154,18 +154,3 @@ def extract_embeddings(
     """(N, D) float32 L2-normalised embeddings in dataset order; TTA views averaged."""
     return extract(model, dataset, heads=(EMBEDDING,), batch_size=batch_size, accelerator=accelerator,
                    num_workers=num_workers, progress=progress, desc=desc)[EMBEDDING]
-
-
-def extract_logits(
-    model: torch.nn.Module,
-    dataset: Dataset,
-    *,
-    batch_size: int = 64,
-    accelerator=None,
-    num_workers: int = 0,
-    progress: bool = True,
-    desc: str = "logits",
-) -> np.ndarray:
-    """(N, C) float32 class logits of a classifier (forward returns "logits"), mean over TTA views."""
-    return extract(model, dataset, heads=(LOGITS,), batch_size=batch_size, accelerator=accelerator,
-                   num_workers=num_workers, progress=progress, desc=desc)[LOGITS]

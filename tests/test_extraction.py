@@ -24,7 +24,6 @@ from engine.extraction import (
     _share,
     extract,
     extract_embeddings,
-    extract_logits,
 )
 
 
@@ -99,7 +98,7 @@ def test_logits_and_embeddings_come_from_one_forward_and_mode_is_restored():
         logits = torch.stack([model(views[:, v])["logits"] for v in range(2)], dim=1).mean(dim=1).numpy()
     np.testing.assert_allclose(out[LOGITS], logits, atol=1e-6)
     np.testing.assert_allclose(out[EMBEDDING], extract_embeddings(model, Items(views), progress=False), atol=1e-6)
-    np.testing.assert_allclose(extract_logits(model, Items(views), progress=False), logits, atol=1e-6)
+    np.testing.assert_allclose(extract(model, Items(views), heads=(LOGITS,), progress=False)[LOGITS], logits, atol=1e-6)
 
 
 def test_logits_of_a_model_without_them_is_an_error():
@@ -108,7 +107,7 @@ def test_logits_of_a_model_without_them_is_an_error():
             return {"embedding": self.body(images.flatten(1))}
 
     with pytest.raises(ValueError, match="not a classifier"):
-        extract_logits(EmbedOnly(), Items(torch.randn(2, 3, 4, 4)), progress=False)
+        extract(EmbedOnly(), Items(torch.randn(2, 3, 4, 4)), heads=(LOGITS,), progress=False)
 
 
 @pytest.mark.parametrize("n,world", [(1, 2), (5, 2), (7, 3), (9, 3), (4, 4)])
