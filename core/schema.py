@@ -167,6 +167,8 @@ class ThresholdConfig:
     per_dataset: bool = True  # (bool) tune one threshold per `dataset` (else one global)
     holdout_fraction: float = 0.3  # (float) database identities held out to tune the threshold
     unknown_fraction: float = 0.2  # (float) of those, fraction acting as "new" individuals
+    min_queries: int = 300  # (int) small databases: draw further held-out splits until this many validation queries
+    max_splits: int = 10  # (int) at most this many held-out splits (their validation queries are pooled)
 
 
 @dataclass
@@ -294,7 +296,7 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     },
     ThresholdConfig: {
         "value": _rule(lambda v: v is None or math.isfinite(v), "a number, or null to tune it"),
-        "holdout_fraction": FRACTION, "unknown_fraction": FRACTION,
+        "holdout_fraction": FRACTION, "unknown_fraction": FRACTION, "min_queries": COUNT, "max_splits": COUNT,
     },
     EvalConfig: {
         "seed": at_least(0), "models": _rule(bool, "a list of at least one model"),

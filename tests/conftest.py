@@ -32,4 +32,5 @@ def tiny_train_overrides(root: Path, out: Path, cache: Path) -> list:
         "model.args.embed_dim=64",
         "train.batch_size=16",
         "train.warmup_steps=2",
+        "train.max_minutes=0",  # stop by steps or epochs, not by the clock, so runs are reproducible
     ]

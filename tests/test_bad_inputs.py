@@ -68,7 +68,7 @@ def test_a_recipe_with_a_bad_value_is_refused(tmp_path):
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"output_dir: {tmp_path / 'run'}\nsampler: {{name: pk, k: 5}}\n")
     result = run("train.py", "--config", recipe, cache=tmp_path / "cache")
-    assert_refused(result, "'sampler.k' = 5 must divide 'train.batch_size' = 32")
+    assert_refused(result, "'sampler.k' = 5 must divide 'train.batch_size' = 64")
     assert not (tmp_path / "run").exists()
 
 

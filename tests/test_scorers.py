@@ -127,3 +127,15 @@ def test_a_weak_models_threshold_calls_as_many_queries_new_as_its_raw_scores_wou
         new_raw = np.mean(raw.decided[rows] == "new_individual")
         assert abs(new_calibrated - new_raw) <= 0.05, (dataset, new_calibrated, new_raw)
     pd.testing.assert_series_equal(pd.Series(calibrated.best_ids), pd.Series(raw.best_ids))
+
+
+def test_a_small_database_pools_several_held_out_splits_for_its_threshold():
+    gallery, query, vectors = world(identities=16, per_identity=4, new=4)
+    small = evaluate_outputs(EvalConfig(), gallery, query, [ModelOutput("m", vectors)])
+    assert small.threshold["splits"] > 1
+    cfg = EvalConfig()
+    cfg.threshold.min_queries = 1
+    single = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)])
+    assert single.threshold["splits"] == 1 and single.tuning["queries"] < small.tuning["queries"]
+    cfg.threshold.max_splits, cfg.threshold.min_queries = 3, 10_000
+    assert evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)]).threshold["splits"] == 3

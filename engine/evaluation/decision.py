@@ -16,7 +16,7 @@ then the ensemble's vote on the real queries.
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -100,34 +100,60 @@ def best_of(candidates: Candidates):
     return ids, scores
 
 
-def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOutput], space: MatchSpace,
-          gallery: pd.DataFrame, kind: str) -> tuple:
-    """Fit the calibrators and tune the threshold on held-out database identities."""
+def _held_out_pass(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
+                   seen: Optional[set], seed: int, fit: bool) -> Dict[str, Any]:
+    """One held-out split of the database: its validation queries matched against the rest (with
+    calibrators fitted on that rest when `fit`), and what the threshold tuning needs of them."""
     all_gallery = np.arange(len(gallery))
-    softmax_voters = any(o.label_map is not None for o in outputs)
-    # A classifier can only vote for identities it was trained on, so it needs seen identities held out.
-    seen = None if softmax_voters else training_identities([o.info.get("training_identities") for o in outputs])
-    split = tuning_split(gallery, cfg, seen)
+    split = tuning_split(gallery, replace(cfg, seed=seed), seen)
     position = pd.Series(all_gallery, index=gallery["image_id"])
     val_q = position[split.loc[split["split"] == "query", "image_id"]].to_numpy()
     val_g = np.setdiff1d(all_gallery, val_q)
-    fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed)
-    val_vote = vote(scorers, space, val_q, val_g)
-    val_ids, val_scores = best_of(val_vote.candidates)
+    if fit:
+        fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed)
+    candidates = vote(scorers, space, val_q, val_g).candidates
     truth = space.labels[val_q]
-    known = pd.Series(truth, dtype=object).isin(set(space.labels[val_g])).to_numpy()
-    datasets = space.datasets[val_q]
+    return {"candidates": candidates, "truth": truth, "datasets": space.datasets[val_q],
+            "known": pd.Series(truth, dtype=object).isin(set(space.labels[val_g])).to_numpy(),
+            "identities": int(split["identity"].nunique())}
+
+
+def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOutput], space: MatchSpace,
+          gallery: pd.DataFrame, kind: str) -> tuple:
+    """Fit the calibrators and tune the threshold on held-out database identities.
+
+    A small database gives a handful of validation queries, on which a threshold is a coin toss, so
+    further splits (other seeds) are drawn until threshold.min_queries validation queries are
+    pooled, at most threshold.max_splits splits. The calibrators are those of the first split (the
+    others are matched with the same calibrators, so their scores share one scale).
+    """
+    softmax_voters = any(o.label_map is not None for o in outputs)
+    # A classifier can only vote for identities it was trained on, so it needs seen identities held out.
+    seen = None if softmax_voters else training_identities([o.info.get("training_identities") for o in outputs])
+    passes = [_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed, fit=True)]
+    while sum(len(p["truth"]) for p in passes) < cfg.threshold.min_queries and len(passes) < cfg.threshold.max_splits:
+        passes.append(_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed + len(passes), fit=False))
+    candidates = [c for p in passes for c in p["candidates"]]
+    truth = np.concatenate([p["truth"] for p in passes])
+    known = np.concatenate([p["known"] for p in passes])
+    datasets = np.concatenate([p["datasets"] for p in passes])
+    val_ids, val_scores = best_of(candidates)
+    # The same image held out twice is two validation queries; identities are told apart per split,
+    # so a balanced accuracy weighs each (split, identity) once.
+    groups = np.concatenate([[f"{i}/{t}" for t in p["truth"]] for i, p in enumerate(passes)]).astype(object)
     try:
-        tuned = tune_threshold(val_scores, val_ids, truth, known, datasets, per_dataset=cfg.threshold.per_dataset)
+        tuned = tune_threshold(val_scores, np.where(val_ids == truth, groups, None), groups, known, datasets,
+                               per_dataset=cfg.threshold.per_dataset)
     except DataError as err:
         raise DataError(f"{err}; or set threshold.value") from err
-    threshold = {"source": "tuned on held-out database identities", **tuned}
+    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **tuned}
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
     if kind == "humpback":
-        threshold["new_whale"] = tune_humpback_threshold(val_vote.candidates, truth, known)
-    tuning = {"best_scores": val_scores, "known": known, "datasets": datasets, "queries": int(len(val_q)),
-              "identities": int(split["identity"].nunique()), "new_identities": int(len(set(truth[~known])))}
+        threshold["new_whale"] = tune_humpback_threshold(candidates, truth, known)
+    tuning = {"best_scores": val_scores, "known": known, "datasets": datasets, "queries": int(len(truth)),
+              "splits": len(passes), "identities": int(sum(p["identities"] for p in passes)),
+              "new_identities": int(sum(len(set(p["truth"][~p["known"]])) for p in passes))}
     return threshold, tuning
 
 
