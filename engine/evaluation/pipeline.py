@@ -86,6 +86,9 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         return {}
     say(accelerator, f"matching {len(query)} queries against {len(gallery)} database images")
     ev = evaluate_outputs(cfg, gallery, query, outputs, kind)
+    if ev.tuning is not None:
+        say(accelerator, f"threshold tuned on {ev.tuning['queries']} validation queries from {ev.tuning['splits']} "
+                         f"held-out split(s) of the database (threshold.min_queries={cfg.threshold.min_queries})")
     metrics = query_metrics(cfg, gallery, query, ev) if has_query_labels(query) else None
     final = Path(cfg.output_dir)
     with staged_directory(final) as staging:
