@@ -122,8 +122,10 @@ class GlobalScorer(Scorer):
         """(raw scores, same individual?) of labelled pairs among the database `rows`."""
 
     @abstractmethod
-    def propose(self, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray, count: int) -> np.ndarray:
-        """(Q, count) gallery rows this scorer would shortlist (-1 padded)."""
+    def propose(self, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray, count: int,
+                found: Optional[Tuple[Candidates, Optional[ImageRanking]]] = None) -> np.ndarray:
+        """(Q, count) gallery rows this scorer would shortlist (-1 padded); `found` is what
+        `candidates` already returned for these rows, so the search is not run twice."""
 
 
 @SCORERS.register("embedding")
@@ -156,8 +158,8 @@ class EmbeddingScorer(GlobalScorer):
             ranking.scores[positions, :width] = result.scores
         return found, ranking
 
-    def propose(self, space, q_rows, g_rows, count):
-        ranking = self.candidates(space, q_rows, g_rows)[1]
+    def propose(self, space, q_rows, g_rows, count, found=None):
+        ranking = (found or self.candidates(space, q_rows, g_rows))[1]
         return ranking.indices[:, :count]
 
     def calibration_pairs(self, space, rows, rng):
@@ -214,9 +216,9 @@ class SoftmaxScorer(GlobalScorer):
                 found[position] = [(names[c], float(row[c])) for c in classes if row[c] > 0]
         return found, None
 
-    def propose(self, space, q_rows, g_rows, count):
+    def propose(self, space, q_rows, g_rows, count, found=None):
         """The images of each query's most probable identities, best identity first."""
-        found = self.candidates(space, q_rows, g_rows)[0]
+        found = (found or self.candidates(space, q_rows, g_rows))[0]
         by_identity: Dict[Any, List[int]] = {}
         for g in g_rows.tolist():
             by_identity.setdefault(space.labels[g], []).append(g)

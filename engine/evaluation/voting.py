@@ -12,7 +12,7 @@ Calibration pairs are drawn the same way among labelled database rows, never fro
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -42,16 +42,18 @@ def _rescorers(scorers: Sequence[Scorer]) -> List[Scorer]:
 
 
 def shortlist(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray,
-              size: int = SHORTLIST, exclude_self: bool = False) -> np.ndarray:
+              size: int = SHORTLIST, exclude_self: bool = False, found: Optional[Dict[str, tuple]] = None) -> np.ndarray:
     """(Q, size) gallery rows (-1 padded): the images the global scorers propose for each query, best
     first by their weighted mean calibrated pair score. With `exclude_self`, a row never shortlists
-    itself (database rows matched against the database, for calibration)."""
+    itself (database rows matched against the database, for calibration). `found` holds what each
+    global scorer's `candidates` already returned for these rows, by scorer name."""
     out = np.full((len(q_rows), size), -1, np.int64)
     if len(q_rows) == 0 or len(g_rows) == 0:
         return out
     global_scorers = _global(scorers)
-    proposed = np.concatenate([s.propose(space, q_rows, g_rows, size + int(exclude_self)) for s in global_scorers],
-                              axis=1)
+    found = found or {}
+    proposed = np.concatenate([s.propose(space, q_rows, g_rows, size + int(exclude_self), found.get(s.name))
+                               for s in global_scorers], axis=1)
     pairs_q, pairs_g = [], []
     for i, row in enumerate(proposed):
         found = np.unique(row[row >= 0])
@@ -114,15 +116,16 @@ def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_row
     raw: Dict[str, Candidates] = {}
     calibrated: List[Candidates] = []
     rankings: Dict[str, ImageRanking] = {}
+    searched: Dict[str, tuple] = {}
     for scorer in _global(scorers):
-        found, ranking = scorer.candidates(space, q_rows, g_rows)
+        found, ranking = searched[scorer.name] = scorer.candidates(space, q_rows, g_rows)
         raw[scorer.name] = found
         calibrated.append(scorer.calibrated(found))
         if ranking is not None:
             rankings[scorer.name] = ranking
     rescorers = _rescorers(scorers)
     if rescorers:
-        positions, pair_g = _pairs(shortlist(scorers, space, q_rows, g_rows))
+        positions, pair_g = _pairs(shortlist(scorers, space, q_rows, g_rows, found=searched))
         for scorer in rescorers:
             scores = scorer.pair_scores(space, q_rows[positions], pair_g)
             found = _identity_best(positions, pair_g, scores, space.labels, len(q_rows))
