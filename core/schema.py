@@ -172,6 +172,23 @@ class ThresholdConfig:
 
 
 @dataclass
+class RerankConfig:
+    matcher: str = "none"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift
+    matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, ratio (sift)
+    shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
+    weight: float = 1.0  # (float) the matcher's soft-voting weight (a model's is its `weights` entry, 1 by default)
+    side: int = 512  # (int) longer image side the matcher sees, in pixels (smaller images are not upscaled)
+    max_keypoints: int = 512  # (int) keypoints per image (time per pair grows about with its square)
+    score: str = "inliers"  # (str) a pair's raw score: inliers (of one geometric model) | matches
+    geometry: str = "fundamental"  # (str) score=inliers: fundamental (rigid 3-D) | homography (one plane)
+    ransac_threshold: float = 4.0  # (float) score=inliers: RANSAC inlier distance, pixels at `side`
+    burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like)
+    region: float = 1.0  # (float) keep keypoints in this central fraction of the image's width and height only
+    calibration_queries: int = 200  # (int) database images whose shortlists calibrate the matcher
+    cache: str = ""  # (str) keypoint and match cache; "" = ~/.cache/reidzoo/keypoints, "none" = off
+
+
+@dataclass
 class EvalConfig:
     output_dir: str = "runs/default/eval"  # (str) where submission.csv, metrics.json, report.html go
     seed: int = 0  # (int) seed of the threshold-tuning split
@@ -186,6 +203,7 @@ class EvalConfig:
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
+    rerank: RerankConfig = field(default_factory=RerankConfig)
 
 
 # ----------------------------------------------------------------------------- value rules
@@ -206,6 +224,9 @@ CALIBRATIONS = ("isotonic", "logistic", "none")
 SUBMISSIONS = ("auto", "animalclef", "humpback")
 INDEXES = ("flat", "ivf", "hnsw")
 AGGREGATIONS = ("max", "mean_top_m")
+MATCHER_NAMES = ("none", "aliked_lightglue", "disk_lightglue", "sift")
+PAIR_SCORES = ("inliers", "matches")
+GEOMETRIES = ("fundamental", "homography")
 
 
 def _rule(accepts: Callable[[Any], bool], valid: str) -> Rule:
@@ -297,6 +318,11 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     ThresholdConfig: {
         "value": _rule(lambda v: v is None or math.isfinite(v), "a number, or null to tune it"),
         "holdout_fraction": FRACTION, "unknown_fraction": FRACTION, "min_queries": COUNT, "max_splits": COUNT,
+    },
+    RerankConfig: {
+        "matcher": one_of(*MATCHER_NAMES), "shortlist": COUNT, "weight": above(0), "side": at_least(32),
+        "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
+        "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
     },
     EvalConfig: {
         "seed": at_least(0), "models": _rule(bool, "a list of at least one model"),

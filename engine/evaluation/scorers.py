@@ -6,7 +6,8 @@ Every scorer offers the same two things:
   queries are matched, on which its own calibrator is fitted (engine.evaluation.calibration).
 A **global** scorer also proposes candidates from the whole gallery (`candidates`, `propose`); a
 **shortlist** scorer only re-scores the pairs the global stage shortlisted (a Siamese pair head
-now, keypoint matchers next), because it is too slow or too narrow to search a whole gallery.
+here, the keypoint matcher in engine.matching.scorer), because it is too slow or too narrow to
+search a whole gallery.
 A new kind of scorer is one class registered in SCORERS; `scorers_for` says which kinds a model
 output brings.
 """

