@@ -3,7 +3,8 @@
     python eval.py                                        # the model `python train.py` exported, on the synthetic set
     python eval.py models=[runs/a/export,runs/b/export] weights=[0.6,0.4]
     python eval.py --config configs/eval/animalclef2025.yaml data.root=/data/animalclef
-    accelerate launch eval.py --config configs/eval/default.yaml    # extraction split across processes
+    python eval.py --config configs/eval/rerank.yaml      # + ALIKED/LightGlue re-ranking of the shortlist
+    accelerate launch eval.py --config configs/eval/default.yaml    # extraction (and matching) split across processes
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
 Outputs in output_dir: submission.csv, metrics.json (when query labels are known), manifest.json,

@@ -177,6 +177,7 @@ class RerankConfig:
     matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, ratio (sift)
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
     weight: float = 1.0  # (float) the matcher's soft-voting weight (a model's is its `weights` entry, 1 by default)
+    tune_weight: bool = True  # (bool) choose the weight among 0-4 on the threshold's held-out database split (weight wins ties)
     side: int = 512  # (int) longer image side the matcher sees, in pixels (smaller images are not upscaled)
     max_keypoints: int = 512  # (int) keypoints per image (time per pair grows about with its square)
     score: str = "inliers"  # (str) a pair's raw score: inliers (of one geometric model) | matches
@@ -320,7 +321,7 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "holdout_fraction": FRACTION, "unknown_fraction": FRACTION, "min_queries": COUNT, "max_splits": COUNT,
     },
     RerankConfig: {
-        "matcher": one_of(*MATCHER_NAMES), "shortlist": COUNT, "weight": above(0), "side": at_least(32),
+        "matcher": one_of(*MATCHER_NAMES), "shortlist": COUNT, "weight": at_least(0), "side": at_least(32),
         "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
     },

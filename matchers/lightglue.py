@@ -11,12 +11,15 @@ On CPU, LightGlue's adaptive depth and point pruning make one pair at a time the
 """
 from __future__ import annotations
 
+from abc import abstractmethod
 from pathlib import Path
 from typing import Tuple
 
 import numpy as np
 import torch
 
+from core.errors import ConfigError
+from core.suggest import did_you_mean
 from matchers.base import Features, Matcher, MatcherUnavailable, image_tensor, no_matches, register
 
 ALIKED_VARIANTS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
@@ -61,7 +64,7 @@ class _LightGlueMatcher(Matcher):
     def __init__(self, max_keypoints: int = 512, device=None, filter_threshold: float = 0.1):
         super().__init__(max_keypoints, device)
         if not 0 < filter_threshold < 1:
-            raise MatcherUnavailable(f"filter_threshold must be in (0, 1), got {filter_threshold}")
+            raise ConfigError(f"{self.name} filter_threshold must be in (0, 1), got {filter_threshold}")
         package = _package()
         self.filter_threshold = float(filter_threshold)
         self.extractor = self._build_extractor(package).eval().to(self.device)
@@ -69,8 +72,9 @@ class _LightGlueMatcher(Matcher):
         self.lightglue = package.LightGlue(features=self.features, filter_threshold=self.filter_threshold)
         self.lightglue = self.lightglue.eval().to(self.device)
 
+    @abstractmethod
     def _build_extractor(self, package) -> torch.nn.Module:
-        raise NotImplementedError
+        """The keypoint extractor, its weights checked first."""
 
     def settings(self):
         return {"filter_threshold": self.filter_threshold}
@@ -107,8 +111,8 @@ class AlikedLightGlue(_LightGlueMatcher):
     def __init__(self, max_keypoints: int = 512, device=None, variant: str = "aliked-n16",
                  filter_threshold: float = 0.1):
         if variant not in ALIKED_VARIANTS:
-            raise MatcherUnavailable(f"aliked_lightglue variant must be one of {', '.join(ALIKED_VARIANTS)}, "
-                                     f"got {variant!r}")
+            raise ConfigError(f"aliked_lightglue variant must be one of {', '.join(ALIKED_VARIANTS)}, got "
+                              f"{variant!r}{did_you_mean(variant, ALIKED_VARIANTS)}")
         self.variant = variant
         super().__init__(max_keypoints, device, filter_threshold)
 

@@ -270,3 +270,35 @@ def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_
     assert cells[3] == "4 / 4", "one extraction per distinct image"
     assert cells[5].startswith("6,") and cells[6].startswith("6,"), "queries x shortlist pairs at both gallery sizes"
     assert cells[7] == "0, 0", "the second run reads everything from the caches"
+
+
+class _OracleMatcher(MatcherScorer):
+    """A shortlist scorer of kind "matcher" that knows the truth (or, with `noise`, nothing at all)."""
+
+    def __init__(self, identities: np.ndarray, noise: bool):
+        self.output, self.pairs = None, None
+        self.cfg = RerankConfig(matcher="sift")
+        self.weight, self.calibrator, self.calibration_queries = 1.0, None, 200
+        self.identities, self.noise = identities, noise
+
+    def pair_scores(self, space, q_rows, g_rows):
+        if self.noise:
+            return np.random.default_rng(len(q_rows)).random(len(q_rows))
+        return (self.identities[q_rows] == self.identities[g_rows]).astype(float) + 0.01 * np.arange(len(q_rows)) % 1
+
+
+@pytest.mark.parametrize("helpful", [True, False])
+def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
+    from engine.evaluation.decision import evaluate_outputs
+    from tests.embedding_worlds import clustered
+
+    # A weak model (noisy embeddings) with a matcher that knows the truth, or a good model with one that guesses.
+    gallery, query, vectors = clustered(seed=1, identities=20, noise=2.0 if helpful else 1.0)
+    identities = np.concatenate([gallery["identity"].to_numpy(dtype=object), query["identity"].to_numpy(dtype=object)])
+    cfg = load_config(EvalConfig, RECIPE, ["rerank.shortlist=10", "threshold.min_queries=100"])
+    ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)], extra_scorers=[_OracleMatcher(identities,
+                                                                                                           not helpful)])
+    chosen = ev.threshold["matcher_weight"]["chosen"]
+    assert set(ev.threshold["matcher_weight"]["validation_score"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
+    assert chosen >= 1.0 if helpful else chosen <= 0.25, ev.threshold["matcher_weight"]
+    assert ev.scorers["sift [matcher]"]["weight"] == chosen

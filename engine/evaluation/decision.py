@@ -38,6 +38,7 @@ from engine.retrieval import Candidates
 TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as validation queries
 MIN_UNSEEN_IDENTITIES = 4  # per dataset, to tune on identities no model was trained on
 MIN_HELD_IDENTITIES = 2  # per dataset: one known and one new at least
+MATCHER_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # rerank.tune_weight: 0 = the matcher does not help here
 
 
 @dataclass
@@ -103,8 +104,8 @@ def best_of(candidates: Candidates):
 
 def _held_out_pass(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
                    seen: Optional[set], seed: int, fit: bool) -> Dict[str, Any]:
-    """One held-out split of the database: its validation queries matched against the rest (with
-    calibrators fitted on that rest when `fit`), and what the threshold tuning needs of them."""
+    """One held-out split of the database: its validation queries (`val_q`) and the rest (`val_g`,
+    on which the calibrators are fitted when `fit`), and what the threshold tuning needs of them."""
     all_gallery = np.arange(len(gallery))
     split = tuning_split(gallery, replace(cfg, seed=seed), seen)
     position = pd.Series(all_gallery, index=gallery["image_id"])
@@ -112,16 +113,63 @@ def _held_out_pass(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace
     val_g = np.setdiff1d(all_gallery, val_q)
     if fit:
         fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
-    candidates = vote(scorers, space, val_q, val_g, cfg.rerank.shortlist).candidates
     truth = space.labels[val_q]
-    return {"candidates": candidates, "truth": truth, "datasets": space.datasets[val_q],
+    return {"val_q": val_q, "val_g": val_g, "truth": truth, "datasets": space.datasets[val_q],
             "known": pd.Series(truth, dtype=object).isin(set(space.labels[val_g])).to_numpy(),
             "identities": int(split["identity"].nunique())}
 
 
+@dataclass
+class _Pooled:
+    """The validation queries of every held-out split, and the threshold tuned on their vote."""
+
+    candidates: Candidates
+    best_scores: np.ndarray
+    tuned: Dict[str, Any]
+
+    def score(self, per_dataset: bool) -> float:
+        return float(self.tuned["validation"]["per_dataset" if per_dataset else "global"])
+
+
+def _pooled_vote(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[Dict]) -> _Pooled:
+    candidates = [c for p in passes for c in vote(scorers, space, p["val_q"], p["val_g"], cfg.rerank.shortlist).candidates]
+    truth = np.concatenate([p["truth"] for p in passes])
+    val_ids, val_scores = best_of(candidates)
+    # The same image held out twice is two validation queries; identities are told apart per split,
+    # so a balanced accuracy weighs each (split, identity) once.
+    groups = np.concatenate([[f"{i}/{t}" for t in p["truth"]] for i, p in enumerate(passes)]).astype(object)
+    try:
+        tuned = tune_threshold(val_scores, np.where(val_ids == truth, groups, None), groups,
+                               np.concatenate([p["known"] for p in passes]),
+                               np.concatenate([p["datasets"] for p in passes]), per_dataset=cfg.threshold.per_dataset)
+    except DataError as err:
+        raise DataError(f"{err}; or set threshold.value") from err
+    return _Pooled(candidates, val_scores, tuned)
+
+
+def _tune_matcher_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace,
+                         passes: Sequence[Dict]) -> tuple:
+    """The matcher weight of MATCHER_WEIGHTS whose vote scores best on the validation queries (the
+    configured weight among equals), set on the matcher scorers; returns (pooled vote, record).
+    Matching does not depend on the weight, so each further weight only re-votes cached pairs."""
+    matchers = [s for s in scorers if s.kind == "matcher"]
+    tried: Dict[float, _Pooled] = {}
+    for weight in sorted({*MATCHER_WEIGHTS, cfg.rerank.weight}):
+        for matcher in matchers:
+            matcher.weight = weight
+        tried[weight] = _pooled_vote(cfg, scorers, space, passes)
+    per_dataset = cfg.threshold.per_dataset
+    best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == cfg.rerank.weight))
+    for matcher in matchers:
+        matcher.weight = best
+    return tried[best], {"chosen": best, "validation_score": {str(w): round(p.score(per_dataset), 6)
+                                                              for w, p in tried.items()}}
+
+
 def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOutput], space: MatchSpace,
           gallery: pd.DataFrame, kind: str) -> tuple:
-    """Fit the calibrators and tune the threshold on held-out database identities.
+    """Fit the calibrators and tune the threshold (and, with rerank.tune_weight, the matcher's
+    weight) on held-out database identities.
 
     A small database gives a handful of validation queries, on which a threshold is a coin toss, so
     further splits (other seeds) are drawn until threshold.min_queries validation queries are
@@ -134,26 +182,22 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOut
     passes = [_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed, fit=True)]
     while sum(len(p["truth"]) for p in passes) < cfg.threshold.min_queries and len(passes) < cfg.threshold.max_splits:
         passes.append(_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed + len(passes), fit=False))
-    candidates = [c for p in passes for c in p["candidates"]]
+    weight_record = None
+    if cfg.rerank.tune_weight and any(s.kind == "matcher" for s in scorers):
+        pooled, weight_record = _tune_matcher_weight(cfg, scorers, space, passes)
+    else:
+        pooled = _pooled_vote(cfg, scorers, space, passes)
     truth = np.concatenate([p["truth"] for p in passes])
     known = np.concatenate([p["known"] for p in passes])
-    datasets = np.concatenate([p["datasets"] for p in passes])
-    val_ids, val_scores = best_of(candidates)
-    # The same image held out twice is two validation queries; identities are told apart per split,
-    # so a balanced accuracy weighs each (split, identity) once.
-    groups = np.concatenate([[f"{i}/{t}" for t in p["truth"]] for i, p in enumerate(passes)]).astype(object)
-    try:
-        tuned = tune_threshold(val_scores, np.where(val_ids == truth, groups, None), groups, known, datasets,
-                               per_dataset=cfg.threshold.per_dataset)
-    except DataError as err:
-        raise DataError(f"{err}; or set threshold.value") from err
-    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **tuned}
+    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned}
+    if weight_record is not None:
+        threshold["matcher_weight"] = weight_record
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
     if kind == "humpback":
-        threshold["new_whale"] = tune_humpback_threshold(candidates, truth, known)
-    tuning = {"best_scores": val_scores, "known": known, "datasets": datasets, "queries": int(len(truth)),
-              "splits": len(passes), "identities": int(sum(p["identities"] for p in passes)),
+        threshold["new_whale"] = tune_humpback_threshold(pooled.candidates, truth, known)
+    tuning = {"best_scores": pooled.best_scores, "known": known, "datasets": np.concatenate([p["datasets"] for p in passes]),
+              "queries": int(len(truth)), "splits": len(passes), "identities": int(sum(p["identities"] for p in passes)),
               "new_identities": int(sum(len(set(p["truth"][~p["known"]])) for p in passes))}
     return threshold, tuning
 

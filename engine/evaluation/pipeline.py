@@ -100,6 +100,10 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
     if ev.tuning is not None:
         say(accelerator, f"threshold tuned on {ev.tuning['queries']} validation queries from {ev.tuning['splits']} "
                          f"held-out split(s) of the database (threshold.min_queries={cfg.threshold.min_queries})")
+    if "matcher_weight" in ev.threshold:
+        tried = ev.threshold["matcher_weight"]["validation_score"]
+        say(accelerator, f"{cfg.rerank.matcher} weight {ev.threshold['matcher_weight']['chosen']} chosen on the same "
+                         "split (validation score per weight: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
     metrics = query_metrics(cfg, gallery, query, ev) if has_query_labels(query) else None
     final = Path(cfg.output_dir)
     with staged_directory(final) as staging:
