@@ -9,8 +9,9 @@ Per matcher, at `--side` px on this machine's cores:
    distinct images, and the cache's bytes per image;
 2. pairs matched per second (features already cached);
 3. the cascade (a random global model shortlisting `--shortlist` images for `--queries` queries,
-   then the matcher) at two gallery sizes, each in a fresh process: pairs matched, seconds and
-   peak memory (max RSS). Pairs = queries x shortlist at any gallery size, so time follows them;
+   then the matcher) at two gallery sizes, each in a fresh process: pairs matched, images
+   extracted, seconds and peak memory (max RSS). Pairs = queries x shortlist at any gallery size
+   and images at most queries x (shortlist + 1), so time follows them, not the gallery;
 4. the same cascade run again on the same caches: extractions and pairs matched (both 0).
 Prints a markdown table; figures depend on the CPU (named in the header).
 """
@@ -128,10 +129,11 @@ def table_of(results: list, args) -> str:
     lines = [f"# Re-ranking throughput ({cpu_line()}, side {args.side} px, "
              f"{args.max_keypoints} keypoints, {args.images or 'synthetic set'})", "",
              "| matcher | images/s | pairs/s | extractions / distinct images | cache KB/image | "
-             + " | ".join(f"gallery {g}: pairs, s, peak MB" for g in args.galleries) + " | second run: extractions, pairs |",
+             + " | ".join(f"gallery {g}: pairs, images, s, peak MB" for g in args.galleries) + " | second run: extractions, pairs |",
              "|---|---|---|---|---|" + "---|" * len(args.galleries) + "---|"]
     for r in results:
-        runs = " | ".join(f"{c['pairs']}, {c['seconds']:.1f}, {c['max_rss_mb']:.0f}" for c in r["cascade"])
+        runs = " | ".join(f"{c['pairs']}, {c['extracted']}, {c['seconds']:.1f}, {c['max_rss_mb']:.0f}"
+                         for c in r["cascade"])
         lines.append(f"| {r['matcher']} | {r['images_per_s']:.2f} | {r['pairs_per_s']:.2f} | "
                      f"{r['extractions']} / {r['distinct_images']} | {r['cache_kb_per_image']:.0f} | {runs} | "
                      f"{r['second_run']['extracted']}, {r['second_run']['pairs']} |")

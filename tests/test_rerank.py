@@ -269,6 +269,7 @@ def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[3] == "4 / 4", "one extraction per distinct image"
     assert cells[5].startswith("6,") and cells[6].startswith("6,"), "queries x shortlist pairs at both gallery sizes"
+    assert all(int(cells[c].split(",")[1]) <= 2 * (3 + 1) for c in (5, 6)), "at most queries x (shortlist + 1) images"
     assert cells[7] == "0, 0", "the second run reads everything from the caches"
 
 
