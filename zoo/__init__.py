@@ -1,11 +1,15 @@
-"""Model zoo: registered re-ID models (embedder, classifier, siamese, features), export and loading."""
+"""Model zoo: registered re-ID models (embedder, classifier, siamese, features), export, loading,
+and publishing (`python -m zoo publish`, `zoo.load(NAME)`, `zoo.list()`)."""
 from zoo import classifier, embedder, siamese  # noqa: F401  (registers the models)
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import load_export, save_export
-from zoo.loading import load_for_eval, load_model, looks_like_path, probe
+from zoo.loading import load, load_for_eval, load_model, looks_like_path, probe
+from zoo.published import list_models, publish
 from zoo.registry import MODELS, build_model
 from zoo.trunk_config import TrunkConfig
 
-__all__ = ["MODELS", "ReIDModel", "TrunkConfig", "build_model", "load_export", "load_for_eval", "load_model",
-           "looks_like_path", "model_checksum", "probe", "save_export"]
+__all__ = ["MODELS", "ReIDModel", "TrunkConfig", "build_model", "list", "list_models", "load", "load_export",
+           "load_for_eval", "load_model", "looks_like_path", "model_checksum", "probe", "publish", "save_export"]
+
+list = list_models  # noqa: A001  zoo.list(), as users expect it; zoo.list_models inside the package

@@ -14,6 +14,7 @@ from core.errors import ConfigError, DataError
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import CONFIG_FILE, export_config, inner_module, load_export
+from zoo.published import load_published, read_index
 from zoo.registry import MODELS
 
 # Off-the-shelf re-ID backbones known by a short name.
@@ -30,14 +31,24 @@ def looks_like_path(spec: str) -> bool:
 def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:
     """(model in eval mode, meta with input_size/mean/std and, for exports, label_map and metrics).
 
-    A folder must be an export; anything else is a zoo name or a timm name whose pretrained
-    weights are used as they are, pooled features being the embedding.
+    A folder must be an export. Otherwise, in this order: a model published to the local zoo
+    (zoo.published, every file's hash checked), a reidzoo model on the Hugging Face Hub
+    (`hf-hub:ORG/NAME` with a reidzoo.json), a short name of ZOO, or a timm / `hf-hub:` backbone whose
+    pretrained weights are used as they are, pooled features being the embedding.
     """
     path = Path(spec).expanduser()
     if path.is_dir():
         if not (path / CONFIG_FILE).is_file():
             raise DataError(f"{spec} is a folder but not a reidzoo export: it has no {CONFIG_FILE}")
         return load_export(path)
+    if spec in read_index():
+        return load_published(spec)
+    if spec.startswith("hf-hub:"):
+        from zoo.huggingface import load_from_hub
+
+        found = load_from_hub(spec[len("hf-hub:"):])
+        if found is not None:
+            return found
     name = ZOO.get(spec.lower(), spec)
     if looks_like_path(name):
         raise DataError(
@@ -51,6 +62,12 @@ def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:
         ) from err
     meta = export_config(model, extra={"source": spec})
     return model.eval(), meta
+
+
+def load(spec: str) -> ReIDModel:
+    """The model of a zoo name, export folder, `hf-hub:` name or timm name, in eval mode, ready for
+    inference (published files are checked against their sha256 first)."""
+    return load_model(spec)[0]
 
 
 def load_for_eval(spec: str) -> Tuple[ReIDModel, Dict[str, Any], str]:

@@ -1,0 +1,58 @@
+"""`python -m zoo`: publish exports to the model zoo and list what it holds.
+
+    python -m zoo publish runs/default/export --name synthetic-resnet18 [--zoo DIR] [--hf-repo ORG/NAME] [--force]
+    python -m zoo list [--zoo DIR]
+
+Published models load by name anywhere: `zoo.load("synthetic-resnet18")` or
+`python eval.py models=[synthetic-resnet18]`; every file's sha256 is checked first.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from core.errors import cli_entry
+from zoo.published import list_models, publish, zoo_root
+
+
+def _table(root) -> str:
+    models = list_models(root)
+    if not models:
+        return f"the zoo at {zoo_root(root)} is empty: publish with `python -m zoo publish EXPORT --name NAME`"
+    header = ("name", "architecture", "embed_dim", "classes", "input", "licence", "published")
+    rows = [(m["name"], m["architecture"], str(m["embed_dim"]), str(m["num_classes"]), f"{m['input_size']} px",
+             m.get("licence", ""), m["published"]) for m in models]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
+    return "\n".join([f"zoo: {zoo_root(root)}", *lines])
+
+
+@cli_entry
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m zoo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    pub = commands.add_parser("publish", help="copy an export into the zoo under a name, with a model card")
+    pub.add_argument("export", help="an export folder (model.safetensors + config.json)")
+    pub.add_argument("--name", required=True, help="zoo name: lowercase letters, digits, '.', '_', '-'")
+    pub.add_argument("--zoo", default=None, help="zoo root (default $REIDZOO_ZOO or ~/.cache/reidzoo/zoo)")
+    pub.add_argument("--force", action="store_true", help="replace a model already published under this name")
+    pub.add_argument("--licence", default="other", help="licence of the weights for the model card (e.g. cc-by-4.0)")
+    pub.add_argument("--hf-repo", default=None, help="also push to this Hugging Face Hub repo (ORG/NAME)")
+    show = commands.add_parser("list", help="print the models of the zoo")
+    show.add_argument("--zoo", default=None)
+    args = parser.parse_args(argv)
+    if args.command == "list":
+        print(_table(args.zoo))
+        return
+    entry = publish(args.export, args.name, root=args.zoo, force=args.force, licence=args.licence)
+    folder = zoo_root(args.zoo) / entry["folder"]
+    print(f"published {entry['name']}: {folder} ({len(entry['files'])} files, sha256 in {zoo_root(args.zoo) / 'zoo.json'})")
+    if args.hf_repo:
+        from zoo.huggingface import push
+
+        print(f"pushed to {push(folder, args.hf_repo)}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

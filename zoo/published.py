@@ -1,0 +1,161 @@
+"""The local model zoo: published models by name, every file's sha256 checked before loading.
+
+Layout under the zoo root (`--zoo`, else $REIDZOO_ZOO, else ~/.cache/reidzoo/zoo):
+  zoo.json                          the index: name -> folder, files and their sha256, summary
+  <name>@<first 12 hex of the weights' sha256>/
+      model.safetensors, config.json  the export, as train.py wrote it
+      README.md                       the model card (Hugging Face format)
+      reidzoo.json                    name and every other file's sha256 (travels to the Hub too)
+Publishing writes a new version folder first and then the index (one atomic rename: the commit
+point), and only then removes the folder the name pointed to before. A publish interrupted at any
+point leaves the index and the folders it names as they were; an unlisted folder is ignored.
+Nothing is ever unpickled: weights are safetensors, metadata JSON.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from core.errors import ConfigError, DataError
+from core.files import atomic_folder, atomic_write_text, file_sha256
+from core.paths import cache_base
+from zoo.base import ReIDModel
+from zoo.checksum import model_checksum
+from zoo.export import CONFIG_FILE, WEIGHTS_FILE, load_export
+
+INDEX = "zoo.json"
+MANIFEST = "reidzoo.json"
+CARD = "README.md"
+INDEX_VERSION = 1
+NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+
+
+def zoo_root(root: Optional[str | Path] = None) -> Path:
+    """`root`, else $REIDZOO_ZOO, else the cache base's zoo/ folder."""
+    if root:
+        return Path(root).expanduser()
+    env = os.environ.get("REIDZOO_ZOO")
+    return Path(env).expanduser() if env else cache_base() / "zoo"
+
+
+def read_index(root: Optional[str | Path] = None) -> Dict[str, Dict[str, Any]]:
+    """name -> entry of the zoo at `root` ({} for a zoo nothing was published to)."""
+    path = zoo_root(root) / INDEX
+    if not path.is_file():
+        return {}
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise DataError(f"the zoo index {path} is not valid JSON: {err}") from err
+    if not isinstance(index, dict) or not isinstance(index.get("models"), dict):
+        raise DataError(f"the zoo index {path} is not a reidzoo zoo index (no 'models' mapping)")
+    return index["models"]
+
+
+def list_models(root: Optional[str | Path] = None) -> List[Dict[str, Any]]:
+    """Every published model's entry, by name."""
+    return [read_index(root)[name] for name in sorted(read_index(root))]
+
+
+def check_name(name: str) -> str:
+    if not NAME.fullmatch(name or ""):
+        raise ConfigError(f"zoo name {name!r} must be 1-64 lowercase letters, digits, '.', '_' or '-', "
+                          "starting with a letter or digit")
+    return name
+
+
+def verify_files(folder: Path, files: Dict[str, str], what: str) -> None:
+    """Every file of `files` (name -> sha256) is in `folder` with that hash; else one DataError naming it."""
+    for filename, expected in sorted(files.items()):
+        path = folder / filename
+        if not path.is_file():
+            raise DataError(f"{what}: {path} is missing; publish the model again")
+        if file_sha256(path) != expected:
+            raise DataError(f"{what}: {path} has changed since it was published (sha256 differs); "
+                            "it is refused: publish the model again, or restore the file")
+
+
+def load_published(name: str, root: Optional[str | Path] = None) -> Tuple[ReIDModel, Dict[str, Any]]:
+    """(model in eval mode, meta) of zoo model `name`, after checking every file's hash."""
+    index = read_index(root)
+    if name not in index:
+        from core.suggest import did_you_mean
+
+        raise DataError(f"no model '{name}' in the zoo at {zoo_root(root)}"
+                        f"{did_you_mean(name, index) if index else ' (nothing is published there)'}")
+    entry = index[name]
+    folder = zoo_root(root) / entry["folder"]
+    verify_files(folder, entry["files"], f"zoo model '{name}'")
+    model, meta = load_export(folder)
+    return model, {**meta, "zoo": {"name": name, "folder": str(folder)}}
+
+
+def _card(name: str, meta: Dict[str, Any], files: Dict[str, str], licence: str) -> str:
+    """The model card, in the Hugging Face format (YAML front matter, then markdown)."""
+    train = meta.get("train_config") or {}
+    data = train.get("data") or {}
+    losses = ", ".join(str(loss.get("name")) for loss in (train.get("losses") or []) if isinstance(loss, dict)) or "n/a"
+    metrics = meta.get("metrics") or {}
+    lines = [
+        "---", f"license: {licence}", "library_name: reidzoo", "pipeline_tag: image-feature-extraction",
+        "tags:", "- animal-re-identification", "- reidzoo", "---", "",
+        f"# {name}", "",
+        f"A reidzoo `{meta['architecture']}` model for individual animal re-identification: "
+        f"{meta['embed_dim']}-d embeddings of {meta['input_size']} px images"
+        + (f", {meta['num_classes']} training identities" if meta.get("num_classes") else "") + ".", "",
+        "## Architecture", "", "```json", json.dumps(meta["model_args"], indent=2, sort_keys=True), "```", "",
+        f"Input: {meta['input_size']} x {meta['input_size']} px, mean {meta['mean']}, std {meta['std']}.", "",
+        "## Training", "",
+        f"- data: format `{data.get('format', 'n/a')}`, root `{data.get('root', 'n/a')}`",
+        f"- losses: {losses}",
+        "- recipe: the training config is in `config.json` (`train_config`)", "",
+        "## Metrics (validation during training)", "",
+    ]
+    lines += [f"- {key}: {value}" for key, value in sorted(metrics.items()) if isinstance(value, (int, float))] or ["- none recorded"]
+    lines += [
+        "", "## Licence", "",
+        f"Weights: {licence}. Check the licence of the training data before using them.", "",
+        "## How to load", "", "```python", "import zoo", "", f'model = zoo.load("{name}")  # checks every file\'s sha256',
+        "```", "", f"or in an evaluation: `python eval.py models=[{name}]`.", "",
+        "## Files", "", "| file | sha256 |", "|---|---|",
+        *[f"| {filename} | {digest} |" for filename, digest in sorted(files.items())], "",
+    ]
+    return "\n".join(lines)
+
+
+def publish(export_dir: str | Path, name: str, *, root: Optional[str | Path] = None, force: bool = False,
+            licence: str = "other") -> Dict[str, Any]:
+    """Publish an export folder under `name`; returns its index entry. An existing name needs `force`."""
+    check_name(name)
+    source = Path(export_dir).expanduser()
+    model, meta = load_export(source)  # refuses anything that would not load back
+    zoo = zoo_root(root)
+    index = read_index(zoo)
+    if name in index and not force:
+        raise ConfigError(f"'{name}' is already in the zoo at {zoo}: publish with --force to replace it")
+    folder = f"{name}@{file_sha256(source / WEIGHTS_FILE)[:12]}"
+    if name in index and index[name]["folder"] == folder:
+        folder += "-" + datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")  # the same weights again
+    zoo.mkdir(parents=True, exist_ok=True)
+    with atomic_folder(zoo / folder, may_replace=lambda path: path.name not in {e["folder"] for e in index.values()}) as staging:
+        for filename in (WEIGHTS_FILE, CONFIG_FILE):
+            shutil.copyfile(source / filename, staging / filename)
+        files = {filename: file_sha256(staging / filename) for filename in (WEIGHTS_FILE, CONFIG_FILE)}
+        (staging / CARD).write_text(_card(name, meta, files, licence))
+        files[CARD] = file_sha256(staging / CARD)
+        (staging / MANIFEST).write_text(json.dumps({"name": name, "files": files}, indent=2) + "\n")
+    entry = {"name": name, "folder": folder, "files": files, "architecture": meta["architecture"],
+             "embed_dim": meta["embed_dim"], "num_classes": meta["num_classes"], "input_size": meta["input_size"],
+             "model_checksum": model_checksum(model), "licence": licence, "source": str(source.absolute()),
+             "published": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")}
+    previous = index.get(name)
+    index[name] = entry
+    atomic_write_text(zoo / INDEX, json.dumps({"format_version": INDEX_VERSION, "models": index}, indent=2) + "\n")
+    if previous is not None and previous["folder"] != folder:
+        shutil.rmtree(zoo / previous["folder"], ignore_errors=True)
+    return entry
