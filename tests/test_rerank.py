@@ -303,3 +303,23 @@ def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
     assert set(ev.threshold["matcher_weight"]["validation_score"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
     assert chosen >= 1.0 if helpful else chosen <= 0.25, ev.threshold["matcher_weight"]
     assert ev.scorers["sift [matcher]"]["weight"] == chosen
+
+
+def test_compare_rerank_plans_the_largest_shortlist_first_and_tables_every_recorded_run(tmp_path):
+    from scripts import compare_rerank
+
+    with pytest.raises(ConfigError, match="NAME=MODEL:ROOT"):
+        compare_rerank.parse_set("zebra=only-a-model")
+    data = compare_rerank.parse_set("zebra=runs/z/export:/data/z:test")
+    assert data == {"name": "zebra", "model": "runs/z/export:/data/z", "root": "test"}
+    plan = compare_rerank.runs_of(type("A", (), {"sets": [compare_rerank.parse_set("z=m:r")], "matchers": ["sift"],
+                                                  "shortlists": [10, 50, 25], "variants": [""]})())
+    assert [(r["matcher"], r["shortlist"]) for r in plan] == [("none", None), ("sift", 50), ("sift", 25), ("sift", 10)]
+    for run, score in zip(plan[:2], (0.5, 0.7), strict=True):
+        folder = tmp_path / "z" / ("none" if run["shortlist"] is None else f"sift-b{run['shortlist']}")
+        folder.mkdir(parents=True)
+        (folder / "record.json").write_text(json.dumps({**run, "seconds": 1.0, "rank1": score,
+                                                        "open_set": {"BAKS": score, "BAUS": score, "score": score}}))
+    table = compare_rerank.write_results(tmp_path)
+    assert "| z | none | - | - | 0.500 |" in table and "| z | sift | 50 | - | 0.700 |" in table
+    assert len(json.loads((tmp_path / "results.json").read_text())) == 2
