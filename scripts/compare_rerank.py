@@ -54,7 +54,7 @@ def runs_of(args) -> List[Dict]:
 def run_dir(args, run: Dict) -> Path:
     label = run["matcher"] if run["shortlist"] is None else f"{run['matcher']}-b{run['shortlist']}"
     if run["variant"]:
-        label += "-" + "-".join(part.split(".")[-1].replace("=", "") for part in shlex.split(run["variant"]))
+        label += "-" + "-".join(part.removeprefix("rerank.").replace("=", "") for part in shlex.split(run["variant"]))
     return Path(args.out) / run["name"] / label
 
 
