@@ -1,6 +1,8 @@
 """Accelerator construction that behaves the same on a laptop CPU and a multi-GPU node."""
 from __future__ import annotations
 
+from typing import Tuple
+
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs
@@ -25,6 +27,13 @@ def resolve_mixed_precision(value: str, cpu_bf16: bool = True) -> str:
     if not torch.cuda.is_available():
         return "bf16" if cpu_bf16 and cpu_has_native_bf16() else "no"
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+def rank_and_world(accelerator) -> Tuple[int, int]:
+    """(this process's index, number of processes); (0, 1) without an accelerator."""
+    if accelerator is None:
+        return 0, 1
+    return accelerator.process_index, accelerator.num_processes
 
 
 def make_accelerator(mixed_precision: str = "auto", cpu_bf16: bool = True) -> Accelerator:

@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Tuple
 from core.errors import ConfigError, DataError
 from core.files import atomic_folder, atomic_write_text, file_sha256
 from core.paths import cache_base
+from core.suggest import did_you_mean
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import CONFIG_FILE, WEIGHTS_FILE, load_export
@@ -59,7 +60,8 @@ def read_index(root: Optional[str | Path] = None) -> Dict[str, Dict[str, Any]]:
 
 def list_models(root: Optional[str | Path] = None) -> List[Dict[str, Any]]:
     """Every published model's entry, by name."""
-    return [read_index(root)[name] for name in sorted(read_index(root))]
+    index = read_index(root)
+    return [index[name] for name in sorted(index)]
 
 
 def check_name(name: str) -> str:
@@ -84,8 +86,6 @@ def load_published(name: str, root: Optional[str | Path] = None) -> Tuple[ReIDMo
     """(model in eval mode, meta) of zoo model `name`, after checking every file's hash."""
     index = read_index(root)
     if name not in index:
-        from core.suggest import did_you_mean
-
         raise DataError(f"no model '{name}' in the zoo at {zoo_root(root)}"
                         f"{did_you_mean(name, index) if index else ' (nothing is published there)'}")
     entry = index[name]

@@ -126,6 +126,9 @@ class _Pooled:
     candidates: Candidates
     best_scores: np.ndarray
     tuned: Dict[str, Any]
+    truth: np.ndarray  # identity of each validation query
+    known: np.ndarray  # whether it is in its split's validation database
+    datasets: np.ndarray
 
     def score(self, per_dataset: bool) -> float:
         return float(self.tuned["validation"]["per_dataset" if per_dataset else "global"])
@@ -133,18 +136,17 @@ class _Pooled:
 
 def _pooled_vote(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[Dict]) -> _Pooled:
     candidates = [c for p in passes for c in vote(scorers, space, p["val_q"], p["val_g"], cfg.rerank.shortlist).candidates]
-    truth = np.concatenate([p["truth"] for p in passes])
+    truth, known, datasets = (np.concatenate([p[key] for p in passes]) for key in ("truth", "known", "datasets"))
     val_ids, val_scores = best_of(candidates)
     # The same image held out twice is two validation queries; identities are told apart per split,
     # so a balanced accuracy weighs each (split, identity) once.
     groups = np.concatenate([[f"{i}/{t}" for t in p["truth"]] for i, p in enumerate(passes)]).astype(object)
     try:
-        tuned = tune_threshold(val_scores, np.where(val_ids == truth, groups, None), groups,
-                               np.concatenate([p["known"] for p in passes]),
-                               np.concatenate([p["datasets"] for p in passes]), per_dataset=cfg.threshold.per_dataset)
+        tuned = tune_threshold(val_scores, np.where(val_ids == truth, groups, None), groups, known, datasets,
+                               per_dataset=cfg.threshold.per_dataset)
     except DataError as err:
         raise DataError(f"{err}; or set threshold.value") from err
-    return _Pooled(candidates, val_scores, tuned)
+    return _Pooled(candidates, val_scores, tuned, truth, known, datasets)
 
 
 def _tune_matcher_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace,
@@ -187,17 +189,15 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOut
         pooled, weight_record = _tune_matcher_weight(cfg, scorers, space, passes)
     else:
         pooled = _pooled_vote(cfg, scorers, space, passes)
-    truth = np.concatenate([p["truth"] for p in passes])
-    known = np.concatenate([p["known"] for p in passes])
     threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned}
     if weight_record is not None:
         threshold["matcher_weight"] = weight_record
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
     if kind == "humpback":
-        threshold["new_whale"] = tune_humpback_threshold(pooled.candidates, truth, known)
-    tuning = {"best_scores": pooled.best_scores, "known": known, "datasets": np.concatenate([p["datasets"] for p in passes]),
-              "queries": int(len(truth)), "splits": len(passes), "identities": int(sum(p["identities"] for p in passes)),
+        threshold["new_whale"] = tune_humpback_threshold(pooled.candidates, pooled.truth, pooled.known)
+    tuning = {"best_scores": pooled.best_scores, "known": pooled.known, "datasets": pooled.datasets,
+              "queries": int(len(pooled.truth)), "splits": len(passes), "identities": int(sum(p["identities"] for p in passes)),
               "new_identities": int(sum(len(set(p["truth"][~p["known"]])) for p in passes))}
     return threshold, tuning
 

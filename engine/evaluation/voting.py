@@ -57,11 +57,11 @@ def shortlist(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, 
                                for s in global_scorers], axis=1)
     pairs_q, pairs_g = [], []
     for i, row in enumerate(proposed):
-        found = np.unique(row[row >= 0])
+        rows = np.unique(row[row >= 0])
         if exclude_self:
-            found = found[found != q_rows[i]]
-        pairs_q.append(np.full(len(found), i))
-        pairs_g.append(found)
+            rows = rows[rows != q_rows[i]]
+        pairs_q.append(np.full(len(rows), i))
+        pairs_g.append(rows)
     flat_q, flat_g = np.concatenate(pairs_q).astype(np.int64), np.concatenate(pairs_g).astype(np.int64)
     weights = np.array([s.weight for s in global_scorers], dtype=np.float64)
     fused = np.zeros(len(flat_q))

@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from core.files import file_identity
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
+from engine.accel import rank_and_world
 from engine.array_cache import ArrayCache
 from matchers import Features, Matcher
 
@@ -62,17 +63,21 @@ class KeypointStore:
             return self._memory[row]
         found = self.cache.load_group(self.key(row)) if self.cache.enabled else None
         if found is None or not {"keypoints", "descriptors", "image_size"} <= set(found):
-            found = self._extract(row)
+            return self._extract(row)
+        return self._remember(row, found)
+
+    def _remember(self, row: int, found: Features) -> Features:
         self._memory[row] = found
         if len(self._memory) > IN_MEMORY:
             self._memory.popitem(last=False)
         return found
 
     def _extract(self, row: int) -> Features:
+        """Extract, store on disk and keep in memory (the pairs that follow need it: no read-back)."""
         found = self.matcher.extract(self.image(row))
         self.extracted += 1
         self.cache.save_group(self.key(row), found)
-        return found
+        return self._remember(row, found)
 
     def missing(self, rows: Iterable[int]) -> list:
         """Rows whose features are in neither the memory nor the disk cache."""
@@ -84,10 +89,8 @@ class KeypointStore:
         is shared (each process extracts every world-th image, then all read them from disk)."""
         if not self.cache.enabled:
             return  # nowhere to share them: each process extracts what its own pairs need, when they need it
-        todo = self.missing(rows)
-        world = accelerator.num_processes if accelerator is not None else 1
-        rank = accelerator.process_index if world > 1 else 0
-        mine = todo[rank::world]
+        rank, world = rank_and_world(accelerator)
+        mine = self.missing(rows)[rank::world]
         for row in tqdm(mine, desc=f"keypoints ({self.matcher.name})", unit="img",
                         disable=not mine or not self.show_progress or rank != 0, leave=False):
             self._extract(row)

@@ -21,6 +21,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core.schema import RerankConfig
+from engine.accel import rank_and_world
 from engine.array_cache import ArrayCache
 from engine.matching.keypoints import KeypointStore
 from matchers import Features
@@ -67,10 +68,6 @@ class PairMatcher:
         self._settings = {"version": RECORD_VERSION, "geometry": cfg.geometry,
                           "ransac_threshold": float(cfg.ransac_threshold), "region": float(cfg.region)}
 
-    @property
-    def world(self) -> int:
-        return self.accelerator.num_processes if self.accelerator is not None else 1
-
     def _key(self, pair: Tuple[int, int]) -> str:
         keys = [self.store.key(pair[0]), self.store.key(pair[1]), self._settings]
         return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
@@ -94,7 +91,7 @@ class PairMatcher:
                 self._records[pair] = Record(found["first"], found["second"], found["inlier"].astype(bool))
             else:
                 missing.append(pair)
-        world = self.world
+        rank, world = rank_and_world(self.accelerator)
         if world > 1:
             from accelerate.utils import broadcast_object_list
 
@@ -102,7 +99,6 @@ class PairMatcher:
         if not missing:
             return
         self.store.prepare([row for pair in missing for row in pair], self.accelerator)
-        rank = self.accelerator.process_index if world > 1 else 0
         mine = missing[rank::world]
         done = {}
         for pair in tqdm(mine, desc=f"matching ({self.store.matcher.name})", unit="pair",

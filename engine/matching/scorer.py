@@ -52,11 +52,9 @@ class MatcherScorer(Scorer):
     stage = "shortlist"
 
     def __init__(self, pairs: PairMatcher, cfg: RerankConfig, weight: float):
-        self.output = None
+        super().__init__(output=None, weight=weight)  # it scores images, not a model's outputs
         self.pairs = pairs
         self.cfg = cfg
-        self.weight = weight
-        self.calibrator = None
         self.calibration_queries = cfg.calibration_queries
 
     @property
