@@ -183,7 +183,7 @@ def test_overrides_before_and_after_config_are_applied():
 
 def test_a_time_budget_shows_in_the_progress_bar_instead_of_the_planned_steps(monkeypatch):
     from engine.training import schedule
-    from engine.training.loop import advance, progress_bar
+    from engine.training.schedule import advance, progress_bar
 
     clock = {"now": 0.0}
     monkeypatch.setattr(schedule, "monotonic", lambda: clock["now"])

@@ -193,7 +193,7 @@ def load_checkpoint(
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     except (RuntimeError, ValueError, KeyError, SafetensorError, pickle.UnpicklingError) as err:
-        changed = config_differences(saved_config.get("losses"), config["losses"], "losses")
+        changed = config_differences(saved_config.get("losses"), config.get("losses"), "losses")
         reason = f"the losses differ ({'; '.join(changed)})" if changed else _one_line(err)
         raise ConfigError(f"checkpoint {path} does not fit the current model and losses: {reason}") from err
     scaler = getattr(accelerator, "scaler", None)

@@ -6,10 +6,8 @@ validating on held-out identities and exporting the best model to `<output_dir>/
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import math
-import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -18,7 +16,6 @@ from safetensors.torch import load_model
 from timm.optim import param_groups_weight_decay
 from timm.utils import ModelEmaV3
 from torch import nn
-from tqdm.auto import tqdm
 
 from core.config import save_config, to_dict
 from core.errors import ConfigError
@@ -38,7 +35,8 @@ from engine.training.checkpoint import (
     write_best,
 )
 from engine.training.data import TrainData, build_train_data
-from engine.training.schedule import TimeBudget, build_scheduler
+from engine.training.epochs import EpochLoop
+from engine.training.schedule import build_scheduler
 from engine.training.validation import validate
 from losses import build_criterion
 from zoo import build_model, model_checksum, save_export
@@ -71,26 +69,7 @@ def build_optimizer(cfg: TrainConfig, step: TrainStep) -> torch.optim.Optimizer:
     raise ConfigError(f"unknown train.optimizer '{cfg.train.optimizer}'; valid: adamw, sgd")
 
 
-def progress_bar(budget: TimeBudget, total_steps: int, step: int, disable: bool) -> tqdm:
-    """Steps of the planned schedule; under a time budget, which ends a run long before its planned
-    steps, seconds of the budget instead, with the step count in the postfix."""
-    if budget.enabled:
-        seconds = max(1, round(budget.seconds))
-        return tqdm(total=seconds, initial=min(round(budget.spent()), seconds), desc="train (time budget)", disable=disable,
-                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]")
-    return tqdm(total=total_steps, initial=step, desc="train", disable=disable)
-
-
-def advance(bar: tqdm, budget: TimeBudget, step: int, **postfix: str) -> None:
-    if budget.enabled:
-        bar.update(min(round(budget.spent()), bar.total) - bar.n)
-        postfix = dict(step=str(step), **postfix)
-    else:
-        bar.update(1)
-    bar.set_postfix(**postfix)
-
-
-class Trainer:
+class Trainer(EpochLoop):
     def __init__(self, cfg: TrainConfig, resume: Optional[str] = None):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
@@ -135,21 +114,14 @@ class Trainer:
         )
         self.step_module, self.optimizer = self.acc.prepare(step_module, optimizer)
         self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+        self.ema_source = self.model
 
         self.state: Dict[str, Any] = {
             "epoch": 0, "next_batch": 0, "step": 0, "best": None, "best_step": None, "spent_seconds": 0.0
         }
         if resume is not None:
             self._resume(find_checkpoint(self.out, resume, warn=self.acc.print))
-        self.budget = TimeBudget(cfg.train.max_minutes, spent_before=self.state["spent_seconds"])
-        self._time_fraction = self.budget.fraction()
-        self._step_loss, self._last_loss = 0.0, math.nan
-        self.train_seconds = 0.0
-        self.writer = None
-        if self.acc.is_main_process:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        self._open_run()
 
     # -- state -------------------------------------------------------------------------------------
     def _resume(self, path: Path) -> None:
@@ -194,45 +166,12 @@ class Trainer:
         return self.ema.module if self.ema is not None else self.model
 
     # -- loop --------------------------------------------------------------------------------------
+    @property
+    def trained_module(self) -> nn.Module:
+        return self.step_module
+
     def fit(self) -> Dict[str, Any]:
-        cfg, acc, state = self.cfg, self.acc, self.state
-        epochs = math.ceil(self.total_steps / self.steps_per_epoch)
-        bar = progress_bar(self.budget, self.total_steps, state["step"], disable=not acc.is_main_process)
-        metrics: Dict[str, float] = {}
-        stop = state["step"] >= self.total_steps or self._update_time_fraction()
-        while not stop and state["epoch"] < epochs:
-            epoch, start = state["epoch"], state["next_batch"]
-            self.data.batch_sampler.set_epoch(epoch, start)
-            n_batches = len(self.data.batch_sampler)
-            self.step_module.train()
-            clock = time.perf_counter()
-            for position, batch in enumerate(self.data.loader, start=start):
-                if not self._micro_step(batch, position, n_batches):
-                    continue
-                # Time in data loading and optimizer steps only: validation and checkpoints excluded.
-                now = time.perf_counter()
-                self.train_seconds, clock = self.train_seconds + now - clock, now
-                state["next_batch"] = position + 1
-                advance(bar, self.budget, state["step"], loss=f"{self._last_loss:.3f}",
-                        lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
-                out_of_time = self._update_time_fraction()
-                if out_of_time:
-                    acc.print(f"stopping at step {state['step']}: train.max_minutes={cfg.train.max_minutes} reached")
-                stop = out_of_time or state["step"] >= self.total_steps
-                if stop:
-                    break
-                if cfg.train.checkpoint_every and state["step"] % cfg.train.checkpoint_every == 0:
-                    self._checkpoint()
-                    clock = time.perf_counter()
-            epoch_done = state["next_batch"] >= n_batches
-            if epoch_done:
-                state["epoch"], state["next_batch"] = epoch + 1, 0
-            if stop or (epoch_done and state["epoch"] % cfg.val.every_epochs == 0):
-                metrics = self._validate()
-            # After the validation, so that the checkpoint's best weights include this epoch's.
-            if epoch_done and not stop and not cfg.train.checkpoint_every:
-                self._checkpoint()
-        bar.close()
+        metrics = self.run_epochs()
         if not metrics:  # resumed from the end of the schedule: nothing trained, nothing validated yet
             metrics = self._validate()
         self._sync_buffers()
@@ -242,59 +181,17 @@ class Trainer:
             self.writer.close()
         return {
             "metrics": exported_metrics,
-            "best": state["best"],
+            "best": self.state["best"],
             "export": str(export),
-            "steps": state["step"],
+            "steps": self.state["step"],
             "train_seconds": self.train_seconds,
         }
 
-    def _update_time_fraction(self) -> bool:
-        """Refresh the budget fraction the lr schedule follows; True once the budget is spent."""
-        if not self.budget.enabled:
-            return False
-        fraction = self.budget.fraction()
-        if self.acc.num_processes > 1:
-            # Every rank must apply the same lr and stop at the same step: take the slowest clock.
-            value = torch.tensor([fraction], device=self.acc.device, dtype=torch.float64)
-            fraction = self.acc.reduce(value, reduction="max").item()
-        self._time_fraction = fraction
-        return fraction >= 1.0
-
-    def _micro_step(self, batch: Dict[str, torch.Tensor], position: int, n_batches: int) -> bool:
-        """Forward/backward one micro-batch; True when it completed an optimizer step."""
-        cfg, acc = self.cfg, self.acc
-        images = batch["image"].to(acc.device, non_blocking=True)
-        if cfg.train.channels_last:
+    def _forward_loss(self, batch: Dict[str, torch.Tensor]) -> tuple:
+        images = batch["image"].to(self.acc.device, non_blocking=True)
+        if self.cfg.train.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        labels = batch["label"].to(acc.device, non_blocking=True)
-        is_step = (position + 1) % cfg.train.grad_accum == 0 or position + 1 == n_batches
-        sync = contextlib.nullcontext() if is_step else acc.no_sync(self.step_module)
-        with sync:
-            loss, parts = self.step_module(images, labels)
-            acc.backward(loss / cfg.train.grad_accum)
-        # The logged loss is the mean over the step's micro-batches (and, below, over processes).
-        self._step_loss = self._step_loss + loss.detach().float() / cfg.train.grad_accum
-        if not is_step:
-            return False
-        if cfg.train.clip_grad > 0:
-            acc.clip_grad_norm_(self.step_module.parameters(), cfg.train.clip_grad)
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.state["step"] += 1
-        if self.ema is not None:
-            self.ema.update(self.model, step=self.state["step"])
-        mean_loss = acc.reduce(self._step_loss, reduction="mean").item()
-        self._step_loss, self._last_loss = 0.0, mean_loss
-        if self.writer is not None and (self.state["step"] % cfg.train.log_every == 0 or self.state["step"] == 1):
-            step = self.state["step"]
-            self.writer.add_scalar("loss/total", mean_loss, step)
-            for name, value in parts.items():
-                self.writer.add_scalar(f"loss/{name}", value, step)
-            self.writer.add_scalar("lr", self.scheduler.get_last_lr()[0], step)
-            with open(self.out / "loss.jsonl", "a") as log:
-                log.write(json.dumps({"step": step, "loss": mean_loss}) + "\n")
-        return True
+        return self.step_module(images, batch["label"].to(self.acc.device, non_blocking=True))
 
     def _validate(self) -> Dict[str, float]:
         if self.data.val_dataset is None:

@@ -11,6 +11,7 @@ from time import monotonic  # looked up at each call, so tests can replace the c
 from typing import Callable, Optional
 
 import torch
+from tqdm.auto import tqdm
 
 
 def warmup_cosine_factor(
@@ -68,3 +69,22 @@ class TimeBudget:
 
     def fraction(self) -> float:
         return min(1.0, self.spent() / self.seconds) if self.enabled else 0.0
+
+
+def progress_bar(budget: TimeBudget, total_steps: int, step: int, disable: bool) -> tqdm:
+    """Steps of the planned schedule; under a time budget, which ends a run long before its planned
+    steps, seconds of the budget instead, with the step count in the postfix."""
+    if budget.enabled:
+        seconds = max(1, round(budget.seconds))
+        return tqdm(total=seconds, initial=min(round(budget.spent()), seconds), desc="train (time budget)", disable=disable,
+                    bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]")
+    return tqdm(total=total_steps, initial=step, desc="train", disable=disable)
+
+
+def advance(bar: tqdm, budget: TimeBudget, step: int, **postfix: str) -> None:
+    if budget.enabled:
+        bar.update(min(round(budget.spent()), bar.total) - bar.n)
+        postfix = dict(step=str(step), **postfix)
+    else:
+        bar.update(1)
+    bar.set_postfix(**postfix)
