@@ -4,7 +4,10 @@ Three species of animal-like sprites whose identity lives in their coat patterns
 (`data.synthetic_species`), photographed in cluttered scenes (`data.synthetic_photo`). This module
 plans who is photographed when and on which flank, which photos are database and which query, and
 which individuals are new; it writes the images and `metadata.csv` and keeps generated datasets
-in the cache.
+in the cache. In scene mode (`scenes=True`, `data.synthetic_scene`) the animals are small in wide
+frames over shared backgrounds, sometimes with a second animal, and every image also gets a YOLO
+label file (`labels/...txt`, every animal's box) for training detectors; the `bbox` column keeps
+the identified animal's box.
 
 Every random draw comes from a generator seeded by (seed, purpose, individual, photo), so the
 files are byte-identical for the same arguments whatever the number of worker processes.
@@ -31,6 +34,7 @@ from core.files import atomic_folder
 from core.paths import cache_base
 from data.synthetic_draw import SEED_PHOTO, SEED_PLAN
 from data.synthetic_photo import render_photo
+from data.synthetic_scene import label_path, render_scene, scene_cast, yolo_labels
 from data.synthetic_species import GROUPS, SIDES, sprite
 
 try:
@@ -100,9 +104,19 @@ def _plan(seed: int, individuals: int, images_per_individual: int) -> list[_Indi
 # ----------------------------------------------------------------------------- writing it
 
 
-def _render_individual(task: tuple[int, _Individual, str]) -> list[list[int]]:
-    """Write every photo of one individual; return their boxes in photo order."""
-    seed, individual, root = task
+@dataclass(frozen=True)
+class _Task:
+    seed: int
+    individual: _Individual
+    root: str
+    scenes: bool
+    individuals: int  # in the dataset: scene mode's second animals are numbered from here on
+
+
+def _render_individual(task: _Task) -> list[list[int]]:
+    """Write every photo of one individual (and its label file in scene mode); return the
+    individual's box in each photo, in photo order."""
+    seed, individual = task.seed, task.individual
     group = GROUPS[individual.group]
     sprites: dict[str, np.ndarray] = {}
     boxes = []
@@ -110,12 +124,18 @@ def _render_individual(task: tuple[int, _Individual, str]) -> list[list[int]]:
         if photo.orientation not in sprites:
             sprites[photo.orientation] = sprite(group, seed, individual.index, photo.orientation)
         rng = np.random.default_rng([seed, SEED_PHOTO, individual.index, photo.k])
-        rgb, box = render_photo(sprites[photo.orientation], rng, group.max_rotation)
+        if task.scenes:
+            cast = scene_cast(seed, individual.index, photo.k, task.individuals)
+            rgb, scene_boxes = render_scene(sprites[photo.orientation], cast, rng, group, seed)
+            Path(task.root, label_path(photo.path)).write_text(yolo_labels(scene_boxes))
+            box = scene_boxes[0]
+        else:
+            rgb, box = render_photo(sprites[photo.orientation], rng, group.max_rotation)
         ok, encoded = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
                                    [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
         if not ok:
             raise RuntimeError(f"JPEG encoding failed for {photo.path}")
-        Path(root, photo.path).write_bytes(encoded.tobytes())
+        Path(task.root, photo.path).write_bytes(encoded.tobytes())
         boxes.append(box)
     return boxes
 
@@ -134,9 +154,10 @@ def _cv2_threads(count: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
-def _marker(seed: int, individuals: int, images_per_individual: int) -> dict:
-    return {"generator": "reidzoo.synthetic", "version": GENERATOR_VERSION, "seed": seed,
-            "individuals": individuals, "images_per_individual": images_per_individual}
+def _marker(seed: int, individuals: int, images_per_individual: int, scenes: bool) -> dict:
+    marker = {"generator": "reidzoo.synthetic", "version": GENERATOR_VERSION, "seed": seed,
+              "individuals": individuals, "images_per_individual": images_per_individual}
+    return {**marker, "scenes": True} if scenes else marker  # without the key: caches from before scenes stay valid
 
 
 def _is_complete(root: Path, expected: dict) -> bool:
@@ -153,11 +174,15 @@ def _check_arguments(seed: int, **counts: int) -> None:
             raise ConfigError(f"synthetic dataset: {name} must be an integer >= {lowest}, got {value!r}")
 
 
-def _render_all(seed: int, plan: list[_Individual], root: Path, workers: int, progress: bool) -> list[list[list[int]]]:
+def _render_all(seed: int, plan: list[_Individual], root: Path, workers: int, progress: bool,
+                scenes: bool) -> list[list[list[int]]]:
     """Write every photo of the plan under `root`; return each individual's boxes, in plan order."""
-    for folder in sorted({Path(photo.path).parent for individual in plan for photo in individual.photos}):
+    paths = [photo.path for individual in plan for photo in individual.photos]
+    if scenes:
+        paths += [label_path(path) for path in paths]
+    for folder in sorted({Path(path).parent for path in paths}):
         (root / folder).mkdir(parents=True)
-    tasks = [(seed, individual, str(root)) for individual in plan]
+    tasks = [_Task(seed, individual, str(root), scenes, len(plan)) for individual in plan]
     bar = tqdm(total=sum(len(individual.photos) for individual in plan), desc="synthetic images", unit="img",
                disable=not progress)
     results = []
@@ -186,8 +211,9 @@ def _metadata(plan: list[_Individual], boxes: list[list[list[int]]]) -> pd.DataF
 
 
 def generate(out: str | Path, *, seed: int = 0, individuals: int = 120, images_per_individual: int = 12,
-             workers: int = 1, progress: bool = True) -> Path:
-    """Write the synthetic dataset to `out` (metadata.csv + images/) and return its path.
+             workers: int = 1, progress: bool = True, scenes: bool = False) -> Path:
+    """Write the synthetic dataset to `out` (metadata.csv + images/, + labels/ with `scenes`) and
+    return its path.
 
     The dataset is built in a temporary folder next to `out` and renamed into place, so an
     interrupted run never leaves half a dataset. An existing synthetic dataset at `out` is
@@ -200,10 +226,10 @@ def generate(out: str | Path, *, seed: int = 0, individuals: int = 120, images_p
         raise ConfigError(f"{out} exists and is not a synthetic dataset written by this generator; "
                           "choose a new or empty folder")
     plan = _plan(seed, individuals, images_per_individual)
-    expected = _marker(seed, individuals, images_per_individual)
+    expected = _marker(seed, individuals, images_per_individual, scenes)
     with atomic_folder(out, keep_if_present=lambda final: _is_complete(final, expected)) as staging:
         staging.chmod(0o755)  # the staging folder's private 0700 would follow the rename and lock other users out
-        boxes = _render_all(seed, plan, staging, workers, progress)
+        boxes = _render_all(seed, plan, staging, workers, progress, scenes)
         _metadata(plan, boxes).to_csv(staging / "metadata.csv", index=False, lineterminator="\n")
         (staging / MARKER).write_text(json.dumps(expected, indent=1) + "\n")
     return out
@@ -225,18 +251,19 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def ensure_synthetic(root: str = "", *, seed: int = 0, individuals: int = 120,
-                     images_per_individual: int = 12) -> Path:
+                     images_per_individual: int = 12, scenes: bool = False) -> Path:
     """Path of a complete synthetic dataset for these arguments, generated on first use.
 
-    `root` "" means the cache (`cache_base()/synthetic/s{seed}-n{individuals}-m{images}`).
+    `root` "" means the cache (`cache_base()/synthetic/s{seed}-n{individuals}-m{images}`, with a
+    `-scenes` suffix in scene mode).
     Several processes may call this at once (e.g. the ranks of a distributed launch): one
     generates under a file lock while the others wait and then reuse its result.
     """
     _check_arguments(seed, individuals=individuals, images_per_individual=images_per_individual)
     in_cache = not root
-    target = (cache_base() / "synthetic" / f"s{seed}-n{individuals}-m{images_per_individual}" if in_cache
-              else Path(root).expanduser()).absolute()
-    expected = _marker(seed, individuals, images_per_individual)
+    name = f"s{seed}-n{individuals}-m{images_per_individual}" + ("-scenes" if scenes else "")
+    target = (cache_base() / "synthetic" / name if in_cache else Path(root).expanduser()).absolute()
+    expected = _marker(seed, individuals, images_per_individual, scenes)
     if _is_complete(target, expected):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +272,8 @@ def ensure_synthetic(root: str = "", *, seed: int = 0, individuals: int = 120,
             return target
         if in_cache and target.exists():  # a leftover of an older layout or a manual deletion
             shutil.rmtree(target)
-        print(f"generating the synthetic dataset ({individuals} individuals x {images_per_individual} images) "
-              f"into {target}", file=sys.stderr, flush=True)
-        generate(target, seed=seed, individuals=individuals, images_per_individual=images_per_individual)
+        print(f"generating the synthetic dataset ({individuals} individuals x {images_per_individual} images"
+              f"{', scenes' if scenes else ''}) into {target}", file=sys.stderr, flush=True)
+        generate(target, seed=seed, individuals=individuals, images_per_individual=images_per_individual,
+                 scenes=scenes)
     return target

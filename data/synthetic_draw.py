@@ -15,6 +15,7 @@ SPRITE_W, SPRITE_H = 400, 200  # the canvas every sprite is painted on, before c
 # Seed purposes, so that no two kinds of draw ever share a random stream: a generator is seeded by
 # (seed, purpose, individual, ...). Changing these numbers changes every generated file.
 SEED_PLAN, SEED_BODY, SEED_COAT, SEED_PHOTO = 0, 1, 2, 3
+SEED_SCENE, SEED_SCENE_PICK = 4, 5  # scene mode: the shared backgrounds; each photo's pick of them
 
 Colour = tuple[float, float, float]
 

@@ -3,9 +3,12 @@
 Every photo is a new view of the sprite: perspective warp, rotation and scale, a random place in a
 cluttered frame, occluding grass or a branch, lighting, blur, noise. Pixel-space nearest
 neighbours therefore do poorly while keypoint matching and trained embedders can find the pattern.
+The scenery, pose, compositing and camera helpers work for any frame size; scene mode
+(`data.synthetic_scene`) reuses them for its larger frames.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import cv2
@@ -22,22 +25,27 @@ _SCENES = (  # pairs of ground colours: grass, forest floor, rock, sand, snow-an
     ((188, 168, 124), (150, 128, 92)),
     ((208, 210, 214), (110, 96, 80)),
 )
-_YY, _XX = np.mgrid[0:FRAME_H, 0:FRAME_W].astype(np.float32)
-_XX = _XX / FRAME_W - 0.5
-_YY = _YY / FRAME_H - 0.5
+EDGE = 4  # px an animal's box keeps from the frame's border
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def background(rng: np.random.Generator, size: tuple[int, int] = (FRAME_W, FRAME_H)) -> np.ndarray:
+    """Cluttered ground of `size` (width, height); texture grain and clutter density per pixel are those
+    of a photo frame whatever the size, so a larger ground shows a wider view, not a magnified one."""
+    width, height = size
     near, far = (jitter(rng, c, 0.15) for c in _SCENES[rng.integers(len(_SCENES))])
-    size = (FRAME_W, FRAME_H)
-    mix = np.clip(0.5 + 0.6 * smooth_noise(rng, (3, 4), size), 0, 1)[..., None]
+
+    def cells(rows: int, columns: int) -> tuple[int, int]:
+        return max(1, round(rows * height / FRAME_H)), max(1, round(columns * width / FRAME_W))
+
+    mix = np.clip(0.5 + 0.6 * smooth_noise(rng, cells(3, 4), size), 0, 1)[..., None]
     img = near * (1 - mix) + far * mix
-    img += (22 * smooth_noise(rng, (24, 32), size) + 9 * smooth_noise(rng, (72, 96), size))[..., None]
+    img += (22 * smooth_noise(rng, cells(24, 32), size) + 9 * smooth_noise(rng, cells(72, 96), size))[..., None]
     img = np.clip(img, 0, 255).astype(np.uint8)
-    for _ in range(int(rng.integers(15, 40))):  # clutter: stones, twigs, leaves and spot-like blobs
+    area = width * height / (FRAME_W * FRAME_H)
+    for _ in range(int(rng.integers(round(15 * area), round(40 * area)))):  # stones, twigs, leaves, spot-like blobs
         kind = rng.integers(4)
         colour = tuple(float(c) for c in np.clip((near if rng.random() < 0.5 else far) * rng.uniform(0.4, 1.4), 0, 255))
-        x, y = rng.uniform(0, FRAME_W), rng.uniform(0, FRAME_H)
+        x, y = rng.uniform(0, width), rng.uniform(0, height)
         if kind == 0:
             ellipse(img, (x, y), rng.uniform(4, 28, 2), rng.uniform(0, 180), colour)
         elif kind == 1:
@@ -52,22 +60,59 @@ def _background(rng: np.random.Generator) -> np.ndarray:
     return cv2.GaussianBlur(img, (0, 0), sigma) if sigma > 0.4 else img
 
 
-def _placement(rng: np.random.Generator, w: int, h: int, max_rotation: float) -> np.ndarray:
-    """Homography from the sprite to a random view of it inside the frame."""
-    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
-    scale = rng.uniform(0.42, 0.82) * FRAME_W / w
+def sprite_corners(sprite: np.ndarray) -> np.ndarray:
+    """The sprite's corners in pixels, clockwise from the top left: the source of its homography."""
+    h, w = sprite.shape[:2]
+    return np.array([[0, 0], [w, 0], [w, h], [0, h]], np.float32)
+
+
+def pose(rng: np.random.Generator, sprite: np.ndarray, scale: float, max_rotation: float) -> np.ndarray:
+    """Where the sprite's corners go in a random view of it at `scale`, centred on the origin."""
+    h, w = sprite.shape[:2]
     angle = math.radians(rng.uniform(-max_rotation, max_rotation))
     rotation = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
     perspective = rng.uniform(-0.09, 0.09, (4, 2)) * (w, h)  # each corner moves on its own
-    pts = ((src - (w / 2, h / 2) + perspective) * scale) @ rotation.T
+    return ((sprite_corners(sprite) - (w / 2, h / 2) + perspective) * scale) @ rotation.T
+
+
+def fitting_scale(span: np.ndarray, size: tuple[int, int]) -> float:
+    """The largest scale at which a box of `span` still fits EDGE px inside a frame of `size`."""
+    return min((size[0] - 2 * EDGE - 2) / span[0], (size[1] - 2 * EDGE - 2) / span[1])  # 1 px slack for rounding
+
+
+def random_offset(rng: np.random.Generator, low: np.ndarray, high: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A shift that puts the span [low, high] at a random place at least EDGE px inside the frame."""
+    return rng.uniform(EDGE - low, np.subtract(size, EDGE) - high)
+
+
+def _placement(rng: np.random.Generator, sprite: np.ndarray, max_rotation: float) -> np.ndarray:
+    """Homography from the sprite to a random view of it inside the frame."""
+    scale = rng.uniform(0.42, 0.82) * FRAME_W / sprite.shape[1]
+    pts = pose(rng, sprite, scale, max_rotation)
     span = pts.max(0) - pts.min(0)
-    pts *= min(1.0, (FRAME_W - 10) / span[0], (FRAME_H - 10) / span[1])  # 1 px slack for rounding
-    low, high = pts.min(0), pts.max(0)
-    offset = rng.uniform((4 - low[0], 4 - low[1]), (FRAME_W - 4 - high[0], FRAME_H - 4 - high[1]))
-    return cv2.getPerspectiveTransform(src, (pts + offset).astype(np.float32))
+    pts *= min(1.0, fitting_scale(span, (FRAME_W, FRAME_H)))
+    offset = random_offset(rng, pts.min(0), pts.max(0), (FRAME_W, FRAME_H))
+    return cv2.getPerspectiveTransform(sprite_corners(sprite), (pts + offset).astype(np.float32))
 
 
-def _occlude(img: np.ndarray, rng: np.random.Generator, box: tuple[int, int, int, int]) -> None:
+def warp(sprite: np.ndarray, homography: np.ndarray, frame: np.ndarray) -> np.ndarray:
+    """The premultiplied RGBA sprite seen through `homography`, on a transparent canvas the size of `frame`."""
+    return cv2.warpPerspective(sprite, homography, (frame.shape[1], frame.shape[0]), flags=cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
+def alpha_box(warped: np.ndarray) -> list[int]:
+    """[x, y, w, h] around the warped sprite's mostly opaque pixels: the animal's box."""
+    return [int(v) for v in cv2.boundingRect((warped[..., 3] > 127).astype(np.uint8))]
+
+
+def composite(frame: np.ndarray, warped: np.ndarray) -> None:
+    """Lay the warped premultiplied sprite over the float32 `frame`, in place."""
+    frame *= 1 - warped[..., 3:].astype(np.float32) / 255
+    frame += warped[..., :3]
+
+
+def occlude(img: np.ndarray, rng: np.random.Generator, box: list[int]) -> None:
     """Grass in front of the lower body, or a branch across it."""
     x, y, w, h = box
     kind = rng.random()
@@ -93,10 +138,18 @@ def _occlude(img: np.ndarray, rng: np.random.Generator, box: tuple[int, int, int
             cv2.line(img, (int(fork[0]), int(fork[1])), (int(twig[0]), int(twig[1])), colour, 3, cv2.LINE_AA)
 
 
-def _lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+@functools.lru_cache(maxsize=4)
+def _unit_grid(height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel coordinates as fractions of the frame, from -0.5 to 0.5: (x, y)."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    return xx / width - 0.5, yy / height - 0.5
+
+
+def lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Colour cast and a light gradient across the frame, then brightness, contrast and gamma."""
     angle = rng.uniform(0, 2 * math.pi)
-    gradient = 1 + rng.uniform(0, 0.3) * (_XX * math.cos(angle) + _YY * math.sin(angle))
+    xx, yy = _unit_grid(*img.shape[:2])
+    gradient = 1 + rng.uniform(0, 0.3) * (xx * math.cos(angle) + yy * math.sin(angle))
     cast = rng.uniform(0.94, 1.06, 3).astype(np.float32)
     lit = np.clip(img.astype(np.float32) * gradient[..., None] * cast, 0, 255).astype(np.uint8)
     levels = np.arange(256, dtype=np.float32) / 255
@@ -104,7 +157,7 @@ def _lighting(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return cv2.LUT(lit, np.clip(curve * 255, 0, 255).astype(np.uint8))
 
 
-def _camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Defocus or motion blur, then sensor noise."""
     kind = rng.random()
     if kind < 0.4:
@@ -123,13 +176,12 @@ def _camera(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 def render_photo(sprite: np.ndarray, rng: np.random.Generator, max_rotation: float) -> tuple[np.ndarray, list[int]]:
     """One RGB photo of a premultiplied RGBA sprite and the [x, y, w, h] box around the animal."""
-    h, w = sprite.shape[:2]
-    warped = cv2.warpPerspective(sprite, _placement(rng, w, h, max_rotation), (FRAME_W, FRAME_H), flags=cv2.INTER_LINEAR,
-                                 borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-    alpha = warped[..., 3:].astype(np.float32) / 255
-    frame = _background(rng).astype(np.float32) * (1 - alpha) + warped[..., :3]
+    homography = _placement(rng, sprite, max_rotation)
+    frame = background(rng).astype(np.float32)
+    warped = warp(sprite, homography, frame)
+    composite(frame, warped)
     frame = np.clip(frame, 0, 255).astype(np.uint8)
-    box = cv2.boundingRect((warped[..., 3] > 127).astype(np.uint8))
-    _occlude(frame, rng, box)
-    return _camera(_lighting(frame, rng), rng), [int(v) for v in box]
+    box = alpha_box(warped)
+    occlude(frame, rng, box)
+    return camera(lighting(frame, rng), rng), box
 

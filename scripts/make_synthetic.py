@@ -2,7 +2,10 @@
 """Write the built-in synthetic re-ID dataset (AnimalCLEF 2025 format) to a folder.
 
     python scripts/make_synthetic.py --out DIR [--seed S] [--individuals N]
-        [--images-per-individual M] [--workers W]
+        [--images-per-individual M] [--workers W] [--scenes]
+
+--scenes writes scene mode: small animals in wide frames over shared backgrounds, some with a
+second animal, and a YOLO label file per image under labels/ (for detectors).
 """
 import sys
 from pathlib import Path
@@ -26,11 +29,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--individuals", type=int, default=120)
     parser.add_argument("--images-per-individual", type=int, default=12)
     parser.add_argument("--workers", type=int, default=1, help="processes rendering images")
+    parser.add_argument("--scenes", action="store_true",
+                        help="small animals in shared scenes, some with a second animal, plus YOLO labels")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     out = generate(args.out, seed=args.seed, individuals=args.individuals,
-                   images_per_individual=args.images_per_individual, workers=args.workers)
+                   images_per_individual=args.images_per_individual, workers=args.workers, scenes=args.scenes)
     seconds = time.perf_counter() - start
     table = pd.read_csv(out / "metadata.csv")
     query = table[table["split"] == "query"]
