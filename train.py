@@ -4,6 +4,7 @@
     python train.py data.format=folders data.root=PHOTOS  # the same recipe on your photos
     accelerate launch train.py --config configs/train/arcface.yaml train.lr=3e-4
     python train.py --config configs/train/arcface.yaml --resume         # continue the latest checkpoint
+    python train.py --config configs/train/detector_yolo.yaml            # a crop detector (task: detector)
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
 The run's folder (output_dir) is marked with reidzoo-run.json: a new run there replaces that run's
@@ -16,10 +17,13 @@ import sys
 from pathlib import Path
 
 from core.cli import config_parser, parse_config
-from core.errors import cli_entry
-from core.schema import TrainConfig
+from core.config import parse_override, read_yaml
+from core.errors import ConfigError, cli_entry
+from core.schema import TASKS, TrainConfig
+from core.suggest import did_you_mean
 
 DEFAULT_RECIPE = "configs/train/default.yaml"  # relative to this file, so it is found from any folder
+DETECTOR_RECIPE = "configs/train/detector_yolo.yaml"  # the default of `task=detector`
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,14 +37,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def chosen_task(parser: argparse.ArgumentParser, argv) -> str:
+    """The `task` of the recipe (or of a task=... override): it decides the config schema."""
+    args = parser.parse_intermixed_args(argv)
+    task = read_yaml(args.config).get("task", "reid") if args.config else "reid"
+    for text in args.overrides:
+        key, value = parse_override(text)
+        task = value if key == "task" else task
+    if task not in TASKS:
+        raise ConfigError(f"'task' must be one of {', '.join(TASKS)}, got {task!r}{did_you_mean(str(task), TASKS)}")
+    return task
+
+
 @cli_entry
 def main(argv=None) -> dict:
-    args, cfg = parse_config(TrainConfig, build_parser(), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
-    if args.print_config:
-        return {}
-    from engine.training.loop import train  # heavy imports only once the config is known to be valid
+    parser = build_parser()
+    here = Path(__file__).resolve().parent
+    # Heavy imports only once the config is known to be valid.
+    if chosen_task(parser, argv) == "detector":
+        from core.detector_schema import DetectorTrainConfig
 
-    result = train(cfg, resume=args.resume)
+        args, cfg = parse_config(DetectorTrainConfig, parser, argv, here / DETECTOR_RECIPE)
+        if args.print_config:
+            return {}
+        from engine.detection.loop import train_detector as run
+    else:
+        args, cfg = parse_config(TrainConfig, parser, argv, here / DEFAULT_RECIPE)
+        if args.print_config:
+            return {}
+        from engine.training.loop import train as run
+
+    result = run(cfg, resume=args.resume)
     summary = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result["metrics"].items())
     print(f"done: {result['steps']} steps; exported model's validation: {summary or 'n/a'}; "
           f"model exported to {result['export']}")

@@ -44,6 +44,16 @@ class SyntheticConfig:
     individuals: int = 120  # (int) individuals generated for the built-in dataset
     images_per_individual: int = 12  # (int) photos of each individual
     seed: int = 0  # (int) generator seed: the same seed writes the same dataset
+    scenes: bool = False  # (bool) small animals in wide shared scenes, some with a second animal, + YOLO labels
+
+
+@dataclass
+class CropConfig:
+    detector: str = ""  # (str) detector export folder (train.py task=detector) that crops every image; "" = off
+    min_confidence: float = 0.25  # (float) below this, the full image is kept (recorded as a fallback)
+    choose: str = "confident"  # (str) with several animals in view: confident (highest score) | central (nearest the centre)
+    batch_size: int = 16  # (int) images per detector forward pass
+    cache: str = ""  # (str) detection cache; "" = ~/.cache/reidzoo/detections, "none" = off
 
 
 @dataclass
@@ -55,7 +65,7 @@ class DataConfig:
     species: List[str] = field(default_factory=list)  # (list) keep only these species
     image_size: int = 96  # (int) square side the model sees, in pixels (eval.py: only for models that record none)
     crop_to_bbox: bool = True  # (bool) crop to the `bbox` column where it is set
-    bbox_padding: float = 0.1  # (float) padding around the bbox, as a fraction of its size
+    bbox_padding: float = 0.1  # (float) padding around the bbox (annotated or detected), as a fraction of its size
     cache_dir: str = ""  # (str) resized-image cache; "" = ~/.cache/reidzoo/images, "none" = off
     num_workers: int = 2  # (int) DataLoader worker processes
     verify_images: bool = True  # (bool) open every image header once before training/evaluation
@@ -63,6 +73,7 @@ class DataConfig:
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # (list) normalisation mean
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))  # (list) normalisation std
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # (section) built-in dataset
+    crop: CropConfig = field(default_factory=CropConfig)  # (section) crop every image to a trained detector's box (bbox_padding around it)
 
 
 @dataclass
@@ -134,6 +145,7 @@ class ValidationConfig:
 
 @dataclass
 class TrainConfig:
+    task: str = "reid"  # (str) reid | detector (configs/train/detector_yolo.yaml: train a crop detector)
     output_dir: str = "runs/default"  # (str) run directory: checkpoints, TensorBoard, export/
     seed: int = 0  # (int) seed of splits, sampling, augmentation and initialisation
     data: DataConfig = field(default_factory=DataConfig)
@@ -225,6 +237,8 @@ CALIBRATIONS = ("isotonic", "logistic", "none")
 SUBMISSIONS = ("auto", "animalclef", "humpback")
 INDEXES = ("flat", "ivf", "hnsw")
 AGGREGATIONS = ("max", "mean_top_m")
+BOX_CHOICES = ("confident", "central")
+TASKS = ("reid", "detector")
 MATCHER_NAMES = ("none", "aliked_lightglue", "disk_lightglue", "sift")
 PAIR_SCORES = ("inliers", "matches")
 GEOMETRIES = ("fundamental", "homography")
@@ -311,7 +325,9 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "fraction": FRACTION, "unknown_fraction": within(0, 1, open_high=True), "every_epochs": COUNT,
         "best_metric": one_of(*VALIDATION_METRICS), "export": one_of(*EXPORTED_WEIGHTS), "max_images": COUNT,
     },
-    TrainConfig: {"seed": at_least(0), "losses": _rule(bool, "a list of at least one loss")},
+    CropConfig: {"min_confidence": PROBABILITY, "choose": one_of(*BOX_CHOICES),
+                 "batch_size": SIZE},
+    TrainConfig: {"task": one_of("reid"), "seed": at_least(0), "losses": _rule(bool, "a list of at least one loss")},
     RetrievalConfig: {
         "k": COUNT, "index": one_of(*INDEXES), "nlist": OPTIONAL_COUNT, "nprobe": COUNT, "hnsw_m": COUNT,
         "ef_search": COUNT, "ef_construction": COUNT, "aggregation": one_of(*AGGREGATIONS), "m": COUNT,

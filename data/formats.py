@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict
+from typing import Dict, List, Optional, Tuple, Union
 
 import pandas as pd
 
@@ -24,7 +24,6 @@ from data.table import (
     bbox_problem,
     clean_identity,
     clean_text,
-    is_missing,
     make_table,
     parse_bbox,
     parse_numbers,
@@ -109,7 +108,7 @@ def wildlifereid10k(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
     return _table_from_metadata(frame, root, source, default_dataset=root.name)
 
 
-def _list_images(folder: Path) -> list:
+def list_images(folder: Path) -> list:
     """Image files under `folder`, recursively, following links once, sorted, hidden entries skipped."""
     found, seen = [], set()
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -124,11 +123,13 @@ def _list_images(folder: Path) -> list:
     return found
 
 
-def _humpback_boxes(root: Path) -> Dict[str, list]:
-    """Optional ROOT/bboxes.csv: name column `fn` or `Image`; box as 'x0 y0 x1 y1' or columns x0..y1."""
-    source = root / "bboxes.csv"
-    if not source.is_file():
-        return {}
+def read_corner_boxes(source: Path) -> List[Tuple[int, Optional[str], Union[str, List[str]]]]:
+    """Rows of a Humpback-style box CSV as (file line, image name or None, box cell as written).
+
+    The name column is `fn` or `Image`; the box is one 'x0 y0 x1 y1' column (the cell, a string)
+    or columns x0, y0, x1, y1 (the four cells, a list). Parsing is the caller's, so that it can
+    name every bad row in one message; a DataError says when the columns are not of this shape.
+    """
     frame = read_csv(source)
     name_col = next((c for c in ("fn", "Image") if c in frame.columns), None)
     if name_col is None:
@@ -142,11 +143,20 @@ def _humpback_boxes(root: Path) -> Dict[str, list]:
             raise DataError(f"{source}: expected a name column and one 'x0 y0 x1 y1' column "
                             f"(or columns x0, y0, x1, y1); the file has columns: {', '.join(frame.columns)}")
         corners = [clean_text(v) or "" for v in frame[others[0]]]
+    return [(line, clean_text(name), value)
+            for line, (name, value) in enumerate(zip(frame[name_col], corners, strict=True), start=2)]
+
+
+def _humpback_boxes(root: Path) -> Dict[str, list]:
+    """Optional ROOT/bboxes.csv (see `read_corner_boxes`), as [x, y, w, h] by image name."""
+    source = root / "bboxes.csv"
+    if not source.is_file():
+        return {}
     boxes, bad = {}, []
     # Every row of this file is there to give a box, so an empty cell is an error, not "no box".
-    for line, (name, value) in enumerate(zip(frame[name_col], corners, strict=True), start=2):
+    for line, name, value in read_corner_boxes(source):
         try:
-            if is_missing(name):
+            if name is None:
                 raise ValueError("a box without an image name")
             x0, y0, x1, y1 = parse_numbers(value)
             box = [x0, y0, x1 - x0, y1 - y0]
@@ -154,9 +164,9 @@ def _humpback_boxes(root: Path) -> Dict[str, list]:
             if problem:
                 raise ValueError(problem.replace("negative width or height", "x1 < x0 or y1 < y0"))
         except ValueError as err:
-            bad.append(f"line {line} ({clean_text(name) or 'no name'}): {value!r} ({err})")
+            bad.append(f"line {line} ({name or 'no name'}): {value!r} ({err})")
             continue
-        boxes[str(name).strip()] = box
+        boxes[name] = box
     if bad:
         raise DataError(f"{source}: {len(bad)} boxes are not 'x0 y0 x1 y1' with x1 > x0 and y1 > y0: "
                         f"{list_some(bad)}")
@@ -186,7 +196,7 @@ def humpback(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
     test_dir = root / "test"
     if test_dir.is_dir():
         rows += [{"image_id": p.name, "identity": None, "path": os.path.abspath(p), "split": "query",
-                  "bbox": boxes.get(p.name), **base} for p in _list_images(test_dir)]
+                  "bbox": boxes.get(p.name), **base} for p in list_images(test_dir)]
     return make_table(rows)
 
 
@@ -197,7 +207,7 @@ def folders(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
     So LionData's ROOT/{train,val}/<lion>/<image> works too: the lion's name is the identity.
     """
     root = _require_dir(root)
-    images = _list_images(root)
+    images = list_images(root)
     if not images:
         raise DataError(f"no images found under {root} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     loose = [p.name for p in images if p.parent == root]
@@ -253,7 +263,7 @@ def _read(cfg) -> tuple:
 
         syn = cfg.synthetic
         root = Path(ensure_synthetic(cfg.root, seed=syn.seed, individuals=syn.individuals,
-                                     images_per_individual=syn.images_per_individual))
+                                     images_per_individual=syn.images_per_individual, scenes=syn.scenes))
         return DATASETS.get("animalclef2025")(root, {}), root
     if cfg.format not in DATASETS:
         raise ConfigError(f"unknown dataset format '{cfg.format}'"
@@ -270,9 +280,21 @@ def _read(cfg) -> tuple:
     return DATASETS.get(cfg.format)(root, dict(cfg.columns)), images_root
 
 
-def load_table(cfg) -> pd.DataFrame:
-    """Read, filter (data.datasets, data.species) and validate the dataset a DataConfig describes."""
+def load_table_with_root(cfg) -> Tuple[pd.DataFrame, Path]:
+    """`load_table`'s table, uncropped, and the folder its image paths live in (for synthetic data,
+    the generated folder), where annotation files such as ROOT/labels are looked up."""
     df, root = _read(cfg)
     df = _filter(df, "dataset", list(cfg.datasets), "data.datasets")
     df = _filter(df, "species", list(cfg.species), "data.species")
-    return validate_table(df, root, verify_images=cfg.verify_images)
+    return validate_table(df, root, verify_images=cfg.verify_images), root
+
+
+def load_table(cfg) -> pd.DataFrame:
+    """Read, filter (data.datasets, data.species) and validate the dataset a DataConfig describes;
+    with data.crop.detector set, each image's `bbox` becomes the detector's box (engine/detection/crops.py)."""
+    df, _ = load_table_with_root(cfg)
+    if cfg.crop.detector:
+        from engine.detection.crops import crop_table  # loads the detector (ultralytics) only when asked
+
+        df = crop_table(df, cfg.crop)
+    return df

@@ -8,6 +8,7 @@ from core import schema
 from core.config import _merge, load_config, load_yaml, parse_override, read_yaml, save_config, to_dict
 from core.errors import ConfigError
 from core.registry import Registry
+from core.detector_schema import DetectorTrainConfig
 from core.schema import EvalConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -74,11 +75,20 @@ def test_missing_or_invalid_yaml(tmp_path):
         load_config(TrainConfig, tmp_path / "bad.yaml")
 
 
+DETECTOR_RECIPES = ("detector_yolo.yaml", "detector_yolo_gpu.yaml")
+
+
+def schema_of(recipe: Path) -> type:
+    """The config class train.py reads a recipe with (its `task`)."""
+    return DetectorTrainConfig if read_yaml(recipe).get("task") == "detector" else TrainConfig
+
+
 def test_every_shipped_recipe_loads():
     recipes = sorted((ROOT / "configs" / "train").glob("*.yaml"))
     assert recipes, "no training recipes shipped"
+    assert {p.name for p in recipes if schema_of(p) is DetectorTrainConfig} == set(DETECTOR_RECIPES)
     for recipe in recipes:
-        load_config(TrainConfig, recipe)
+        load_config(schema_of(recipe), recipe)
     for recipe in sorted((ROOT / "configs" / "eval").glob("*.yaml")):
         load_config(EvalConfig, recipe)
 
@@ -86,6 +96,7 @@ def test_every_shipped_recipe_loads():
 def test_default_recipes_are_the_schema_defaults():
     assert load_config(TrainConfig, ROOT / "configs" / "train" / "default.yaml") == TrainConfig()
     assert load_config(EvalConfig, ROOT / "configs" / "eval" / "default.yaml") == EvalConfig()
+    assert load_config(DetectorTrainConfig, ROOT / "configs" / "train" / "detector_yolo.yaml") == DetectorTrainConfig()
 
 
 def _leaves(tree: dict, prefix: str = "") -> dict:
@@ -100,12 +111,13 @@ def _leaves(tree: dict, prefix: str = "") -> dict:
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in (ROOT / "configs" / "train").glob("*.yaml")
-                                           if p.name != "default.yaml"))
+                                           if p.name not in ("default.yaml", "detector_yolo.yaml")))
 def test_recipes_state_only_what_they_change(recipe):
     path = ROOT / "configs" / "train" / recipe
     own = load_yaml(path.read_text())  # the file alone, without what it builds on
+    own.pop("task", None)  # train.py reads it to choose the schema
     base_name = own.pop("base", None)
-    base = to_dict(TrainConfig())
+    base = to_dict(schema_of(path)())
     if base_name:
         base = _merge(base, read_yaml(path.parent / base_name))
     base_leaves = _leaves(base)
@@ -230,6 +242,8 @@ def test_every_recipe_builds_its_model_and_losses():
     from zoo import build_model
 
     for recipe in sorted((ROOT / "configs" / "train").glob("*.yaml")):
+        if schema_of(recipe) is DetectorTrainConfig:
+            continue  # tests/test_detectors.py builds the detectors
         cfg = load_config(TrainConfig, recipe, ["model.args.pretrained=false"])
         assert timm.is_model(cfg.model.args["backbone"]), recipe
         # A small backbone keeps the test fast; the recipe's own arguments are still checked.
