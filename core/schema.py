@@ -124,7 +124,7 @@ class TrainLoopConfig:
     clip_grad: float = 5.0  # (float) max gradient norm (0 = no clipping)
     mixed_precision: str = "auto"  # (str) auto (bf16/fp16 on GPU; bf16 on CPUs with AVX512-BF16/AMX, else off) | no | fp16 | bf16
     ema: bool = False  # (bool) keep an exponential moving average of the weights for eval/export
-    ema_decay: float = 0.999  # (float) EMA decay per step
+    ema_decay: float = 0.999  # (float) EMA decay per step, reached after a ramp (1 - (1 + step) ** -2/3)
     checkpoint_every: int = 200  # (int) save full training state every N steps (0 = epoch ends only)
     keep_last: int = 2  # (int) checkpoints kept
     log_every: int = 10  # (int) TensorBoard scalars every N steps

@@ -196,9 +196,15 @@ def reid(args, export: Path, out: Path) -> Dict[str, Dict[str, float]]:
             subprocess.run([sys.executable, str(REPO / "eval.py"), f"models=[{run / 'export'}]", f"output_dir={ev}",
                             "embed_cache=none", f"rerank.matcher={matcher}", *data], check=True, cwd=REPO,
                            stdout=subprocess.DEVNULL)
-            metrics = json.loads((ev / "metrics.json").read_text())
-            results[f"{name}, re-rank {matcher}"] = {k: metrics[k] for k in ("rank1", "BAKS", "BAUS", "score") if k in metrics}
+            results[f"{name}, re-rank {matcher}"] = summary(json.loads((ev / "metrics.json").read_text()))
     return results
+
+
+def summary(metrics: Dict) -> Dict[str, float]:
+    """eval.py's metrics.json -> the ensemble's rank-1 and the tuned threshold's BAKS, BAUS, score."""
+    tuned = metrics["tuned"]
+    return {"rank1": metrics["retrieval"]["ensemble (identity ranking)"]["rank1"],
+            **{key: tuned[key] for key in ("BAKS", "BAUS", "score")}}
 
 
 def write_report(out: Path, results: Dict) -> None:

@@ -199,3 +199,16 @@ def test_a_time_budget_shows_in_the_progress_bar_instead_of_the_planned_steps(mo
     advance(steps, schedule.TimeBudget(0), 443, loss="1.000")
     assert (steps.total, steps.n) == (117000, 443) and "step=" not in str(steps)
     steps.close()
+
+
+def test_the_ema_ramps_up_so_a_short_run_averages_trained_weights():
+    from engine.training.epochs import make_ema
+
+    module = torch.nn.Linear(1, 1, bias=False)
+    torch.nn.init.zeros_(module.weight)
+    ema = make_ema(module, 0.999)
+    with torch.no_grad():
+        module.weight.fill_(1.0)
+    ema.update(module, step=10)
+    # decay at step 10 is 1 - 10 ** -2/3 (about 0.785), not 0.999: the average moved a fifth of the way.
+    assert ema.module.weight.item() == pytest.approx(10 ** (-2 / 3), rel=1e-4)

@@ -17,7 +17,6 @@ from typing import Any, Dict, Optional
 import torch
 from accelerate.utils import broadcast_object_list
 from timm.optim import param_groups_weight_decay
-from timm.utils import ModelEmaV3
 
 from core.config import save_config, to_dict
 from core.detector_schema import DetectorTrainConfig
@@ -35,7 +34,7 @@ from engine.training.checkpoint import (
     read_state,
     save_checkpoint,
 )
-from engine.training.epochs import EpochLoop
+from engine.training.epochs import EpochLoop, make_ema
 from engine.training.schedule import build_scheduler
 
 # ultralytics trains the last `close_mosaic` epochs (10) on whole images. Under a time budget the
@@ -82,7 +81,7 @@ class DetectorTrainer(EpochLoop):
         self.scheduler = build_scheduler(optimizer, warmup_steps=cfg.train.warmup_steps, total_steps=self.total_steps,
                                          min_ratio=cfg.train.min_lr_ratio, time_fraction=lambda: self._time_fraction)
         # The EMA copy is made before prepare(), which patches the module's forward for autocast.
-        self.ema = ModelEmaV3(self.detector.module, decay=cfg.train.ema_decay) if cfg.train.ema else None
+        self.ema = make_ema(self.detector.module, cfg.train.ema_decay) if cfg.train.ema else None
         self.ema_source = self.detector.module
         self.module, self.optimizer = self.acc.prepare(self.detector.module, optimizer)
         self.state: Dict[str, Any] = {"epoch": 0, "next_batch": 0, "step": 0, "spent_seconds": 0.0,

@@ -16,9 +16,17 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
 import torch
+from timm.utils import ModelEmaV3
 from torch import nn
 
 from engine.training.schedule import TimeBudget, advance, progress_bar
+
+
+def make_ema(module: nn.Module, decay: float) -> ModelEmaV3:
+    """An EMA of `module` whose decay ramps up to `decay` (1 - (1 + step) ** -2/3, as ultralytics'
+    ramp does): with a fixed 0.999 from the first step, the average of a short run would still be
+    mostly the random initial weights, BatchNorm statistics included, after hundreds of steps."""
+    return ModelEmaV3(module, decay=decay, use_warmup=True)
 
 
 class EpochLoop:

@@ -14,7 +14,6 @@ from typing import Any, Dict, Optional
 import torch
 from safetensors.torch import load_model
 from timm.optim import param_groups_weight_decay
-from timm.utils import ModelEmaV3
 from torch import nn
 
 from core.config import save_config, to_dict
@@ -35,7 +34,7 @@ from engine.training.checkpoint import (
     write_best,
 )
 from engine.training.data import TrainData, build_train_data
-from engine.training.epochs import EpochLoop
+from engine.training.epochs import EpochLoop, make_ema
 from engine.training.schedule import build_scheduler
 from engine.training.validation import validate
 from losses import build_criterion
@@ -113,7 +112,7 @@ class Trainer(EpochLoop):
             time_fraction=lambda: self._time_fraction,
         )
         self.step_module, self.optimizer = self.acc.prepare(step_module, optimizer)
-        self.ema = ModelEmaV3(self.model, decay=cfg.train.ema_decay) if cfg.train.ema else None
+        self.ema = make_ema(self.model, cfg.train.ema_decay) if cfg.train.ema else None
         self.ema_source = self.model
 
         self.state: Dict[str, Any] = {
