@@ -6,9 +6,9 @@ import pytest
 
 from core import schema
 from core.config import _merge, load_config, load_yaml, parse_override, read_yaml, save_config, to_dict
+from core.detector_schema import DetectorTrainConfig
 from core.errors import ConfigError
 from core.registry import Registry
-from core.detector_schema import DetectorTrainConfig
 from core.schema import EvalConfig, TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
