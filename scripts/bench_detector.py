@@ -41,8 +41,10 @@ from core.errors import cli_entry  # noqa: E402
 from core.schema import CropConfig, DataConfig  # noqa: E402
 from data.formats import load_table_with_root  # noqa: E402
 from data.synthetic import ensure_synthetic  # noqa: E402
+from data.synthetic_scene import box_iou  # noqa: E402
 from detectors import load_detector  # noqa: E402
 from detectors.annotations import load_annotations, write_yolo_dataset  # noqa: E402
+from detectors.reference import ultralytics_batch_times  # noqa: E402
 from engine.detection.crops import crop_with_manifest  # noqa: E402
 from engine.detection.loop import DetectorTrainer  # noqa: E402
 from engine.detection.validation import measure_map  # noqa: E402
@@ -112,16 +114,8 @@ def ours(args, out: Path, precision: str) -> float:
 
 
 def theirs(args, layout: Path, out: Path, train_images: int) -> float:
-    from ultralytics import YOLO
-
-    stamps: List[float] = []
-    model = YOLO("yolov8n.yaml")
-    model.add_callback("on_train_batch_end", lambda trainer: stamps.append(time.perf_counter()))
-    # One epoch over a fraction of the images: exactly `steps` batches (ultralytics drops no last batch).
-    fraction = min(1.0, args.steps * args.batch_size / train_images)
-    model.train(data=str(layout), epochs=1, imgsz=args.imgsz, batch=args.batch_size, workers=2, device="cpu",
-                amp=False, val=False, plots=False, optimizer="AdamW", lr0=2e-3, warmup_epochs=0, close_mosaic=0,
-                fraction=fraction, project=str(out), name="ultralytics", exist_ok=True, verbose=False, seed=0)
+    stamps = ultralytics_batch_times(layout, out, cfg="yolov8n.yaml", imgsz=args.imgsz, batch_size=args.batch_size,
+                                     steps=args.steps, train_images=train_images)
     return images_per_second(stamps, args.batch_size, args.skip_steps)
 
 
@@ -165,19 +159,11 @@ def crop_speed(args, export: Path, out: Path) -> Dict[str, float]:
     seconds = time.perf_counter() - start
     manifest.to_csv(out / "crops.csv", index=False)
     # A fallback crops nothing: it counts as IoU 0 with the true box.
-    ious = np.array([0.0 if row.fallback else _iou((row.x, row.y, row.w, row.h), truth)
+    ious = np.array([0.0 if row.fallback else box_iou([row.x, row.y, row.w, row.h], truth)
                      for row, truth in zip(manifest.itertuples(), table["bbox"])])
     return {"images": len(table), "seconds": seconds, "images_per_second": len(table) / seconds,
             "fallback": int(manifest["fallback"].sum()), "mean_iou_with_true_box": float(ious.mean()),
             "iou_at_least_0.5": float((ious >= 0.5).mean())}
-
-
-def _iou(a, b) -> float:
-    ax0, ay0, aw, ah = a
-    bx0, by0, bw, bh = b
-    w = max(0.0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
-    h = max(0.0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
-    return w * h / (aw * ah + bw * bh - w * h)
 
 
 # ----------------------------------------------------------------------------- 4. re-ID on crops

@@ -2,21 +2,19 @@
 
 The annotated images are written to `<output_dir>/yolo_data/` (ultralytics' images/ + labels/
 layout, hard links, split by identity), then read back by the detector's own dataset (for YOLO:
-mosaic, HSV, flips, affine). Every item's augmentation is drawn from generators seeded by
-(seed, epoch, index), so an epoch replays identically whatever the worker count, and a run resumed
-mid-epoch continues with the very batches it would have seen.
+mosaic, HSV, flips, affine). Every item's augmentation is drawn from generators reseeded per sample
+(engine/training/seeding.py, as for the re-identification models), so an epoch replays identically
+whatever the worker count, and a run resumed mid-epoch continues with the very batches it would have seen.
 """
 from __future__ import annotations
 
 import os
-import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, List
+from typing import List
 
 import cv2
 import numpy as np
-import torch
 from torch.utils.data import DataLoader, Dataset
 
 from core.detector_schema import DetectorTrainConfig
@@ -25,6 +23,7 @@ from data.formats import load_table_with_root
 from data.samplers import RandomBatchSampler
 from detectors.annotations import AnnotatedImage, load_annotations, write_yolo_dataset
 from detectors.base import Detector
+from engine.training.seeding import SeededBatchSampler, SeededDataset, seed_global_rngs
 
 LAYOUT_DIR = "yolo_data"
 
@@ -47,25 +46,6 @@ def annotated_images(cfg: DetectorTrainConfig) -> List[AnnotatedImage]:
     return load_annotations("bbox", table=table)
 
 
-class SeededItems(Dataset):
-    """Items of `dataset` with Python, NumPy and torch randomness seeded by (seed, epoch, index)."""
-
-    def __init__(self, dataset: Dataset, seed: int):
-        self.dataset = dataset
-        self.seed = seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, index: int) -> Any:
-        entropy = [self.seed, self.epoch, int(index)]
-        random.seed(hash(tuple(entropy)))
-        np.random.seed(np.random.SeedSequence(entropy).generate_state(1)[0])
-        torch.manual_seed(int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0]) & ((1 << 63) - 1))
-        return self.dataset[index]
-
-
 def _single_threaded_worker(worker_id: int) -> None:
     # Each worker augments with OpenCV; its own threads would compete with the training threads
     # (ultralytics turns them off for the same reason).
@@ -75,9 +55,9 @@ def _single_threaded_worker(worker_id: int) -> None:
 @dataclass
 class DetectorData:
     layout: Path  # the ultralytics data.yaml
-    train: SeededItems
+    train: SeededDataset
     val: Dataset
-    batch_sampler: RandomBatchSampler
+    batch_sampler: SeededBatchSampler
     loader: DataLoader
     num_train: int
     num_val: int
@@ -96,9 +76,9 @@ def build_detector_data(cfg: DetectorTrainConfig, detector: Detector, *, num_rep
     if len(train) < cfg.train.batch_size * num_replicas:
         raise DataError(f"{len(train)} training images cannot fill a batch of {cfg.train.batch_size} on "
                         f"{num_replicas} process(es): lower train.batch_size or annotate more images")
-    seeded = SeededItems(train, cfg.seed)
-    sampler = RandomBatchSampler(np.zeros(len(train), dtype=np.int64), cfg.train.batch_size, seed=cfg.seed,
-                                 num_replicas=num_replicas, rank=rank)
+    seeded = SeededDataset(train, reseed=seed_global_rngs)
+    sampler = SeededBatchSampler(RandomBatchSampler(np.zeros(len(train), dtype=np.int64), cfg.train.batch_size,
+                                                    seed=cfg.seed, num_replicas=num_replicas, rank=rank), cfg.seed)
     loader = DataLoader(seeded, batch_sampler=sampler, collate_fn=detector.collate, num_workers=cfg.data.num_workers,
                         worker_init_fn=_single_threaded_worker, persistent_workers=False)
     return DetectorData(out / "data.yaml", seeded, val, sampler, loader, len(train), len(val))

@@ -135,10 +135,9 @@ class DetectorTrainer(EpochLoop):
     def trained_module(self) -> torch.nn.Module:
         return self.module
 
-    def _start_epoch(self, epoch: int, epochs: int) -> None:
+    def _start_epoch(self, epochs: int) -> None:
         if self._mosaic_should_close(epochs):
             self._close_mosaic()
-        self.data.train.epoch = epoch  # seeds each item's augmentation with (seed, epoch, index)
 
     def fit(self) -> Dict[str, Any]:
         metrics = self.run_epochs() or self._validate()

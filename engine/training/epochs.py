@@ -1,10 +1,10 @@
 """The epoch loop every trainer shares: resumable epochs, the time budget, checkpoints, validation.
 
 A trainer (re-identification models in loop.py, detectors in engine/detection/loop.py) sets the
-attributes listed on `EpochLoop`, implements the hooks and calls `_open_run` once its state is
-restored; `run_epochs` then trains from the
-state a checkpoint restored (epoch, batch within it, step) until the planned steps or the
-wall-clock budget run out, validating every `val.every_epochs` epochs and at the end.
+attributes listed on `EpochLoop`, implements its abstract hooks and calls `_open_run` once its
+state is restored; `run_epochs` then trains from the state a checkpoint restored (epoch, batch
+within it, step) until the planned steps or the wall-clock budget run out, validating every
+`val.every_epochs` epochs and at the end.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import contextlib
 import json
 import math
 import time
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -29,7 +30,7 @@ def make_ema(module: nn.Module, decay: float) -> ModelEmaV3:
     return ModelEmaV3(module, decay=decay, use_warmup=True)
 
 
-class EpochLoop:
+class EpochLoop(ABC):
     # Set by the trainer: config (with .train and .val.every_epochs), accelerator, state dict
     # (epoch, next_batch, step), budget, scheduler, data (.batch_sampler, .loader), the module in
     # train mode, and the plan in steps.
@@ -52,18 +53,20 @@ class EpochLoop:
     out: Path
     writer: Any = None
 
+    @abstractmethod
     def _forward_loss(self, batch: Any) -> Tuple[torch.Tensor, Dict[str, float]]:
         """(loss of one micro-batch, {part: value} for TensorBoard)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _validate(self) -> Dict[str, float]:
-        raise NotImplementedError
+        """Metrics on held-out data (logged, and recorded with the export)."""
 
+    @abstractmethod
     def _checkpoint(self) -> None:
-        raise NotImplementedError
+        """Write the full training state (every process calls it)."""
 
-    def _start_epoch(self, epoch: int, epochs: int) -> None:
-        """Called before each epoch (and each resumed one)."""
+    def _start_epoch(self, epochs: int) -> None:  # noqa: B027 (an optional hook: most trainers need none)
+        """Called before each epoch (and each resumed one) of the `epochs` planned."""
 
     def _open_run(self) -> None:
         """Start the budget (minus what a resumed checkpoint spent), the counters and TensorBoard."""
@@ -86,7 +89,7 @@ class EpochLoop:
         stop = state["step"] >= self.total_steps or self._update_time_fraction()
         while not stop and state["epoch"] < epochs:
             epoch, start = state["epoch"], state["next_batch"]
-            self._start_epoch(epoch, epochs)
+            self._start_epoch(epochs)
             self.data.batch_sampler.set_epoch(epoch, start)
             n_batches = len(self.data.batch_sampler)
             self.trained_module.train()

@@ -3,14 +3,25 @@
 DataLoader workers draw augmentation randomness from their own RNG streams, which depend on
 how batches were spread over workers since the epoch began; resuming mid-epoch would change
 them. Instead every sample carries a seed derived from (run seed, epoch, global batch index),
-and the dataset reseeds the albumentations pipeline with it before transforming.
+and the dataset reseeds the transform with it before transforming: the albumentations pipeline of
+our datasets, or the global Python, NumPy and torch generators that ultralytics' augmentation
+draws from (`seed_global_rngs`).
 """
 from __future__ import annotations
 
-from typing import Iterator, List, Tuple
+import random
+from typing import Callable, Iterator, List, Optional, Tuple
 
 import numpy as np
+import torch
 from torch.utils.data import Dataset
+
+
+def seed_global_rngs(seed: int) -> None:
+    """Reseed the generators a transform without a seed of its own draws from."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
 
 
 class SeededBatchSampler:
@@ -41,15 +52,20 @@ class SeededBatchSampler:
 
 
 class SeededDataset(Dataset):
-    """Dataset view taking (index, seed) and reseeding the wrapped dataset's transform."""
+    """Dataset view taking (index, seed) and reseeding the wrapped dataset's transform with
+    `reseed(seed)` (default: its albumentations pipeline's `set_random_seed`)."""
 
-    def __init__(self, dataset):
+    def __init__(self, dataset, reseed: Optional[Callable[[int], None]] = None):
         self.dataset = dataset
+        self.reseed = reseed
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, item: Tuple[int, int]):
         index, seed = item
-        self.dataset.transform.set_random_seed(seed)
+        if self.reseed is None:
+            self.dataset.transform.set_random_seed(seed)
+        else:
+            self.reseed(seed)
         return self.dataset[index]
