@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import shlex
 import sys
 
 import cv2
@@ -109,6 +110,20 @@ def test_dry_run_gives_every_run_the_same_budget(tmp_path, capsys):
     assert all("/val output_dir=" in e for e in evals)  # --split validation by default
     assert sum("dogfacenet-p1/" in e for e in evals) == 6
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("baseline_eval", ["plain", "pipeline"])
+def test_the_plain_loop_is_scored_plainly_or_as_the_recipes(baseline_eval, tmp_path, capsys):
+    bench.main(["--datasets", "synthetic", "--seeds", "0", "--eval-overrides", "rerank.matcher=sift",
+                "--baseline-eval", baseline_eval, "--out", str(tmp_path / "out"), "--dry-run"])
+    evals = [shlex.split(line) for line in capsys.readouterr().out.splitlines() if " eval.py " in line]
+    recipe, plain = (next(e for e in evals if f"/{name}-s0/" in " ".join(e)) for name in ("default", "reference"))
+    assert recipe[-1] == "rerank.matcher=sift" and recipe[-3].endswith("/default-s0/eval-validation")
+    if baseline_eval == "plain":
+        assert plain[-3:] == ["tta=[identity]", "calibration=none", "rerank.matcher=none"]
+        assert plain[-4] == "embed_cache=none" and plain[-5].endswith("/reference-s0/eval-validation-plain")
+    else:
+        assert plain[-1] == "rerank.matcher=sift" and plain[-3].endswith("/reference-s0/eval-validation")
 
 
 def test_summary_means_over_seeds_then_datasets_and_the_ratio_to_the_baseline():

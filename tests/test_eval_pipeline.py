@@ -42,7 +42,7 @@ def config(world, out_name: str, *overrides: str) -> EvalConfig:
     return load_config(EvalConfig, RECIPE, [
         "data.format=animalclef2025", f"data.root={world['root']}", f"data.cache_dir={base / 'images'}",
         "data.num_workers=0", f"embed_cache={base / 'embeddings'}", f"models=[{world['export']}]",
-        f"output_dir={base / out_name}", "batch_size=32", *overrides])
+        f"output_dir={base / out_name}", "batch_size=32", f"rerank.cache={base / 'keypoints'}", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +124,7 @@ def test_embedder_classifier_and_siamese_pair_head_vote_in_one_submission(world,
     check_submission(out / "submission.csv", pipeline.load_evaluation_data(config(world, "x")).table, "animalclef")
     manifest = json.loads((out / "manifest.json").read_text())
     kinds = {name: s["kind"] for name, s in manifest["scorers"].items()}
-    assert sorted(kinds.values()) == ["embedding", "embedding", "pair_head", "softmax"]
+    assert sorted(kinds.values()) == ["embedding", "embedding", "matcher", "pair_head", "softmax"]  # SIFT: the default
     assert kinds[f"{exports[1]} [pair_head]"] == "pair_head"
     assert all(s["calibrator"]["method"] == "isotonic" for s in manifest["scorers"].values())
     assert "raw " in (out / "report.html").read_text()
@@ -145,7 +145,7 @@ def test_unlabelled_queries_give_a_submission_and_a_report_but_no_metrics(world,
     printed = capsys.readouterr().out
     out = world["base"] / "unlabelled"
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "report.html", "submission.csv"]
-    assert f"submission: {out / 'submission.csv'}" in printed and "score" not in printed
+    assert f"submission: {out / 'submission.csv'}" in printed and "BAKS" not in printed
     assert "no metrics" in (out / "report.html").read_text()
 
 

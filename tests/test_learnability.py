@@ -41,6 +41,7 @@ def test_trained_tiny_model_beats_raw_pixel_matching(tmp_path):
     cfg = load_config(EvalConfig, EVAL_RECIPE, [
         "data.format=animalclef2025", f"data.root={root}", f"data.cache_dir={tmp_path / 'images'}",
         f"embed_cache={tmp_path / 'embeddings'}", f"models=[{run / 'export'}]", f"output_dir={tmp_path / 'eval'}",
+        "rerank.matcher=none",  # the model's own embeddings against raw pixels, without keypoints' help
     ])
     result = run_evaluation(cfg)
     check_submission(tmp_path / "eval" / "submission.csv", load_evaluation_data(cfg).table, "animalclef")
