@@ -48,12 +48,13 @@ def main(argv=None) -> dict:
     args, cfg = parse_config(EvalConfig, config_parser(__doc__, DEFAULT_RECIPE, "models=[runs/x/export]"), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
         return {}
-    from engine.accel import make_accelerator  # heavy imports only once the config is known to be valid
+    from engine.accel import (  # heavy imports only once the config is known to be valid
+        eval_precision,
+        make_accelerator,
+    )
     from engine.evaluation.pipeline import run_evaluation
 
-    # On CPU, extraction is a small share of the time and float32 keeps near-equal similarities
-    # in order; GPUs extract in bf16/fp16.
-    accelerator = make_accelerator("auto", cpu_bf16=False)
+    accelerator = make_accelerator(eval_precision())
     result = run_evaluation(cfg, accelerator)
     if accelerator.is_main_process:
         print(summary(result))

@@ -144,6 +144,14 @@ class ValidationConfig:
 
 
 @dataclass
+class MemberFeaturesConfig:
+    tta: List[str] = field(default_factory=lambda: ["identity", "hflip"])  # (list) views averaged into each member's features, as eval.py's `tta` (equal settings share its cache entries)
+    train_views: List[str] = field(default_factory=list)  # (list) single views (e.g. [hflip]) also extracted; each training item reads one of them or the averaged features at random
+    batch_size: int = 64  # (int) extraction batch size per process
+    cache: str = ""  # (str) as eval.py's embed_cache: "" = ~/.cache/reidzoo/embeddings, "none" = off
+
+
+@dataclass
 class TrainConfig:
     task: str = "reid"  # (str) reid | detector (configs/train/detector_yolo.yaml: train a crop detector)
     output_dir: str = "runs/default"  # (str) run directory: checkpoints, TensorBoard, export/
@@ -157,6 +165,7 @@ class TrainConfig:
         name="arcface", args={"margin": 0.5, "scale": 30.0})])
     train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
     val: ValidationConfig = field(default_factory=ValidationConfig)
+    features: MemberFeaturesConfig = field(default_factory=MemberFeaturesConfig)  # models over other models' embeddings (fusion): how those are extracted
 
 
 @dataclass
@@ -331,6 +340,8 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     },
     CropConfig: {"min_confidence": PROBABILITY, "choose": one_of(*BOX_CHOICES),
                  "batch_size": SIZE},
+    MemberFeaturesConfig: {"tta": each(one_of(*TTA_VIEWS), non_empty=True),
+                           "train_views": each(one_of(*TTA_VIEWS), non_empty=False), "batch_size": SIZE},
     TrainConfig: {"task": one_of("reid"), "seed": at_least(0), "losses": _rule(bool, "a list of at least one loss")},
     RetrievalConfig: {
         "k": COUNT, "index": one_of(*INDEXES), "nlist": OPTIONAL_COUNT, "nprobe": COUNT, "hnsw_m": COUNT,

@@ -145,3 +145,10 @@ def split_from_column(df: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame]:
     database = df[df["split"] == "database"].reset_index(drop=True)
     query = df[df["split"] == "query"].reset_index(drop=True)
     return database, query
+
+
+def gallery_and_query(df: pd.DataFrame) -> Tuple[pd.DataFrame, pd.DataFrame]:
+    """(labelled database rows, query rows), each re-indexed: what evaluation matches, and the rows
+    (gallery first, then queries) it embeds."""
+    database, query = split_from_column(df)
+    return database[database["identity"].notna()].reset_index(drop=True), query

@@ -29,6 +29,12 @@ def resolve_mixed_precision(value: str, cpu_bf16: bool = True) -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
 
+def eval_precision() -> str:
+    """The precision eval.py extracts in: on CPU float32, which keeps near-equal similarities in order
+    (extraction is a small share of an evaluation); on GPUs bf16 or fp16."""
+    return resolve_mixed_precision("auto", cpu_bf16=False)
+
+
 def rank_and_world(accelerator) -> Tuple[int, int]:
     """(this process's index, number of processes); (0, 1) without an accelerator."""
     if accelerator is None:

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from typing import Callable, Dict, Iterator, Mapping, Sequence
+from functools import partial
+from typing import Callable, Dict, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -60,6 +61,12 @@ def _reassemble(gathered: torch.Tensor, n: int, world: int) -> torch.Tensor:
     return gathered.view(world, per_process, -1).transpose(0, 1).reshape(world * per_process, -1)[:n]
 
 
+def autocast_for(precision: str, device_type: str):
+    """The autocast context of a mixed-precision setting ("no", "bf16", "fp16") on a device type."""
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    return torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
 @contextlib.contextmanager
 def _one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
@@ -98,11 +105,13 @@ def extract(
     num_workers: int = 0,
     progress: bool = True,
     desc: str = "embedding",
+    precision: Optional[str] = None,
 ) -> Dict[str, np.ndarray]:
     """{head: (N, ...) float32 array in dataset order} for heads "embedding" and/or "logits".
 
     Embeddings come out L2-normalised; logits are the mean over TTA views. The model is put in
     eval mode and its previous mode restored afterwards (the trainer calls this mid-training).
+    `precision` ("no", "bf16", "fp16") overrides the accelerator's mixed precision.
     """
     unknown = [h for h in heads if h not in HEADS]
     if unknown or not heads:
@@ -116,7 +125,10 @@ def extract(
     items = Subset(dataset, _share(n, rank, world)) if world > 1 else dataset
     loader = DataLoader(items, batch_size=batch_size, shuffle=False, num_workers=num_workers,
                         pin_memory=device.type == "cuda", persistent_workers=False)
-    autocast: Callable = accelerator.autocast if accelerator is not None else contextlib.nullcontext
+    if precision is not None:
+        autocast: Callable = partial(autocast_for, precision, device.type)
+    else:
+        autocast = accelerator.autocast if accelerator is not None else contextlib.nullcontext
     chunks: Dict[str, list] = {h: [] for h in heads}
     was_training = net.training
     net.eval()

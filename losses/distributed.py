@@ -25,6 +25,11 @@ def gather_batch(values: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tens
     return all_values, all_labels
 
 
+def gather_items(values: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """The batch's dataset positions, in the order gather_batch puts the rows of `values`."""
+    return gather(values.detach()[:, :1], items)[1]
+
+
 def value_with_gradient_of(value: torch.Tensor, grad_source: torch.Tensor) -> torch.Tensor:
     """A tensor equal to `value` whose gradient is that of `grad_source`."""
     return value.detach() + (grad_source - grad_source.detach())

@@ -17,8 +17,8 @@ from torch import nn
 
 from core.errors import ConfigError
 from core.suggest import did_you_mean
-from losses.base import require_output
-from losses.distributed import gather_batch, scale_gradient, world_size
+from losses.base import ITEMS, require_output
+from losses.distributed import gather_batch, gather_items, scale_gradient, world_size
 from losses.registry import LOSSES
 
 NEGATIVES = ("hard", "all")
@@ -29,15 +29,22 @@ def pair_head(model: nn.Module | None) -> nn.Module:
     while model is not None and not hasattr(model, "pair_logits"):
         model = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
     if model is None:
-        raise ConfigError("loss 'contrastive' needs a model with a pair head: use the 'siamese' model")
+        raise ConfigError("loss 'contrastive' needs a model with a pair head: the 'siamese' model, or 'fusion' "
+                          "with model.args.pair_hidden set")
     return model
 
 
-def select_pairs(embedding: torch.Tensor, labels: torch.Tensor, negatives: str) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(positive pairs (P, 2), negative pairs (N, 2)) as index pairs into the batch."""
+def select_pairs(embedding: torch.Tensor, labels: torch.Tensor, negatives: str,
+                 items: torch.Tensor | None = None) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(positive pairs (P, 2), negative pairs (N, 2)) as index pairs into the batch.
+
+    `items` (the rows' dataset positions): a sampler may draw an image twice into one batch (PK
+    sampling of an identity with fewer than K images); such a pair is not a positive to learn from.
+    """
     same = labels[:, None] == labels[None, :]
     upper = torch.ones_like(same).triu(diagonal=1)
-    positives = (same & upper).nonzero()
+    distinct = upper if items is None else upper & (items[:, None] != items[None, :])
+    positives = (same & distinct).nonzero()
     if negatives == "all":
         return positives, (~same & upper).nonzero()
     with torch.no_grad():
@@ -60,10 +67,12 @@ class PairLoss(nn.Module):
     def forward(self, outputs: Dict[str, Any], labels: torch.Tensor, model: nn.Module | None = None) -> torch.Tensor:
         head = pair_head(model)
         embedding = require_output(outputs, "embedding", "contrastive", "the model must return embeddings")
+        items = outputs.get(ITEMS)
         processes = world_size() if self.distributed else 1
         if processes > 1:
+            items = gather_items(embedding, items) if items is not None else None
             embedding, labels = gather_batch(embedding, labels)
-        positives, negatives = select_pairs(embedding, labels, self.negatives)
+        positives, negatives = select_pairs(embedding, labels, self.negatives, items)
         parts = []
         for pairs, target in ((positives, 1.0), (negatives, 0.0)):
             if len(pairs):

@@ -6,8 +6,12 @@ from pathlib import Path
 import pytest
 
 from data.synthetic import generate
+from zoo import MODELS
+from zoo.registry import model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+# Models that read images (the fusion model reads other models' embeddings: tests/test_fusion.py).
+IMAGE_MODELS = [name for name in MODELS.names() if model_inputs(name) == "images"]
 
 
 @pytest.fixture(scope="session")

@@ -235,6 +235,25 @@ def test_registry_suggests_names_and_arguments():
         reg.register("round_widget")(round_widget)
 
 
+def cfg_model_name(recipe: Path) -> str:
+    return load_config(TrainConfig, recipe).model.name
+
+
+def check_fusion_recipe(recipe: Path) -> None:
+    """A fusion recipe's members resolve (stand-ins here: training extracts the real ones) and its
+    model and losses build."""
+    from engine.training.member_data import _resolve_args
+    from losses import build_criterion
+    from zoo import build_model
+
+    cfg = load_config(TrainConfig, recipe)
+    specs, pca_dim, own = _resolve_args(cfg)
+    members = [{"spec": spec, "checksum": "0" * 64, "dim": 512, "input_size": 96} for spec in specs]
+    model = build_model({"name": "fusion", "args": {**own, "members": members, "pca_dims": [pca_dim] * len(specs)}},
+                        num_classes=5)
+    build_criterion(cfg.losses, embed_dim=model.embed_dim, num_classes=5)
+
+
 def test_every_recipe_builds_its_model_and_losses():
     import timm
 
@@ -244,6 +263,9 @@ def test_every_recipe_builds_its_model_and_losses():
     for recipe in sorted((ROOT / "configs" / "train").glob("*.yaml")):
         if schema_of(recipe) is DetectorTrainConfig:
             continue  # tests/test_detectors.py builds the detectors
+        if cfg_model_name(recipe) == "fusion":
+            check_fusion_recipe(recipe)
+            continue
         cfg = load_config(TrainConfig, recipe, ["model.args.pretrained=false"])
         assert timm.is_model(cfg.model.args["backbone"]), recipe
         # A small backbone keeps the test fast; the recipe's own arguments are still checked.

@@ -8,9 +8,10 @@ import pytest
 import timm
 import timm.models
 import torch
+from conftest import IMAGE_MODELS
 
 from core.errors import ConfigError, DataError
-from zoo import MODELS, build_model, load_export, load_model, model_checksum, save_export
+from zoo import build_model, load_export, load_model, model_checksum, save_export
 from zoo.export import unwrap_model
 
 ARGS = {"backbone": "test_resnet", "pretrained": False}
@@ -31,7 +32,7 @@ def trained(name: str, **args) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_export_rebuilds_identical_embeddings(tmp_path, name):
     model = trained(name, pool="gem", feature_layers=[2])
     with torch.no_grad():

@@ -7,9 +7,10 @@ import timm
 import timm.models
 import torch
 import torch.nn.functional as F
+from conftest import IMAGE_MODELS
 
 from core.errors import ConfigError
-from zoo import MODELS, build_model
+from zoo import build_model
 from zoo.pooling import GeM
 
 SIZE = 64
@@ -20,7 +21,7 @@ def images(size: int = SIZE) -> torch.Tensor:
     return torch.randn(BATCH, 3, size, size, generator=torch.Generator().manual_seed(0))
 
 
-@pytest.mark.parametrize("name", MODELS.names())
+@pytest.mark.parametrize("name", IMAGE_MODELS)
 def test_every_model_trains_one_step(name):
     torch.manual_seed(0)
     model = build_model({"name": name, "args": {"backbone": "resnet18", "pretrained": False}}, num_classes=5)

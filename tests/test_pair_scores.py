@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import IMAGE_MODELS
 from torch.utils.data import TensorDataset
 
 from engine.extraction import extract_embeddings
 from losses.pair import contrastive, select_pairs
-from zoo import MODELS, TrunkConfig, build_model
+from zoo import TrunkConfig, build_model
 from zoo.siamese import Siamese
 
 EMBED_DIM = 8
@@ -27,8 +28,12 @@ def images(n: int = 6) -> torch.Tensor:
 
 def test_only_the_siamese_model_has_a_pair_head():
     flags = {name: build_model({"name": name, "args": {"backbone": "test_resnet"}}, num_classes=2).has_pair_head
-             for name in MODELS.names()}
+             for name in IMAGE_MODELS}
     assert flags == {"classifier": False, "embedder": False, "features": False, "siamese": True}
+    # The fusion model has one when it is given a size (tests/test_fusion.py trains it).
+    member = {"spec": "m", "checksum": "0" * 64, "dim": 8, "input_size": 32}
+    assert [build_model({"name": "fusion", "args": {"members": [member], "pca_dims": [4], "pair_hidden": hidden}},
+                        num_classes=0).has_pair_head for hidden in (0, 8)] == [False, True]
 
 
 def test_pair_scores_shape_batching_and_inputs(siamese):

@@ -35,7 +35,10 @@ def test_flat_nested_and_keyword_construction_build_the_same_model():
 
 def test_every_model_takes_the_block_and_only_its_own_arguments():
     own = {name: MODELS.get(name).__self__.own_args() for name in MODELS.names()}
-    assert own == {"classifier": (), "embedder": ("embed_dim",), "features": (), "siamese": ("embed_dim", "pair_hidden")}
+    assert own == {"classifier": (), "embedder": ("embed_dim",), "features": (), "siamese": ("embed_dim", "pair_hidden"),
+                   # no trunk: it reads its members' embeddings
+                   "fusion": ("members", "pca_dims", "whiten", "hidden", "embed_dim", "dropout", "classifier",
+                              "pair_hidden")}
     model = build_model({"name": "siamese", "args": {"trunk": {**BACKBONE, "drop_rate": 0.5}, "embed_dim": 8}},
                         num_classes=0)
     # The block reaches the embedder inside the Siamese model whole.

@@ -1,6 +1,6 @@
 """Model zoo: registered re-ID models (embedder, classifier, siamese, features), export, loading,
 and publishing (`python -m zoo publish`, `zoo.load(NAME)`, `zoo.list()`)."""
-from zoo import classifier, embedder, siamese  # noqa: F401  (registers the models)
+from zoo import classifier, embedder, fusion, siamese  # noqa: F401  (registers the models)
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import load_export, save_export

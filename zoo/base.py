@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import inspect
-from typing import Any, Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple, Union
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -23,6 +24,7 @@ class ReIDModel(nn.Module):
     """
 
     architecture: str = ""
+    inputs: str = "images"  # what forward() reads: "images", or "member_features" (zoo.fusion)
     has_pair_head: bool = False
     embed_dim: int
     num_classes: int
@@ -64,3 +66,36 @@ class ReIDModel(nn.Module):
         self.std = [float(v) for v in (cfg.std if cfg.std is not None else known["std"])]
         self.model_args = {TRUNK: cfg.to_args(), **own}
 
+
+
+Embeddings = Union[np.ndarray, torch.Tensor]
+
+
+class PairScoring:
+    """`pair_scores` for a model with `pair_logits(a, b)` and a `pair_head` module (Siamese, fusion)."""
+
+    embed_dim: int
+    pair_head: nn.Module
+
+    def pair_scores(self, emb_a: Embeddings, emb_b: Embeddings, *, batch_size: int = 8192) -> np.ndarray:
+        """(N,) float32 logits of "same individual" for rows of already-extracted embeddings.
+
+        Arrays or tensors, raw or normalised; run without gradients, in float32 (outside any
+        autocast) on the head's device, `batch_size` pairs at a time.
+        """
+        a, b = _as_tensor(emb_a), _as_tensor(emb_b)
+        if a.ndim != 2 or a.shape != b.shape or a.shape[1] != self.embed_dim:
+            raise ValueError(f"pair_scores needs two (N, {self.embed_dim}) embedding arrays, got "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        device = next(self.pair_head.parameters()).device
+        scores = []
+        with torch.no_grad(), torch.autocast(device.type, enabled=False):
+            for start in range(0, len(a), batch_size):
+                rows = slice(start, start + batch_size)
+                pair = (a[rows].to(device, torch.float32), b[rows].to(device, torch.float32))
+                scores.append(self.pair_logits(*pair).cpu())
+        return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
+
+
+def _as_tensor(embeddings: Embeddings) -> torch.Tensor:
+    return embeddings.detach() if isinstance(embeddings, torch.Tensor) else torch.from_numpy(np.asarray(embeddings))

@@ -37,7 +37,8 @@ def model_checksum(source: Source) -> str:
 
 def _outputs_identity(model: ReIDModel) -> Dict[str, Any]:
     args = dict(model.model_args)
-    args[TRUNK] = {key: value for key, value in args[TRUNK].items() if key != "pretrained"}
+    if TRUNK in args:  # models over other models' embeddings (fusion) have no trunk
+        args[TRUNK] = {key: value for key, value in args[TRUNK].items() if key != "pretrained"}
     # Numbers as the export reads them back (a config may say 0 where config.json says 0.0).
     return {
         "architecture": model.architecture,

@@ -163,7 +163,7 @@ def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
         meta["model_args"] = block_args(meta["architecture"], meta["model_args"])
         args = meta["model_args"]
         # The weights come from the folder: never download (or look for) the pretrained ones again.
-        rebuild = {**args, TRUNK: {**args[TRUNK], "pretrained": False}}
+        rebuild = {**args, TRUNK: {**args[TRUNK], "pretrained": False}} if TRUNK in args else args
         model = MODELS.build(meta["architecture"], rebuild, num_classes=meta["num_classes"])
     except ConfigError as err:
         raise ConfigError(f"cannot rebuild the model of {config_path}: {err}") from err

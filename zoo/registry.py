@@ -26,6 +26,12 @@ def register_model(name: str) -> Callable[[type], type]:
     return decorator
 
 
+def model_inputs(architecture: str) -> str:
+    """What a registered model reads: "images", or "member_features" (other models' embeddings)."""
+    MODELS.get(architecture)  # an unknown name fails here, with the closest valid one
+    return getattr(_CLASSES[architecture], "inputs", "images")
+
+
 def block_args(architecture: str, args: Mapping[str, Any]) -> Dict[str, Any]:
     """Model arguments as exports record them, {"trunk": {...}, **own}; flat trunk settings (configs,
     exports written before the block) are moved into the block."""

@@ -1,23 +1,20 @@
 """The `siamese` model: a shared embedder plus a head that scores whether two images show the same individual."""
 from __future__ import annotations
 
-from typing import Any, Dict, Union
+from typing import Any, Dict
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zoo.base import ReIDModel
+from zoo.base import PairScoring, ReIDModel
 from zoo.embedder import Embedder
 from zoo.registry import register_model
 from zoo.trunk_config import TrunkConfig
 
-Embeddings = Union[np.ndarray, torch.Tensor]
-
 
 @register_model("siamese")
-class Siamese(ReIDModel):
+class Siamese(PairScoring, ReIDModel):
     """Embedder (shared by both images of a pair) + MLP on (|a-b|, a*b) -> same-individual logit.
 
     The head reads L2-normalised embeddings (it normalises what it is given), so it scores the
@@ -47,26 +44,3 @@ class Siamese(ReIDModel):
 
     def pair_probability(self, emb_a: torch.Tensor, emb_b: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.pair_logits(emb_a, emb_b))
-
-    def pair_scores(self, emb_a: Embeddings, emb_b: Embeddings, *, batch_size: int = 8192) -> np.ndarray:
-        """(N,) float32 logits of "same individual" for rows of already-extracted embeddings.
-
-        Arrays or tensors, raw or normalised; run without gradients, in float32 (outside any
-        autocast) on the head's device, `batch_size` pairs at a time.
-        """
-        a, b = _as_tensor(emb_a), _as_tensor(emb_b)
-        if a.ndim != 2 or a.shape != b.shape or a.shape[1] != self.embed_dim:
-            raise ValueError(f"pair_scores needs two (N, {self.embed_dim}) embedding arrays, got "
-                             f"{tuple(a.shape)} and {tuple(b.shape)}")
-        weight = self.pair_head[0].weight
-        scores = []
-        with torch.no_grad(), torch.autocast(weight.device.type, enabled=False):
-            for start in range(0, len(a), batch_size):
-                rows = slice(start, start + batch_size)
-                pair = (a[rows].to(weight.device, torch.float32), b[rows].to(weight.device, torch.float32))
-                scores.append(self.pair_logits(*pair).cpu())
-        return torch.cat(scores).numpy() if scores else np.zeros(0, np.float32)
-
-
-def _as_tensor(embeddings: Embeddings) -> torch.Tensor:
-    return embeddings.detach() if isinstance(embeddings, torch.Tensor) else torch.from_numpy(np.asarray(embeddings))

@@ -10,10 +10,12 @@
   classes that share nothing with the database (another dataset) make the classifier vote
   with its penultimate-feature embedding like an embedder.
 * **Pair heads.** A model with a trained pair head (Siamese) also re-scores the shortlist with it.
+* **Fusion models** read their members' embeddings (each member checked against the checksum it
+  was trained with, its outputs cached like any model's) and vote with the fused embedding, their
+  pair head re-scoring the shortlist.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
@@ -22,12 +24,11 @@ import torch
 
 from core.errors import DataError, list_some
 from core.schema import EvalConfig
-from data.dataset import ReIDDataset
-from data.images import ImageLoader
-from data.transforms import build_tta_transform
-from engine.embed_cache import EmbeddingCache, cache_key, transform_description
+from engine.cached_outputs import ImageViews, cached_outputs
+from engine.embed_cache import EmbeddingCache
 from engine.evaluation.scorers import ModelOutput
-from engine.extraction import EMBEDDING, LOGITS, extract
+from engine.extraction import EMBEDDING, LOGITS
+from engine.member_features import fused_embeddings, load_recorded_members, member_features
 from zoo.loading import load_for_eval, probe
 
 
@@ -56,40 +57,22 @@ def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],
     return {str(k): int(v) for k, v in label_map.items()}
 
 
-def _runtime(accelerator) -> Dict[str, str]:
-    """Device type and precision: part of the cache key, since bf16 and fp32 embeddings differ."""
-    if accelerator is None:
-        return {"device": "cuda" if torch.cuda.is_available() else "cpu", "precision": "no"}
-    return {"device": accelerator.device.type, "precision": str(accelerator.mixed_precision)}
-
-
 def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: set,
                   cache: EmbeddingCache, images_fingerprint: str, accelerator=None) -> ModelOutput:
     """Load one model and extract (or read from the cache) its outputs for `rows`."""
     model, meta, checksum = load_for_eval(spec)
     device = accelerator.device if accelerator is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
-    size = int(meta.get("input_size") or cfg.data.image_size)
-    mean, std = meta.get("mean") or cfg.data.mean, meta.get("std") or cfg.data.std
+    views = ImageViews(cfg.data, cfg.tta, cfg.batch_size)
+    if getattr(model, "inputs", "images") == "member_features":
+        return _fused_outputs(spec, weight, model, meta, checksum, views, rows, cache, images_fingerprint, accelerator)
+    size, mean, std = views.model_input(meta)
     probed = probe(model, spec, size, device)
     label_map = voting_classes(spec, meta, probed["classes"], gallery_identities)
     if probed["classes"] is not None and label_map is None:
         say(accelerator, f"{spec}: its classes are none of the database identities; it votes with its embedding")
     heads = (EMBEDDING, LOGITS) if label_map is not None else (EMBEDDING,)
-    transform = transform_description(size=size, mean=mean, std=std, tta=cfg.tta,
-                                      orientation_rules=cfg.data.orientation_rules, crop_to_bbox=cfg.data.crop_to_bbox,
-                                      bbox_padding=cfg.data.bbox_padding)
-    transform["runtime"] = _runtime(accelerator)
-    keys = {head: cache_key(checksum, images_fingerprint, transform, head) for head in heads}
-
-    def compute() -> Dict[str, np.ndarray]:
-        dataset = ReIDDataset(rows, ImageLoader(size, cfg.data.cache_dir, cfg.data.crop_to_bbox, cfg.data.bbox_padding),
-                              build_tta_transform(cfg.tta, size, mean, std),
-                              orientation_rules=cfg.data.orientation_rules)
-        return extract(model, dataset, heads=heads, batch_size=cfg.batch_size, accelerator=accelerator,
-                       num_workers=cfg.data.num_workers, desc=f"embedding {Path(spec).name or spec}")
-
-    arrays = cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows))
+    arrays, keys = cached_outputs(model, spec, meta, checksum, heads, views, rows, cache, images_fingerprint, accelerator)
     info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"), "input_size": size,
             "mean": list(mean), "std": list(std), "embed_dim": probed["embed_dim"], "classes": probed["classes"],
             "votes_with": "softmax" if label_map is not None else "embedding", "cache_keys": keys,
@@ -97,6 +80,20 @@ def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame,
     pair_head = _pair_head(model) if probed["pair_head"] else None
     info["pair_head"] = pair_head is not None
     return ModelOutput(spec, arrays[EMBEDDING], arrays.get(LOGITS), label_map, weight, info, pair_head)
+
+
+def _fused_outputs(spec: str, weight: float, model, meta: Dict[str, Any], checksum: str, views: ImageViews,
+                   rows: pd.DataFrame, cache: EmbeddingCache, fingerprint: str, accelerator) -> ModelOutput:
+    """A fusion model: its members' embeddings (checked, cached), then its fused embedding; it votes
+    with that embedding, and its pair head (if trained) re-scores the shortlist."""
+    members = load_recorded_members(model.members, spec, next(model.parameters()).device)
+    features = np.concatenate(member_features(members, views, rows, cache, fingerprint, accelerator), axis=1)
+    embeddings = fused_embeddings(model, features, batch_size=max(256, views.batch_size), accelerator=accelerator)
+    info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"),
+            "members": [{"spec": m.spec, "checksum": m.checksum} for m in members], "embed_dim": model.embed_dim,
+            "classes": None, "votes_with": "embedding", "training_identities": meta.get("label_map") or None,
+            "pair_head": model.has_pair_head}
+    return ModelOutput(spec, embeddings, None, None, weight, info, _pair_head(model) if model.has_pair_head else None)
 
 
 def _pair_head(model: torch.nn.Module):

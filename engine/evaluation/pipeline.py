@@ -19,8 +19,7 @@ from core.config import from_dict, save_config, to_dict
 from core.errors import DataError
 from core.schema import EvalConfig
 from data.formats import load_table
-from data.splits import split_from_column
-from data.table import labelled
+from data.splits import gallery_and_query
 from data.validate import require_query
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
@@ -56,8 +55,7 @@ def load_evaluation_data(cfg: EvalConfig) -> EvaluationData:
     table = load_table(cfg.data)
     require_query(table, filters=", ".join(f"{k}={v}" for k, v in (("data.datasets", cfg.data.datasets),
                                                                    ("data.species", cfg.data.species)) if v))
-    database, query = split_from_column(table)
-    gallery = labelled(database).reset_index(drop=True)
+    gallery, query = gallery_and_query(table)
     if gallery.empty:
         raise DataError("the database has no labelled images: there is nothing to match the queries against")
     rows = pd.concat([gallery, query], ignore_index=True)

@@ -4,11 +4,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
-from typing import Dict, Optional
+from functools import partial
+from typing import Any, Callable, Dict, Optional
 
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from core.errors import DataError
 from core.schema import TrainConfig
@@ -30,7 +32,9 @@ class TrainData:
     label_map: Dict[str, int]
     loader: DataLoader
     batch_sampler: SeededBatchSampler
-    val_dataset: Optional[ReIDDataset]
+    val_dataset: Optional[Dataset]  # items {"image", ...} and load_image(i), like ReIDDataset
+    setup_model: Callable[[nn.Module], None]  # sets the built model's data-given state (input size; fusion's PCA)
+    model_args: Optional[Dict[str, Any]] = None  # the full model arguments where the data gives them (fusion)
 
 
 def training_rows(table: pd.DataFrame) -> pd.DataFrame:
@@ -63,7 +67,8 @@ def _lower_priority(worker_id: int) -> None:
         os.nice(10)
 
 
-def build_train_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, pin_memory: bool = False) -> TrainData:
+def build_train_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, pin_memory: bool = False,
+                     accelerator=None) -> TrainData:
     table = load_table(cfg.data)
     train_table, val_table = split_validation(training_rows(table), cfg)
     label_map = build_label_map(train_table["identity"])
@@ -111,4 +116,9 @@ def build_train_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, 
             build_eval_transform(cfg.data.image_size, cfg.data.mean, cfg.data.std),
             orientation_rules=cfg.data.orientation_rules,
         )
-    return TrainData(train_table, val_table, label_map, loader, batches, val_set)
+    return TrainData(train_table, val_table, label_map, loader, batches, val_set, setup_model=partial(_record_input, cfg))
+
+
+def _record_input(cfg: TrainConfig, model: nn.Module) -> None:
+    """The input size and normalisation the model trains with, for its export."""
+    model.input_size, model.mean, model.std = cfg.data.image_size, cfg.data.mean, cfg.data.std

@@ -18,7 +18,7 @@ from torch import nn
 
 from core.config import save_config, to_dict
 from core.errors import ConfigError
-from core.schema import TrainConfig
+from core.schema import ComponentConfig, TrainConfig
 from engine.accel import make_accelerator
 from engine.training.checkpoint import (
     BEST_DIR,
@@ -35,10 +35,15 @@ from engine.training.checkpoint import (
 )
 from engine.training.data import TrainData, build_train_data
 from engine.training.epochs import EpochLoop, make_ema
+from engine.training.member_data import build_member_feature_data
 from engine.training.schedule import build_scheduler
 from engine.training.validation import validate
-from losses import build_criterion
+from losses import ITEMS, build_criterion
 from zoo import build_model, model_checksum, save_export
+from zoo.registry import model_inputs
+
+# What a model reads -> how its training data is built (zoo models say it with their `inputs`).
+TRAINING_INPUTS = {"images": build_train_data, "member_features": build_member_feature_data}
 
 
 class TrainStep(nn.Module):
@@ -49,8 +54,9 @@ class TrainStep(nn.Module):
         self.model = model
         self.criterion = criterion
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        return self.criterion(self.model(images), labels, model=self.model)
+    def forward(self, inputs: torch.Tensor, labels: torch.Tensor, items: torch.Tensor):
+        # The items' dataset positions let pair losses skip pairs of one image drawn twice.
+        return self.criterion({**self.model(inputs), ITEMS: items}, labels, model=self.model)
 
 
 def build_optimizer(cfg: TrainConfig, step: TrainStep) -> torch.optim.Optimizer:
@@ -79,15 +85,21 @@ class Trainer(EpochLoop):
         torch.manual_seed(cfg.seed)
         check_run_dir(self.out)  # on every process, so that all of them stop on a foreign folder
 
-        self.data: TrainData = build_train_data(
+        build_data = TRAINING_INPUTS[model_inputs(cfg.model.name)]
+        self.data: TrainData = build_data(
             cfg,
             num_replicas=self.acc.num_processes,
             rank=self.acc.process_index,
             pin_memory=self.acc.device.type == "cuda",
+            accelerator=self.acc,
         )
         num_classes = len(self.data.label_map)
-        self.model = build_model(cfg.model, num_classes=num_classes)
-        self.model.input_size, self.model.mean, self.model.std = cfg.data.image_size, cfg.data.mean, cfg.data.std
+        # Seeded again: building the data may draw random numbers or not (fusion members' features
+        # extracted, or read from the cache), and the initial weights must not depend on it.
+        torch.manual_seed(cfg.seed)
+        model_cfg = cfg.model if self.data.model_args is None else ComponentConfig(cfg.model.name, self.data.model_args)
+        self.model = build_model(model_cfg, num_classes=num_classes)
+        self.data.setup_model(self.model)
         criterion = build_criterion(
             cfg.losses, embed_dim=self.model.embed_dim, num_classes=num_classes, distributed=self.acc.num_processes > 1
         )
@@ -187,10 +199,11 @@ class Trainer(EpochLoop):
         }
 
     def _forward_loss(self, batch: Dict[str, torch.Tensor]) -> tuple:
-        images = batch["image"].to(self.acc.device, non_blocking=True)
-        if self.cfg.train.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return self.step_module(images, batch["label"].to(self.acc.device, non_blocking=True))
+        inputs = batch["image"].to(self.acc.device, non_blocking=True)
+        if self.cfg.train.channels_last and inputs.ndim == 4:  # images; feature rows have no layout
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        device = self.acc.device
+        return self.step_module(inputs, batch["label"].to(device, non_blocking=True), batch["index"].to(device))
 
     def _validate(self) -> Dict[str, float]:
         if self.data.val_dataset is None:
