@@ -57,9 +57,15 @@ def cached_outputs(model: torch.nn.Module, spec: str, meta: Dict[str, Any], chec
         dataset = ReIDDataset(rows, ImageLoader(size, data.cache_dir, data.crop_to_bbox, data.bbox_padding),
                               build_tta_transform(views.tta, size, mean, std), orientation_rules=data.orientation_rules)
         return extract(model, dataset, heads=heads, batch_size=views.batch_size, accelerator=accelerator,
-                       num_workers=data.num_workers, desc=f"embedding {Path(spec).name or spec}", precision=precision)
+                       num_workers=data.num_workers, desc=f"embedding {model_label(spec)}", precision=precision)
 
     return cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows)), keys
+
+
+def model_label(spec: str) -> str:
+    """A short name for progress bars: the run folder of `runs/x/export`, else the spec's last part."""
+    path = Path(spec)
+    return (path.parent.name if path.name == "export" and path.parent.name else path.name) or spec
 
 
 def runtime(accelerator, precision: Optional[str] = None) -> Dict[str, str]:
