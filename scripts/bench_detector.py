@@ -48,7 +48,7 @@ from detectors.reference import ultralytics_batch_times  # noqa: E402
 from engine.detection.crops import crop_with_manifest  # noqa: E402
 from engine.detection.loop import DetectorTrainer  # noqa: E402
 from engine.detection.validation import measure_map  # noqa: E402
-from scripts.bench_recipes import cpu_line  # noqa: E402
+from scripts.benchmarking import cpu_line  # noqa: E402
 
 RECIPE = REPO / "configs" / "train" / "detector_yolo.yaml"
 STAGES = ("throughput", "detector", "crop", "reid")

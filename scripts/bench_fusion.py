@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from core.errors import ConfigError, DataError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from scripts.bench_recipes import _execute, _reused, cpu_line, parse_steps, read_metrics  # noqa: E402
+from scripts.benchmarking import cpu_line, execute, parse_steps, read_metrics, reused  # noqa: E402
 
 GLOBAL_ONLY = ["rerank.matcher=none"]
 
@@ -74,10 +74,10 @@ def member_budget(export: str) -> Dict:
 def run_stage(folder: Path, name: str, command: List[str], what: str) -> Dict:
     """Run (or reuse) one command; its record holds the wall time and the output."""
     spec = {"command": command[1:]}
-    record = _reused(folder / f"{name}_record.json", spec)
+    record = reused(folder / f"{name}_record.json", spec)
     if record is None:
         print(f"{what} ...", flush=True)
-        text, wall = _execute(command, folder / f"{name}.log", what)
+        text, wall = execute(command, folder / f"{name}.log", what)
         record = {"spec": spec, "wall_s": round(wall, 1), "steps": parse_steps(text)}
         atomic_write_text(folder / f"{name}_record.json", json.dumps(record, indent=2) + "\n")
     return record

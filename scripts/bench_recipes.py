@@ -44,12 +44,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import re
 import shlex
-import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -57,15 +53,15 @@ from typing import Dict, List, Optional
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from core.errors import ConfigError, DataError, UserError, cli_entry  # noqa: E402
+from core.errors import ConfigError, DataError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
 from core.suggest import did_you_mean  # noqa: E402
+from scripts.benchmarking import cpu_info, execute, parse_steps, read_metrics, reused  # noqa: E402
 
 BASELINE = "reference"
 SPLITS = {"validation": "val", "test": "test"}
 EPOCHS = 100000  # the wall-clock budget ends every run; the cosine schedule follows the clock
 METRICS = ("score", "BAKS", "BAUS", "rank1", "rank5", "mAP")
-ENSEMBLE = "ensemble (identity ranking)"
 TINY_RECIPE = ["data.image_size=32", "data.num_workers=0", "train.batch_size=8", "train.max_steps=3",
                "train.warmup_steps=1", "model.args.embed_dim=64"]
 TINY_REFERENCE = ["--image-size", "32", "--batch-size", "8"]
@@ -136,29 +132,6 @@ def check_arguments(args) -> None:
         if not folder.is_dir():
             raise DataError(f"dataset {name} not found: {folder} does not exist (expected "
                             f"{REAL_SETS[name].folder}/{REAL_SETS[name].layout} under --data-root {args.data_root})")
-
-
-def cpu_info(path: str = "/proc/cpuinfo") -> Dict[str, object]:
-    """The CPU model and whether it has the bf16 instructions train.mixed_precision=auto uses."""
-    model, flags = "unknown", set()
-    try:
-        for line in Path(path).read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return {"model": model, "cores": os.cpu_count(), "avx512_bf16": "avx512_bf16" in flags,
-            "amx": bool({"amx_bf16", "amx_tile"} & flags)}
-
-
-def cpu_line() -> str:
-    """'AMD EPYC, 2 cores, AVX512-BF16 yes, AMX no': what every benchmark table names."""
-    cpu = cpu_info()
-    return (f"{cpu['model']}, {cpu['cores']} cores, AVX512-BF16 {'yes' if cpu['avx512_bf16'] else 'no'}, "
-            f"AMX {'yes' if cpu['amx'] else 'no'}")
 
 
 # ----------------------------------------------------------------------------- protocols
@@ -252,65 +225,23 @@ def plan(args) -> List[Run]:
 # ----------------------------------------------------------------------------- running
 
 
-def _execute(command: List[str], log: Path, what: str) -> tuple:
-    """(stdout+stderr text, wall seconds); a failure is one line naming the log."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.monotonic()
-    with open(log, "w") as handle:
-        handle.write(shlex.join(command) + "\n")
-        handle.flush()
-        status = subprocess.run(command, cwd=REPO, stdout=handle, stderr=subprocess.STDOUT).returncode
-    text = log.read_text()
-    if status != 0:
-        lines = [line for line in text.splitlines() if line.strip()]
-        raise UserError(f"{what} failed (exit {status}): {lines[-1] if lines else 'no output'} (log: {log})")
-    return text, time.monotonic() - start
-
-
-def parse_steps(text: str) -> Optional[int]:
-    """Optimizer steps from train.py's 'done: N steps' or reference_loop.py's 'N steps (...' line."""
-    found = re.findall(r"^(?:done: )?(\d+) steps\b", text, flags=re.MULTILINE)
-    return int(found[-1]) if found else None
-
-
-def read_metrics(path: Path) -> Dict[str, Optional[float]]:
-    """Open-set score, BAKS, BAUS; rank-1 and rank-5 of the identity ranking the submission uses (after
-    any re-ranking); mAP of the model's own image retrieval."""
-    metrics = json.loads(path.read_text())
-    retrieval = metrics.get("retrieval", {})
-    model = next((v for k, v in retrieval.items() if k != ENSEMBLE), {})
-    ranking = retrieval.get(ENSEMBLE, model)
-    hindsight = metrics.get("hindsight", {}).get("score")
-    return {"score": metrics["tuned"]["score"], "BAKS": metrics["tuned"]["BAKS"], "BAUS": metrics["tuned"]["BAUS"],
-            "rank1": ranking.get("rank1"), "rank5": ranking.get("rank5"), "mAP": model.get("mAP"),
-            "hindsight_score": hindsight, "queries": metrics.get("queries")}
-
-
-def _reused(path: Path, spec: Dict) -> Optional[Dict]:
-    if path.is_file():
-        record = json.loads(path.read_text())
-        if record.get("spec") == spec:
-            return record
-    return None
-
-
 def execute_run(args, run: Run, protocol: Dict, machine: Dict) -> Dict:
     folder = run_dir(args, run)
     train_spec = {"command": train_command(args, run)[1:], "protocol": protocol}
-    trained = _reused(folder / "train_record.json", train_spec)
+    trained = reused(folder / "train_record.json", train_spec)
     if trained is not None:
         print(f"  trained earlier: {trained['steps']} steps (record {folder / 'train_record.json'})", flush=True)
     else:
         print(f"  training {run.trainer} for {args.minutes} min ...", flush=True)
-        text, wall = _execute(train_command(args, run), folder / "train.log", f"training {run.key}")
+        text, wall = execute(train_command(args, run), folder / "train.log", f"training {run.key}")
         trained = {"spec": train_spec, "steps": parse_steps(text), "train_wall_s": round(wall, 1), "cpu": machine}
         atomic_write_text(folder / "train_record.json", json.dumps(trained, indent=2) + "\n")
     eval_spec = {"command": eval_command(args, run)[1:], "trained": trained}
     name = eval_name(args, run)
-    evaluated = _reused(folder / f"{name}_record.json", eval_spec)
+    evaluated = reused(folder / f"{name}_record.json", eval_spec)
     if evaluated is None:
         print(f"  evaluating on the {args.split} part ...", flush=True)
-        _, wall = _execute(eval_command(args, run), folder / f"{name}.log", f"evaluating {run.key}")
+        _, wall = execute(eval_command(args, run), folder / f"{name}.log", f"evaluating {run.key}")
         evaluated = {"spec": eval_spec, "eval_wall_s": round(wall, 1)}
         atomic_write_text(folder / f"{name}_record.json", json.dumps(evaluated, indent=2) + "\n")
     return {"dataset": run.dataset, "protocol_seed": run.protocol_seed, "recipe": run.trainer, "seed": run.seed,

@@ -46,7 +46,7 @@ from engine.matching.keypoints import KeypointStore  # noqa: E402
 from engine.matching.pairs import PairMatcher  # noqa: E402
 from engine.matching.scorer import MatcherScorer  # noqa: E402
 from matchers import build_matcher  # noqa: E402
-from scripts.bench_recipes import cpu_line  # noqa: E402
+from scripts.benchmarking import cpu_line  # noqa: E402
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 

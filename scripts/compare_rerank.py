@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 
 from core.errors import ConfigError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from scripts.bench_recipes import cpu_line  # noqa: E402
+from scripts.benchmarking import cpu_line  # noqa: E402
 
 
 def parse_set(text: str) -> Dict[str, str]:

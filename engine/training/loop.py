@@ -199,10 +199,10 @@ class Trainer(EpochLoop):
         }
 
     def _forward_loss(self, batch: Dict[str, torch.Tensor]) -> tuple:
-        inputs = batch["image"].to(self.acc.device, non_blocking=True)
+        device = self.acc.device
+        inputs = batch["image"].to(device, non_blocking=True)
         if self.cfg.train.channels_last and inputs.ndim == 4:  # images; feature rows have no layout
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        device = self.acc.device
         return self.step_module(inputs, batch["label"].to(device, non_blocking=True), batch["index"].to(device))
 
     def _validate(self) -> Dict[str, float]:

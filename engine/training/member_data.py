@@ -8,6 +8,7 @@ open-set validation are those of image models (engine.training.data); only the i
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, Dict, List, Sequence, Tuple
 
 import faiss
@@ -90,15 +91,15 @@ def build_member_feature_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: 
     fingerprint = image_list_fingerprint(rows)
     precision = eval_precision()
 
+    views = ImageViews(cfg.data, features_cfg.tta, features_cfg.batch_size)
+
     def features_for(tta: Sequence[str]) -> List[np.ndarray]:
-        views = ImageViews(cfg.data, tta, features_cfg.batch_size)
-        return member_features(members, views, rows, cache, fingerprint, accelerator, precision)
+        return member_features(members, replace(views, tta=tta), rows, cache, fingerprint, accelerator, precision)
 
     averaged = features_for(features_cfg.tta)
     per_view = [np.concatenate(features_for([view]), axis=1) for view in features_cfg.train_views]
     train_rows = train_table[ROW].to_numpy()
     transforms = [fit_pca(block[train_rows], pca_dim, bool(own_args.get("whiten", False))) for block in averaged]
-    views = ImageViews(cfg.data, features_cfg.tta, features_cfg.batch_size)
     model_args = {**own_args, "members": [m.record(block.shape[1], views) for m, block in zip(members, averaged, strict=True)],
                   "pca_dims": [a.shape[0] for a, _ in transforms]}
     _describe(members, averaged, transforms, pca_dim, len(train_rows), accelerator)
