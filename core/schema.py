@@ -49,7 +49,7 @@ class SyntheticConfig:
 
 @dataclass
 class CropConfig:
-    detector: str = ""  # (str) detector export folder (train.py task=detector) that crops every image; "" = off
+    detector: str = ""  # (str) detector export folder (train.py task=detector) or zoo name that crops every image; "" = off
     min_confidence: float = 0.25  # (float) below this, the full image is kept (recorded as a fallback)
     choose: str = "confident"  # (str) with several animals in view: confident (highest score) | central (nearest the centre)
     batch_size: int = 16  # (int) images per detector forward pass

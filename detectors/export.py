@@ -65,8 +65,12 @@ def is_detector_export(path: Union[str, Path]) -> bool:
 
 
 def load_detector(path: Union[str, Path]) -> Tuple[Detector, Dict[str, Any]]:
-    """The detector of an export folder, in eval mode, and its config.json."""
+    """The detector of an export folder or zoo name (files checked first), in eval mode, and its config.json."""
     root = Path(path).expanduser()
+    if not root.is_dir():
+        from zoo.published import published_folder  # the zoo imports every model: only when a name is given
+
+        root = published_folder(str(path)) or root
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (root / name).is_file()]
     if missing:
         raise DataError(f"{root} is not a detector export: {' and '.join(missing)} missing "

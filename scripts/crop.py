@@ -29,7 +29,7 @@ from engine.detection.crops import crop_with_manifest  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--detector", required=True, help="detector export folder (train.py task=detector)")
+    parser.add_argument("--detector", required=True, help="detector export folder (train.py task=detector) or zoo name")
     parser.add_argument("--format", default="folders", choices=DATA_FORMATS, help="dataset format")
     parser.add_argument("--root", default="", help="dataset root (not needed for --format synthetic)")
     parser.add_argument("--out", default="crops.csv", help="manifest CSV to write")

@@ -133,3 +133,53 @@ def test_a_reidzoo_model_on_the_hub_is_checked_and_loaded(export, root, monkeypa
     (folder / "config.json").write_text((folder / "config.json").read_text() + "\n")
     with pytest.raises(DataError, match="hf-hub:org/tiny: .*config.json has changed"):
         load_from_hub("org/tiny")
+
+
+def test_a_fusion_model_publishes_with_its_members_and_loads_them_by_name(root, tmp_path):
+    from engine.member_features import load_recorded_members
+    from zoo.fusion import Fusion
+    from zoo.huggingface import push
+
+    torch.manual_seed(0)
+    members = []
+    for name, args in (("a", {"backbone": "resnet18", "embed_dim": 16}), ("b", {"backbone": "resnet18", "embed_dim": 12})):
+        member = build_model({"name": "embedder", "args": args}, num_classes=0)
+        member.input_size = 32
+        export = save_export(member, tmp_path / name)
+        members.append({"spec": str(export), "checksum": model_checksum(export), "dim": args["embed_dim"], "input_size": 32})
+    fusion = Fusion(0, members=members, pca_dims=[8, 6], hidden=16, embed_dim=8)
+    export = save_export(fusion, tmp_path / "fusion")
+    zoo_cli(["publish", str(export), "--name", "tiny-fusion"])
+    index = {entry["name"]: entry for entry in zoo.list()}
+    assert set(index) == {"tiny-fusion", "tiny-fusion.member0", "tiny-fusion.member1"}
+    assert index["tiny-fusion"]["model_checksum"] == model_checksum(export)
+    published = json.loads((root / index["tiny-fusion"]["folder"] / "config.json").read_text())
+    assert [m["spec"] for m in published["model_args"]["members"]] == ["tiny-fusion.member0", "tiny-fusion.member1"]
+    # The members are found by their zoo names (the export folders may go) and pass the checksum check.
+    shutil.rmtree(tmp_path / "a"), shutil.rmtree(tmp_path / "b")
+    loaded = zoo.load("tiny-fusion")
+    assert model_checksum(loaded) == model_checksum(fusion)
+    found = load_recorded_members(loaded.members, "tiny-fusion", torch.device("cpu"))
+    assert [m.checksum for m in found] == [m["checksum"] for m in members]
+    with pytest.raises(DataError, match="members .*tiny-fusion.member0.* are on this machine only"):
+        push(root / index["tiny-fusion"]["folder"], "org/tiny-fusion")  # refused before any network access
+
+
+def test_a_detector_publishes_and_crops_by_its_zoo_name(root, tmp_path):
+    from detectors import build_detector, detector_checksum, load_detector, save_detector
+
+    detector = build_detector("yolo", {"cfg": "yolov8n.yaml", "imgsz": 64})
+    export = save_detector(detector, tmp_path / "detector", metrics={"mAP50": 0.5})
+    zoo_cli(["publish", str(export), "--name", "tiny-detector"])
+    entry = zoo.list()[0]
+    assert entry["kind"] == "detector" and entry["model_checksum"] == detector_checksum(detector)
+    card = (root / entry["folder"] / "README.md").read_text()
+    assert "pipeline_tag: object-detection" in card and "data.crop.detector=tiny-detector" in card
+    assert detector_checksum(load_detector("tiny-detector")[0]) == detector_checksum(detector)
+    with pytest.raises(ConfigError, match="crop detector"):
+        zoo.load("tiny-detector")
+    weights = root / entry["folder"] / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    with pytest.raises(DataError, match="model.safetensors has changed"):
+        load_detector("tiny-detector")

@@ -1,10 +1,14 @@
 """`python -m zoo`: publish exports to the model zoo and list what it holds.
 
     python -m zoo publish runs/default/export --name synthetic-resnet18 [--zoo DIR] [--hf-repo ORG/NAME] [--force]
+    python -m zoo publish runs/fusion_cpu/export --name synthetic-fusion   # members published with it
+    python -m zoo publish runs/detector/export --name synthetic-detector   # a crop detector
     python -m zoo list [--zoo DIR]
 
 Published models load by name anywhere: `zoo.load("synthetic-resnet18")` or
-`python eval.py models=[synthetic-resnet18]`; every file's sha256 is checked first.
+`python eval.py models=[synthetic-resnet18]`, detectors as `data.crop.detector=synthetic-detector`;
+every file's sha256 is checked first. A fusion model's members that are export folders are
+published with it as `<name>.member<i>`, and it names them so.
 """
 from __future__ import annotations
 
@@ -19,12 +23,16 @@ def _table(root) -> str:
     models = list_models(root)
     if not models:
         return f"the zoo at {zoo_root(root)} is empty: publish with `python -m zoo publish EXPORT --name NAME`"
-    header = ("name", "architecture", "embed_dim", "classes", "input", "licence", "published")
-    rows = [(m["name"], m["architecture"], str(m["embed_dim"]), str(m["num_classes"]), f"{m['input_size']} px",
-             m.get("licence", ""), m["published"]) for m in models]
+    header = ("name", "kind", "architecture", "embed_dim", "classes", "input", "licence", "published")
+    rows = [(m["name"], m.get("kind", "model"), m["architecture"], _cell(m["embed_dim"]), _cell(m["num_classes"]),
+             f"{m['input_size']} px", m.get("licence", ""), m["published"]) for m in models]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
     return "\n".join([f"zoo: {zoo_root(root)}", *lines])
+
+
+def _cell(value) -> str:
+    return "-" if value is None else str(value)
 
 
 @cli_entry

@@ -39,6 +39,8 @@ def _outputs_identity(model: ReIDModel) -> Dict[str, Any]:
     args = dict(model.model_args)
     if TRUNK in args:  # models over other models' embeddings (fusion) have no trunk
         args[TRUNK] = {key: value for key, value in args[TRUNK].items() if key != "pretrained"}
+    if "members" in args:  # a fusion model's members count by their checksums, wherever they are found
+        args["members"] = [{key: value for key, value in m.items() if key != "spec"} for m in args["members"]]
     # Numbers as the export reads them back (a config may say 0 where config.json says 0.0).
     return {
         "architecture": model.architecture,

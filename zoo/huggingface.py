@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 from core.errors import DataError
 from zoo.base import ReIDModel
 from zoo.export import load_export
-from zoo.published import MANIFEST, verify_files
+from zoo.published import MANIFEST, read_index, verify_files
 
 
 def _hub():
@@ -30,6 +30,12 @@ def _hub():
 
 def push(folder: Path, repo: str) -> str:
     """Upload a published zoo folder to the Hub repo `repo` (created if needed); returns its URL."""
+    local = [m["spec"] for m in (_config(folder).get("model_args") or {}).get("members") or [] if _local(m["spec"])]
+    if local:
+        raise DataError(f"not pushed to {repo}: this fusion model's members {local} are on this machine only, so the "
+                        "Hub copy could not find them. Push each member first (python -m zoo publish MEMBER_EXPORT "
+                        "--name NAME --hf-repo ORG/NAME) and train the fusion on members named hf-hub:ORG/NAME. "
+                        "The model is published locally.")
     hub = _hub()
     try:
         api = hub.HfApi()
@@ -40,6 +46,17 @@ def push(folder: Path, repo: str) -> str:
                         "Offline, or not logged in (`hf auth login`)? The model is published locally; "
                         "push again later with --hf-repo.") from err
     return f"https://huggingface.co/{repo}"
+
+
+def _local(spec: str) -> bool:
+    """Whether a model spec names something of this machine only: a folder or a local zoo name."""
+    from zoo.loading import looks_like_path  # zoo.loading imports this module
+
+    return looks_like_path(spec) or Path(spec).expanduser().is_dir() or spec in read_index()
+
+
+def _config(folder: Path) -> Dict[str, Any]:
+    return json.loads((folder / "config.json").read_text())
 
 
 def _reachable(hub) -> bool:
