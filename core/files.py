@@ -138,3 +138,16 @@ def file_sha256(path: PathLike) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def visible_files(folder: Path) -> Iterator[Path]:
+    """Files under `folder`, recursively, following links once, in sorted order, hidden entries skipped."""
+    seen = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:  # a link cycle: this folder was already listed through another path
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        yield from (Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))

@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Tuple, Union
 import pandas as pd
 
 from core.errors import ConfigError, DataError, list_some
+from core.files import visible_files
 from core.registry import Registry
 from core.suggest import did_you_mean
 from data.table import (
@@ -110,17 +111,7 @@ def wildlifereid10k(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
 
 def list_images(folder: Path) -> list:
     """Image files under `folder`, recursively, following links once, sorted, hidden entries skipped."""
-    found, seen = [], set()
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        real = os.path.realpath(dirpath)
-        if real in seen:  # a link cycle: this folder was already listed through another path
-            dirnames[:] = []
-            continue
-        seen.add(real)
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(Path(dirpath) / f for f in sorted(filenames)
-                     if not f.startswith(".") and Path(f).suffix.lower() in IMAGE_EXTENSIONS)
-    return found
+    return [path for path in visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
 
 
 def read_corner_boxes(source: Path) -> List[Tuple[int, Optional[str], Union[str, List[str]]]]:

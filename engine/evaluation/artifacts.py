@@ -13,6 +13,7 @@ from core.config import to_dict
 from core.errors import ConfigError
 from core.files import atomic_folder, atomic_write_text
 from core.schema import EvalConfig
+from core.versions import installed_versions
 from engine.embed_cache import image_list_fingerprint
 from engine.evaluation.decision import Evaluation
 from engine.evaluation.query_metrics import finite
@@ -46,18 +47,6 @@ def staged_directory(final: Path) -> Iterator[Path]:
         yield staging
 
 
-def _versions() -> Dict[str, Optional[str]]:
-    from importlib import metadata
-
-    found = {}
-    for name in PACKAGES:
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            continue
-    return found
-
-
 def _git_commit() -> Optional[Dict[str, Any]]:
     import subprocess
 
@@ -76,7 +65,6 @@ def _git_commit() -> Optional[Dict[str, Any]]:
 def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput], ev: Evaluation,
              kind: str, matcher=None) -> Dict[str, Any]:
     """What made the submission; `matcher` is the re-ranking MatcherScorer, if any."""
-    import platform
 
     return finite({
         "tool": "reidzoo eval",
@@ -93,7 +81,7 @@ def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput
                                                 "pairs_matched": matcher.pairs.matched,
                                                 "images_extracted": matcher.pairs.store.extracted},
         "tuning_split": None if ev.tuning is None else {k: ev.tuning[k] for k in ("queries", "identities", "new_identities")},
-        "versions": {"python": platform.python_version(), **_versions()},
+        "versions": installed_versions(PACKAGES),
         "git": _git_commit(),
     })
 

