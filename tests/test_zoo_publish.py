@@ -155,6 +155,9 @@ def test_a_fusion_model_publishes_with_its_members_and_loads_them_by_name(root, 
     assert index["tiny-fusion"]["model_checksum"] == model_checksum(export)
     published = json.loads((root / index["tiny-fusion"]["folder"] / "config.json").read_text())
     assert [m["spec"] for m in published["model_args"]["members"]] == ["tiny-fusion.member0", "tiny-fusion.member1"]
+    elsewhere = zoo.publish(export, "other-fusion", root=tmp_path / "other-zoo")  # a zoo given by --zoo
+    with pytest.raises(DataError, match="are on this machine only"):
+        push(tmp_path / "other-zoo" / elsewhere["folder"], "org/other-fusion")
     # The members are found by their zoo names (the export folders may go) and pass the checksum check.
     shutil.rmtree(tmp_path / "a"), shutil.rmtree(tmp_path / "b")
     loaded = zoo.load("tiny-fusion")

@@ -30,7 +30,9 @@ def _hub():
 
 def push(folder: Path, repo: str) -> str:
     """Upload a published zoo folder to the Hub repo `repo` (created if needed); returns its URL."""
-    local = [m["spec"] for m in (_config(folder).get("model_args") or {}).get("members") or [] if _local(m["spec"])]
+    members = (_config(folder).get("model_args") or {}).get("members") or []
+    published_here = read_index(folder.parent) if members else {}  # the zoo this folder was published to
+    local = [m["spec"] for m in members if _local(m["spec"], published_here)]
     if local:
         raise DataError(f"not pushed to {repo}: this fusion model's members {local} are on this machine only, so the "
                         "Hub copy could not find them. Push each member first (python -m zoo publish MEMBER_EXPORT "
@@ -48,11 +50,11 @@ def push(folder: Path, repo: str) -> str:
     return f"https://huggingface.co/{repo}"
 
 
-def _local(spec: str) -> bool:
-    """Whether a model spec names something of this machine only: a folder or a local zoo name."""
+def _local(spec: str, published_here: Dict[str, Any]) -> bool:
+    """Whether a model spec names something of this machine only: a folder or a name of a local zoo."""
     from zoo.loading import looks_like_path  # zoo.loading imports this module
 
-    return looks_like_path(spec) or Path(spec).expanduser().is_dir() or spec in read_index()
+    return looks_like_path(spec) or Path(spec).expanduser().is_dir() or spec in published_here or spec in read_index()
 
 
 def _config(folder: Path) -> Dict[str, Any]:

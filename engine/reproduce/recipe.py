@@ -6,6 +6,7 @@ output folder and stages that run earlier. recipes/README.md documents the forma
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,8 +156,6 @@ def _synthetic(raw: Any, data_format: str, where: str) -> SyntheticSpec:
 
 
 def _expected(folder: Path) -> Dict[str, Any]:
-    import json
-
     path = folder / EXPECTED_FILE
     if not path.is_file():
         return {}
