@@ -9,9 +9,14 @@ pipelines keep their signs. Example rule: ``{SalamanderID2025: {right: -90, left
 """
 from __future__ import annotations
 
+import os
 from typing import Callable, Dict, Mapping, Sequence
 
-import albumentations as A
+# albumentations asks PyPI for its latest version on every import: a 2-second wait and a warning on
+# every run of an offline machine (a GPU cluster node, say). A user's own setting is kept.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import torch

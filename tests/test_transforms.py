@@ -1,12 +1,16 @@
 """Transforms: shapes, TTA views, orientation rules, and the dataset that applies them."""
 from __future__ import annotations
 
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO
 from PIL import Image
 
 from core.errors import ConfigError
@@ -173,3 +177,19 @@ def test_dataloader_workers_and_epochs_get_different_augmentations():
     epochs = [list(torch.utils.data.DataLoader(dataset, batch_size=1, num_workers=2)) for _ in range(2)]
     assert not torch.equal(epochs[0][0], epochs[0][1])  # worker 0 vs worker 1
     assert not torch.equal(epochs[0][0], epochs[1][0])  # epoch 0 vs epoch 1
+
+
+def test_importing_the_transforms_asks_no_server_for_updates():
+    # albumentations checks PyPI for a newer version on import unless told not to: on an offline
+    # cluster node that is a wait and a warning on every run.
+    probe = ("import socket, sys\n"
+             "def refuse(*args, **kwargs):\n"
+             "    print('CONNECT', args[:1]); raise OSError('no network in this test')\n"
+             "socket.create_connection = refuse\n"
+             "socket.socket.connect = refuse\n"
+             "import data.transforms\n"
+             "print('imported')\n")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "imported" in out.stdout and "CONNECT" not in out.stdout
