@@ -64,6 +64,8 @@ class DataConfig:
     datasets: List[str] = field(default_factory=list)  # (list) keep only these `dataset` values
     species: List[str] = field(default_factory=list)  # (list) keep only these species
     image_size: int = 96  # (int) square side the model sees, in pixels (eval.py: only for models that record none)
+    identity_parts: int = 1  # (int) training only: split the identities into this many fixed, disjoint parts (a fusion model's members train on one, the fusion on another)
+    identity_part: int = 0  # (int) training only: the part to train on, 0 .. identity_parts - 1
     crop_to_bbox: bool = True  # (bool) crop to the `bbox` column where it is set
     bbox_padding: float = 0.1  # (float) padding around the bbox (annotated or detected), as a fraction of its size
     cache_dir: str = ""  # (str) resized-image cache; "" = ~/.cache/reidzoo/images, "none" = off
@@ -317,7 +319,8 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     SyntheticConfig: {"individuals": COUNT, "images_per_individual": COUNT, "seed": at_least(0)},
     DataConfig: {
         "format": one_of(*DATA_FORMATS), "image_size": SIZE, "bbox_padding": at_least(0),
-        "num_workers": at_least(0), "mean": numbers(3), "std": numbers(3, positive=True),
+        "num_workers": at_least(0), "identity_parts": COUNT, "identity_part": at_least(0), "mean": numbers(3),
+        "std": numbers(3, positive=True),
     },
     AugmentConfig: {
         "scale": increasing_pair(0, 1), "ratio": increasing_pair(0, math.inf), "hflip": PROBABILITY,
@@ -379,10 +382,25 @@ def _model_weights(cfg: EvalConfig) -> Optional[str]:
     return None
 
 
+def _identity_part(cfg: DataConfig) -> Optional[str]:
+    if cfg.identity_part >= cfg.identity_parts:
+        return (f"'data.identity_part' = {cfg.identity_part} must be below 'data.identity_parts' = {cfg.identity_parts} "
+                f"(parts are numbered 0 .. {cfg.identity_parts - 1})")
+    return None
+
+
+def _scores_every_identity(cfg: EvalConfig) -> Optional[str]:
+    if cfg.data.identity_parts != 1:
+        return ("'data.identity_parts' chooses the identities a model trains on; eval.py scores every image of "
+                "data.root: leave it at 1")
+    return None
+
+
 # Rules that relate several keys of one dataclass.
 JOINT_RULES: Dict[type, List[Callable[[Any], Optional[str]]]] = {
+    DataConfig: [_identity_part],
     TrainConfig: [_pk_batches],
-    EvalConfig: [_model_weights],
+    EvalConfig: [_model_weights, _scores_every_identity],
 }
 
 

@@ -82,6 +82,27 @@ def identity_split(df: pd.DataFrame, fraction: float, seed: int) -> Tuple[pd.Dat
     return rest.reset_index(drop=True), held_out.reset_index(drop=True)
 
 
+def identity_part(df: pd.DataFrame, parts: int, part: int) -> pd.DataFrame:
+    """The labelled rows of part `part` of `parts` disjoint, near-equal parts of each dataset's
+    identities (`parts` = 1: `df` unchanged).
+
+    The parts depend on the identities alone (a fixed seed, not the run's), so runs with different
+    seeds or recipes agree on them: a fusion model's members train on one part and the fusion on
+    another, and the fusion never learns from features of individuals its members were fitted to.
+    """
+    if parts < 1 or not 0 <= part < parts:
+        raise ConfigError(f"identity part {part} of {parts}: the part must be in 0..{parts - 1}")
+    if parts == 1:
+        return df
+    kept = []
+    for dataset, identities, rows in _labelled_groups(df):
+        if len(identities) < parts:
+            raise DataError(f"dataset {dataset!r} has {len(identities)} identities: too few for {parts} identity parts")
+        chosen = np.array_split(_rng(0, dataset).permutation(identities), parts)[part]
+        kept.append(rows[rows["identity"].isin(set(chosen))])
+    return pd.concat(kept).reset_index(drop=True)
+
+
 def open_set_split(df: pd.DataFrame, *, unknown_fraction: float = 0.2, query_fraction: float = 0.2,
                    seed: int = 0) -> pd.DataFrame:
     """Per dataset, `unknown_fraction` of identities appear only in the query (the "new" individuals);

@@ -7,6 +7,7 @@ import pytest
 from core.errors import ConfigError, DataError
 from data.splits import (
     closed_set_split,
+    identity_part,
     identity_split,
     open_set_split,
     split_from_column,
@@ -78,6 +79,24 @@ def test_identity_split_holds_out_one_identity_of_a_tiny_set():
     df = make_rows(n_identities=2, datasets=("A",))
     rest, held = identity_split(df, 0.1, seed=0)
     assert held["identity"].nunique() == 1 and rest["identity"].nunique() == 1
+
+
+def test_identity_parts_are_disjoint_cover_every_identity_and_ignore_the_run_seed():
+    df = make_rows()
+    parts = [identity_part(df, 3, k) for k in range(3)]
+    for k, part in enumerate(parts):
+        for other in parts[k + 1:]:
+            assert not identities(part) & identities(other)
+        # Near-equal per dataset: 40 identities each -> 14, 13, 13.
+        assert sorted(part.groupby("dataset")["identity"].nunique().tolist()) in ([13, 13], [14, 14])
+    assert set().union(*map(identities, parts)) == identities(df[df["identity"].notna()])
+    assert identity_part(df.sample(frac=1.0, random_state=5), 3, 1).sort_values("image_id").reset_index(drop=True).equals(
+        parts[1].sort_values("image_id").reset_index(drop=True))  # row order does not matter
+    assert identity_part(df, 1, 0) is df
+    with pytest.raises(ConfigError, match="must be in 0..1"):
+        identity_part(df, 2, 2)
+    with pytest.raises(DataError, match="too few for 50 identity parts"):
+        identity_part(df, 50, 0)
 
 
 def test_time_aware_query_is_later_than_database():

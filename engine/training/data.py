@@ -18,7 +18,7 @@ from data.dataset import ReIDDataset, build_label_map
 from data.formats import load_table
 from data.images import ImageLoader, resolve_cache_dir
 from data.samplers import build_batch_sampler
-from data.splits import identity_split, open_set_split
+from data.splits import identity_part, identity_split, open_set_split
 from data.transforms import build_eval_transform, build_train_transform
 from engine.training.seeding import SeededBatchSampler, SeededDataset
 
@@ -45,6 +45,19 @@ def training_rows(table: pd.DataFrame) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
+def training_part(table: pd.DataFrame, cfg: TrainConfig, accelerator=None) -> pd.DataFrame:
+    """The rows of the identity part this run trains on (data.identity_parts; all rows when 1)."""
+    parts, part = cfg.data.identity_parts, cfg.data.identity_part
+    if parts == 1:
+        return table
+    rows = identity_part(table, parts, part)
+    if accelerator is None or accelerator.is_main_process:
+        trained = training_rows(rows)
+        print(f"training on identity part {part} of 0..{parts - 1}: {trained['identity'].nunique()} identities, "
+              f"{len(trained)} images", flush=True)
+    return rows
+
+
 def split_validation(rows: pd.DataFrame, cfg: TrainConfig):
     """Hold out identities for open-set validation; skipped when there are too few of them."""
     if not cfg.val.enabled or cfg.val.fraction <= 0:
@@ -69,7 +82,7 @@ def _lower_priority(worker_id: int) -> None:
 
 def build_train_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, pin_memory: bool = False,
                      accelerator=None) -> TrainData:
-    table = load_table(cfg.data)
+    table = training_part(load_table(cfg.data), cfg, accelerator)
     train_table, val_table = split_validation(training_rows(table), cfg)
     label_map = build_label_map(train_table["identity"])
     image_loader = ImageLoader(
