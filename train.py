@@ -13,6 +13,7 @@ checkpoints, and a folder train.py did not create is refused rather than overwri
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -69,8 +70,9 @@ def main(argv=None) -> dict:
 
     result = run(cfg, resume=args.resume)
     summary = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result["metrics"].items())
-    print(f"done: {result['steps']} steps; exported model's validation: {summary or 'n/a'}; "
-          f"model exported to {result['export']}")
+    if os.environ.get("RANK", "0") == "0":  # once, not per process of `accelerate launch`
+        print(f"done: {result['steps']} steps; exported model's validation: {summary or 'n/a'}; "
+              f"model exported to {result['export']}")
     return result
 
 

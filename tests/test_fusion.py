@@ -12,16 +12,27 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, tiny_train_overrides
 
 from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import TrainConfig
 from data.formats import load_table
+from data.splits import identity_part
+from engine.accel import eval_precision
 from engine.cached_outputs import ImageViews
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint
-from engine.member_features import load_members, load_recorded_members, member_features
-from engine.training.member_data import ROW, build_member_feature_data, evaluation_rows, fit_pca
+from engine.member_features import Member, load_members, load_recorded_members, member_features
+from engine.training.data import build_train_data, training_rows
+from engine.training.member_data import (
+    ROW,
+    build_member_feature_data,
+    evaluation_rows,
+    fit_learned_whitening,
+    fit_pca,
+    shares_identities,
+    warn_shared_identities,
+)
 from losses import build_criterion
 from losses.pair import select_pairs
 from zoo import build_model, load_export, model_checksum, save_export
@@ -64,16 +75,26 @@ def fusion_overrides(root: Path, members: list, out: Path, cache: Path) -> list:
 
 
 def test_pca_is_fitted_on_training_rows_only(tiny_synthetic, members, tmp_path):
-    cfg = load_config(TrainConfig, None, fusion_overrides(tiny_synthetic, members, tmp_path / "run", tmp_path))
+    cfg = load_config(TrainConfig, None, [*fusion_overrides(tiny_synthetic, members, tmp_path / "run", tmp_path),
+                                          "model.args.learned_whitening_dim=64"])
     data = build_member_feature_data(cfg)
-    recorded = []
-    data.setup_model(type("Recorder", (), {"set_pca": lambda self, t: recorded.extend(t)})())
+    assert data.model_args["learned_whitening_dim"] == 16  # capped at the concatenation's size
+    recorded, whitening = [], []
+
+    class Recorder:
+        has_whitening = True
+        model_args = {**data.model_args, "learned_whitening_shrinkage": 0.2}
+
+        def set_pca(self, transforms, fitted):
+            recorded.extend(transforms)
+            whitening.extend(fitted)
+    data.setup_model(Recorder())
 
     rows = evaluation_rows(load_table(cfg.data))
     views = ImageViews(cfg.data, cfg.features.tta, 32)
     cache = EmbeddingCache(tmp_path / "embeddings")
     features = member_features(load_members(members, torch.device("cpu")), views, rows, cache,
-                               image_list_fingerprint(rows), None, "no")
+                               image_list_fingerprint(rows), None, eval_precision())
     train_rows = data.train_table[ROW].to_numpy()
     assert set(rows.iloc[train_rows]["split"]) == {"database"}
     assert not set(data.train_table["identity"]) & set(data.val_table["identity"])
@@ -86,6 +107,10 @@ def test_pca_is_fitted_on_training_rows_only(tiny_synthetic, members, tmp_path):
         assert not np.allclose(b, fit_pca(block, 8, whiten=False)[1], atol=1e-5)
     assert [m["spec"] for m in data.model_args["members"]] == members
     assert data.model_args["pca_dims"] == [8, 8] and data.model_args["members"][1]["dim"] == 512
+    reduced = np.concatenate([block[train_rows] @ a.T + b for block, (a, b) in zip(features, recorded, strict=True)], 1)
+    expected = fit_learned_whitening(reduced, data.train_table["identity"].astype(str).to_numpy(), 16, 0.2)
+    for fitted, wanted in zip(whitening, expected, strict=True):
+        np.testing.assert_allclose(fitted, wanted, atol=1e-4)
 
 
 def test_whitened_pca_gives_unit_variance_and_caps_its_size():
@@ -95,6 +120,62 @@ def test_whitened_pca_gives_unit_variance_and_caps_its_size():
     np.testing.assert_allclose((features @ a.T + b).std(axis=0), 1.0, rtol=1e-3)
     np.testing.assert_allclose((features @ a.T + b).mean(axis=0), 0.0, atol=1e-4)
     assert fit_pca(features[:5], 64, whiten=False)[0].shape == (4, 12)  # at most N - 1 components
+
+
+def identities_with_noisy_directions(rng, n_ids: int = 8, per_id: int = 12, dim: int = 10):
+    """Identities told apart along the last dimensions only; photos of one identity vary most along the first."""
+    centres = np.zeros((n_ids, dim))
+    centres[:, dim // 2:] = rng.normal(size=(n_ids, dim - dim // 2))
+    labels = np.repeat(np.arange(n_ids), per_id)
+    noise = rng.normal(size=(len(labels), dim)) * np.r_[np.full(dim // 2, 3.0), np.full(dim - dim // 2, 0.3)]
+    return centres[labels] + noise, labels
+
+
+def nearest_neighbour_accuracy(x: np.ndarray, labels: np.ndarray) -> float:
+    x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    similarity = x @ x.T
+    np.fill_diagonal(similarity, -np.inf)
+    return float((labels[similarity.argmax(1)] == labels).mean())
+
+
+def test_learned_whitening_whitens_the_within_identity_scatter_and_separates_identities():
+    x, labels = identities_with_noisy_directions(np.random.default_rng(0))
+    a, b = fit_learned_whitening(x, labels, dim=64, shrinkage=0.0)
+    assert a.shape == (10, 10) and b.shape == (10,)  # capped at the feature size
+    y = x @ a.T + b
+    np.testing.assert_allclose(y.mean(axis=0), 0.0, atol=1e-5)
+    within = sum((y[labels == k] - y[labels == k].mean(0)).T @ (y[labels == k] - y[labels == k].mean(0))
+                 for k in np.unique(labels)) / len(y)
+    np.testing.assert_allclose(within, np.eye(10), atol=1e-4)  # hand computation: A S_w A^T = I without shrinkage
+    assert nearest_neighbour_accuracy(y, labels) > nearest_neighbour_accuracy(x, labels) + 0.2
+    # Kept dimensions are the whitened features' principal axes, largest first.
+    kept, _ = fit_learned_whitening(x, labels, dim=3, shrinkage=0.2)
+    variances = np.var(x @ fit_learned_whitening(x, labels, dim=10, shrinkage=0.2)[0].T, axis=0)
+    assert kept.shape == (3, 10) and np.all(np.diff(variances) <= 1e-6)
+    np.testing.assert_allclose(np.var(x @ kept.T, axis=0), variances[:3], rtol=1e-4)
+
+
+def test_a_fusion_of_fitted_maps_only_has_no_parameters_and_reloads_identically(tmp_path):
+    x, labels = identities_with_noisy_directions(np.random.default_rng(1), dim=28)
+    model = Fusion(0, members=[member_record(16, "m0"), member_record(12, "m1")], pca_dims=[8, 6],
+                   learned_whitening_dim=5, hidden=0)
+    assert not list(model.parameters()) and model.embed_dim == 5
+    transforms = [fit_pca(x[:, :16], 8, False), fit_pca(x[:, 16:], 6, False)]
+    with pytest.raises(ValueError, match="needs learned whitening"):
+        model.set_pca(transforms)
+    reduced = np.concatenate([x[:, :16] @ transforms[0][0].T + transforms[0][1],
+                              x[:, 16:] @ transforms[1][0].T + transforms[1][1]], axis=1)
+    whitening = fit_learned_whitening(reduced, labels, 5, 0.2)
+    model.set_pca(transforms, whitening)
+    model.eval()
+    inputs = torch.from_numpy(x.astype(np.float32))
+    with torch.no_grad():
+        embedding = model(inputs)["embedding"]
+    np.testing.assert_allclose(embedding.numpy(), reduced @ whitening[0].T + whitening[1], atol=1e-4)
+    loaded, meta = load_export(save_export(model, tmp_path / "export"))
+    assert meta["model_args"]["learned_whitening_dim"] == 5 and meta["model_args"]["hidden"] == 0
+    with torch.no_grad():
+        assert torch.equal(loaded(inputs)["embedding"], embedding)
 
 
 def test_mlp_loss_falls_on_a_tiny_separable_problem():
@@ -143,6 +224,10 @@ def test_unresolved_or_misspelt_fusion_arguments_are_refused():
     with pytest.raises(ConfigError, match="did you mean 'pca_dims'"):
         build_model({"name": "fusion", "args": {"members": [member_record(4)], "pca_dim": [2], "pca_dims": [2],
                                                 "pca_dimz": 2}}, num_classes=0)
+    with pytest.raises(ConfigError, match="learned_whitening_dim must be 0"):
+        tiny_fusion(learned_whitening_dim=-1)
+    with pytest.raises(ConfigError, match="learned_whitening_shrinkage must be in"):
+        tiny_fusion(learned_whitening_dim=4, learned_whitening_shrinkage=1.5)
     with pytest.raises(ConfigError, match="no pair head"):
         tiny_fusion().pair_logits(torch.zeros(1, 16), torch.zeros(1, 16))
 
@@ -157,6 +242,34 @@ def test_a_changed_member_is_refused(members, tmp_path):
     recorded[0]["spec"] = str(copy)
     with pytest.raises(DataError, match=f"member {copy} has changed since it was trained"):
         load_recorded_members(recorded, "fusion", torch.device("cpu"))
+
+
+def test_members_and_fusion_train_on_disjoint_identity_parts(tiny_synthetic, members, tmp_path, capsys):
+    member_cfg = load_config(TrainConfig, None, [*tiny_train_overrides(tiny_synthetic, tmp_path / "m", tmp_path),
+                                                 "data.format=animalclef2025", "data.identity_parts=2"])
+    member_data = build_train_data(member_cfg)
+    fusion_cfg = load_config(TrainConfig, None, [*fusion_overrides(tiny_synthetic, members, tmp_path / "f", tmp_path),
+                                                 "data.identity_parts=2", "data.identity_part=1"])
+    fusion_data = build_member_feature_data(fusion_cfg)
+    member_ids, fusion_ids = set(member_data.train_table["identity"]), set(fusion_data.train_table["identity"])
+    table = load_table(member_cfg.data)
+    assert member_ids == set(training_rows(identity_part(table, 2, 0))["identity"])
+    assert fusion_ids == set(training_rows(identity_part(table, 2, 1))["identity"])
+    assert member_ids and fusion_ids and not member_ids & fusion_ids
+    assert f"training on identity part 1 of 0..1: {len(fusion_ids)} identities" in capsys.readouterr().out
+
+    # Only a member trained on the same data and an overlapping part is reported.
+    def meta(**data) -> dict:
+        return {"train_config": {"data": {"format": "animalclef2025", "root": str(tiny_synthetic), **data}}}
+    assert not shares_identities(meta(identity_parts=2, identity_part=0), fusion_cfg)
+    assert shares_identities(meta(identity_parts=2, identity_part=1), fusion_cfg)
+    assert shares_identities(meta(), fusion_cfg)  # trained on every identity
+    assert not shares_identities(meta(root=str(tmp_path)), fusion_cfg)  # other data
+    assert not shares_identities({}, fusion_cfg)  # a pretrained model
+    whole = load_config(TrainConfig, None, fusion_overrides(tiny_synthetic, members, tmp_path / "f", tmp_path))
+    assert shares_identities(meta(identity_parts=2, identity_part=0), whole)
+    warn_shared_identities([Member("runs/a/export", None, meta(), "0")], fusion_cfg, None)
+    assert "warning: fusion member(s) runs/a/export trained on the identities this fusion trains on" in capsys.readouterr().out
 
 
 def test_pair_mining_never_pairs_an_image_with_itself():
@@ -212,6 +325,19 @@ def test_fusion_trains_exports_and_votes_in_an_eval_ensemble(tiny_synthetic, mem
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert len(submission) == (load_table(load_config(TrainConfig, None, [
         "data.format=animalclef2025", f"data.root={tiny_synthetic}"]).data)["split"] == "query").sum()
+
+
+@pytest.mark.slow
+def test_a_fusion_without_trainable_layers_takes_no_steps_and_exports(tiny_synthetic, members, tmp_path):
+    out = tmp_path / "fitted"
+    trained = run_script("train.py", fusion_overrides(tiny_synthetic, members, out, tmp_path) + [
+        "model.args.learned_whitening_dim=6", "model.args.hidden=0", "model.args.pair_hidden=0",
+        "losses=[{name: contrastive}]", "train.epochs=2"])
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "no training steps" in trained.stdout and "exported model's validation: rank1=" in trained.stdout
+    model, meta = load_export(out / "export")
+    assert meta["model_args"]["learned_whitening_dim"] == 6 and model.embed_dim == 6
+    assert torch.count_nonzero(model.whitening_A) > 0  # fitted, not the zeros it was built with
 
 
 @pytest.mark.slow

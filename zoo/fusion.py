@@ -1,12 +1,18 @@
-"""The `fusion` model: an MLP over PCA-reduced embeddings of several frozen models (its members).
+"""The `fusion` model: PCA-reduced embeddings of several frozen models (its members), fused.
 
 A fusion model does not read images. Its input is the concatenation of its members' L2-normalised
 embeddings, extracted once (engine/member_features.py, through the evaluation cache); each
 member's block goes through its own PCA, fitted on the training images' features only and stored
-as buffers (so the export is self-contained), then the reduced blocks are concatenated and an MLP
-gives the fused embedding. Any of our losses trains it: a margin loss (ArcFace) on the embedding,
-cross-entropy on an identity head (`classifier: true`), and/or `contrastive` on its pair head,
-which scores (|a-b|, a*b) of two fused embeddings as the Siamese model's does.
+as buffers (so the export is self-contained), then the reduced blocks are concatenated. Two
+fitted stages follow, each optional:
+* a learned whitening (`learned_whitening_dim` > 0): a linear map fitted in closed form on the
+  training identities, which scales down the directions along which photos of one individual
+  vary and keeps those that separate individuals (Radenović et al., "Fine-tuning CNN Image
+  Retrieval with No Human Annotation", TPAMI 2018, section 3.3);
+* an MLP (`hidden` > 0) that gives the fused embedding, trained by any of our losses: a margin
+  loss (ArcFace) on the embedding, cross-entropy on an identity head (`classifier: true`).
+With `hidden: 0` the (whitened) concatenation is the embedding. A pair head (`pair_hidden`),
+trained by `contrastive`, scores (|a-b|, a*b) of two fused embeddings as the Siamese model's does.
 
 The export records each member (spec, checksum, embedding size, input size): eval.py extracts
 their embeddings again, refusing a member whose checksum changed, and votes with the fused
@@ -14,7 +20,7 @@ embedding (and the pair head as a shortlist re-scorer) like any other model.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,23 +52,29 @@ def check_members(members: Any) -> List[Dict[str, Any]]:
 
 @register_model("fusion")
 class Fusion(PairScoring, ReIDModel):
-    """members' embeddings -> PCA per member -> concat -> Linear-BN-ReLU-Dropout -> Linear-BN (embedding)
-    [-> Linear (identity logits)] [+ pair head on (|a-b|, a*b)]."""
+    """members' embeddings -> PCA per member -> concat [-> learned whitening]
+    [-> Linear-BN-ReLU-Dropout -> Linear-BN] (embedding) [-> Linear (identity logits)] [+ pair head on (|a-b|, a*b)]."""
 
     inputs = "member_features"
 
     def __init__(self, num_classes: int = 0, *, members: Sequence[Mapping[str, Any]], pca_dims: Sequence[int],
-                 whiten: bool = False, hidden: int = 1024, embed_dim: int = 512, dropout: float = 0.1,
-                 classifier: bool = False, pair_hidden: int = 0):
+                 whiten: bool = False, learned_whitening_dim: int = 0, learned_whitening_shrinkage: float = 0.2,
+                 hidden: int = 1024, embed_dim: int = 512, dropout: float = 0.1, classifier: bool = False,
+                 pair_hidden: int = 0):
         super().__init__()
         self.members = check_members(members)
         pca_dims = [int(d) for d in pca_dims]
         if len(pca_dims) != len(self.members) or any(d < 1 for d in pca_dims):
             raise ConfigError(f"model 'fusion': pca_dims {pca_dims} must give one positive size per member "
                               f"({len(self.members)})")
-        for name, value in (("hidden", hidden), ("embed_dim", embed_dim)):
-            if int(value) < 1:
-                raise ConfigError(f"model 'fusion': {name} must be a positive integer, got {value}")
+        if int(embed_dim) < 1:
+            raise ConfigError(f"model 'fusion': embed_dim must be a positive integer, got {embed_dim}")
+        for name, value in (("hidden", hidden), ("learned_whitening_dim", learned_whitening_dim)):
+            if int(value) < 0:
+                raise ConfigError(f"model 'fusion': {name} must be 0 (none) or a positive integer, got {value}")
+        if not 0.0 <= learned_whitening_shrinkage <= 1.0:
+            raise ConfigError("model 'fusion': learned_whitening_shrinkage must be in [0, 1], got "
+                              f"{learned_whitening_shrinkage}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model 'fusion': dropout must be in [0, 1), got {dropout}")
         if classifier and num_classes < 1:
@@ -72,9 +84,18 @@ class Fusion(PairScoring, ReIDModel):
         for i, (d_in, d_out) in enumerate(zip(self.input_dims, pca_dims, strict=True)):
             self.register_buffer(f"pca{i}_A", torch.zeros(d_out, d_in))
             self.register_buffer(f"pca{i}_b", torch.zeros(d_out))
-        self.mlp = nn.Sequential(
-            nn.Linear(sum(pca_dims), hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
-            nn.Dropout(dropout), nn.Linear(hidden, embed_dim, bias=False), nn.BatchNorm1d(embed_dim))
+        fused_dim = int(learned_whitening_dim) or sum(pca_dims)
+        if learned_whitening_dim:
+            # y = x @ A.T + b on the concatenation, set by set_pca() from the training features and identities.
+            self.register_buffer("whitening_A", torch.zeros(fused_dim, sum(pca_dims)))
+            self.register_buffer("whitening_b", torch.zeros(fused_dim))
+        self.has_whitening = bool(learned_whitening_dim)
+        if hidden:
+            self.mlp = nn.Sequential(
+                nn.Linear(fused_dim, hidden, bias=False), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                nn.Dropout(dropout), nn.Linear(hidden, embed_dim, bias=False), nn.BatchNorm1d(embed_dim))
+        else:  # the fused features are the embedding
+            self.mlp, embed_dim = nn.Identity(), fused_dim
         self.head = nn.Linear(embed_dim, num_classes) if classifier else None
         self.pair_head = (nn.Sequential(nn.Linear(2 * embed_dim, pair_hidden), nn.ReLU(), nn.Linear(pair_hidden, 1))
                           if pair_hidden else None)
@@ -83,7 +104,9 @@ class Fusion(PairScoring, ReIDModel):
         # Images are the members' business: these describe no input of this model.
         self.input_size = max(int(m["input_size"]) for m in self.members)
         self.mean, self.std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]
-        self.model_args = {"members": self.members, "pca_dims": pca_dims, "whiten": bool(whiten), "hidden": int(hidden),
+        self.model_args = {"members": self.members, "pca_dims": pca_dims, "whiten": bool(whiten),
+                           "learned_whitening_dim": int(learned_whitening_dim),
+                           "learned_whitening_shrinkage": float(learned_whitening_shrinkage), "hidden": int(hidden),
                            "embed_dim": int(embed_dim), "dropout": float(dropout), "classifier": bool(classifier),
                            "pair_hidden": int(pair_hidden)}
 
@@ -108,12 +131,20 @@ class Fusion(PairScoring, ReIDModel):
     def pca(self, i: int) -> Tuple[torch.Tensor, torch.Tensor]:
         return getattr(self, f"pca{i}_A"), getattr(self, f"pca{i}_b")
 
-    def set_pca(self, transforms: Sequence[Tuple[np.ndarray, np.ndarray]]) -> None:
-        """Each member's (A (d_out, d_in), b (d_out,)), fitted on training features (engine.member_features)."""
-        for i, (a, b) in enumerate(transforms):
-            target_a, target_b = self.pca(i)
+    def set_pca(self, transforms: Sequence[Tuple[np.ndarray, np.ndarray]],
+                whitening: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> None:
+        """Each member's (A (d_out, d_in), b (d_out,)), and the learned whitening's of the concatenation where
+        the model has one, fitted on training features (engine.training.member_data)."""
+        if (whitening is not None) != self.has_whitening:
+            raise ValueError(f"this fusion model {'needs' if self.has_whitening else 'has no'} learned whitening")
+        targets = [(f"member {i}", *self.pca(i)) for i in range(len(transforms))]
+        fitted = list(transforms)
+        if whitening is not None:
+            targets.append(("learned whitening", self.whitening_A, self.whitening_b))
+            fitted.append(whitening)
+        for (name, target_a, target_b), (a, b) in zip(targets, fitted, strict=True):
             if tuple(a.shape) != tuple(target_a.shape) or tuple(b.shape) != tuple(target_b.shape):
-                raise ValueError(f"member {i}: PCA of shape {a.shape}, {b.shape} does not fit {tuple(target_a.shape)}")
+                raise ValueError(f"{name}: map of shape {a.shape}, {b.shape} does not fit {tuple(target_a.shape)}")
             target_a.copy_(torch.as_tensor(a, dtype=torch.float32))
             target_b.copy_(torch.as_tensor(b, dtype=torch.float32))
 
@@ -127,7 +158,10 @@ class Fusion(PairScoring, ReIDModel):
 
     # -- outputs -----------------------------------------------------------------------------------
     def forward(self, features: torch.Tensor) -> Dict[str, Any]:
-        embedding = self.mlp(self.reduce(features))
+        fused = self.reduce(features)
+        if self.has_whitening:
+            fused = fused @ self.whitening_A.T + self.whitening_b
+        embedding = self.mlp(fused)
         out: Dict[str, Any] = {"embedding": embedding}
         if self.head is not None:
             out["logits"] = self.head(embedding)

@@ -86,7 +86,7 @@ def _fused_outputs(spec: str, weight: float, model, meta: Dict[str, Any], checks
                    rows: pd.DataFrame, cache: EmbeddingCache, fingerprint: str, accelerator) -> ModelOutput:
     """A fusion model: its members' embeddings (checked, cached), then its fused embedding; it votes
     with that embedding, and its pair head (if trained) re-scores the shortlist."""
-    members = load_recorded_members(model.members, spec, next(model.parameters()).device)
+    members = load_recorded_members(model.members, spec, model.pca(0)[0].device)  # (it may have no parameters)
     features = np.concatenate(member_features(members, views, rows, cache, fingerprint, accelerator), axis=1)
     embeddings = fused_embeddings(model, features, batch_size=max(256, views.batch_size), accelerator=accelerator)
     info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"),

@@ -67,6 +67,8 @@ def build_optimizer(cfg: TrainConfig, step: TrainStep) -> torch.optim.Optimizer:
         groups.append({"params": head, "weight_decay": cfg.train.weight_decay, "lr": cfg.train.lr * cfg.train.head_lr_mult})
     for group in groups:
         group.setdefault("lr", cfg.train.lr)
+    if not groups:  # nothing to train (see Trainer.trainable): an empty group keeps the schedule and checkpoints as usual
+        groups = [{"params": [], "lr": cfg.train.lr}]
     if cfg.train.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=cfg.train.lr)
     if cfg.train.optimizer == "sgd":
@@ -123,7 +125,13 @@ class Trainer(EpochLoop):
             min_ratio=cfg.train.min_lr_ratio,
             time_fraction=lambda: self._time_fraction,
         )
-        self.step_module, self.optimizer = self.acc.prepare(step_module, optimizer)
+        # A model fitted from the data alone (a fusion model with hidden 0 and no pair head) takes no
+        # steps: its losses would train nothing it uses. DDP refuses a module without gradients.
+        self.trainable = any(p.requires_grad for p in self.model.parameters())
+        if self.trainable:
+            self.step_module, self.optimizer = self.acc.prepare(step_module, optimizer)
+        else:
+            self.step_module, self.optimizer = step_module.to(self.acc.device), self.acc.prepare(optimizer)
         self.ema = make_ema(self.model, cfg.train.ema_decay) if cfg.train.ema else None
         self.ema_source = self.model
 
@@ -182,8 +190,12 @@ class Trainer(EpochLoop):
         return self.step_module
 
     def fit(self) -> Dict[str, Any]:
-        metrics = self.run_epochs()
-        if not metrics:  # resumed from the end of the schedule: nothing trained, nothing validated yet
+        if self.trainable:
+            metrics = self.run_epochs()
+        else:
+            self.acc.print("the model has no trainable layers (all of it is fitted from the data): no training steps")
+            metrics = {}
+        if not metrics:  # nothing trained (resumed from the end of the schedule, or nothing to train), nothing validated yet
             metrics = self._validate()
         self._sync_buffers()
         self._checkpoint()

@@ -9,6 +9,7 @@ open-set validation are those of image models (engine.training.data); only the i
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
 import faiss
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader
 
+from core.config import to_dict
 from core.errors import ConfigError, DataError
 from core.schema import TrainConfig
 from data.dataset import ReIDDataset, build_label_map
@@ -29,7 +31,7 @@ from engine.accel import eval_precision
 from engine.cached_outputs import ImageViews
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.member_features import FeatureDataset, Member, load_members, member_features
-from engine.training.data import TrainData, split_validation
+from engine.training.data import TrainData, split_validation, training_part
 from engine.training.seeding import SeededBatchSampler, SeededDataset
 
 ROW = "_feature_row"  # position of a training row in the extracted feature arrays
@@ -52,6 +54,34 @@ def fit_pca(features: np.ndarray, dim: int, whiten: bool) -> Tuple[np.ndarray, n
         scale = 1.0 / np.maximum(std, 1e-6)
         a, b = a * scale[:, None], b * scale
     return a, b
+
+
+def fit_learned_whitening(features: np.ndarray, labels: np.ndarray, dim: int,
+                          shrinkage: float) -> Tuple[np.ndarray, np.ndarray]:
+    """(A (d, D), b (d,)) of a whitening learned from identities, so that y = x @ A.T + b.
+
+    The scatter of each identity's features around its own mean (shrunk towards a multiple of the
+    identity matrix by `shrinkage`, which keeps it invertible with few photos per individual) is
+    whitened, so that directions in which photos of one individual differ count less; then the
+    whitened features are rotated onto their principal axes and the first `dim` kept (capped at D).
+    """
+    features = np.asarray(features, dtype=np.float64)
+    n, d_in = features.shape
+    centre = features.mean(axis=0)
+    within = np.zeros((d_in, d_in))
+    for label in np.unique(labels):
+        rows = features[labels == label]
+        deviations = rows - rows.mean(axis=0)
+        within += deviations.T @ deviations
+    within /= n
+    within = (1.0 - shrinkage) * within + shrinkage * np.trace(within) / d_in * np.eye(d_in)
+    values, vectors = np.linalg.eigh(within)
+    whiten = (vectors / np.sqrt(np.maximum(values, 1e-12))) @ vectors.T
+    whitened = (features - centre) @ whiten.T
+    _, axes = np.linalg.eigh(np.cov(whitened, rowvar=False))
+    rotate = axes[:, ::-1][:, :max(1, min(dim, d_in))].T
+    a = rotate @ whiten
+    return a.astype(np.float32), (-(centre @ a.T)).astype(np.float32)
 
 
 def _resolve_args(cfg: TrainConfig) -> Tuple[List[str], int, Dict[str, Any]]:
@@ -77,7 +107,7 @@ def evaluation_rows(table: pd.DataFrame) -> pd.DataFrame:
 def build_member_feature_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, pin_memory: bool = False,
                               accelerator=None) -> TrainData:
     specs, pca_dim, own_args = _resolve_args(cfg)
-    rows = evaluation_rows(load_table(cfg.data))
+    rows = evaluation_rows(training_part(load_table(cfg.data), cfg, accelerator))
     gallery = rows[rows["split"] == "database"].copy()
     if gallery.empty:
         raise DataError("the training set is empty: no labelled images in the database split")
@@ -102,7 +132,11 @@ def build_member_feature_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: 
     transforms = [fit_pca(block[train_rows], pca_dim, bool(own_args.get("whiten", False))) for block in averaged]
     model_args = {**own_args, "members": [m.record(block.shape[1], views) for m, block in zip(members, averaged, strict=True)],
                   "pca_dims": [a.shape[0] for a, _ in transforms]}
+    requested = own_args.get("learned_whitening_dim")
+    if isinstance(requested, int) and requested > 0:  # other values are refused when the model is built
+        model_args["learned_whitening_dim"] = min(requested, sum(model_args["pca_dims"]))
     _describe(members, averaged, transforms, pca_dim, len(train_rows), accelerator)
+    warn_shared_identities(members, cfg, accelerator)
 
     all_features = [np.concatenate(averaged, axis=1), *per_view]
     label_map = build_label_map(train_table["identity"])
@@ -126,8 +160,51 @@ def build_member_feature_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: 
     loader = DataLoader(SeededDataset(train_set, reseed=train_set.set_random_seed), batch_sampler=batches, num_workers=0,
                         pin_memory=pin_memory, generator=torch.Generator().manual_seed(cfg.seed))
     val_set = dataset(val_table) if val_table is not None else None
+    def setup_model(model) -> None:
+        whitening = None
+        if model.has_whitening:  # fitted once the model has checked its arguments
+            reduced = np.concatenate([block[train_rows] @ a.T + b for block, (a, b) in zip(averaged, transforms,
+                                                                                             strict=True)], axis=1)
+            whitening = fit_learned_whitening(reduced, train_table["identity"].astype(str).to_numpy(),
+                                              model.model_args["learned_whitening_dim"],
+                                              model.model_args["learned_whitening_shrinkage"])
+        model.set_pca(transforms, whitening)
+
     return TrainData(train_table, val_table, label_map, loader, batches, val_set, model_args=model_args,
-                     setup_model=lambda model: model.set_pca(transforms))
+                     setup_model=setup_model)
+
+
+def _same_data(member_data: Dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a member's recorded training data is this run's (same format, root and generated set)."""
+    if member_data.get("format") != cfg.data.format:
+        return False
+    if cfg.data.format == "synthetic" and not cfg.data.root:
+        return not member_data.get("root") and member_data.get("synthetic") == to_dict(cfg.data.synthetic)
+    return bool(member_data.get("root")) and Path(member_data["root"]).absolute() == Path(cfg.data.root).absolute()
+
+
+def shares_identities(meta: Dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a member (its export's metadata) was trained on identities this fusion run trains on.
+
+    Disjoint only when both used the same number of identity parts and different parts; members
+    trained elsewhere (other data, pretrained timm models) share none.
+    """
+    member_data = (meta.get("train_config") or {}).get("data") or {}
+    if not member_data or not _same_data(member_data, cfg):
+        return False
+    parts, part = member_data.get("identity_parts", 1), member_data.get("identity_part", 0)
+    return not (parts == cfg.data.identity_parts > 1 and part != cfg.data.identity_part)
+
+
+def warn_shared_identities(members: Sequence[Member], cfg: TrainConfig, accelerator) -> None:
+    if accelerator is not None and not accelerator.is_main_process:
+        return
+    shared = [m.spec for m in members if shares_identities(m.meta, cfg)]
+    if shared:
+        print(f"warning: fusion member(s) {', '.join(shared)} trained on the identities this fusion trains on: their "
+              "features of these individuals are cleaner than of a new photo's, and the fusion learns to trust them "
+              "(measured below a plain blend of the members). Train the members with data.identity_parts=2 "
+              "data.identity_part=0 and the fusion with data.identity_parts=2 data.identity_part=1.", flush=True)
 
 
 def _describe(members: Sequence[Member], blocks: Sequence[np.ndarray], transforms, pca_dim: int, n_train: int,
