@@ -1,13 +1,18 @@
 """The trained fusion model against its members alone, their static blend and their calibrated soft vote.
 
+    # held out (the recommended protocol): members train on half of the identities, the fusion on the other half
+    python scripts/bench_fusion.py --train PARTS/train --test PARTS/val,PARTS/test \
+        --member-configs configs/train/default.yaml,configs/train/classifier_cpu.yaml --member-epochs 75 --out OUT
+    # given members (trained elsewhere): the fusion trains on --train as its recipe says (fusion_cpu.yaml: part 1)
     python scripts/bench_fusion.py --train PARTS/train --test PARTS/test --members A_EXPORT,B_EXPORT --out OUT
     python scripts/bench_fusion.py ... --overrides "model.args.pca_dim=128"      # fusion recipe overrides
 
-The members are two trained exports (e.g. the default recipe's and classifier_cpu's, trained by
-scripts/bench_recipes.py on the same train part and budget). The fusion recipe
-(`--config`, default configs/train/fusion_cpu.yaml) is trained on `--train` (an AnimalCLEF-format
-part; its features come from the members, extracted once into OUT/embeddings), then eval.py scores
-on `--test`, without keypoint re-ranking so that only the global scorers differ:
+With `--member-configs`, both members are trained by train.py on identity part 0 of `--train`
+(`data.identity_parts=2`), by epochs so that the budget does not depend on the machine, and the
+fusion recipe (`--config`, default configs/train/fusion_cpu.yaml) on part 1: it never sees the
+individuals its members were fitted to. Its features come from the members, extracted once into
+OUT/embeddings. Then eval.py scores every `--test` part, without keypoint re-ranking so that only
+the global scorers differ:
   member A alone, member B alone,
   static blend: both, raw cosine scores averaged with weights 0.5 / 0.5 (calibration=none),
   soft vote: both, each calibrated (eval.py's default),
@@ -21,17 +26,19 @@ import argparse
 import json
 import shlex
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from core.errors import ConfigError, DataError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from scripts.benchmarking import cpu_line, execute, parse_steps, read_metrics, reused  # noqa: E402
+from scripts.benchmarking import execute, hardware_line, parse_steps, read_metrics, reused  # noqa: E402
 
 GLOBAL_ONLY = ["rerank.matcher=none"]
+HELD_OUT = ["data.identity_parts=2"]  # members on part 0, the fusion on part 1
 
 
 def variants(members: List[str], fusion: Path) -> Dict[str, List[str]]:
@@ -45,30 +52,46 @@ def variants(members: List[str], fusion: Path) -> Dict[str, List[str]]:
     }
 
 
-def train_command(args) -> List[str]:
+def member_command(args, config: str, out: Path) -> List[str]:
+    return [sys.executable, "train.py", "--config", config, "data.format=animalclef2025", f"data.root={args.train}",
+            *HELD_OUT, "data.identity_part=0", "train.max_minutes=0", f"train.epochs={args.member_epochs}",
+            f"seed={args.seed}", f"output_dir={out}", *shlex.split(args.member_overrides)]
+
+
+def fusion_command(args) -> List[str]:
     members = ",".join(args.members)
+    held_out = [*HELD_OUT, "data.identity_part=1"] if args.member_configs else []
     return [sys.executable, "train.py", "--config", args.config, "data.format=animalclef2025", f"data.root={args.train}",
-            f"model.args.members=[{members}]", f"output_dir={Path(args.out) / 'fusion'}",
+            *held_out, f"model.args.members=[{members}]", f"seed={args.seed}", f"output_dir={Path(args.out) / 'fusion'}",
             f"features.cache={Path(args.out) / 'embeddings'}", *shlex.split(args.overrides)]
 
 
-def eval_folder(args, name: str) -> Path:
-    """OUT/eval/<slug of the variant's name>, e.g. eval/static-blend-05-05."""
+def eval_folder(args, test: str, name: str) -> Path:
+    """OUT/eval/<test part>/<slug of the variant's name>, e.g. eval/test/static-blend-05-05."""
     words = name.lower().replace("/", " ").replace(".", "").split()
-    return Path(args.out) / "eval" / "-".join(word for word in words if word.isalnum())
+    return Path(args.out) / "eval" / Path(test).name / "-".join(word for word in words if word.isalnum())
 
 
-def eval_command(args, name: str, settings: List[str]) -> List[str]:
-    return [sys.executable, "eval.py", "data.format=animalclef2025", f"data.root={args.test}",
-            f"output_dir={eval_folder(args, name)}", f"embed_cache={Path(args.out) / 'embeddings'}", *GLOBAL_ONLY,
-            *settings]
+def eval_command(args, test: str, name: str, settings: List[str]) -> List[str]:
+    return [sys.executable, "eval.py", "data.format=animalclef2025", f"data.root={test}",
+            f"output_dir={eval_folder(args, test, name)}", f"embed_cache={Path(args.out) / 'embeddings'}",
+            *GLOBAL_ONLY, *settings]
 
 
-def member_budget(export: str) -> Dict:
+def identities_trained(export: Path) -> str:
+    data = (json.loads((export / "config.json").read_text()).get("train_config") or {}).get("data", {})
+    parts = data.get("identity_parts", 1)
+    return f"identity part {data.get('identity_part', 0)} of {parts}" if parts > 1 else "every identity"
+
+
+def member_budget(export: str, record: Optional[Dict]) -> Dict:
+    """What a member was trained with; `record` is its training stage's here (None: trained elsewhere)."""
     config = json.loads((Path(export) / "config.json").read_text())
-    train = (config.get("train_config") or {}).get("train", {})
-    return {"model": config.get("architecture"), "minutes": train.get("max_minutes"),
-            "steps": (config.get("metrics") or {}).get("step")}
+    train = config.get("train_config") or {}
+    steps = (config.get("metrics") or {}).get("step") or (record or {}).get("steps")
+    return {"model": config.get("architecture"), "minutes": train.get("train", {}).get("max_minutes"),
+            "epochs": train.get("train", {}).get("epochs"), "steps": steps, "wall_s": (record or {}).get("wall_s"),
+            "identities": identities_trained(Path(export))}
 
 
 def run_stage(folder: Path, name: str, command: List[str], what: str) -> Dict:
@@ -84,39 +107,68 @@ def run_stage(folder: Path, name: str, command: List[str], what: str) -> Dict:
 
 
 def markdown(results: Dict) -> str:
-    lines = [f"# Fusion against its members ({results['cpu']})", "",
-             f"Train part `{results['train']}`, test part `{results['test']}`; no keypoint re-ranking.", "",
-             "| member | model | training budget (min) | steps |", "|---|---|---|---|"]
+    lines = [f"# Fusion against its members ({results['hardware']})", "",
+             f"Train part `{results['train']}`, seed {results['seed']}; no keypoint re-ranking.", "",
+             "| member | model | trained on | epochs | steps | training (s) |", "|---|---|---|---|---|---|"]
     for label, spec in zip(("A", "B"), results["members"], strict=True):
         m = results["member_training"][spec]
-        lines.append(f"| {label}: `{spec}` | {m['model']} | {m['minutes']} | {m['steps']} |")
+        wall = m.get("wall_s")
+        lines.append(f"| {label}: `{spec}` | {m['model']} | {m['identities']} | {m['epochs']} | {m['steps']} | "
+                     f"{'' if wall is None else f'{wall:.0f}'} |")
     f = results["fusion_training"]
-    lines += ["", f"Fusion stage: {f['wall_s']:.0f} s in all (features of both members extracted, PCA, "
-                  f"{f['steps']} MLP steps).", "",
-              "| scoring | rank-1 | BAKS | BAUS | score |", "|---|---|---|---|---|"]
-    for name, m in results["variants"].items():
-        lines.append(f"| {name} | {m['rank1']:.3f} | {m['BAKS']:.3f} | {m['BAUS']:.3f} | **{m['score']:.3f}** |")
+    lines += ["", f"Fusion stage ({results['fusion_part']}): {f['wall_s']:.0f} s in all (features of both members "
+                  f"extracted, PCA, {f['steps']} MLP steps)."]
+    for test, scored in results["parts"].items():
+        lines += ["", f"Scored on `{test}`:", "", "| scoring | rank-1 | BAKS | BAUS | score |", "|---|---|---|---|---|"]
+        for name, m in scored.items():
+            lines.append(f"| {name} | {m['rank1']:.3f} | {m['BAKS']:.3f} | {m['BAUS']:.3f} | **{m['score']:.3f}** |")
     return "\n".join(lines) + "\n"
+
+
+def _list(text: str) -> List[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--train", required=True, help="AnimalCLEF-format part the members were trained on")
-    parser.add_argument("--test", required=True, help="AnimalCLEF-format open-set part to score")
-    parser.add_argument("--members", required=True, help="two export folders, comma-separated")
+    parser.add_argument("--train", required=True, help="AnimalCLEF-format part the models train on")
+    parser.add_argument("--test", required=True, help="AnimalCLEF-format open-set parts to score, comma-separated")
+    given = parser.add_mutually_exclusive_group(required=True)
+    given.add_argument("--members", help="two trained export folders, comma-separated (the fusion trains on --train as --config says)")
+    given.add_argument("--member-configs", help="two train.py recipes, comma-separated: trained on identity part 0, "
+                                                "the fusion on part 1")
+    parser.add_argument("--member-epochs", type=int, default=75, help="with --member-configs: epochs of each member")
+    parser.add_argument("--jobs", type=int, default=1, help="with --member-configs: members trained at once "
+                                                            "(2 where a GPU has room; their wall times then overlap)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every training run")
     parser.add_argument("--config", default="configs/train/fusion_cpu.yaml", help="the fusion recipe")
     parser.add_argument("--overrides", default="", help='extra train.py overrides for the fusion: "key=value ..."')
+    parser.add_argument("--member-overrides", default="", help="with --member-configs: extra train.py overrides "
+                                                               "for both members")
     parser.add_argument("--out", default="runs/bench_fusion")
     args = parser.parse_args(argv)
-    args.members = [m.strip() for m in args.members.split(",") if m.strip()]
-    if len(args.members) != 2:
-        raise ConfigError(f"--members takes two export folders, got {len(args.members)}")
-    for path in (args.train, args.test, *args.members):
+    args.test = _list(args.test)
+    named = _list(args.member_configs or args.members)
+    if len(named) != 2:
+        raise ConfigError(f"{'--member-configs' if args.member_configs else '--members'} takes two, got {len(named)}")
+    for flag, value in (("--member-epochs", args.member_epochs), ("--jobs", args.jobs)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    for path in (args.train, *args.test, *([] if args.member_configs else named)):
         if not Path(path).is_dir():
             raise DataError(f"not a folder: {path}")
-    args.train, args.test = str(Path(args.train).absolute()), str(Path(args.test).absolute())
-    args.members = [str(Path(m).absolute()) for m in args.members]
+    for config in ([*named, args.config] if args.member_configs else [args.config]):
+        if not Path(config).is_file():
+            raise ConfigError(f"no such recipe: {config}")
+    if len({Path(t).name for t in args.test}) != len(args.test):
+        raise ConfigError(f"--test parts need different folder names (results are filed by name): {args.test}")
+    args.train, args.test = str(Path(args.train).absolute()), [str(Path(t).absolute()) for t in args.test]
     args.out = str(Path(args.out).absolute())
+    if args.member_configs:
+        args.member_configs = named
+        args.members = [str(Path(args.out) / "members" / Path(c).stem / "export") for c in named]
+    else:
+        args.members = [str(Path(m).absolute()) for m in named]
     return args
 
 
@@ -124,14 +176,25 @@ def parse_args(argv=None):
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     out = Path(args.out)
-    fusion = run_stage(out, "train", train_command(args), "training the fusion model")
-    results = {"cpu": cpu_line(), "train": args.train, "test": args.test, "members": args.members,
-               "member_training": {m: member_budget(m) for m in args.members}, "fusion_training": fusion,
-               "variants": {}}
-    for name, settings in variants(args.members, out / "fusion" / "export").items():
-        folder = eval_folder(args, name)
-        record = run_stage(out, folder.name, eval_command(args, name, settings), f"evaluating: {name}")
-        results["variants"][name] = {**read_metrics(folder / "metrics.json"), "wall_s": record["wall_s"]}
+    def train_member(config: str, export: str) -> Dict:
+        return run_stage(out, f"member_{Path(config).stem}", member_command(args, config, Path(export).parent),
+                         f"training member {Path(config).stem} on identity part 0")
+
+    configs = args.member_configs or []
+    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each member trains in its own process
+        trained = dict(zip(args.members, pool.map(train_member, configs, args.members), strict=False))
+    fusion = run_stage(out, "train", fusion_command(args), "training the fusion model")
+    results = {"hardware": hardware_line(), "train": args.train, "seed": args.seed, "members": args.members,
+               "member_training": {m: member_budget(m, trained.get(m)) for m in args.members},
+               "fusion_part": identities_trained(out / "fusion" / "export"),
+               "fusion_training": fusion, "parts": {}}
+    for test in args.test:
+        scored = results["parts"][test] = {}
+        for name, settings in variants(args.members, out / "fusion" / "export").items():
+            folder = eval_folder(args, test, name)
+            record = run_stage(folder.parent, folder.name, eval_command(args, test, name, settings),
+                               f"evaluating on {Path(test).name}: {name}")
+            scored[name] = {**read_metrics(folder / "metrics.json"), "wall_s": record["wall_s"]}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown(results))
     print(markdown(results))

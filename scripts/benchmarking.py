@@ -41,6 +41,15 @@ def cpu_line() -> str:
             f"AMX {'yes' if cpu['amx'] else 'no'}")
 
 
+def hardware_line() -> str:
+    """The CPU line, and the GPU where the runs use one (train.py and eval.py take it when present)."""
+    import torch  # the scripts that only read results need no torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} GPU, {cpu_line()}"
+    return cpu_line()
+
+
 def execute(command: List[str], log: Path, what: str) -> tuple:
     """(stdout+stderr text, wall seconds); a failure is one line naming the log."""
     log.parent.mkdir(parents=True, exist_ok=True)
