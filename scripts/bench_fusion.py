@@ -117,7 +117,7 @@ def markdown(results: Dict) -> str:
                      f"{'' if wall is None else f'{wall:.0f}'} |")
     f = results["fusion_training"]
     lines += ["", f"Fusion stage ({results['fusion_part']}): {f['wall_s']:.0f} s in all (features of both members "
-                  f"extracted, PCA, {f['steps']} MLP steps)."]
+                  f"extracted, PCA, {f['steps']} training steps)."]
     for test, scored in results["parts"].items():
         lines += ["", f"Scored on `{test}`:", "", "| scoring | rank-1 | BAKS | BAUS | score |", "|---|---|---|---|---|"]
         for name, m in scored.items():
