@@ -1,0 +1,65 @@
+"""scripts/bench_fusion.py: the held-out protocol it runs (members on identity part 0, the fusion on
+part 1), the variants it scores and clear errors on bad arguments."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+from conftest import REPO
+
+from core.errors import ConfigError, DataError
+
+spec = importlib.util.spec_from_file_location("bench_fusion", REPO / "scripts" / "bench_fusion.py")
+bench = importlib.util.module_from_spec(spec)
+sys.modules["bench_fusion"] = bench
+spec.loader.exec_module(bench)
+
+
+@pytest.fixture
+def parts(tmp_path):
+    for name in ("train", "val", "test"):
+        (tmp_path / name).mkdir()
+    return tmp_path
+
+
+def test_members_train_on_part_0_and_the_fusion_on_part_1(parts):
+    args = bench.parse_args(["--train", str(parts / "train"), "--test", f"{parts / 'val'},{parts / 'test'}",
+                             "--member-configs", "configs/train/default.yaml,configs/train/classifier_cpu.yaml",
+                             "--seed", "3", "--out", str(parts / "out"), "--overrides", "'model.args.pca_dim=8'"])
+    assert args.members == [str(parts / "out" / "members" / name / "export") for name in ("default", "classifier_cpu")]
+    member = bench.member_command(args, "configs/train/default.yaml", parts / "out" / "members" / "default")
+    assert {"data.identity_parts=2", "data.identity_part=0", "seed=3", "train.epochs=75"} <= set(member)
+    fusion = bench.fusion_command(args)
+    assert {"data.identity_parts=2", "data.identity_part=1", "seed=3", "model.args.pca_dim=8"} <= set(fusion)
+    assert f"model.args.members=[{','.join(args.members)}]" in fusion
+    folders = {bench.eval_folder(args, test, name) for test in args.test for name in bench.variants(args.members, parts)}
+    assert len(folders) == 10  # five scorings on each of two parts, none overwriting another
+
+
+def test_given_members_train_the_fusion_as_its_recipe_says(parts):
+    (parts / "a").mkdir(), (parts / "b").mkdir()
+    args = bench.parse_args(["--train", str(parts / "train"), "--test", str(parts / "test"),
+                             "--members", f"{parts / 'a'},{parts / 'b'}"])
+    assert not any(item.startswith("data.identity_part") for item in bench.fusion_command(args))
+    blend = bench.variants(args.members, parts / "fusion")["static blend 0.5 / 0.5 (raw cosine)"]
+    assert blend == [f"models=[{parts / 'a'},{parts / 'b'}]", "weights=[0.5,0.5]", "calibration=none"]
+
+
+@pytest.mark.parametrize("extra, error, message", [
+    (["--member-configs", "configs/train/default.yaml"], ConfigError, "takes two, got 1"),
+    (["--member-configs", "configs/train/default.yaml,configs/train/nope.yaml"], ConfigError, "no such recipe"),
+    (["--members", "missing_a,missing_b"], DataError, "not a folder: missing_a"),
+    (["--member-configs", "configs/train/default.yaml,configs/train/default.yaml", "--jobs", "0"], ConfigError,
+     "--jobs must be >= 1"),
+])
+def test_bad_arguments_are_refused(parts, extra, error, message):
+    with pytest.raises(error, match=message):
+        bench.parse_args(["--train", str(parts / "train"), "--test", str(parts / "test"), *extra])
+
+
+def test_two_test_parts_of_one_name_are_refused(parts):
+    (parts / "other" / "test").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="different folder names"):
+        bench.parse_args(["--train", str(parts / "train"), "--test", f"{parts / 'test'},{parts / 'other' / 'test'}",
+                          "--member-configs", "configs/train/default.yaml,configs/train/classifier_cpu.yaml"])
