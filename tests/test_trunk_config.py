@@ -37,8 +37,8 @@ def test_every_model_takes_the_block_and_only_its_own_arguments():
     own = {name: MODELS.get(name).__self__.own_args() for name in MODELS.names()}
     assert own == {"classifier": (), "embedder": ("embed_dim",), "features": (), "siamese": ("embed_dim", "pair_hidden"),
                    # no trunk: it reads its members' embeddings
-                   "fusion": ("members", "pca_dims", "whiten", "hidden", "embed_dim", "dropout", "classifier",
-                              "pair_hidden")}
+                   "fusion": ("members", "pca_dims", "whiten", "learned_whitening_dim", "learned_whitening_shrinkage",
+                              "hidden", "embed_dim", "dropout", "classifier", "pair_hidden")}
     model = build_model({"name": "siamese", "args": {"trunk": {**BACKBONE, "drop_rate": 0.5}, "embed_dim": 8}},
                         num_classes=0)
     # The block reaches the embedder inside the Siamese model whole.
