@@ -35,6 +35,12 @@ def eval_precision() -> str:
     return resolve_mixed_precision("auto", cpu_bf16=False)
 
 
+def say(accelerator, *parts) -> None:
+    """Print once, on the main process (every process when there is no accelerator)."""
+    if accelerator is None or accelerator.is_main_process:
+        print(*parts, flush=True)
+
+
 def rank_and_world(accelerator) -> Tuple[int, int]:
     """(this process's index, number of processes); (0, 1) without an accelerator."""
     if accelerator is None:

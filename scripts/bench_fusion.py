@@ -35,7 +35,7 @@ sys.path.insert(0, str(REPO))
 
 from core.errors import ConfigError, DataError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from scripts.benchmarking import execute, hardware_line, parse_steps, read_metrics, reused  # noqa: E402
+from scripts.benchmarking import comma_list, execute, hardware_line, parse_steps, read_metrics, reused  # noqa: E402
 
 GLOBAL_ONLY = ["rerank.matcher=none"]
 HELD_OUT = ["data.identity_parts=2"]  # members on part 0, the fusion on part 1
@@ -78,20 +78,25 @@ def eval_command(args, test: str, name: str, settings: List[str]) -> List[str]:
             *GLOBAL_ONLY, *settings]
 
 
-def identities_trained(export: Path) -> str:
-    data = (json.loads((export / "config.json").read_text()).get("train_config") or {}).get("data", {})
+def export_config(export) -> Dict:
+    return json.loads((Path(export) / "config.json").read_text())
+
+
+def identities_trained(config: Dict) -> str:
+    """Which identities an export's model trained on, from its config.json."""
+    data = (config.get("train_config") or {}).get("data", {})
     parts = data.get("identity_parts", 1)
     return f"identity part {data.get('identity_part', 0)} of {parts}" if parts > 1 else "every identity"
 
 
 def member_budget(export: str, record: Optional[Dict]) -> Dict:
     """What a member was trained with; `record` is its training stage's here (None: trained elsewhere)."""
-    config = json.loads((Path(export) / "config.json").read_text())
+    config = export_config(export)
     train = config.get("train_config") or {}
     steps = (config.get("metrics") or {}).get("step") or (record or {}).get("steps")
     return {"model": config.get("architecture"), "minutes": train.get("train", {}).get("max_minutes"),
             "epochs": train.get("train", {}).get("epochs"), "steps": steps, "wall_s": (record or {}).get("wall_s"),
-            "identities": identities_trained(Path(export))}
+            "identities": identities_trained(config)}
 
 
 def run_stage(folder: Path, name: str, command: List[str], what: str) -> Dict:
@@ -125,10 +130,6 @@ def markdown(results: Dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _list(text: str) -> List[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
-
-
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train", required=True, help="AnimalCLEF-format part the models train on")
@@ -147,8 +148,8 @@ def parse_args(argv=None):
                                                                "for both members")
     parser.add_argument("--out", default="runs/bench_fusion")
     args = parser.parse_args(argv)
-    args.test = _list(args.test)
-    named = _list(args.member_configs or args.members)
+    args.test = comma_list(args.test)
+    named = comma_list(args.member_configs or args.members)
     if len(named) != 2:
         raise ConfigError(f"{'--member-configs' if args.member_configs else '--members'} takes two, got {len(named)}")
     for flag, value in (("--member-epochs", args.member_epochs), ("--jobs", args.jobs)):
@@ -186,7 +187,7 @@ def main(argv=None) -> Dict:
     fusion = run_stage(out, "train", fusion_command(args), "training the fusion model")
     results = {"hardware": hardware_line(), "train": args.train, "seed": args.seed, "members": args.members,
                "member_training": {m: member_budget(m, trained.get(m)) for m in args.members},
-               "fusion_part": identities_trained(out / "fusion" / "export"),
+               "fusion_part": identities_trained(export_config(out / "fusion" / "export")),
                "fusion_training": fusion, "parts": {}}
     for test in args.test:
         scored = results["parts"][test] = {}

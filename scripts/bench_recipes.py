@@ -56,7 +56,7 @@ sys.path.insert(0, str(REPO))
 from core.errors import ConfigError, DataError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
 from core.suggest import did_you_mean  # noqa: E402
-from scripts.benchmarking import cpu_info, execute, parse_steps, read_metrics, reused  # noqa: E402
+from scripts.benchmarking import comma_list, cpu_info, execute, parse_steps, read_metrics, reused  # noqa: E402
 
 BASELINE = "reference"
 SPLITS = {"validation": "val", "test": "test"}
@@ -100,13 +100,9 @@ class Run:
 # ----------------------------------------------------------------------------- arguments
 
 
-def _names(text: str) -> List[str]:
-    return [part.strip() for part in text.split(",") if part.strip()]
-
-
 def _ints(text: str) -> List[int]:
     try:
-        return [int(part) for part in _names(text)]
+        return [int(part) for part in comma_list(text)]
     except ValueError:
         raise ConfigError(f"expected comma-separated integers, got '{text}'") from None
 
@@ -342,10 +338,10 @@ def write_results(args, machine: Dict, rows: List[Dict]) -> Dict:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipes", type=_names, default=["default"], help="configs/train/*.yaml names (default: default)")
+    parser.add_argument("--recipes", type=comma_list, default=["default"], help="configs/train/*.yaml names (default: default)")
     parser.add_argument("--baseline", choices=[BASELINE, "none"], default=BASELINE,
                         help="the plain loop, scripts/reference_loop.py (default) or none")
-    parser.add_argument("--datasets", type=_names, default=DATASET_NAMES, help=f"default: {','.join(DATASET_NAMES)}")
+    parser.add_argument("--datasets", type=comma_list, default=DATASET_NAMES, help=f"default: {','.join(DATASET_NAMES)}")
     parser.add_argument("--data-root", default=None, help="folder holding DogFaceNet-dev/, LionData/, ZebraStripes/")
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of every run (default 8)")
     parser.add_argument("--seeds", type=_ints, default=[0, 1], help="training seeds (default 0,1)")

@@ -41,6 +41,11 @@ def cpu_line() -> str:
             f"AMX {'yes' if cpu['amx'] else 'no'}")
 
 
+def comma_list(text: str) -> List[str]:
+    """'a, b,,c' -> ['a', 'b', 'c']: a comma-separated command-line value."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def hardware_line() -> str:
     """The CPU line, and the GPU where the runs use one (train.py and eval.py take it when present)."""
     import torch  # the scripts that only read results need no torch

@@ -24,18 +24,13 @@ import torch
 
 from core.errors import DataError, list_some
 from core.schema import EvalConfig
+from engine.accel import say
 from engine.cached_outputs import ImageViews, cached_outputs
 from engine.embed_cache import EmbeddingCache
 from engine.evaluation.scorers import ModelOutput
 from engine.extraction import EMBEDDING, LOGITS
 from engine.member_features import fused_embeddings, load_recorded_members, member_features
 from zoo.loading import load_for_eval, probe
-
-
-def say(accelerator, *parts) -> None:
-    """Print once, on the main process."""
-    if accelerator is None or accelerator.is_main_process:
-        print(*parts, flush=True)
 
 
 def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],

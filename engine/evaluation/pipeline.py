@@ -21,10 +21,11 @@ from core.schema import EvalConfig
 from data.formats import load_table
 from data.splits import gallery_and_query
 from data.validate import require_query
+from engine.accel import say
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
 from engine.evaluation.decision import evaluate_outputs
-from engine.evaluation.model_outputs import model_outputs, say
+from engine.evaluation.model_outputs import model_outputs
 from engine.evaluation.query_metrics import has_query_labels, query_metrics
 from engine.evaluation.submission import submission_kind, write_submission
 from zoo.loading import looks_like_path

@@ -20,6 +20,7 @@ from data.images import ImageLoader, resolve_cache_dir
 from data.samplers import build_batch_sampler
 from data.splits import identity_part, identity_split, open_set_split
 from data.transforms import build_eval_transform, build_train_transform
+from engine.accel import say
 from engine.training.seeding import SeededBatchSampler, SeededDataset
 
 MIN_VAL_IDENTITIES = 4
@@ -51,10 +52,9 @@ def training_part(table: pd.DataFrame, cfg: TrainConfig, accelerator=None) -> pd
     if parts == 1:
         return table
     rows = identity_part(table, parts, part)
-    if accelerator is None or accelerator.is_main_process:
-        trained = training_rows(rows)
-        print(f"training on identity part {part} of 0..{parts - 1}: {trained['identity'].nunique()} identities, "
-              f"{len(trained)} images", flush=True)
+    trained = training_rows(rows)
+    say(accelerator, f"training on identity part {part} of 0..{parts - 1}: {trained['identity'].nunique()} "
+                     f"identities, {len(trained)} images")
     return rows
 
 

@@ -27,7 +27,7 @@ from data.images import ImageLoader, resolve_cache_dir
 from data.samplers import build_batch_sampler
 from data.splits import gallery_and_query
 from data.transforms import build_eval_transform
-from engine.accel import eval_precision
+from engine.accel import eval_precision, say
 from engine.cached_outputs import ImageViews
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.member_features import FeatureDataset, Member, load_members, member_features
@@ -197,14 +197,13 @@ def shares_identities(meta: Dict[str, Any], cfg: TrainConfig) -> bool:
 
 
 def warn_shared_identities(members: Sequence[Member], cfg: TrainConfig, accelerator) -> None:
-    if accelerator is not None and not accelerator.is_main_process:
-        return
     shared = [m.spec for m in members if shares_identities(m.meta, cfg)]
     if shared:
-        print(f"warning: fusion member(s) {', '.join(shared)} trained on the identities this fusion trains on: their "
-              "features of these individuals are cleaner than of a new photo's, and the fusion learns to trust them "
-              "(measured below a plain blend of the members). Train the members with data.identity_parts=2 "
-              "data.identity_part=0 and the fusion with data.identity_parts=2 data.identity_part=1.", flush=True)
+        say(accelerator, f"warning: fusion member(s) {', '.join(shared)} trained on the identities this fusion trains "
+                         "on: their features of these individuals are cleaner than of a new photo's, and the fusion "
+                         "learns to trust them (measured below a plain blend of the members). Train the members with "
+                         "data.identity_parts=2 data.identity_part=0 and the fusion with data.identity_parts=2 "
+                         "data.identity_part=1.")
 
 
 def _describe(members: Sequence[Member], blocks: Sequence[np.ndarray], transforms, pca_dim: int, n_train: int,
