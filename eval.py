@@ -45,6 +45,8 @@ def summary(result: dict) -> str:
 
 @cli_entry
 def main(argv=None) -> dict:
+    import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+
     args, cfg = parse_config(EvalConfig, config_parser(__doc__, DEFAULT_RECIPE, "models=[runs/x/export]"), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
         return {}

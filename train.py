@@ -54,6 +54,7 @@ def chosen_task(parser: argparse.ArgumentParser, argv) -> str:
 def main(argv=None) -> dict:
     parser = build_parser()
     here = Path(__file__).resolve().parent
+    import engine.components  # noqa: F401  (the built-in names a config may use, registered)
     # Heavy imports only once the config is known to be valid.
     if chosen_task(parser, argv) == "detector":
         from core.detector_schema import DetectorTrainConfig

@@ -18,6 +18,7 @@ import yaml
 
 from core.errors import ConfigError
 from core.files import atomic_write_text
+from core.registry import load_plugins
 from core.schema import value_problem
 from core.suggest import did_you_mean
 
@@ -199,6 +200,9 @@ def load_config(cls: Type[T], path: Union[str, Path, None] = None, overrides: Se
     for text in overrides:
         key, value = parse_override(text)
         _set_dotted(data, key, value)
+    # A user's own components register before the names they add are checked.
+    plugins = data.get("plugins") or []
+    load_plugins(plugins if isinstance(plugins, list) else [])
     return from_dict(cls, data)
 
 

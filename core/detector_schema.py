@@ -8,7 +8,7 @@ as the re-identification models. Its defaults are sized for 2 CPU cores: a YOLOv
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict
+from typing import Any, Dict, List
 
 from core.schema import (
     COUNT,
@@ -57,6 +57,7 @@ def _scene_data() -> DataConfig:
 @dataclass
 class DetectorTrainConfig:
     task: str = "detector"  # (str) reid (train.py's re-identification models) | detector
+    plugins: List[str] = field(default_factory=list)  # (list) your own modules to import first: their @REGISTRY.register components become valid names (docs/extending.md)
     output_dir: str = "runs/detector"  # (str) run directory: checkpoints, TensorBoard, yolo_data/, export/
     seed: int = 0  # (int) seed of the split, sampling, augmentation and initialisation
     data: DataConfig = field(default_factory=_scene_data)  # (section) images, as for re-identification

@@ -33,8 +33,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+from core.registry import registry
 from core.suggest import closest
 
+SYNTHETIC = "synthetic"  # data.format of the built-in generated dataset (data/synthetic.py), not a registered reader
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
 
@@ -156,6 +158,7 @@ class MemberFeaturesConfig:
 @dataclass
 class TrainConfig:
     task: str = "reid"  # (str) reid | detector (configs/train/detector_yolo.yaml: train a crop detector)
+    plugins: List[str] = field(default_factory=list)  # (list) your own modules to import first: their @REGISTRY.register components become valid names (docs/extending.md)
     output_dir: str = "runs/default"  # (str) run directory: checkpoints, TensorBoard, export/
     seed: int = 0  # (int) seed of splits, sampling, augmentation and initialisation
     data: DataConfig = field(default_factory=DataConfig)
@@ -219,6 +222,7 @@ class RerankConfig:
 @dataclass
 class EvalConfig:
     output_dir: str = "runs/default/eval"  # (str) where submission.csv, metrics.json, report.html go
+    plugins: List[str] = field(default_factory=list)  # (list) your own modules to import first: their @REGISTRY.register components become valid names (docs/extending.md)
     seed: int = 0  # (int) seed of the threshold-tuning split
     models: List[str] = field(default_factory=lambda: ["runs/default/export"])  # (list) export dirs, zoo names or timm names
     weights: List[float] = field(default_factory=list)  # (list) soft-voting weight per model (empty = equal)
@@ -241,8 +245,6 @@ class EvalConfig:
 
 Rule = Callable[[str, Any], Optional[str]]
 
-DATA_FORMATS = ("animalclef2025", "wildlifereid10k", "humpback", "folders", "csv", "synthetic")
-SAMPLERS = ("pk", "balanced", "random")
 OPTIMIZERS = ("adamw", "sgd")
 MIXED_PRECISIONS = ("auto", "no", "fp16", "bf16")
 VALIDATION_METRICS = ("rank1", "mAP", "BAKS", "BAUS", "geometric_mean")
@@ -254,7 +256,6 @@ INDEXES = ("flat", "ivf", "hnsw")
 AGGREGATIONS = ("max", "mean_top_m")
 BOX_CHOICES = ("confident", "central")
 TASKS = ("reid", "detector")
-MATCHER_NAMES = ("none", "aliked_lightglue", "disk_lightglue", "sift")
 PAIR_SCORES = ("inliers", "matches")
 GEOMETRIES = ("fundamental", "homography")
 
@@ -272,6 +273,18 @@ def one_of(*choices: str) -> Rule:
         match = closest(str(value), choices)
         hint = f"; did you mean '{match}'?" if match else ""
         return f"'{key}' must be one of {', '.join(choices)}, got {value!r}{hint}"
+    return check
+
+
+def registered(kind: str, *, also: tuple = ()) -> Rule:
+    """A name of the registry of `kind` (core/registry.py), or one of `also`; read when the value is
+    checked, so components registered by plugins count."""
+    def check(key: str, value: Any) -> Optional[str]:
+        found = registry(kind)
+        if found is None:
+            return (f"'{key}' = {value!r} names a {kind}, but no module defining {kind}s is imported "
+                    "(import engine.components, as train.py and eval.py do)")
+        return one_of(*also, *found.names())(key, value)
     return check
 
 
@@ -318,7 +331,7 @@ PROBABILITY, FRACTION = within(0, 1), within(0, 1, open_low=True, open_high=True
 VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     SyntheticConfig: {"individuals": COUNT, "images_per_individual": COUNT, "seed": at_least(0)},
     DataConfig: {
-        "format": one_of(*DATA_FORMATS), "image_size": SIZE, "bbox_padding": at_least(0),
+        "format": registered("dataset format", also=(SYNTHETIC,)), "image_size": SIZE, "bbox_padding": at_least(0),
         "num_workers": at_least(0), "identity_parts": COUNT, "identity_part": at_least(0), "mean": numbers(3),
         "std": numbers(3, positive=True),
     },
@@ -327,7 +340,7 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "color": PROBABILITY, "rotate": within(0, 180), "rotate_p": PROBABILITY, "blur": PROBABILITY,
         "gray": PROBABILITY,
     },
-    SamplerConfig: {"name": one_of(*SAMPLERS), "k": COUNT},
+    SamplerConfig: {"name": registered("sampler"), "k": COUNT},
     LossConfig: {"weight": above(0)},
     TrainLoopConfig: {
         "epochs": COUNT, "max_steps": OPTIONAL_COUNT, "max_minutes": at_least(0), "batch_size": SIZE,
@@ -355,7 +368,7 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "holdout_fraction": FRACTION, "unknown_fraction": FRACTION, "min_queries": COUNT, "max_splits": COUNT,
     },
     RerankConfig: {
-        "matcher": one_of(*MATCHER_NAMES), "shortlist": COUNT, "weight": at_least(0), "side": at_least(32),
+        "matcher": registered("matcher", also=("none",)), "shortlist": COUNT, "weight": at_least(0), "side": at_least(32),
         "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
     },

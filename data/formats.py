@@ -19,6 +19,7 @@ import pandas as pd
 from core.errors import ConfigError, DataError, list_some
 from core.files import visible_files
 from core.registry import Registry
+from core.schema import SYNTHETIC
 from core.suggest import did_you_mean
 from data.table import (
     COLUMNS,
@@ -249,7 +250,7 @@ def _filter(df: pd.DataFrame, column: str, keep: list, key: str) -> pd.DataFrame
 
 
 def _read(cfg) -> tuple:
-    if cfg.format == "synthetic":
+    if cfg.format == SYNTHETIC:
         from data.synthetic import ensure_synthetic  # generated on demand; imported only when used
 
         syn = cfg.synthetic
@@ -258,7 +259,7 @@ def _read(cfg) -> tuple:
         return DATASETS.get("animalclef2025")(root, {}), root
     if cfg.format not in DATASETS:
         raise ConfigError(f"unknown dataset format '{cfg.format}'"
-                          f"{did_you_mean(cfg.format, DATASETS.names() + ['synthetic'])}")
+                          f"{did_you_mean(cfg.format, DATASETS.names() + [SYNTHETIC])}")
     if not cfg.root:
         raise ConfigError(f"data.root is required for data.format={cfg.format}")
     if cfg.columns and cfg.format != "csv":
@@ -272,8 +273,8 @@ def _read(cfg) -> tuple:
 
 
 def load_table_with_root(cfg) -> Tuple[pd.DataFrame, Path]:
-    """`load_table`'s table, uncropped, and the folder its image paths live in (for synthetic data,
-    the generated folder), where annotation files such as ROOT/labels are looked up."""
+    """`load_table`'s table and the folder its image paths live in (for synthetic data, the
+    generated folder), where annotation files such as ROOT/labels are looked up."""
     df, root = _read(cfg)
     df = _filter(df, "dataset", list(cfg.datasets), "data.datasets")
     df = _filter(df, "species", list(cfg.species), "data.species")
@@ -281,11 +282,6 @@ def load_table_with_root(cfg) -> Tuple[pd.DataFrame, Path]:
 
 
 def load_table(cfg) -> pd.DataFrame:
-    """Read, filter (data.datasets, data.species) and validate the dataset a DataConfig describes;
-    with data.crop.detector set, each image's `bbox` becomes the detector's box (engine/detection/crops.py)."""
-    df, _ = load_table_with_root(cfg)
-    if cfg.crop.detector:
-        from engine.detection.crops import crop_table  # loads the detector (ultralytics) only when asked
-
-        df = crop_table(df, cfg.crop)
-    return df
+    """Read, filter (data.datasets, data.species) and validate the dataset a DataConfig describes.
+    Cropping by data.crop.detector is a step of the engine (engine/tables.py), not of reading."""
+    return load_table_with_root(cfg)[0]

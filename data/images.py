@@ -24,10 +24,10 @@ from typing import Sequence
 import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
+from core.array_cache import ArrayCache
 from core.errors import DataError
 from core.files import file_identity
 from core.paths import resolve_cache_setting
-from engine.array_cache import ArrayCache
 
 # Bump when the decoding or resizing changes, so old cache entries are not reused.
 CACHE_VERSION = 1

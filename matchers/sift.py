@@ -8,10 +8,10 @@ import cv2
 import numpy as np
 
 from core.errors import ConfigError
-from matchers.base import Features, Matcher, no_matches, register
+from matchers.base import MATCHERS, Features, Matcher, no_matches
 
 
-@register("sift")
+@MATCHERS.register("sift")
 class SiftMatcher(Matcher):
     """Keypoints of OpenCV's SIFT on the grey image; a match is a mutual nearest neighbour whose
     distance is below `ratio` times the second nearest (Lowe's test)."""

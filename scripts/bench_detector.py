@@ -35,6 +35,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.config import load_config  # noqa: E402
 from core.detector_schema import DetectorTrainConfig  # noqa: E402
 from core.errors import cli_entry  # noqa: E402
@@ -43,8 +44,8 @@ from data.formats import load_table_with_root  # noqa: E402
 from data.synthetic import ensure_synthetic  # noqa: E402
 from data.synthetic_scene import box_iou  # noqa: E402
 from detectors import load_detector  # noqa: E402
-from detectors.annotations import load_annotations, write_yolo_dataset  # noqa: E402
 from detectors.reference import ultralytics_batch_times  # noqa: E402
+from engine.detection.annotations import load_annotations, write_yolo_dataset  # noqa: E402
 from engine.detection.crops import crop_with_manifest  # noqa: E402
 from engine.detection.loop import DetectorTrainer  # noqa: E402
 from engine.detection.validation import measure_map  # noqa: E402

@@ -36,9 +36,9 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from core.array_cache import ArrayCache  # noqa: E402
 from core.errors import DataError, cli_entry  # noqa: E402
 from core.schema import RerankConfig, RetrievalConfig  # noqa: E402
-from engine.array_cache import ArrayCache  # noqa: E402
 from engine.evaluation.calibration import fit_calibrator  # noqa: E402
 from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for  # noqa: E402
 from engine.evaluation.voting import vote  # noqa: E402

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from accelerate.state import AcceleratorState  # noqa: E402
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.config import load_config  # noqa: E402
 from core.schema import TrainConfig  # noqa: E402
 from engine.training.loop import Trainer  # noqa: E402

@@ -18,11 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.config import load_config  # noqa: E402
 from core.errors import cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from core.schema import BOX_CHOICES, DATA_FORMATS, CropConfig, DataConfig  # noqa: E402
-from data.formats import load_table_with_root  # noqa: E402
+from core.schema import BOX_CHOICES, SYNTHETIC, CropConfig, DataConfig  # noqa: E402
+from data.formats import DATASETS, load_table_with_root  # noqa: E402
 from detectors import load_detector  # noqa: E402
 from engine.detection.crops import crop_with_manifest  # noqa: E402
 
@@ -30,7 +31,7 @@ from engine.detection.crops import crop_with_manifest  # noqa: E402
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--detector", required=True, help="detector export folder (train.py task=detector) or zoo name")
-    parser.add_argument("--format", default="folders", choices=DATA_FORMATS, help="dataset format")
+    parser.add_argument("--format", default="folders", choices=[*DATASETS.names(), SYNTHETIC], help="dataset format")
     parser.add_argument("--root", default="", help="dataset root (not needed for --format synthetic)")
     parser.add_argument("--out", default="crops.csv", help="manifest CSV to write")
     parser.add_argument("--min-confidence", type=float, default=CropConfig.min_confidence,

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.config import load_config  # noqa: E402
 from core.errors import ConfigError, cli_entry  # noqa: E402
 from core.files import atomic_folder, atomic_write_text  # noqa: E402

@@ -27,6 +27,7 @@ from pytorch_metric_learning.losses import ArcFaceLoss  # noqa: E402
 from torchvision.transforms import v2  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.config import load_config  # noqa: E402
 from core.errors import cli_entry  # noqa: E402
 from core.schema import DataConfig  # noqa: E402

@@ -19,8 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.errors import ConfigError, cli_entry  # noqa: E402
 from core.schema import DataConfig  # noqa: E402
-from data.formats import load_table  # noqa: E402
 from data.summary import format_summary, summarize_table  # noqa: E402
+from engine.tables import dataset_table  # noqa: E402
 
 
 def parse_columns(text: str) -> dict:
@@ -49,7 +49,7 @@ def main(argv=None) -> None:
     cfg = DataConfig(format=args.format, root=args.root, columns=parse_columns(args.columns),
                      datasets=[d for d in args.datasets.split(",") if d], verify_images=not args.no_verify)
     with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the summary (it may be JSON)
-        table = load_table(cfg)
+        table = dataset_table(cfg)
     summary = summarize_table(table)
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+import engine.components  # noqa: F401  (every built-in component registered, as train.py and eval.py do)
 from data.synthetic import generate
 from zoo import MODELS
 from zoo.registry import model_inputs

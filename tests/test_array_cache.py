@@ -7,8 +7,8 @@ import accelerate.utils
 import numpy as np
 import pytest
 
-import engine.array_cache as array_cache
-from engine.array_cache import ArrayCache
+import core.array_cache as array_cache
+from core.array_cache import ArrayCache
 
 
 class FakeAccelerator:

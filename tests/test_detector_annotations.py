@@ -13,7 +13,7 @@ from PIL import Image
 
 from core.errors import ConfigError, DataError
 from data.table import make_table
-from detectors.annotations import (
+from engine.detection.annotations import (
     AnnotatedImage,
     from_box_csv,
     from_table,

@@ -21,6 +21,7 @@ from data.formats import load_table
 from data.synthetic import generate
 from detectors import build_detector, detector_checksum, load_detector, save_detector
 from engine.detection.crops import choose_box, crop_with_manifest
+from engine.tables import dataset_table
 
 TINY_RUN = ["imgsz=64", "train.batch_size=4", "train.max_minutes=0", "train.warmup_steps=0", "train.log_every=1",
             "data.num_workers=0", "val.max_images=8", "val.grid=2"]
@@ -234,6 +235,6 @@ def test_data_crop_detector_sets_every_bbox_when_the_table_is_loaded(scenes, tmp
     cfg = load_config(DataConfig, None, ["format=animalclef2025", f"root={scenes}", f"crop.detector={tmp_path / 'export'}",
                                          "crop.min_confidence=0.0", f"crop.cache={tmp_path / 'cache'}"])
     plain = load_table(load_config(DataConfig, None, ["format=animalclef2025", f"root={scenes}"]))
-    cropped = load_table(cfg)
+    cropped = dataset_table(cfg)
     assert len(cropped) == len(plain)
     assert any(list(a) != list(b) for a, b in zip(cropped["bbox"], plain["bbox"]))

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from core.array_cache import ArrayCache
 from core.config import load_config
 from core.errors import ConfigError
 from core.schema import EvalConfig, RerankConfig
 from data.images import ImageLoader
-from engine.array_cache import ArrayCache
 from engine.evaluation.pipeline import run_evaluation
 from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for
 from engine.evaluation.voting import fit_calibrators, vote

@@ -7,6 +7,7 @@ import shutil
 import pytest
 import torch
 
+import core.store as store_module
 import zoo
 from core.errors import ConfigError, DataError
 from zoo import build_model, model_checksum, save_export
@@ -80,7 +81,7 @@ def test_an_interrupted_publish_leaves_the_zoo_as_it_was(export, root, monkeypat
         raise KeyboardInterrupt("simulated crash")
 
     for step in ("copyfile", "atomic_write_text"):  # while copying files; after the folder, before the index
-        target = shutil if step == "copyfile" else published_module
+        target = shutil if step == "copyfile" else store_module
         with monkeypatch.context() as patch:
             patch.setattr(target, step, crash)
             with pytest.raises(KeyboardInterrupt):

@@ -1,12 +1,15 @@
 """Model zoo: registered re-ID models (embedder, classifier, siamese, features), export, loading,
 and publishing (`python -m zoo publish`, `zoo.load(NAME)`, `zoo.list()`)."""
+from core.store import list_entries as list_models
+from core.store import publish
 from zoo import classifier, embedder, fusion, siamese  # noqa: F401  (registers the models)
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import load_export, save_export
-from zoo.loading import load, load_for_eval, load_model, looks_like_path, probe
-from zoo.published import list_models, publish
+from zoo.loading import load, load_for_eval, load_model, probe
+from zoo.published import PublishedModel  # noqa: F401  (registers the store's `model` kind)
 from zoo.registry import MODELS, build_model
+from zoo.spec import looks_like_path
 from zoo.trunk_config import TrunkConfig
 
 __all__ = ["MODELS", "ReIDModel", "TrunkConfig", "build_model", "list", "list_models", "load", "load_export",

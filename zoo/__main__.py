@@ -15,20 +15,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+import detectors  # noqa: F401  (registers the store's `detector` kind: detector exports publish too)
+import zoo  # noqa: F401  (registers the store's `model` kind)
 from core.errors import cli_entry
-from zoo.published import list_models, publish, zoo_root
+from core.store import list_entries, publish, store_root
 
 
 def _table(root) -> str:
-    models = list_models(root)
+    models = list_entries(root)
     if not models:
-        return f"the zoo at {zoo_root(root)} is empty: publish with `python -m zoo publish EXPORT --name NAME`"
+        return f"the zoo at {store_root(root)} is empty: publish with `python -m zoo publish EXPORT --name NAME`"
     header = ("name", "kind", "architecture", "embed_dim", "classes", "input", "licence", "published")
     rows = [(m["name"], m.get("kind", "model"), m["architecture"], _cell(m["embed_dim"]), _cell(m["num_classes"]),
              f"{m['input_size']} px", m.get("licence", ""), m["published"]) for m in models]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows]]
-    return "\n".join([f"zoo: {zoo_root(root)}", *lines])
+    return "\n".join([f"zoo: {store_root(root)}", *lines])
 
 
 def _cell(value) -> str:
@@ -54,8 +56,8 @@ def main(argv=None) -> None:
         print(_table(args.zoo))
         return
     entry = publish(args.export, args.name, root=args.zoo, force=args.force, licence=args.licence)
-    folder = zoo_root(args.zoo) / entry["folder"]
-    print(f"published {entry['name']}: {folder} ({len(entry['files'])} files, sha256 in {zoo_root(args.zoo) / 'zoo.json'})")
+    folder = store_root(args.zoo) / entry["folder"]
+    print(f"published {entry['name']}: {folder} ({len(entry['files'])} files, sha256 in {store_root(args.zoo) / 'zoo.json'})")
     if args.hf_repo:
         from zoo.huggingface import push
 

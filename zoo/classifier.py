@@ -8,12 +8,12 @@ from torch import nn
 
 from core.errors import ConfigError
 from zoo.base import ReIDModel
-from zoo.registry import register_model
+from zoo.registry import MODELS
 from zoo.trunk import Trunk
 from zoo.trunk_config import TrunkConfig
 
 
-@register_model("classifier")
+@MODELS.register("classifier")
 class Classifier(ReIDModel):
     """A closed-set classifier whose penultimate (pooled) features double as the re-ID embedding."""
 

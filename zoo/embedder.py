@@ -7,12 +7,12 @@ import torch
 from torch import nn
 
 from zoo.base import ReIDModel
-from zoo.registry import register_model
+from zoo.registry import MODELS
 from zoo.trunk import Trunk
 from zoo.trunk_config import TrunkConfig
 
 
-@register_model("embedder")
+@MODELS.register("embedder")
 class Embedder(ReIDModel):
     """timm backbone -> pooling -> dropout -> Linear -> BatchNorm1d: an `embed_dim`-dim embedding.
 
@@ -33,7 +33,7 @@ class Embedder(ReIDModel):
         return {"embedding": self.neck(self.dropout(pooled)), "features": maps}
 
 
-@register_model("features")
+@MODELS.register("features")
 class Features(ReIDModel):
     """A backbone's pooled features as the embedding, no neck: off-the-shelf models such as MegaDescriptor."""
 

@@ -17,13 +17,14 @@ from torch import nn
 
 from core.errors import ConfigError, DataError
 from core.files import atomic_folder
+from core.store import CONFIG_FILE, WEIGHTS_FILE
 from zoo.base import ReIDModel
 from zoo.registry import MODELS, block_args
 from zoo.trunk_config import TRUNK
 
 FORMAT_VERSION = 1
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+
+
 REQUIRED_KEYS = ("format_version", "architecture", "model_args", "embed_dim", "num_classes", "input_size", "mean", "std")
 
 

@@ -30,7 +30,7 @@ from torch import nn
 from core.errors import ConfigError
 from core.suggest import did_you_mean
 from zoo.base import PairScoring, ReIDModel
-from zoo.registry import register_model
+from zoo.registry import MODELS
 
 # What a resolved member records (engine.member_features.resolve_members writes it).
 MEMBER_KEYS = ("spec", "checksum", "dim", "input_size")
@@ -50,7 +50,7 @@ def check_members(members: Any) -> List[Dict[str, Any]]:
     return resolved
 
 
-@register_model("fusion")
+@MODELS.register("fusion")
 class Fusion(PairScoring, ReIDModel):
     """members' embeddings -> PCA per member -> concat [-> learned whitening]
     [-> Linear-BN-ReLU-Dropout -> Linear-BN] (embedding) [-> Linear (identity logits)] [+ pair head on (|a-b|, a*b)]."""

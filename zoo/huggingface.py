@@ -1,6 +1,6 @@
 """Published models on the Hugging Face Hub: push a zoo folder, load `hf-hub:ORG/NAME` back.
 
-A reidzoo model on the Hub is a zoo folder (zoo.published): its `reidzoo.json` names every file
+A reidzoo model on the Hub is a zoo folder (core/store.py): its `reidzoo.json` names every file
 and its sha256, so a download is checked exactly like a local zoo model. When that file cannot be
 had (a plain timm backbone, no such repo, offline), `load_from_hub` returns None and the caller
 treats the name as a timm backbone, whose loader may still find it in its cache and otherwise says
@@ -15,9 +15,10 @@ from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlparse
 
 from core.errors import DataError
+from core.store import MANIFEST, read_index, verify_files
 from zoo.base import ReIDModel
 from zoo.export import load_export
-from zoo.published import MANIFEST, read_index, verify_files
+from zoo.spec import looks_like_path
 
 
 def _hub():
@@ -52,8 +53,6 @@ def push(folder: Path, repo: str) -> str:
 
 def _local(spec: str, published_here: Dict[str, Any]) -> bool:
     """Whether a model spec names something of this machine only: a folder or a name of a local zoo."""
-    from zoo.loading import looks_like_path  # zoo.loading imports this module
-
     return looks_like_path(spec) or Path(spec).expanduser().is_dir() or spec in published_here or spec in read_index()
 
 

@@ -11,21 +11,18 @@ from typing import Any, Dict, Tuple
 import torch
 
 from core.errors import ConfigError, DataError
+from core.store import CONFIG_FILE, read_index
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
-from zoo.export import CONFIG_FILE, export_config, inner_module, load_export
-from zoo.published import load_published, read_index
+from zoo.export import export_config, inner_module, load_export
+from zoo.published import load_published
 from zoo.registry import MODELS
+from zoo.spec import looks_like_path
 
 # Off-the-shelf re-ID backbones known by a short name.
 ZOO = {
     "megadescriptor-l-384": "hf-hub:BVRA/MegaDescriptor-L-384",
 }
-
-
-def looks_like_path(spec: str) -> bool:
-    """Whether a spec names a folder (it has a path separator or starts with . or ~), not a model name."""
-    return ":" not in spec and (any(sep in spec for sep in ("/", "\\")) or spec.startswith((".", "~")))
 
 
 def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:

@@ -9,11 +9,11 @@ from torch import nn
 
 from zoo.base import PairScoring, ReIDModel
 from zoo.embedder import Embedder
-from zoo.registry import register_model
+from zoo.registry import MODELS
 from zoo.trunk_config import TrunkConfig
 
 
-@register_model("siamese")
+@MODELS.register("siamese")
 class Siamese(PairScoring, ReIDModel):
     """Embedder (shared by both images of a pair) + MLP on (|a-b|, a*b) -> same-individual logit.
 

@@ -23,13 +23,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from core.array_cache import ArrayCache
 from core.files import file_identity
 from core.paths import cache_base
 from core.schema import CropConfig
 from data.images import ImageLoader
 from data.validate import displayed_size
 from detectors import Detector, detector_checksum, load_detector
-from engine.array_cache import ArrayCache
 
 CACHE_VERSION = 1
 # Detections are cached down to this confidence, so that any min_confidence above it reuses them.

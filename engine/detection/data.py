@@ -21,8 +21,8 @@ from core.detector_schema import DetectorTrainConfig
 from core.errors import DataError
 from data.formats import load_table_with_root
 from data.samplers import RandomBatchSampler
-from detectors.annotations import AnnotatedImage, load_annotations, write_yolo_dataset
 from detectors.base import Detector
+from engine.detection.annotations import AnnotatedImage, load_annotations, write_yolo_dataset
 from engine.training.seeding import SeededBatchSampler, SeededDataset, seed_global_rngs
 
 LAYOUT_DIR = "yolo_data"

@@ -18,7 +18,6 @@ import pandas as pd
 from core.config import from_dict, save_config, to_dict
 from core.errors import DataError
 from core.schema import EvalConfig
-from data.formats import load_table
 from data.splits import gallery_and_query
 from data.validate import require_query
 from engine.accel import say
@@ -28,6 +27,7 @@ from engine.evaluation.decision import evaluate_outputs
 from engine.evaluation.model_outputs import model_outputs
 from engine.evaluation.query_metrics import has_query_labels, query_metrics
 from engine.evaluation.submission import submission_kind, write_submission
+from engine.tables import dataset_table
 from zoo.loading import looks_like_path
 
 
@@ -53,7 +53,7 @@ class EvaluationData:
 
 def load_evaluation_data(cfg: EvalConfig) -> EvaluationData:
     """The dataset split into gallery and queries; an empty query set or gallery is a DataError."""
-    table = load_table(cfg.data)
+    table = dataset_table(cfg.data)
     require_query(table, filters=", ".join(f"{k}={v}" for k, v in (("data.datasets", cfg.data.datasets),
                                                                    ("data.species", cfg.data.species)) if v))
     gallery, query = gallery_and_query(table)

@@ -23,7 +23,8 @@ from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from data.table import NEW_INDIVIDUAL
 from engine.evaluation.calibration import Calibrator
-from engine.visual import jpeg_data_uri
+from engine.evaluation.report_rerank import rerank_section
+from engine.visual import CORRECT, NEUTRAL, WRONG, jpeg_data_uri
 
 THUMBNAIL = 96  # px, longer side
 GRID_QUERIES = 20
@@ -32,7 +33,6 @@ QUANTILES = (0.1, 0.5, 0.9)
 BINS = 30
 JPEG_QUALITY = 75
 KNOWN_COLOUR, UNKNOWN_COLOUR, ALL_COLOUR = "#2b7bb9", "#e07b39", "#7a7a7a"
-CORRECT, WRONG, NEUTRAL = "#28b43c", "#dc2828", "#a0a0a0"
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#222;max-width:1200px}
@@ -248,8 +248,6 @@ def _metrics_section(metrics: Optional[dict]) -> str:
 def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, evaluation, metrics: Optional[dict],
                   rows: pd.DataFrame, matcher=None) -> str:
     """The page; `matcher` (a re-ranking MatcherScorer) adds the re-ranking section."""
-    from engine.evaluation.report_rerank import rerank_section
-
     ev = evaluation
     gallery_ids = set(gallery["identity"])
     threshold_rows = [["global", ev.threshold.get("global")]] + [[d, t] for d, t in sorted(ev.threshold.get("per_dataset", {}).items())]

@@ -9,10 +9,9 @@ from typing import List
 import numpy as np
 import pandas as pd
 
-from engine.evaluation.report import CORRECT, NEUTRAL, WRONG
 from engine.matching.drawing import draw_matches
 from engine.matching.scorer import counted
-from engine.visual import jpeg_data_uri
+from engine.visual import CORRECT, NEUTRAL, WRONG, jpeg_data_uri
 
 SAMPLE_QUERIES = 8
 

@@ -24,7 +24,7 @@ from core.schema import RetrievalConfig
 from engine.evaluation.calibration import Calibrator, pair_scores_for_calibration
 from engine.retrieval import Candidates, retrieve, to_candidates
 
-SCORERS = Registry("scorer")
+SCORERS = Registry("scorer", name_attribute="kind")
 CANDIDATES = 20  # identities per query and scorer entering the vote: enough for the decision and top-5
 PAIR_NEIGHBOURS = 10  # calibration pairs of a global scorer: each database image against its top-k
 
@@ -80,7 +80,7 @@ class ImageRanking:
 class Scorer(ABC):
     """Base class: a name, a voting weight, a calibrator fitted by the caller, raw pair scores."""
 
-    kind = ""  # the registered name
+    kind = ""  # the registered name, set by SCORERS.register
     stage = "global"
 
     def __init__(self, output: ModelOutput, weight: float):
@@ -134,7 +134,6 @@ class EmbeddingScorer(GlobalScorer):
     """Cosine similarity of L2-normalised embeddings, searched with faiss; identity score = the
     retrieval's aggregation (max over the identity's images by default)."""
 
-    kind = "embedding"
 
     def pair_scores(self, space, q_rows, g_rows):
         x = self.output.embeddings
@@ -180,7 +179,6 @@ class SoftmaxScorer(GlobalScorer):
     identities (renormalised); a pair's score is the query's probability of the gallery image's
     identity. Logits are averaged over TTA views by the extraction."""
 
-    kind = "softmax"
 
     def _probabilities(self, q_rows: np.ndarray, allowed: set) -> Tuple[np.ndarray, np.ndarray]:
         """(Q, C) probabilities over the allowed classes, and the class names."""
@@ -246,7 +244,6 @@ class PairHeadScorer(Scorer):
     """A Siamese model's trained pair head on two embeddings: the logit of "same individual".
     It re-scores the shortlist only (one forward per pair)."""
 
-    kind = "pair_head"
     stage = "shortlist"
 
     def pair_scores(self, space, q_rows, g_rows):

@@ -19,11 +19,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from core.array_cache import ArrayCache
 from core.files import file_identity
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from engine.accel import rank_and_world
-from engine.array_cache import ArrayCache
 from matchers import Features, Matcher
 
 FEATURES_VERSION = 1

@@ -20,9 +20,9 @@ from typing import Dict, List, Tuple
 import numpy as np
 from tqdm.auto import tqdm
 
+from core.array_cache import ArrayCache
 from core.schema import RerankConfig
 from engine.accel import rank_and_world
-from engine.array_cache import ArrayCache
 from engine.matching.keypoints import KeypointStore
 from matchers import Features
 from matchers.geometry import ransac_inliers

@@ -13,9 +13,9 @@ from typing import Dict, List
 import numpy as np
 import pandas as pd
 
+from core.array_cache import ArrayCache
 from core.paths import resolve_cache_setting
 from core.schema import EvalConfig, RerankConfig
-from engine.array_cache import ArrayCache
 from engine.evaluation.scorers import SCORERS, MatchSpace, Scorer
 from engine.matching.keypoints import KeypointStore
 from engine.matching.pairs import PairMatcher, Record
@@ -48,7 +48,6 @@ def pair_scores_of(records: List[Record], q_rows: np.ndarray, g_labels: np.ndarr
 class MatcherScorer(Scorer):
     """Keypoint matches of each shortlisted (query, database image) pair."""
 
-    kind = "matcher"
     stage = "shortlist"
 
     def __init__(self, pairs: PairMatcher, cfg: RerankConfig, weight: float):

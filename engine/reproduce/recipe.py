@@ -14,8 +14,8 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from core.config import read_yaml
 from core.errors import ConfigError
-from core.schema import DATA_FORMATS
 from core.suggest import did_you_mean
+from data.formats import DATASETS
 
 RECIPE_FILE = "recipe.yaml"
 TWIN_FILE = "synthetic.yaml"
@@ -185,8 +185,8 @@ def load_recipe(folder: Path | str, *, synthetic: bool = False) -> Recipe:
     data = _mapping(raw["data"], f"{where}: data")
     _check_keys(data, DATA_KEYS, f"{where}: data")
     data_format = data.get("format")
-    if data_format not in DATA_FORMATS or data_format == "synthetic":
-        valid = [f for f in DATA_FORMATS if f != "synthetic"]
+    if data_format not in DATASETS:
+        valid = DATASETS.names()
         raise ConfigError(f"{where}: data.format must be one of {', '.join(valid)}, got {data_format!r}"
                           f"{did_you_mean(str(data_format), valid)}")
     if not isinstance(raw["stages"], list) or not raw["stages"]:

@@ -15,12 +15,12 @@ from torch.utils.data import DataLoader, Dataset
 from core.errors import DataError
 from core.schema import TrainConfig
 from data.dataset import ReIDDataset, build_label_map
-from data.formats import load_table
 from data.images import ImageLoader, resolve_cache_dir
 from data.samplers import build_batch_sampler
 from data.splits import identity_part, identity_split, open_set_split
 from data.transforms import build_eval_transform, build_train_transform
 from engine.accel import say
+from engine.tables import dataset_table
 from engine.training.seeding import SeededBatchSampler, SeededDataset
 
 MIN_VAL_IDENTITIES = 4
@@ -82,7 +82,7 @@ def _lower_priority(worker_id: int) -> None:
 
 def build_train_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, pin_memory: bool = False,
                      accelerator=None) -> TrainData:
-    table = training_part(load_table(cfg.data), cfg, accelerator)
+    table = training_part(dataset_table(cfg.data), cfg, accelerator)
     train_table, val_table = split_validation(training_rows(table), cfg)
     label_map = build_label_map(train_table["identity"])
     image_loader = ImageLoader(

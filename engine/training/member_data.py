@@ -22,7 +22,6 @@ from core.config import to_dict
 from core.errors import ConfigError, DataError
 from core.schema import TrainConfig
 from data.dataset import ReIDDataset, build_label_map
-from data.formats import load_table
 from data.images import ImageLoader, resolve_cache_dir
 from data.samplers import build_batch_sampler
 from data.splits import gallery_and_query
@@ -31,6 +30,7 @@ from engine.accel import eval_precision, say
 from engine.cached_outputs import ImageViews
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.member_features import FeatureDataset, Member, load_members, member_features
+from engine.tables import dataset_table
 from engine.training.data import TrainData, split_validation, training_part
 from engine.training.seeding import SeededBatchSampler, SeededDataset
 
@@ -107,7 +107,7 @@ def evaluation_rows(table: pd.DataFrame) -> pd.DataFrame:
 def build_member_feature_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: int = 0, pin_memory: bool = False,
                               accelerator=None) -> TrainData:
     specs, pca_dim, own_args = _resolve_args(cfg)
-    rows = evaluation_rows(training_part(load_table(cfg.data), cfg, accelerator))
+    rows = evaluation_rows(training_part(dataset_table(cfg.data), cfg, accelerator))
     gallery = rows[rows["split"] == "database"].copy()
     if gallery.empty:
         raise DataError("the training set is empty: no labelled images in the database split")
