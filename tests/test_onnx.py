@@ -71,6 +71,8 @@ def test_the_cli_exports_a_zoo_name_next_to_the_user(tmp_path, monkeypatch, caps
     export = tiny_export(tmp_path / "export", "siamese")
     publish(export, "tiny-siamese")
     published = sorted(p.name for p in (tmp_path / "zoo").rglob("*"))
+    (card,) = (tmp_path / "zoo").glob("tiny-siamese@*/README.md")
+    assert "python -m zoo export-onnx tiny-siamese --out model.onnx" in card.read_text()
     monkeypatch.chdir(tmp_path)
 
     main(["export-onnx", "tiny-siamese"])
@@ -87,6 +89,8 @@ def test_a_fusion_model_is_refused(tmp_path, monkeypatch, capsys):
     export = save_export(Fusion(0, members=[member], pca_dims=[8], hidden=16, embed_dim=8), tmp_path / "fusion")
     monkeypatch.setenv("REIDZOO_ZOO", str(tmp_path / "zoo"))
     publish(export, "tiny-fusion")
+    (card,) = (tmp_path / "zoo").glob("tiny-fusion@*/README.md")
+    assert "export-onnx" not in card.read_text()  # its card offers no ONNX export
     with pytest.raises(ConfigError, match="not images"):
         export_onnx("tiny-fusion", tmp_path / "fusion.onnx")
     with pytest.raises(ConfigError, match=r"reads its members' embeddings .*not images.*member-a"):

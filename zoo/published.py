@@ -28,6 +28,7 @@ from core.suggest import did_you_mean
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import CONFIG_FILE, WEIGHTS_FILE, load_export
+from zoo.registry import model_inputs
 
 INDEX = "zoo.json"
 MANIFEST = "reidzoo.json"
@@ -134,6 +135,8 @@ def _model_card(name: str, meta: Dict[str, Any], files: Dict[str, str], licence:
     training = [f"- data: format `{data.get('format', 'n/a')}`, root `{data.get('root', 'n/a')}`", f"- losses: {losses}"]
     usage = ["## How to load", "", "```python", "import zoo", "", f'model = zoo.load("{name}")  # checks every file\'s sha256',
              "```", "", f"or in an evaluation: `python eval.py models=[{name}]`.", ""]
+    if model_inputs(meta["architecture"]) == "images":  # ONNX: the image -> embedding graph (docs/onnx.md)
+        usage += [f"ONNX: `python -m zoo export-onnx {name} --out model.onnx` (images -> L2-normalised embeddings).", ""]
     return _card(name, "image-feature-extraction", summary, training, meta.get("metrics") or {}, usage, files, licence)
 
 
