@@ -2,7 +2,7 @@
 
 * `atomic_folder`: build a folder under a temporary sibling name, then swap it into place in one
   rename; a crash or an exception at any point leaves the previous folder (or none) as it was.
-* `atomic_write_text` / `save_npy_atomic` / `save_npz_atomic`: the same for a single file.
+* `atomic_write_text` / `atomic_write_bytes` / `save_npy_atomic` / `save_npz_atomic`: the same for a single file.
 * `file_identity`: what identifies an image file for caches (absolute path, size, mtime).
 * `weights_checksum`: one sha256 for a model's weights, the same whatever device or wrapper holds them.
 """
@@ -86,6 +86,11 @@ def _atomic_file(path: Path, write: Callable[[object], None], mode: str) -> None
 def atomic_write_text(path: PathLike, text: str) -> None:
     """Write `text` under a temporary name, then rename: readers see the old file or the new one."""
     _atomic_file(Path(path), lambda handle: handle.write(text), "w")
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> None:
+    """Write `data` under a temporary name, then rename: readers see the old file or the new one."""
+    _atomic_file(Path(path), lambda handle: handle.write(data), "wb")
 
 
 def save_npy_atomic(path: PathLike, array: np.ndarray) -> None:

@@ -4,6 +4,7 @@
     python -m zoo publish runs/fusion_cpu/export --name synthetic-fusion   # members published with it
     python -m zoo publish runs/detector/export --name synthetic-detector   # a crop detector
     python -m zoo list [--zoo DIR]
+    python -m zoo export-onnx NAME|EXPORT_DIR [--out PATH] [--opset N]   # docs/onnx.md
 
 Published models load by name anywhere: `zoo.load("synthetic-resnet18")` or
 `python eval.py models=[synthetic-resnet18]`, detectors as `data.crop.detector=synthetic-detector`;
@@ -51,7 +52,17 @@ def main(argv=None) -> None:
     pub.add_argument("--hf-repo", default=None, help="also push to this Hugging Face Hub repo (ORG/NAME)")
     show = commands.add_parser("list", help="print the models of the zoo")
     show.add_argument("--zoo", default=None)
+    onnx = commands.add_parser("export-onnx", help="write an image model's embedding forward as ONNX (docs/onnx.md)")
+    onnx.add_argument("model", help="an export folder or a zoo name")
+    onnx.add_argument("--out", default=None, help="the .onnx file (default <export>/model.onnx, or ./<name>.onnx)")
+    onnx.add_argument("--opset", type=int, default=17, help="ONNX opset, 9 to 20 (default 17)")
+    onnx.add_argument("--no-check", action="store_true", help="skip the onnxruntime vs torch comparison")
     args = parser.parse_args(argv)
+    if args.command == "export-onnx":
+        from zoo.onnx import export_onnx, summary_line
+
+        print(summary_line(export_onnx(args.model, args.out, opset=args.opset, check=not args.no_check)))
+        return
     if args.command == "list":
         print(_table(args.zoo))
         return

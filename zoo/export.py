@@ -23,8 +23,7 @@ from zoo.registry import MODELS, block_args
 from zoo.trunk_config import TRUNK
 
 FORMAT_VERSION = 1
-
-
+ONNX_FILE = "model.onnx"  # written by zoo.onnx (`python -m zoo export-onnx EXPORT`), never read back
 REQUIRED_KEYS = ("format_version", "architecture", "model_args", "embed_dim", "num_classes", "input_size", "mean", "std")
 
 
@@ -115,8 +114,9 @@ def save_export(
 
 
 def _replaceable(folder: Path) -> bool:
-    """An export may only replace an empty folder or an earlier export (never someone else's files)."""
-    return folder.is_dir() and set(p.name for p in folder.iterdir()) <= {WEIGHTS_FILE, CONFIG_FILE}
+    """An export may only replace an empty folder or an earlier export (never someone else's files);
+    the earlier export's model.onnx goes with it (it would no longer match the weights)."""
+    return folder.is_dir() and set(p.name for p in folder.iterdir()) <= {WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE}
 
 
 def _export_files(path: Union[str, Path]) -> Tuple[Path, Path]:

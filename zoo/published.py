@@ -16,6 +16,7 @@ from core.store import PUBLISHED_KINDS, PublishedKind, StageMember, entry_of, mo
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import load_export
+from zoo.registry import model_inputs
 
 
 def load_published(name: str, root: Optional[str | Path] = None) -> Tuple[ReIDModel, Dict[str, Any]]:
@@ -44,6 +45,8 @@ def _card(name: str, meta: Dict[str, Any], files: Dict[str, str], licence: str) 
     training = [f"- data: format `{data.get('format', 'n/a')}`, root `{data.get('root', 'n/a')}`", f"- losses: {losses}"]
     usage = ["## How to load", "", "```python", "import zoo", "", f'model = zoo.load("{name}")  # checks every file\'s sha256',
              "```", "", f"or in an evaluation: `python eval.py models=[{name}]`.", ""]
+    if model_inputs(meta["architecture"]) == "images":  # ONNX: the image -> embedding graph (docs/onnx.md)
+        usage += [f"ONNX: `python -m zoo export-onnx {name} --out model.onnx` (images -> L2-normalised embeddings).", ""]
     return model_card(name, "image-feature-extraction", summary, training, meta.get("metrics") or {}, usage, files, licence)
 
 
