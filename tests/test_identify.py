@@ -1,0 +1,168 @@
+"""Identifying photos as a user has them: a labelled gallery of ROOT/<identity>/ folders (or a CSV)
+plus a plain folder of new photos (data.query_root)."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from PIL import Image
+
+import train as train_cli
+from core.config import load_config
+from core.errors import ConfigError, DataError
+from core.schema import DataConfig, EvalConfig
+from data.formats import load_table
+
+
+def photo(path: Path, shade: int) -> Path:
+    """A tiny image whose bytes differ with `shade` (identical bytes would be the same photo)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (8, 6), (shade, 30, 200)).save(path, format="PNG")
+    return path
+
+
+def gallery_and_new(tmp_path: Path) -> tuple:
+    gallery, new = tmp_path / "Dogs", tmp_path / "new photos"
+    photo(gallery / "Bo" / "b1.png", 1)
+    photo(gallery / "Bo" / "b2.png", 2)
+    photo(gallery / "Rex" / "r1.png", 3)
+    photo(new / "IMG_1.png", 10)
+    photo(new / "trip" / "IMG_2.png", 11)
+    (new / "notes.txt").write_text("not a photo")
+    return gallery, new
+
+
+def folders_config(gallery: Path, new: Path, **kwargs) -> DataConfig:
+    return DataConfig(format="folders", root=str(gallery), query_root=str(new), **kwargs)
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def test_query_root_photos_become_unlabelled_queries_of_the_gallery_dataset(tmp_path):
+    gallery, new = gallery_and_new(tmp_path)
+    df = load_table(folders_config(gallery, new))
+    database, query = df[df["split"] == "database"], df[df["split"] == "query"]
+    assert dict(zip(database["image_id"], database["identity"], strict=True)) == {
+        "Bo/b1.png": "Bo", "Bo/b2.png": "Bo", "Rex/r1.png": "Rex"}
+    assert list(query["image_id"]) == ["IMG_1.png", "trip/IMG_2.png"]
+    assert query["identity"].isna().all() and set(query["dataset"]) == {"Dogs"}
+    assert list(query["path"]) == [str((new / "IMG_1.png").absolute()), str((new / "trip" / "IMG_2.png").absolute())]
+
+
+def test_a_query_folder_inside_the_gallery_root_is_not_an_identity(tmp_path):
+    gallery, _ = gallery_and_new(tmp_path)
+    photo(gallery / "unlabelled" / "q.png", 20)
+    df = load_table(folders_config(gallery, gallery / "unlabelled"))
+    assert set(df.loc[df["split"] == "database", "identity"]) == {"Bo", "Rex"}
+    assert list(df.loc[df["split"] == "query", "image_id"]) == ["q.png"]
+
+
+def test_a_relative_query_root_is_read_from_the_working_folder(tmp_path, monkeypatch):
+    gallery, _ = gallery_and_new(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    df = load_table(DataConfig(format="folders", root="Dogs", query_root="new photos"))
+    assert (df["split"] == "query").sum() == 2
+
+
+def test_a_csv_gallery_takes_a_query_folder_too(tmp_path):
+    photo(tmp_path / "lib" / "a.png", 1)
+    photo(tmp_path / "lib" / "b.png", 2)
+    pd.DataFrame({"file": ["a.png", "b.png"], "animal": ["A", "B"], "species": ["dog", "dog"]}).to_csv(
+        tmp_path / "lib" / "list.csv", index=False)
+    photo(tmp_path / "new" / "x.png", 9)
+    df = load_table(DataConfig(format="csv", root=str(tmp_path / "lib" / "list.csv"),
+                               columns={"path": "file", "identity": "animal"}, query_root=str(tmp_path / "new")))
+    query = df[df["split"] == "query"]
+    assert list(query["image_id"]) == ["x.png"] and list(query["species"]) == ["dog"]
+    assert list(query["dataset"]) == ["lib"]
+
+
+def _bad_cases():
+    def missing(tmp, gallery, new):
+        return gallery, tmp / "nowhere", "data.query_root .*nowhere does not exist"
+
+    def empty(tmp, gallery, new):
+        (tmp / "empty").mkdir()
+        return gallery, tmp / "empty", "data.query_root .*empty is empty"
+
+    def no_images(tmp, gallery, new):
+        (tmp / "docs").mkdir()
+        (tmp / "docs" / "a.txt").write_text("x")
+        return gallery, tmp / "docs", r"no images found under data.query_root .*docs.*1 other files: a.txt"
+
+    def empty_identity_folders(tmp, gallery, new):
+        (tmp / "Cats" / "Tom").mkdir(parents=True)
+        (tmp / "Cats" / "Kit").mkdir()
+        return tmp / "Cats", new, r"no images found under .*Cats: its 2 identity folders \(Kit, Tom\) hold none"
+
+    def only_the_query_folder(tmp, gallery, new):
+        photo(tmp / "Cats" / "new" / "q.png", 30)
+        return tmp / "Cats", tmp / "Cats" / "new", "no labelled images under data.root .*Cats outside data.query_root"
+
+    def copied_gallery_photo(tmp, gallery, new):
+        shutil.copy(gallery / "Rex" / "r1.png", new / "trip" / "again.png")
+        return gallery, new, r"1 photos are both in the gallery and in data.query_root .*trip/again.png = Rex/r1.png"
+
+    def linked_gallery_photo(tmp, gallery, new):
+        (new / "link.png").symlink_to(gallery / "Bo" / "b2.png")
+        return gallery, new, r"1 photos are both in the gallery .*link.png = Bo/b2.png"
+
+    def same_folder(tmp, gallery, new):
+        return gallery, gallery, "is the labelled gallery data.root itself"
+
+    def gallery_inside(tmp, gallery, new):
+        return gallery, tmp, "lies inside data.query_root"
+
+    def same_relative_path(tmp, gallery, new):
+        photo(new / "Bo" / "b1.png", 40)
+        return gallery, new, r"1 photos in data.query_root have the same relative path as a gallery image \(Bo/b1.png\)"
+
+    return [missing, empty, no_images, empty_identity_folders, only_the_query_folder, copied_gallery_photo,
+            linked_gallery_photo, same_folder, gallery_inside, same_relative_path]
+
+
+@pytest.mark.parametrize("case", _bad_cases(), ids=lambda case: case.__name__)
+def test_bad_gallery_or_query_folders_are_named(tmp_path, case):
+    gallery, new = gallery_and_new(tmp_path)
+    root, query_root, message = case(tmp_path, gallery, new)
+    with pytest.raises(DataError, match=message):
+        load_table(folders_config(root, query_root))
+
+
+def test_csv_queries_or_several_datasets_are_refused_with_a_query_folder(tmp_path):
+    photo(tmp_path / "lib" / "a.png", 1)
+    photo(tmp_path / "lib" / "b.png", 2)
+    photo(tmp_path / "new" / "x.png", 9)
+    source = tmp_path / "lib" / "metadata.csv"
+    pd.DataFrame({"path": ["a.png", "b.png"], "identity": ["A", ""], "split": ["database", "query"]}).to_csv(source, index=False)
+    with pytest.raises(DataError, match=r"already lists 1 query images \(1\); with data.query_root"):
+        load_table(DataConfig(format="csv", root=str(source), query_root=str(tmp_path / "new")))
+    pd.DataFrame({"path": ["a.png", "b.png"], "identity": ["A", "B"], "dataset": ["dogs", "cats"]}).to_csv(source, index=False)
+    with pytest.raises(DataError, match=r"2 datasets \(cats, dogs\).*data.datasets=\[...\]"):
+        load_table(DataConfig(format="csv", root=str(source), query_root=str(tmp_path / "new")))
+    df = load_table(DataConfig(format="csv", root=str(source), query_root=str(tmp_path / "new"), datasets=["cats"]))
+    assert list(df["split"]) == ["database", "query"] and set(df["dataset"]) == {"cats"}
+
+
+@pytest.mark.parametrize("cls, overrides, message", [
+    (EvalConfig, ["data.format=animalclef2025", "data.query_root=new"],
+     "'data.query_root' adds a folder of query photos to a labelled gallery of data.format=folders or csv; "
+     "data.format=animalclef2025 brings its own queries"),
+    (EvalConfig, ["data.query_root=new"], "data.format=synthetic brings its own queries"),
+])
+def test_query_root_with_a_format_that_has_queries_is_a_config_error(cls, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_config(cls, None, overrides)
+
+
+def test_train_refuses_a_query_folder(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        train_cli.main(["data.format=folders", f"data.root={tmp_path}", f"data.query_root={tmp_path / 'new'}",
+                        f"output_dir={tmp_path / 'run'}"])
+    assert stop.value.code == 2
+    assert "'data.query_root' names unlabelled photos to identify with eval.py; train.py learns from labelled " \
+           "images only" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
