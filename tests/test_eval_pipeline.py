@@ -147,7 +147,8 @@ def test_unlabelled_queries_give_a_submission_and_a_report_but_no_metrics(world,
     out = world["base"] / "unlabelled"
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "report.html", "submission.csv"]
     assert f"submission: {out / 'submission.csv'}" in printed and "BAKS" not in printed
-    assert "no metrics" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "no metrics" in report and "true: unknown" in report and "true: None" not in report
 
 
 def test_missing_model_stops_with_status_2_and_writes_nothing(world, capsys):

@@ -1,10 +1,12 @@
 """Identifying photos as a user has them: a labelled gallery of ROOT/<identity>/ folders (or a CSV)
-plus a plain folder of new photos (data.query_root)."""
+plus a plain folder of new photos (data.query_root); report captions."""
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
@@ -14,6 +16,7 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import DataConfig, EvalConfig
 from data.formats import load_table
+from engine.evaluation.report import truth_caption
 
 
 def photo(path: Path, shade: int) -> Path:
@@ -166,3 +169,24 @@ def test_train_refuses_a_query_folder(tmp_path, capsys):
     assert "'data.query_root' names unlabelled photos to identify with eval.py; train.py learns from labelled " \
            "images only" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- report captions
+
+
+def test_captions_say_unknown_for_a_query_without_identity():
+    assert truth_caption(None, {"Bo"}) == "unknown"
+    assert truth_caption(float("nan"), {"Bo"}) == "unknown"
+    assert truth_caption("Bo", {"Bo"}) == "Bo"
+    assert truth_caption("Zed", {"Bo"}) == "Zed (new)"
+
+
+def test_re_ranking_captions_say_unknown_for_a_query_without_identity(monkeypatch):
+    from engine.evaluation import report_rerank
+
+    monkeypatch.setattr(report_rerank, "_panel", lambda *args: "")
+    gallery = pd.DataFrame({"identity": ["Bo", "Rex"]})
+    query = pd.DataFrame({"image_id": ["q1", "q2"], "identity": [None, "Zed"]})
+    ev = SimpleNamespace(shortlist=np.array([[0, 1], [1, 0]]), candidates=[[("Bo", 0.9)], [("Rex", 0.5)]])
+    section = report_rerank.rerank_section(SimpleNamespace(name="sift"), ev, gallery, query)
+    assert "q1 (true: unknown)" in section and "q2 (true: Zed (new))" in section and "None" not in section
