@@ -1,5 +1,5 @@
 """Identifying photos as a user has them: a labelled gallery of ROOT/<identity>/ folders (or a CSV)
-plus a plain folder of new photos (data.query_root); report captions."""
+plus a plain folder of new photos (data.query_root); predictions.csv; report captions."""
 from __future__ import annotations
 
 import shutil
@@ -11,12 +11,18 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import eval as eval_cli
 import train as train_cli
 from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import DataConfig, EvalConfig
 from data.formats import load_table
+from engine.evaluation.predictions import columns, predictions_frame, query_files
 from engine.evaluation.report import truth_caption
+from zoo import build_model, save_export
+
+SIZE = 32
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "eval" / "default.yaml"
 
 
 def photo(path: Path, shade: int) -> Path:
@@ -171,7 +177,30 @@ def test_train_refuses_a_query_folder(tmp_path, capsys):
     assert not (tmp_path / "run").exists()
 
 
-# ----------------------------------------------------------------------------- report captions
+# ----------------------------------------------------------------------------- predictions.csv and captions
+
+
+def test_predictions_list_top_identities_and_leave_missing_ranks_empty(tmp_path):
+    query = pd.DataFrame({"image_id": ["IMG_1.png", "trip/IMG_2.png"], "path": ["/x/IMG_1.png", "/x/trip/IMG_2.png"]})
+    ev = SimpleNamespace(decided=np.array(["Bo", "new_individual"], dtype=object),
+                         candidates=[[("Bo", 0.91234), ("Rex", np.float32(0.2))], [("Rex", 0.3), ("Bo", 0.1)]])
+    cfg = EvalConfig(data=DataConfig(format="folders", root=str(tmp_path), query_root=str(tmp_path / "new")))
+    frame = predictions_frame(cfg, query, ev)
+    frame.to_csv(tmp_path / "p.csv", index=False)
+    back = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False)
+    assert list(back.columns) == columns() == [
+        "file", "prediction", "known", "top1_identity", "top1_score", "top2_identity", "top2_score", "top3_identity",
+        "top3_score", "top4_identity", "top4_score", "top5_identity", "top5_score"]
+    assert back.iloc[0, :7].tolist() == ["IMG_1.png", "Bo", "true", "Bo", "0.9123", "Rex", "0.2000"]
+    assert back.iloc[1, :5].tolist() == ["trip/IMG_2.png", "new_individual", "false", "Rex", "0.3000"]
+    assert (back[[f"top{i}_{p}" for i in (3, 4, 5) for p in ("identity", "score")]] == "").all().all()
+
+
+def test_predictions_name_files_relative_to_the_dataset_root(tmp_path):
+    query = pd.DataFrame({"image_id": ["7", "8"], "path": [str(tmp_path / "images" / "q.jpg"), "/elsewhere/r.jpg"]})
+    cfg = EvalConfig(data=DataConfig(format="animalclef2025", root=str(tmp_path)))
+    assert query_files(cfg, query) == ["images/q.jpg", "/elsewhere/r.jpg"]
+    assert query_files(EvalConfig(), query) == list(query["path"])  # generated synthetic set: absolute
 
 
 def test_captions_say_unknown_for_a_query_without_identity():
@@ -190,3 +219,62 @@ def test_re_ranking_captions_say_unknown_for_a_query_without_identity(monkeypatc
     ev = SimpleNamespace(shortlist=np.array([[0, 1], [1, 0]]), candidates=[[("Bo", 0.9)], [("Rex", 0.5)]])
     section = report_rerank.rerank_section(SimpleNamespace(name="sift"), ev, gallery, query)
     assert "q1 (true: unknown)" in section and "q2 (true: Zed (new))" in section and "None" not in section
+
+
+# ----------------------------------------------------------------------------- eval.py end to end
+
+
+@pytest.fixture(scope="module")
+def photo_folders(tmp_path_factory, tiny_synthetic):
+    """The tiny synthetic set as a user has it: database photos in GALLERY/<identity>/, the query
+    photos (some of individuals the gallery lacks) loose in one folder, under new names."""
+    base = tmp_path_factory.mktemp("identify")
+    table = pd.read_csv(tiny_synthetic / "metadata.csv", dtype=str, keep_default_na=False)
+    gallery, new = base / "Gallery", base / "New photos"
+    database = table[(table["split"] == "database") & (table["dataset"] == "SynthLynx")]
+    query = table[(table["split"] == "query") & (table["dataset"] == "SynthLynx")]
+    for row in database.itertuples():
+        target = gallery / row.identity / Path(row.path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(tiny_synthetic / row.path, target)
+    new.mkdir()
+    for i, row in enumerate(query.itertuples()):
+        shutil.copy(tiny_synthetic / row.path, new / f"IMG_{i:03d}{Path(row.path).suffix}")
+    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    model.input_size = SIZE
+    return {"base": base, "gallery": gallery, "new": new, "queries": len(query),
+            "identities": database["identity"].nunique(), "export": save_export(model, base / "export")}
+
+
+def test_eval_identifies_a_folder_of_new_photos_against_identity_folders(photo_folders, capsys):
+    base, out = photo_folders["base"], photo_folders["base"] / "out"
+    result = eval_cli.main([
+        "data.format=folders", f"data.root={photo_folders['gallery']}", f"data.query_root={photo_folders['new']}",
+        f"models=[{photo_folders['export']}]", f"output_dir={out}", f"data.cache_dir={base / 'images'}",
+        "data.num_workers=0", f"embed_cache={base / 'embeddings'}", "tta=[identity]", "rerank.matcher=none",
+        "threshold.min_queries=20"])
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "predictions.csv",
+                                                     "report.html", "submission.csv"]
+    assert result["metrics"] is None and result["predictions"] == str(out / "predictions.csv")
+    printed = capsys.readouterr().out
+    assert f"predictions: {out / 'predictions.csv'}" in printed and "BAKS" not in printed
+
+    predictions = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    files = sorted(p.name for p in photo_folders["new"].iterdir())
+    assert list(predictions["file"]) == files and len(files) == photo_folders["queries"]
+    gallery_ids = {p.name for p in photo_folders["gallery"].iterdir()}
+    assert set(predictions["prediction"]) <= gallery_ids | {"new_individual"}
+    assert (predictions["known"] == np.where(predictions["prediction"] == "new_individual", "false", "true")).all()
+    top = min(5, photo_folders["identities"])
+    assert predictions[[f"top{i}_identity" for i in range(1, top + 1)]].isin(gallery_ids).all().all()
+    scores = predictions[[f"top{i}_score" for i in range(1, top + 1)]].astype(float).to_numpy()
+    assert ((scores >= 0) & (scores <= 1)).all() and (np.diff(scores, axis=1) <= 1e-9).all(), "calibrated, best first"
+    known = predictions["known"] == "true"
+    assert (predictions.loc[known, "prediction"] == predictions.loc[known, "top1_identity"]).all()
+
+    submission = pd.read_csv(out / "submission.csv", dtype=str)
+    assert list(submission["image_id"]) == files
+    assert list(submission["identity"]) == list(predictions["prediction"])
+    report = (out / "report.html").read_text()
+    assert "true: unknown" in report and "true: None" not in report and "true: ?" not in report
+    assert "no metrics" in report and str(photo_folders["new"]) in report
