@@ -4,11 +4,14 @@
     python eval.py models=[runs/a/export,runs/b/export] weights=[0.6,0.4]
     python eval.py --config configs/eval/animalclef2025.yaml data.root=/data/animalclef
     python eval.py --config configs/eval/rerank.yaml      # + ALIKED/LightGlue re-ranking of the shortlist
+    python eval.py models=[runs/a/export] data.format=folders data.root=GALLERY data.query_root=NEW_PHOTOS
+                                                          # identify new photos against ROOT/<identity>/ folders
     accelerate launch eval.py --config configs/eval/default.yaml    # extraction (and matching) split across processes
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
-Outputs in output_dir: submission.csv, metrics.json (when query labels are known), manifest.json,
-report.html, config.yaml.
+Outputs in output_dir: submission.csv, predictions.csv (each query's decision and top-5 identities
+with calibrated scores), metrics.json (when query labels are known), manifest.json, report.html,
+config.yaml.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ def summary(result: dict) -> str:
                          f"BAUS {hindsight['BAUS']:.4f}")
     out = result["output_dir"]
     lines.append(f"submission: {result['submission']}")
+    if result.get("predictions"):
+        lines.append(f"predictions: {result['predictions']}")
     if metrics:
         lines.append(f"metrics: {out}/metrics.json")
     lines.append(f"manifest: {out}/manifest.json")

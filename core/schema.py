@@ -62,6 +62,7 @@ class CropConfig:
 class DataConfig:
     format: str = "synthetic"  # (str) animalclef2025 | wildlifereid10k | humpback | folders | csv | synthetic
     root: str = ""  # (str) dataset root; empty with format=synthetic: generated into the cache dir
+    query_root: str = ""  # (str) eval.py, format=folders or csv: a folder of unlabelled photos (searched recursively), each a query matched against the labelled data.root; "" = off
     columns: Dict[str, str] = field(default_factory=dict)  # (dict) csv format: our column -> yours
     datasets: List[str] = field(default_factory=list)  # (list) keep only these `dataset` values
     species: List[str] = field(default_factory=list)  # (list) keep only these species
@@ -402,6 +403,23 @@ def _identity_part(cfg: DataConfig) -> Optional[str]:
     return None
 
 
+QUERY_ROOT_FORMATS = ("folders", "csv")
+
+
+def _query_root_format(cfg: DataConfig) -> Optional[str]:
+    if cfg.query_root and cfg.format not in QUERY_ROOT_FORMATS:
+        return (f"'data.query_root' adds a folder of query photos to a labelled gallery of data.format="
+                f"{' or '.join(QUERY_ROOT_FORMATS)}; data.format={cfg.format} brings its own queries: leave it empty")
+    return None
+
+
+def _no_queries_in_training(cfg: TrainConfig) -> Optional[str]:
+    if cfg.data.query_root:
+        return ("'data.query_root' names unlabelled photos to identify with eval.py; train.py learns from labelled "
+                "images only: leave it empty")
+    return None
+
+
 def _scores_every_identity(cfg: EvalConfig) -> Optional[str]:
     if cfg.data.identity_parts != 1:
         return ("'data.identity_parts' chooses the identities a model trains on; eval.py scores every image of "
@@ -411,8 +429,8 @@ def _scores_every_identity(cfg: EvalConfig) -> Optional[str]:
 
 # Rules that relate several keys of one dataclass.
 JOINT_RULES: Dict[type, List[Callable[[Any], Optional[str]]]] = {
-    DataConfig: [_identity_part],
-    TrainConfig: [_pk_batches],
+    DataConfig: [_identity_part, _query_root_format],
+    TrainConfig: [_pk_batches, _no_queries_in_training],
     EvalConfig: [_model_weights, _scores_every_identity],
 }
 

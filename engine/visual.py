@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torchvision.utils import make_grid
 
+from data.table import is_missing
+
 GREEN = (40, 180, 60)
 RED = (220, 40, 40)
 GREY = (128, 128, 128)
@@ -49,3 +51,11 @@ def jpeg_data_uri(image: np.ndarray, longest: Optional[int] = None, quality: int
     buffer = io.BytesIO()
     picture.save(buffer, format="JPEG", quality=quality)
     return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def truth_caption(truth, gallery_ids: set) -> str:
+    """A query's true identity as captions show it: the identity, `X (new)` for a labelled query whose
+    individual the database lacks, `unknown` for a query without a label."""
+    if is_missing(truth):
+        return "unknown"
+    return str(truth) if truth in gallery_ids else f"{truth} (new)"

@@ -53,8 +53,8 @@ def first_run(world):
 
 def test_end_to_end_writes_valid_outputs(world, first_run):
     out = world["base"] / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "metrics.json", "report.html",
-                                                     "submission.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "metrics.json", "predictions.csv",
+                                                     "report.html", "submission.csv"]
     table = pd.read_csv(world["root"] / "metadata.csv", dtype=str)
     check_submission(out / "submission.csv", pipeline.load_evaluation_data(config(world, "out")).table, "animalclef")
     assert len(read_submission(out / "submission.csv")) == (table["split"] == "query").sum()
@@ -145,9 +145,11 @@ def test_unlabelled_queries_give_a_submission_and_a_report_but_no_metrics(world,
         ("output_dir", cfg.output_dir))])
     printed = capsys.readouterr().out
     out = world["base"] / "unlabelled"
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "report.html", "submission.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "predictions.csv", "report.html",
+                                                     "submission.csv"]
     assert f"submission: {out / 'submission.csv'}" in printed and "BAKS" not in printed
-    assert "no metrics" in (out / "report.html").read_text()
+    report = (out / "report.html").read_text()
+    assert "no metrics" in report and "true: unknown" in report and "true: None" not in report
 
 
 def test_missing_model_stops_with_status_2_and_writes_nothing(world, capsys):

@@ -1,10 +1,11 @@
 """eval.py's pipeline: models -> outputs (cached) -> scorers (+ a keypoint matcher re-ranking the
 shortlist, with rerank.matcher) -> calibration -> soft vote -> threshold -> submission.csv,
-metrics.json, manifest.json, report.html.
+predictions.csv, metrics.json, manifest.json, report.html.
 
 Each step has its module in engine/evaluation/: model_outputs (load, probe, extract), scorers and
 voting (the ensemble), decision (threshold tuning and the open-set decision), query_metrics,
-submission, artifacts (output folder, manifest) and report. Outputs go to a temporary folder next
+submission, predictions (top-5 identities per query, for people), artifacts (output folder,
+manifest) and report. Outputs go to a temporary folder next
 to `output_dir`, renamed into place at the end; on any error `output_dir` is left as it was.
 """
 from __future__ import annotations
@@ -25,6 +26,7 @@ from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_e
 from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
 from engine.evaluation.decision import evaluate_outputs
 from engine.evaluation.model_outputs import model_outputs
+from engine.evaluation.predictions import PREDICTIONS, write_predictions
 from engine.evaluation.query_metrics import has_query_labels, query_metrics
 from engine.evaluation.submission import submission_kind, write_submission
 from engine.tables import dataset_table
@@ -66,8 +68,8 @@ def load_evaluation_data(cfg: EvalConfig) -> EvaluationData:
 def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
     """Evaluate cfg.models on cfg.data and write the outputs into cfg.output_dir.
 
-    Returns {"output_dir", "submission", "metrics" (or None), "report" (or None), "threshold"} on the
-    main process; other processes help with extraction and return {}.
+    Returns {"output_dir", "submission", "predictions", "metrics" (or None), "report" (or None),
+    "threshold"} on the main process; other processes help with extraction and return {}.
     """
     check_eval_config(cfg)
     data = load_evaluation_data(cfg)
@@ -107,6 +109,7 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
     final = Path(cfg.output_dir)
     with staged_directory(final) as staging:
         write_submission(staging / "submission.csv", kind, table, ev.predictions)
+        write_predictions(staging / PREDICTIONS, cfg, query, ev)
         if metrics is not None:
             write_json(staging / "metrics.json", metrics)
         write_json(staging / MANIFEST, manifest(cfg, table, outputs, ev, kind, matcher))
@@ -118,6 +121,6 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
                          metrics=metrics, rows=rows, matcher=matcher)
     final = final.expanduser().absolute()
     return {"output_dir": str(final), "submission": str(final / "submission.csv"),
-            "metrics": metrics, "report": str(final / "report.html") if cfg.report else None,
+            "predictions": str(final / PREDICTIONS), "metrics": metrics, "report": str(final / "report.html") if cfg.report else None,
             "threshold": ev.threshold}
 

@@ -4,7 +4,8 @@ Inline CSS, histograms drawn as inline SVG, thumbnails embedded as small base64 
 external file, script or plotting library. Sections: run summary, thresholds, per-dataset
 metrics (tuned and hindsight), retrieval metrics, histograms of the best score of known and
 unknown queries with the thresholds drawn, and a grid of queries with their top-5 identities
-(frame green when correct, red when wrong, grey when the query's identity is not known).
+(frame green when correct, red when wrong, grey when the query's identity is not known; its caption
+then says "true: unknown").
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from data.images import ImageLoader
 from data.table import NEW_INDIVIDUAL
 from engine.evaluation.calibration import Calibrator
 from engine.evaluation.report_rerank import rerank_section
-from engine.visual import CORRECT, NEUTRAL, WRONG, jpeg_data_uri
+from engine.visual import CORRECT, NEUTRAL, WRONG, jpeg_data_uri, truth_caption
 
 THUMBNAIL = 96  # px, longer side
 GRID_QUERIES = 20
@@ -182,8 +183,7 @@ def _grid(rows: pd.DataFrame, gallery: pd.DataFrame, query: pd.DataFrame, ev, cf
     out: List[str] = []
     for q in picks:
         truth = query["identity"].iloc[q]
-        shown_truth = truth if truth in gallery_ids else (f"{truth} (new)" if truth is not None else "?")
-        caption = (f"<b>{html.escape(str(query['image_id'].iloc[q]))}</b><br>true: {html.escape(str(shown_truth))}"
+        caption = (f"<b>{html.escape(str(query['image_id'].iloc[q]))}</b><br>true: {html.escape(truth_caption(truth, gallery_ids))}"
                    f"<br>pred: {html.escape(str(ev.decided[q]))}")
         tiles = [_tile(thumbnail_uri(dataset.load_image(n_gallery + q)), caption, "#444", "query"), '<div class="sep"></div>']
         for identity, score in ev.candidates[q][:TOP]:
@@ -253,6 +253,7 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     threshold_rows = [["global", ev.threshold.get("global")]] + [[d, t] for d, t in sorted(ev.threshold.get("per_dataset", {}).items())]
     summary = _table(["", ""], [
         ["models", ", ".join(cfg.models)], ["data", f"{cfg.data.format} {cfg.data.root}".strip()],
+        *([["query photos (unlabelled)", cfg.data.query_root]] if cfg.data.query_root else []),
         ["database images (labelled)", len(gallery)], ["query images", len(query)],
         ["test-time augmentation", ", ".join(cfg.tta)], ["calibration", cfg.calibration],
         ["predicted new individuals", int(sum(d == NEW_INDIVIDUAL for d in ev.decided))],

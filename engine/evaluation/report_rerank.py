@@ -11,7 +11,7 @@ import pandas as pd
 
 from engine.matching.drawing import draw_matches
 from engine.matching.scorer import counted
-from engine.visual import CORRECT, NEUTRAL, WRONG, jpeg_data_uri
+from engine.visual import CORRECT, NEUTRAL, WRONG, jpeg_data_uri, truth_caption
 
 SAMPLE_QUERIES = 8
 
@@ -33,6 +33,7 @@ def rerank_section(matcher, ev, gallery: pd.DataFrame, query: pd.DataFrame) -> s
     if matcher is None or ev.shortlist is None or len(query) == 0:
         return ""
     labels = gallery["identity"].to_numpy(dtype=object)
+    gallery_ids = set(labels)
     n_gallery = len(gallery)
     picks = np.unique(np.linspace(0, len(query) - 1, num=min(SAMPLE_QUERIES, len(query))).round().astype(int))
     blocks: List[str] = []
@@ -47,7 +48,8 @@ def rerank_section(matcher, ev, gallery: pd.DataFrame, query: pd.DataFrame) -> s
         if len(own) > 1:  # the identity's image the matcher found most matches in
             records = matcher.pairs.records(np.full(len(own), q_row), own)
             after = own[int(np.argmax([len(counted(r, matcher.cfg.score)) for r in records]))]
-        blocks.append(f"<h3>{html.escape(str(query['image_id'].iloc[q]))} (true: {html.escape(str(truth))})</h3>"
+        shown = truth_caption(truth, gallery_ids)
+        blocks.append(f"<h3>{html.escape(str(query['image_id'].iloc[q]))} (true: {html.escape(shown)})</h3>"
                       + _panel(matcher, q_row, int(short[0]), "before", labels[short[0]], truth)
                       + _panel(matcher, q_row, int(after), "after", labels[after], truth))
     return ("<h2>Re-ranking</h2>"
