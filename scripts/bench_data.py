@@ -29,6 +29,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.errors import UserError, cli_entry  # noqa: E402
 from core.schema import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig  # noqa: E402
 from data.dataset import ReIDDataset  # noqa: E402

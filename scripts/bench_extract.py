@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.schema import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
 from data.dataset import ReIDDataset  # noqa: E402
 from data.formats import DATASETS  # noqa: E402

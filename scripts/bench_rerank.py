@@ -36,6 +36,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.array_cache import ArrayCache  # noqa: E402
 from core.errors import DataError, cli_entry  # noqa: E402
 from core.schema import RerankConfig, RetrievalConfig  # noqa: E402

@@ -28,6 +28,7 @@ from typing import Dict, List
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.errors import ConfigError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
 from scripts.benchmarking import cpu_line  # noqa: E402

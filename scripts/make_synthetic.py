@@ -17,6 +17,7 @@ import time  # noqa: E402
 
 import pandas as pd  # noqa: E402
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.errors import cli_entry  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 

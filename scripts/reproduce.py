@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import argparse  # noqa: E402
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.errors import cli_entry  # noqa: E402
 from engine.reproduce.pipeline import reproduce  # noqa: E402
 

@@ -17,6 +17,7 @@ from pathlib import Path
 # Runnable from a checkout without installing the package.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.errors import ConfigError, cli_entry  # noqa: E402
 from core.schema import DataConfig  # noqa: E402
 from data.summary import format_summary, summarize_table  # noqa: E402
