@@ -68,5 +68,10 @@ def main(argv=None) -> dict:
     return result
 
 
-if __name__ == "__main__":
+def console() -> None:
+    """The `reidzoo-eval` command (setup.cfg's console_scripts): main's result is for callers in Python."""
     main(sys.argv[1:])
+
+
+if __name__ == "__main__":
+    console()

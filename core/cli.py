@@ -26,7 +26,10 @@ def parse_config(
     """Parse the command line and load the config; with --print-config, print it too."""
     # Intermixed: overrides may come before and after --config.
     args = parser.parse_intermixed_args(argv)
-    cfg = load_config(cls, args.config or default_recipe, args.overrides)
+    # An installed reidzoo (reidzoo-train, reidzoo-eval) has no configs/ folder beside it; the default
+    # recipes only restate the schema's defaults (tests/test_config.py checks it), so those stand in.
+    recipe = args.config or (default_recipe if Path(default_recipe).is_file() else None)
+    cfg = load_config(cls, recipe, args.overrides)
     if args.print_config:
         print(yaml.safe_dump(to_dict(cfg), sort_keys=False))
     return args, cfg

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from importlib import metadata
 from typing import List, Sequence, Tuple
 
-import faiss
 import numpy as np
 import pandas as pd
 from tqdm import tqdm
@@ -21,6 +21,35 @@ from tqdm import tqdm
 from core.errors import ConfigError, DataError
 from core.schema import RetrievalConfig
 from core.suggest import did_you_mean
+
+# The PyPI builds of faiss; each installs the same `faiss` module, so two of them overwrite each other's
+# files and leave a module that fails in odd ways. GPU: `pip uninstall -y faiss-cpu` first (docs/install.md).
+FAISS_DISTRIBUTIONS = ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu11", "faiss-gpu-cu12")
+
+
+def installed_faiss() -> List[str]:
+    """The faiss distributions installed here."""
+    found = []
+    for name in FAISS_DISTRIBUTIONS:
+        try:
+            metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+        found.append(name)
+    return found
+
+
+def check_faiss_install(found: Sequence[str]) -> None:
+    """One faiss build, or an ImportError that says how to keep one."""
+    if len(found) > 1:
+        raise ImportError(
+            f"{' and '.join(found)} are both installed: they ship the same `faiss` module, so one has overwritten "
+            f"the other's files. Keep one: `pip uninstall -y {' '.join(found)}`, then `pip install faiss-gpu-cu12` "
+            "for a CUDA 12 GPU or `pip install faiss-cpu` (docs/install.md)")
+
+
+check_faiss_install(installed_faiss())
+import faiss  # noqa: E402  (after the check: a mixed install fails inside faiss with no hint)
 
 INDEXES = ("flat", "ivf", "hnsw")
 AGGREGATIONS = ("max", "mean_top_m")

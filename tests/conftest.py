@@ -11,6 +11,9 @@ from zoo import MODELS
 from zoo.registry import model_inputs
 
 REPO = Path(__file__).resolve().parents[1]
+# A timm test network (0.4 M parameters, 5x faster than resnet18 per step): tests train it unless the backbone
+# itself is what they test.
+TINY_BACKBONE = "test_resnet"
 # Models that read images (the fusion model reads other models' embeddings: tests/test_fusion.py).
 IMAGE_MODELS = [name for name in MODELS.names() if model_inputs(name) == "images"]
 
@@ -34,6 +37,7 @@ def tiny_train_overrides(root: Path, out: Path, cache: Path) -> list:
         f"data.cache_dir={cache}",
         "data.image_size=48",
         "data.num_workers=0",
+        f"model.args.backbone={TINY_BACKBONE}",
         "model.args.embed_dim=64",
         "train.batch_size=16",
         "train.warmup_steps=2",

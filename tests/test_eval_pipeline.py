@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import TINY_BACKBONE
 
 import eval as eval_cli
 from core.config import load_config
@@ -32,7 +33,7 @@ def world(tmp_path_factory, tiny_synthetic):
     """The session's tiny synthetic set, an untrained embedder export, caches."""
     base = tmp_path_factory.mktemp("eval")
     root = tiny_synthetic
-    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    model = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
     model.input_size = SIZE
     export = save_export(model, base / "export")
     return {"base": base, "root": root, "export": export}
@@ -43,7 +44,7 @@ def config(world, out_name: str, *overrides: str) -> EvalConfig:
     return load_config(EvalConfig, RECIPE, [
         "data.format=animalclef2025", f"data.root={world['root']}", f"data.cache_dir={base / 'images'}",
         "data.num_workers=0", f"embed_cache={base / 'embeddings'}", f"models=[{world['export']}]",
-        f"output_dir={base / out_name}", "batch_size=32", f"rerank.cache={base / 'keypoints'}", *overrides])
+        f"output_dir={base / out_name}", "batch_size=32", "rerank.matcher=none", *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +104,7 @@ def test_humpback_submission_has_five_guesses(world, first_run):
 def test_classifier_votes_with_its_softmax(world, first_run):
     gallery = pipeline.load_evaluation_data(config(world, "x")).gallery
     label_map = {identity: i for i, identity in enumerate(sorted(set(gallery["identity"])))}
-    model = build_model({"name": "classifier", "args": {"backbone": "resnet18"}}, num_classes=len(label_map))
+    model = build_model({"name": "classifier", "args": {"backbone": TINY_BACKBONE}}, num_classes=len(label_map))
     model.input_size = SIZE
     export = save_export(model, world["base"] / "classifier", label_map=label_map)
     run_evaluation(config(world, "cls", f"models=[{export},{world['export']}]", "weights=[1,2]", "report=false"))
@@ -115,8 +116,8 @@ def test_classifier_votes_with_its_softmax(world, first_run):
 def test_embedder_classifier_and_siamese_pair_head_vote_in_one_submission(world, first_run):
     gallery = pipeline.load_evaluation_data(config(world, "x")).gallery
     label_map = {identity: i for i, identity in enumerate(sorted(set(gallery["identity"])))}
-    classifier = build_model({"name": "classifier", "args": {"backbone": "resnet18"}}, num_classes=len(label_map))
-    siamese = build_model({"name": "siamese", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    classifier = build_model({"name": "classifier", "args": {"backbone": TINY_BACKBONE}}, num_classes=len(label_map))
+    siamese = build_model({"name": "siamese", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
     classifier.input_size = siamese.input_size = SIZE
     exports = [save_export(classifier, world["base"] / "cls3", label_map=label_map),
                save_export(siamese, world["base"] / "siamese"), world["export"]]
@@ -125,7 +126,7 @@ def test_embedder_classifier_and_siamese_pair_head_vote_in_one_submission(world,
     check_submission(out / "submission.csv", pipeline.load_evaluation_data(config(world, "x")).table, "animalclef")
     manifest = json.loads((out / "manifest.json").read_text())
     kinds = {name: s["kind"] for name, s in manifest["scorers"].items()}
-    assert sorted(kinds.values()) == ["embedding", "embedding", "matcher", "pair_head", "softmax"]  # SIFT: the default
+    assert sorted(kinds.values()) == ["embedding", "embedding", "pair_head", "softmax"]  # keypoints: tests/test_rerank.py
     assert kinds[f"{exports[1]} [pair_head]"] == "pair_head"
     assert all(s["calibrator"]["method"] == "isotonic" for s in manifest["scorers"].values())
     assert "raw " in (out / "report.html").read_text()

@@ -8,7 +8,7 @@ import pytest
 import timm
 import timm.models
 import torch
-from conftest import IMAGE_MODELS
+from conftest import IMAGE_MODELS, TINY_BACKBONE
 
 from core.errors import ConfigError, DataError
 from zoo import build_model, load_export, load_model, model_checksum, save_export
@@ -193,7 +193,7 @@ def test_hub_backbone_is_recorded_as_its_architecture_and_rebuilt_offline(tmp_pa
 
 
 def test_an_export_never_replaces_someone_elses_folder(tmp_path):
-    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 8}}, num_classes=0)
+    model = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 8}}, num_classes=0)
     (tmp_path / "notes.txt").write_text("mine")
     with pytest.raises(ConfigError, match="not a reidzoo export"):
         save_export(model, tmp_path)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, tiny_train_overrides
+from conftest import REPO, TINY_BACKBONE, tiny_train_overrides
 
 from core.config import load_config
 from core.errors import ConfigError, DataError
@@ -53,8 +53,8 @@ def members(tmp_path_factory) -> list:
     """Two untrained exports of different families (an embedder and a classifier's features), 32 px."""
     base = tmp_path_factory.mktemp("fusion_members")
     torch.manual_seed(0)
-    embedder = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
-    features = build_model({"name": "features", "args": {"backbone": "resnet18"}}, num_classes=0)
+    embedder = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
+    features = build_model({"name": "features", "args": {"backbone": TINY_BACKBONE}}, num_classes=0)
     exports = []
     for name, model in (("embedder", embedder), ("features", features)):
         model.input_size = 32
@@ -106,7 +106,7 @@ def test_pca_is_fitted_on_training_rows_only(tiny_synthetic, members, tmp_path):
         # Fitting on every row (queries included) would give another centre: the test can fail.
         assert not np.allclose(b, fit_pca(block, 8, whiten=False)[1], atol=1e-5)
     assert [m["spec"] for m in data.model_args["members"]] == members
-    assert data.model_args["pca_dims"] == [8, 8] and data.model_args["members"][1]["dim"] == 512
+    assert data.model_args["pca_dims"] == [8, 8] and data.model_args["members"][1]["dim"] == 96  # test_resnet's pooled features
     reduced = np.concatenate([block[train_rows] @ a.T + b for block, (a, b) in zip(features, recorded, strict=True)], 1)
     expected = fit_learned_whitening(reduced, data.train_table["identity"].astype(str).to_numpy(), 16, 0.2)
     for fitted, wanted in zip(whitening, expected, strict=True):

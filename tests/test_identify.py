@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import TINY_BACKBONE
 from PIL import Image
 
 import eval as eval_cli
@@ -240,7 +241,7 @@ def photo_folders(tmp_path_factory, tiny_synthetic):
     new.mkdir()
     for i, row in enumerate(query.itertuples()):
         shutil.copy(tiny_synthetic / row.path, new / f"IMG_{i:03d}{Path(row.path).suffix}")
-    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    model = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
     model.input_size = SIZE
     return {"base": base, "gallery": gallery, "new": new, "queries": len(query),
             "identities": database["identity"].nunique(), "export": save_export(model, base / "export")}

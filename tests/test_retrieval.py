@@ -106,3 +106,29 @@ def test_bad_inputs():
         retrieve(queries, gallery[:0], [], RetrievalConfig())
     with pytest.raises(ValueError, match="L2-normalised"):
         retrieve(queries * 3, gallery, ["a"] * 10, RetrievalConfig())
+
+
+def test_two_faiss_builds_installed_side_by_side_are_refused_with_the_fix():
+    from engine.retrieval import check_faiss_install, installed_faiss
+
+    assert installed_faiss() == ["faiss-cpu"]  # what CI installs (constraints.txt)
+    check_faiss_install(["faiss-gpu-cu12"])  # the documented swap leaves exactly one
+    with pytest.raises(ImportError, match=r"faiss-cpu and faiss-gpu-cu12 are both installed.*pip uninstall -y faiss-cpu faiss-gpu-cu12"):
+        check_faiss_install(["faiss-cpu", "faiss-gpu-cu12"])
+
+
+def test_a_gpu_build_of_faiss_moves_flat_and_ivf_indexes_to_the_gpu(monkeypatch):
+    """faiss-gpu adds StandardGpuResources and index_cpu_to_all_gpus; with them, the same code moves the
+    index to the GPUs (HNSW has no GPU version). Checked by standing in for the GPU calls."""
+    import engine.retrieval as retrieval
+
+    moved = []
+    monkeypatch.setattr(retrieval.faiss, "StandardGpuResources", object, raising=False)
+    monkeypatch.setattr(retrieval.faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(retrieval.faiss, "index_cpu_to_all_gpus", lambda index: moved.append(index) or index, raising=False)
+    gallery = l2_normalize(np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32))
+    for index in ("flat", "ivf", "hnsw"):
+        build_index(gallery, RetrievalConfig(index=index, use_gpu=True))
+    assert len(moved) == 2
+    build_index(gallery, RetrievalConfig(index="flat", use_gpu=False))
+    assert len(moved) == 2

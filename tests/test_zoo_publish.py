@@ -6,6 +6,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import TINY_BACKBONE
 
 import core.store as store_module
 import zoo
@@ -18,7 +19,7 @@ from zoo.__main__ import main as zoo_cli
 @pytest.fixture
 def export(tmp_path):
     torch.manual_seed(0)
-    model = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    model = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
     model.input_size = 32
     return save_export(model, tmp_path / "export", train_config={"data": {"format": "synthetic", "root": ""},
                                                                   "losses": [{"name": "arcface"}]},
@@ -55,7 +56,7 @@ def test_an_existing_name_needs_force_and_the_old_version_goes(export, root):
     with pytest.raises(ConfigError, match="--force"):
         zoo.publish(export, "tiny")
     torch.manual_seed(1)
-    other = build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}}, num_classes=0)
+    other = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
     second = zoo.publish(save_export(other, root.parent / "other"), "tiny", force=True)
     assert second["folder"] != first["folder"] and not (root / first["folder"]).exists()
     assert model_checksum(zoo.load("tiny")) == model_checksum(other)
@@ -74,7 +75,7 @@ def test_an_interrupted_publish_leaves_the_zoo_as_it_was(export, root, monkeypat
     zoo.publish(export, "tiny")
     before = json.loads((root / "zoo.json").read_text())
     torch.manual_seed(2)
-    other = save_export(build_model({"name": "embedder", "args": {"backbone": "resnet18", "embed_dim": 16}},
+    other = save_export(build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}},
                                     num_classes=0), root.parent / "other")
 
     def crash(*args, **kwargs):
@@ -143,7 +144,7 @@ def test_a_fusion_model_publishes_with_its_members_and_loads_them_by_name(root, 
 
     torch.manual_seed(0)
     members = []
-    for name, args in (("a", {"backbone": "resnet18", "embed_dim": 16}), ("b", {"backbone": "resnet18", "embed_dim": 12})):
+    for name, args in (("a", {"backbone": TINY_BACKBONE, "embed_dim": 16}), ("b", {"backbone": TINY_BACKBONE, "embed_dim": 12})):
         member = build_model({"name": "embedder", "args": args}, num_classes=0)
         member.input_size = 32
         export = save_export(member, tmp_path / name)
