@@ -84,7 +84,8 @@ class Registry:
             if name not in self._entries:
                 raise ConfigError(f"{self.kind} '{name}': importing {module} did not register it")
         if name not in self._entries:
-            raise ConfigError(f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())}")
+            raise ConfigError(f"unknown {self.kind} '{name}'{did_you_mean(name, self.names())} (a {self.kind} of your "
+                              "own? name its module in `plugins: [...]`, docs/extending.md)")
         return self._entries[name]
 
     def _builder(self, name: str) -> Callable[..., Any]:
