@@ -8,7 +8,7 @@ The defaults ARE the default recipe: `python train.py` trains them (configs/trai
 only names the output folder and data format), and every other recipe states what it changes.
 They are sized for a CPU, trained from scratch, and chosen on the validation parts of
 scripts/bench_recipes.py's protocols (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set;
-3 minutes on 2 cores), never on the test parts the README reports:
+3 minutes on 2 cores), never on the test parts docs/results.md reports:
   * a wall-clock budget is the stopping rule (train.max_minutes, 5 minutes; train.epochs is only
     a cap): a run ends in predictable time on any dataset size, and the cosine schedule anneals
     within the budget. Give more with train.max_minutes=N; train by epochs with max_minutes=0.

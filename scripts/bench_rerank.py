@@ -6,7 +6,7 @@
 
 `--images` takes any folder of photos (searched recursively); DATA/ZebraStripes stands for a copy
 of the ZebraStripes photos (camera photos of plains zebras, about 1,500-2,600 px), the set the
-README's figures were measured on.
+docs/results.md's figures were measured on.
 
 Per matcher, at `--side` px on this machine's cores:
 1. images extracted per second (fresh cache), the number of extractions against the number of

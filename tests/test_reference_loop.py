@@ -1,4 +1,4 @@
-"""scripts/reference_loop.py, the plain baseline of the README's DogFaceNet table, runs and exports
+"""scripts/reference_loop.py, the plain baseline of docs/results.md, runs and exports
 a model that eval.py can load."""
 from __future__ import annotations
 
