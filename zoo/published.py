@@ -1,9 +1,10 @@
-"""Re-identification models in the model store (core/store.py): publishing, loading by name.
+"""Re-identification models in the model store (core/store.py): the `model` kind, and loading by name.
 
-`publish` copies an export folder into the store under a name, with a model card; a fusion model's
-members that are export folders are published with it, as `<name>.member<i>`, and its config.json
-names them so: the published model does not depend on folders of this machine. `load_published`
-loads a name after checking every file's sha256. Crop detectors share the store (detectors/publishing.py).
+`core.store.publish` copies an export folder into the store under a name; this kind writes its
+model card and publishes a fusion model's members that are export folders with it, as
+`<name>.member<i>`, naming them so in its config.json: the published model does not depend on
+folders of this machine. `load_published` loads a name after checking every file's sha256. Crop
+detectors are the store's other kind (detectors/publishing.py).
 """
 from __future__ import annotations
 
