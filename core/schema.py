@@ -60,9 +60,9 @@ class CropConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "synthetic"  # (str) animalclef2025 | wildlifereid10k | humpback | folders | csv | synthetic
+    format: str = "synthetic"  # (str) animalclef2025 | animalclef2026 | wildlifereid10k | humpback | folders | csv | synthetic
     root: str = ""  # (str) dataset root; empty with format=synthetic: generated into the cache dir
-    query_root: str = ""  # (str) eval.py, format=folders or csv: a folder of unlabelled photos (searched recursively), each a query matched against the labelled data.root; "" = off
+    query_root: str = ""  # (str) eval.py, format=folders or csv: a folder of unlabelled photos (searched recursively), each a query matched against the labelled data.root (or, with data.root empty and task=cluster, clustered on their own); "" = off
     columns: Dict[str, str] = field(default_factory=dict)  # (dict) csv format: our column -> yours
     datasets: List[str] = field(default_factory=list)  # (list) keep only these `dataset` values
     species: List[str] = field(default_factory=list)  # (list) keep only these species
@@ -231,7 +231,7 @@ class EvalConfig:
     batch_size: int = 64  # (int) extraction batch size per process
     embed_cache: str = ""  # (str) embedding cache dir; "" = ~/.cache/reidzoo/embeddings ($REIDZOO_CACHE/embeddings), "none" = off
     calibration: str = "isotonic"  # (str) scores -> P(same individual): isotonic | logistic | none
-    submission: str = "auto"  # (str) auto (humpback for data.format=humpback, else animalclef) | animalclef | humpback
+    submission: str = "auto"  # (str) auto (task=cluster: animalclef2026; humpback for data.format=humpback; else animalclef) | animalclef | humpback | animalclef2026
     report: bool = True  # (bool) write report.html
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
@@ -252,7 +252,7 @@ VALIDATION_METRICS = ("rank1", "mAP", "BAKS", "BAUS", "geometric_mean")
 EXPORTED_WEIGHTS = ("best", "last")
 TTA_VIEWS = ("identity", "hflip", "fivecrop")
 CALIBRATIONS = ("isotonic", "logistic", "none")
-SUBMISSIONS = ("auto", "animalclef", "humpback")
+SUBMISSIONS = ("auto", "animalclef", "humpback", "animalclef2026")
 INDEXES = ("flat", "ivf", "hnsw")
 AGGREGATIONS = ("max", "mean_top_m")
 BOX_CHOICES = ("confident", "central")
