@@ -209,3 +209,12 @@ def test_a_plain_folder_of_photos_is_clustered_with_a_given_threshold(world, tmp
     submission = read_submission(result["submission"])
     assert len(submission) == 12 and submission["cluster"].str.startswith("cluster_photos_").all()
     assert result["metrics"] is None
+
+
+@pytest.mark.slow  # a fresh process per size (imports torch): about 10 s alone, 30 s on busy shared cores
+def test_bench_cluster_scale_mode_prints_its_table(capsys):
+    from scripts import bench_cluster
+
+    bench_cluster.main(["scale", "--sizes", "600", "--methods", "agglomerative,components", "--k", "5"])
+    printed = capsys.readouterr().out
+    assert "CPU:" in printed and "| 600 |" in printed and "peak RSS MiB" in printed
