@@ -12,14 +12,13 @@ from sklearn.metrics import adjusted_rand_score
 
 from core.config import load_config
 from core.errors import ConfigError, DataError
-from core.schema import EvalConfig
+from core.schema import EvalConfig, RetrievalConfig
 from data.synthetic_animalclef2026 import NO_TRAIN_DATASET, generate_animalclef2026
 from engine.clustering.graph import Graph, knn_pairs, unique_pairs
 from engine.clustering.methods import CLUSTERERS
 from engine.clustering.tuning import best_of_curve
 from engine.evaluation.pipeline import run_evaluation
 from engine.evaluation.submission import check_submission, read_submission
-from core.schema import RetrievalConfig
 from zoo import build_model, save_export
 
 METHODS = ["agglomerative", "components", "leiden"]

@@ -31,7 +31,14 @@ from engine.clustering.graph import build_graph
 from engine.clustering.methods import CLUSTERERS
 from engine.clustering.tuning import anchor_codes, tune_thresholds
 from engine.embed_cache import image_list_fingerprint
-from engine.evaluation.artifacts import MANIFEST, PACKAGES, check_output_dir, git_commit, staged_directory, write_json
+from engine.evaluation.artifacts import (
+    MANIFEST,
+    PACKAGES,
+    check_output_dir,
+    git_commit,
+    staged_directory,
+    write_json,
+)
 from engine.evaluation.calibration import fit_calibrator
 from engine.evaluation.model_outputs import all_model_outputs
 from engine.evaluation.query_metrics import finite
