@@ -6,6 +6,10 @@
     python eval.py --config configs/eval/rerank.yaml      # + ALIKED/LightGlue re-ranking of the shortlist
     python eval.py models=[runs/a/export] data.format=folders data.root=GALLERY data.query_root=NEW_PHOTOS
                                                           # identify new photos against ROOT/<identity>/ folders
+    python eval.py task=cluster data.format=animalclef2026 data.root=DATA models=[...]
+                                                          # cluster the test images by individual (AnimalCLEF 2026)
+    python eval.py task=cluster data.format=folders data.query_root=PHOTOS models=[...] cluster.threshold=0.8
+                                                          # group a folder of unlabelled photos by individual
     accelerate launch eval.py --config configs/eval/default.yaml    # extraction (and matching) split across processes
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
@@ -25,7 +29,28 @@ from core.schema import EvalConfig
 DEFAULT_RECIPE = "configs/eval/default.yaml"  # relative to this file, so it is found from any folder
 
 
+def cluster_summary(result: dict) -> str:
+    """task=cluster: the mean ARI (and the population estimate) where the test images carry labels."""
+    lines = []
+    metrics = result.get("metrics")
+    if metrics:
+        lines.append(f"mean ARI {metrics['ARI']:.4f}  AMI {metrics['AMI']:.4f}  B-cubed F1 {metrics['bcubed_F1']:.4f}  "
+                     f"({metrics['images']} labelled test images)")
+        for name, part in metrics["per_dataset"].items():
+            lines.append(f"  {name}: ARI {part['ARI']:.4f}, {part['clusters']} clusters for {part['individuals']} individuals")
+    out = result["output_dir"]
+    lines += [f"submission: {result['submission']}", f"clusters: {result['clusters']}"]
+    if metrics:
+        lines.append(f"metrics: {out}/metrics.json")
+    lines.append(f"manifest: {out}/manifest.json")
+    if result.get("report"):
+        lines.append(f"report: {result['report']}")
+    return "\n".join(lines)
+
+
 def summary(result: dict) -> str:
+    if "clusters" in result:
+        return cluster_summary(result)
     lines = []
     metrics = result.get("metrics")
     if metrics:

@@ -60,9 +60,9 @@ class CropConfig:
 
 @dataclass
 class DataConfig:
-    format: str = "synthetic"  # (str) animalclef2025 | wildlifereid10k | humpback | folders | csv | synthetic
+    format: str = "synthetic"  # (str) animalclef2025 | animalclef2026 | wildlifereid10k | humpback | folders | csv | synthetic
     root: str = ""  # (str) dataset root; empty with format=synthetic: generated into the cache dir
-    query_root: str = ""  # (str) eval.py, format=folders or csv: a folder of unlabelled photos (searched recursively), each a query matched against the labelled data.root; "" = off
+    query_root: str = ""  # (str) eval.py, format=folders or csv: a folder of unlabelled photos (searched recursively), each a query matched against the labelled data.root (or, with data.root empty and task=cluster, clustered on their own); "" = off
     columns: Dict[str, str] = field(default_factory=dict)  # (dict) csv format: our column -> yours
     datasets: List[str] = field(default_factory=list)  # (list) keep only these `dataset` values
     species: List[str] = field(default_factory=list)  # (list) keep only these species
@@ -221,8 +221,24 @@ class RerankConfig:
 
 
 @dataclass
+class ClusterConfig:
+    # eval.py task=cluster (AnimalCLEF 2026; a folder of unlabelled photos): docs/clustering.md
+    method: str = "agglomerative"  # (str) registered clusterer: agglomerative (average linkage on 1 - P) | components (threshold graph, min-edge rule) | leiden (Leiden communities, needs the [cluster] extra)
+    args: Dict[str, Any] = field(default_factory=dict)  # (dict) the method's own arguments: components {min_edges}, leiden {iterations, seed}
+    neighbours: int = 10  # (int) graph edges: each image's k nearest neighbours under every global scorer (faiss, within its dataset)
+    threshold: Optional[float] = None  # (float) P(same individual) at which images join (leiden: the resolution); null = tuned by ARI on held-out train identities
+    grid: List[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])  # (list) thresholds tried by the tuning
+    per_dataset: bool = True  # (bool) one threshold per dataset; a dataset without train images takes the one best over the others
+    holdout_fraction: float = 0.5  # (float) of each dataset's train identities, held out to simulate the test
+    unknown_fraction: float = 0.5  # (float) of those, held out whole (new individuals); the others send half their images
+    splits: int = 2  # (int) simulated tests whose ARI curves are averaged
+    anchors: bool = True  # (bool) train images anchor their identity's cluster (a test image joins it, or not, by the threshold)
+
+
+@dataclass
 class EvalConfig:
     output_dir: str = "runs/default/eval"  # (str) where submission.csv, metrics.json, report.html go
+    task: str = "identify"  # (str) identify (name each query image or call it new) | cluster (group the query/test images by individual: `cluster`)
     plugins: List[str] = field(default_factory=list)  # (list) your own modules to import first: their @REGISTRY.register components become valid names (docs/extending.md)
     seed: int = 0  # (int) seed of the threshold-tuning split
     models: List[str] = field(default_factory=lambda: ["runs/default/export"])  # (list) export dirs, zoo names or timm names
@@ -231,12 +247,13 @@ class EvalConfig:
     batch_size: int = 64  # (int) extraction batch size per process
     embed_cache: str = ""  # (str) embedding cache dir; "" = ~/.cache/reidzoo/embeddings ($REIDZOO_CACHE/embeddings), "none" = off
     calibration: str = "isotonic"  # (str) scores -> P(same individual): isotonic | logistic | none
-    submission: str = "auto"  # (str) auto (humpback for data.format=humpback, else animalclef) | animalclef | humpback
+    submission: str = "auto"  # (str) auto (task=cluster: animalclef2026; humpback for data.format=humpback; else animalclef) | animalclef | humpback | animalclef2026
     report: bool = True  # (bool) write report.html
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)
     rerank: RerankConfig = field(default_factory=RerankConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
 
 # ----------------------------------------------------------------------------- value rules
@@ -252,11 +269,12 @@ VALIDATION_METRICS = ("rank1", "mAP", "BAKS", "BAUS", "geometric_mean")
 EXPORTED_WEIGHTS = ("best", "last")
 TTA_VIEWS = ("identity", "hflip", "fivecrop")
 CALIBRATIONS = ("isotonic", "logistic", "none")
-SUBMISSIONS = ("auto", "animalclef", "humpback")
+SUBMISSIONS = ("auto", "animalclef", "humpback", "animalclef2026")
 INDEXES = ("flat", "ivf", "hnsw")
 AGGREGATIONS = ("max", "mean_top_m")
 BOX_CHOICES = ("confident", "central")
 TASKS = ("reid", "detector")
+EVAL_TASKS = ("identify", "cluster")
 PAIR_SCORES = ("inliers", "matches")
 GEOMETRIES = ("fundamental", "homography")
 
@@ -373,8 +391,14 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
     },
+    ClusterConfig: {
+        "method": registered("clusterer"), "neighbours": COUNT,
+        "threshold": _rule(lambda v: v is None or math.isfinite(v), "a number, or null to tune it"),
+        "grid": each(within(0, 1), non_empty=True), "holdout_fraction": FRACTION,
+        "unknown_fraction": within(0, 1, open_high=True), "splits": COUNT,
+    },
     EvalConfig: {
-        "seed": at_least(0), "models": _rule(bool, "a list of at least one model"),
+        "task": one_of(*EVAL_TASKS), "seed": at_least(0), "models": _rule(bool, "a list of at least one model"),
         "weights": each(at_least(0), non_empty=False), "tta": each(one_of(*TTA_VIEWS), non_empty=True),
         "batch_size": SIZE, "calibration": one_of(*CALIBRATIONS), "submission": one_of(*SUBMISSIONS),
     },

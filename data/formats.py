@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple, Union
 
@@ -109,6 +110,60 @@ def wildlifereid10k(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
     frame = read_csv(source)
     require_columns(frame, ["image_id", "identity", "path", "split", "dataset"], source)
     return _table_from_metadata(frame, root, source, default_dataset=root.name)
+
+
+SOLUTION_FILE = "solution.csv"  # animalclef2026: a development set's answers for the test rows (image_id, identity)
+
+
+@DATASETS.register("animalclef2026")
+def animalclef2026(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
+    """AnimalCLEF 2026 (clustering): ROOT/metadata.csv with image_id, identity, path, split, dataset
+    (species and other columns optional). `train` rows are labelled (images/<dataset>/train/<identity>/...),
+    `test` rows are the images to cluster (images/<dataset>/test/...); a dataset may have no train row.
+
+    A train row without an identity is an error naming it. A test row's identity is ignored, with a
+    warning: it is what the clustering must find. A development set's answers go in
+    ROOT/solution.csv (image_id, identity), which only scores the clusters (metrics.json).
+    """
+    source = _require_dir(root) / "metadata.csv"
+    frame = read_csv(source)
+    require_columns(frame, ["image_id", "identity", "path", "split", "dataset"], source)
+    image_ids = frame["image_id"].map(lambda v: clean_text(v) or "")
+    splits = frame["split"].map(lambda v: (clean_text(v) or "").lower())
+    bad = ~splits.isin(["train", "test"])
+    if bad.any():
+        raise DataError(f"{source}: split must be train or test; {int(bad.sum())} rows have "
+                        f"{list_some(sorted(set(frame['split'][bad].map(str))))} ({list_some(image_ids[bad])})")
+    train = splits == "train"
+    unnamed = train & frame["identity"].map(lambda v: clean_identity(v) is None)
+    if unnamed.any():
+        raise DataError(f"{source}: {int(unnamed.sum())} train rows have no identity (every train image must name "
+                        f"its individual): {list_some(image_ids[unnamed])}")
+    named_tests = ~train & frame["identity"].map(lambda v: clean_identity(v) is not None)
+    if named_tests.any():
+        warnings.warn(f"{source}: {int(named_tests.sum())} test rows carry an identity ({list_some(image_ids[named_tests])}); "
+                      f"it is ignored: test images are what is clustered (a development set's answers go in "
+                      f"{SOLUTION_FILE}, which only scores the clusters)", stacklevel=2)
+        frame = frame.assign(identity=frame["identity"].where(train, None))
+    table = _table_from_metadata(frame, root, source, default_dataset=root.name)
+    return _with_solution(table, root / SOLUTION_FILE)
+
+
+def _with_solution(table: pd.DataFrame, solution: Path) -> pd.DataFrame:
+    """The test rows' identities from solution.csv, when there is one (for scoring only)."""
+    if not solution.is_file():
+        return table
+    answers = read_csv(solution)
+    require_columns(answers, ["image_id", "identity"], solution)
+    by_id = dict(zip(answers["image_id"].map(lambda v: clean_text(v) or ""), answers["identity"].map(clean_identity),
+                     strict=True))
+    tests = table["split"] == "query"
+    strangers = sorted(set(by_id) - set(table.loc[tests, "image_id"]))
+    if strangers:
+        raise DataError(f"{solution}: {len(strangers)} image ids are not test rows of metadata.csv: {list_some(strangers)}")
+    table = table.copy()
+    table.loc[tests, "identity"] = table.loc[tests, "image_id"].map(lambda i: by_id.get(i))
+    return table.astype(object).where(pd.notna(table), None)
 
 
 def list_images(folder: Path) -> list:
@@ -250,12 +305,14 @@ def _inside(path: str, folder: str) -> bool:
     return os.path.commonpath([path, folder]) == folder
 
 
-def _query_folder(cfg, root: Path) -> Path:
+def _query_folder(cfg, root: Optional[Path]) -> Path:
     folder = Path(cfg.query_root).expanduser()
     if not folder.exists():
         raise DataError(f"data.query_root {folder} does not exist")
     if not folder.is_dir():
         raise DataError(f"data.query_root {folder} is not a folder (a folder of photos to identify)")
+    if root is None:
+        return folder
     real_folder, real_root = os.path.realpath(folder), os.path.realpath(root)
     if real_folder == real_root:
         raise DataError(f"data.query_root {folder} is the labelled gallery data.root itself: keep the photos to "
@@ -312,7 +369,8 @@ def _shared_images(gallery: pd.DataFrame, queries: pd.DataFrame) -> list:
 
 def with_query_folder(df: pd.DataFrame, root: Path, cfg) -> pd.DataFrame:
     """The validated table of a labelled gallery (`df`, read from data.root) plus every image under
-    data.query_root, recursively, as a query without identity. Each query's image_id is its path
+    data.query_root, recursively, as a query without identity. Without data.root (`root` None) the
+    table is the query folder alone, one dataset named after it: photos to cluster, not to identify. Each query's image_id is its path
     relative to that folder; it joins the gallery's dataset and species.
 
     The query folder may lie inside a `folders` root (its images are then not an identity folder).
@@ -324,6 +382,10 @@ def with_query_folder(df: pd.DataFrame, root: Path, cfg) -> pd.DataFrame:
         raise ConfigError(f"data.query_root applies only to data.format=folders or csv, not {cfg.format}")
     folder = _query_folder(cfg, root)
     images = _query_images(folder)
+    if root is None:  # a plain folder of unlabelled photos, no gallery (eval.py task=cluster)
+        queries = make_table([{"image_id": p.relative_to(folder).as_posix(), "identity": None, "path": os.path.abspath(p),
+                               "split": "query", "dataset": Path(os.path.abspath(folder)).name} for p in images])
+        return validate_table(queries, folder, verify_images=cfg.verify_images)
     real_folder = os.path.realpath(folder)
     if cfg.format == "folders":  # a query folder nested in the gallery root is not an identity
         df = df[~df["path"].map(lambda p: _inside(os.path.realpath(p), real_folder))].reset_index(drop=True)
@@ -382,6 +444,8 @@ def _read(cfg) -> tuple:
         raise ConfigError(f"unknown dataset format '{cfg.format}'"
                           f"{did_you_mean(cfg.format, DATASETS.names() + [SYNTHETIC])}")
     if not cfg.root:
+        if cfg.format in ("folders", "csv") and getattr(cfg, "query_root", ""):
+            return make_table([]), None  # only data.query_root: a plain folder of unlabelled photos
         raise ConfigError(f"data.root is required for data.format={cfg.format}")
     if cfg.columns and cfg.format != "csv":
         raise ConfigError(f"data.columns applies only to data.format=csv, not {cfg.format}")
@@ -401,7 +465,7 @@ def load_table_with_root(cfg) -> Tuple[pd.DataFrame, Path]:
     df = _filter(df, "dataset", list(cfg.datasets), "data.datasets")
     df = _filter(df, "species", list(cfg.species), "data.species")
     if getattr(cfg, "query_root", ""):
-        return with_query_folder(df, root, cfg), root
+        return with_query_folder(df, root, cfg), root if root is not None else Path(cfg.query_root).expanduser()
     return validate_table(df, root, verify_images=cfg.verify_images), root
 
 

@@ -37,6 +37,7 @@ check_not_shadowed()
 import data.formats  # noqa: E402,F401
 import data.samplers  # noqa: E402,F401
 import detectors  # noqa: E402,F401
+import engine.clustering.methods  # noqa: E402,F401
 import engine.evaluation.scorers  # noqa: E402,F401
 import engine.matching.scorer  # noqa: E402,F401
 import losses  # noqa: E402,F401

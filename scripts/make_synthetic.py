@@ -1,8 +1,11 @@
 #!/usr/bin/env python
-"""Write the built-in synthetic re-ID dataset (AnimalCLEF 2025 format) to a folder.
+"""Write the built-in synthetic re-ID dataset (AnimalCLEF 2025 format, or 2026's) to a folder.
 
     python scripts/make_synthetic.py --out DIR [--seed S] [--individuals N]
-        [--images-per-individual M] [--workers W] [--scenes]
+        [--images-per-individual M] [--workers W] [--scenes] [--format animalclef2025|animalclef2026]
+
+--format animalclef2026 lays it out for clustering (data/synthetic_animalclef2026.py): labelled
+train rows, unlabelled test rows (their answers in solution.csv), one dataset without train rows.
 
 --scenes writes scene mode: small animals in wide frames over shared backgrounds, some with a
 second animal, and a YOLO label file per image under labels/ (for detectors).
@@ -18,7 +21,7 @@ import time  # noqa: E402
 import pandas as pd  # noqa: E402
 
 import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import cli_entry  # noqa: E402
+from core.errors import ConfigError, cli_entry  # noqa: E402
 from data.synthetic import generate  # noqa: E402
 
 
@@ -32,9 +35,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes rendering images")
     parser.add_argument("--scenes", action="store_true",
                         help="small animals in shared scenes, some with a second animal, plus YOLO labels")
+    parser.add_argument("--format", choices=["animalclef2025", "animalclef2026"], default="animalclef2025",
+                        help="layout: AnimalCLEF 2025 (database/query) or 2026 (train/test, for clustering)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
+    if args.format == "animalclef2026":
+        if args.scenes:
+            raise ConfigError("--scenes applies to --format animalclef2025 only")
+        from data.synthetic_animalclef2026 import generate_animalclef2026
+
+        out = generate_animalclef2026(args.out, seed=args.seed, individuals=args.individuals,
+                                      images_per_individual=args.images_per_individual, progress=True)
+        table = pd.read_csv(out / "metadata.csv")
+        counts = table.groupby(["dataset", "split"]).size().unstack(fill_value=0)
+        parts = ", ".join(f"{name} {int(row.get('train', 0))} train / {int(row.get('test', 0))} test"
+                          for name, row in counts.iterrows())
+        print(f"wrote {len(table)} images in AnimalCLEF 2026 layout to {out} ({parts}; answers in solution.csv) "
+              f"in {time.perf_counter() - start:.1f} s")
+        return
     out = generate(args.out, seed=args.seed, individuals=args.individuals,
                    images_per_individual=args.images_per_individual, workers=args.workers, scenes=args.scenes)
     seconds = time.perf_counter() - start

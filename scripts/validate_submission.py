@@ -1,6 +1,6 @@
 """Check a submission file against a dataset before uploading it.
 
-    python scripts/validate_submission.py SUBMISSION --format FMT --root DIR [--kind animalclef|humpback]
+    python scripts/validate_submission.py SUBMISSION --format FMT --root DIR [--kind animalclef|humpback|animalclef2026]
 
 Prints OK with counts, or every problem found and exits with status 2.
 """
@@ -17,6 +17,7 @@ import engine.components  # noqa: E402,F401  (the built-in names a config may us
 from core.errors import cli_entry  # noqa: E402
 from core.schema import DataConfig  # noqa: E402
 from engine.evaluation.submission import (  # noqa: E402
+    CLUSTERS,
     COLUMNS,
     NEW_LABEL,
     check_submission,
@@ -42,9 +43,16 @@ def main(argv=None) -> None:
     from data.formats import load_table  # the data layer is only needed once the arguments are valid
 
     table = load_table(DataConfig(format=args.format, root=args.root, verify_images=False))
-    kind = submission_kind(args.format, args.kind or "auto")
+    clustering = args.kind == CLUSTERS or (args.kind is None and args.format == "animalclef2026")
+    kind = submission_kind(args.format, args.kind or "auto", "cluster" if clustering else "identify")
     frame = read_submission(args.submission)
     check_submission(frame, table, kind)
+    if kind == CLUSTERS:
+        clusters = frame.groupby(table.set_index(table["image_id"].astype(str)).loc[frame["image_id"], "dataset"].to_numpy())
+        counts = ", ".join(f"{name} {part['cluster'].nunique()}" for name, part in clusters)
+        print(f"OK: {args.submission} is a valid {kind} submission: {len(frame)} rows covering all "
+              f"{len(query_rows(table))} test images; clusters per dataset: {counts}")
+        return
     label = frame[COLUMNS[kind][1]].astype(str).str.strip()
     first = label.str.split().str[0]
     new = int((first == NEW_LABEL[kind]).sum())

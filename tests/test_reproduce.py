@@ -80,7 +80,7 @@ def ran(runs: Path) -> list:
 @pytest.mark.parametrize("text, message", [
     ('description: x\ndata: {format: animalclef2025}\nstagse: []\n', "unknown key 'stagse'; did you mean 'stages'"),
     ('description: x\ndata: {fromat: animalclef2025}\nstages: []\n', "unknown key 'fromat'; did you mean 'format'"),
-    ('description: x\ndata: {format: animalclef}\nstages: []\n', "did you mean 'animalclef2025'"),
+    ('description: x\ndata: {format: animalclef}\nstages: []\n', "did you mean 'animalclef202[56]'"),
     ('description: x\ndata: {format: humpback}\nstages:\n  - {name: a, script: train, config: train.yaml, overides: []}\n',
      "unknown key 'overides'; did you mean 'overrides'"),
     ('description: x\ndata: {format: humpback}\nstages:\n  - {name: a, script: trian, config: train.yaml}\n',

@@ -47,7 +47,7 @@ def staged_directory(final: Path) -> Iterator[Path]:
         yield staging
 
 
-def _git_commit() -> Optional[Dict[str, Any]]:
+def git_commit() -> Optional[Dict[str, Any]]:
     import subprocess
 
     repo = Path(__file__).resolve().parents[2]
@@ -82,7 +82,7 @@ def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput
                                                 "images_extracted": matcher.pairs.store.extracted},
         "tuning_split": None if ev.tuning is None else {k: ev.tuning[k] for k in ("queries", "identities", "new_identities")},
         "versions": installed_versions(PACKAGES),
-        "git": _git_commit(),
+        "git": git_commit(),
     })
 
 

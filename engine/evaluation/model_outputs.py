@@ -16,7 +16,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -26,7 +26,7 @@ from core.errors import DataError, list_some
 from core.schema import EvalConfig
 from engine.accel import say
 from engine.cached_outputs import ImageViews, cached_outputs
-from engine.embed_cache import EmbeddingCache
+from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.evaluation.scorers import ModelOutput
 from engine.extraction import EMBEDDING, LOGITS
 from engine.member_features import fused_embeddings, load_recorded_members, member_features
@@ -75,6 +75,20 @@ def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame,
     pair_head = _pair_head(model) if probed["pair_head"] else None
     info["pair_head"] = pair_head is not None
     return ModelOutput(spec, arrays[EMBEDDING], arrays.get(LOGITS), label_map, weight, info, pair_head)
+
+
+def all_model_outputs(cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: set, accelerator=None) -> List[ModelOutput]:
+    """Every model of cfg.models over `rows`, with its weight; a model listed twice is told apart by number."""
+    cache = EmbeddingCache(resolve_embed_cache_dir(cfg.embed_cache))
+    fingerprint = image_list_fingerprint(rows)
+    weights = cfg.weights or [1.0] * len(cfg.models)
+    outputs = [model_outputs(spec, weight, cfg, rows, gallery_identities, cache, fingerprint, accelerator)
+               for spec, weight in zip(cfg.models, weights, strict=True)]
+    specs = list(cfg.models)
+    for i, out in enumerate(outputs):
+        if specs.count(out.name) > 1:  # the same model twice (e.g. with other weights)
+            out.name = f"{out.name} #{i + 1}"
+    return outputs
 
 
 def _fused_outputs(spec: str, weight: float, model, meta: Dict[str, Any], checksum: str, views: ImageViews,

@@ -1,4 +1,4 @@
-"""eval.py's pipeline: models -> outputs (cached) -> scorers (+ a keypoint matcher re-ranking the
+"""eval.py's pipeline (task=identify; task=cluster is engine/clustering/pipeline.py): models -> outputs (cached) -> scorers (+ a keypoint matcher re-ranking the
 shortlist, with rerank.matcher) -> calibration -> soft vote -> threshold -> submission.csv,
 predictions.csv, metrics.json, manifest.json, report.html.
 
@@ -22,10 +22,9 @@ from core.schema import EvalConfig
 from data.splits import gallery_and_query
 from data.validate import require_query
 from engine.accel import say
-from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
 from engine.evaluation.decision import evaluate_outputs
-from engine.evaluation.model_outputs import model_outputs
+from engine.evaluation.model_outputs import all_model_outputs
 from engine.evaluation.predictions import PREDICTIONS, write_predictions
 from engine.evaluation.query_metrics import has_query_labels, query_metrics
 from engine.evaluation.submission import submission_kind, write_submission
@@ -37,7 +36,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
     """Fail fast, before any data is read or model loaded. Values are checked by the schema's rules
     (again here, for configs built in code rather than read by load_config)."""
     from_dict(EvalConfig, to_dict(cfg))
-    submission_kind(cfg.data.format, cfg.submission)
+    submission_kind(cfg.data.format, cfg.submission, cfg.task)
     check_output_dir(Path(cfg.output_dir))
     for spec in cfg.models:
         if looks_like_path(spec) and not Path(spec).expanduser().exists():
@@ -62,7 +61,7 @@ def load_evaluation_data(cfg: EvalConfig) -> EvaluationData:
     if gallery.empty:
         raise DataError("the database has no labelled images: there is nothing to match the queries against")
     rows = pd.concat([gallery, query], ignore_index=True)
-    return EvaluationData(table, gallery, query, rows, submission_kind(cfg.data.format, cfg.submission))
+    return EvaluationData(table, gallery, query, rows, submission_kind(cfg.data.format, cfg.submission, cfg.task))
 
 
 def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
@@ -71,19 +70,14 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
     Returns {"output_dir", "submission", "predictions", "metrics" (or None), "report" (or None),
     "threshold"} on the main process; other processes help with extraction and return {}.
     """
+    if cfg.task == "cluster":
+        from engine.clustering.pipeline import run_clustering
+
+        return run_clustering(cfg, accelerator)
     check_eval_config(cfg)
     data = load_evaluation_data(cfg)
     table, gallery, query, rows, kind = data.table, data.gallery, data.query, data.rows, data.kind
-    cache = EmbeddingCache(resolve_embed_cache_dir(cfg.embed_cache))
-    fingerprint = image_list_fingerprint(rows)
-    weights = cfg.weights or [1.0] * len(cfg.models)
-    identities = set(gallery["identity"])
-    outputs = [model_outputs(spec, weight, cfg, rows, identities, cache, fingerprint, accelerator)
-               for spec, weight in zip(cfg.models, weights, strict=True)]
-    specs = list(cfg.models)
-    for i, out in enumerate(outputs):
-        if specs.count(out.name) > 1:  # the same model twice (e.g. with other weights)
-            out.name = f"{out.name} #{i + 1}"
+    outputs = all_model_outputs(cfg, rows, set(gallery["identity"]), accelerator)
     matcher = None
     if cfg.rerank.matcher != "none":
         from engine.matching.scorer import build_matcher_scorer

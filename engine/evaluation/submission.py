@@ -2,7 +2,9 @@
 
 AnimalCLEF 2025: columns `image_id,identity`, one row per query image; identity is a database
 identity or `new_individual`. Kaggle Humpback: columns `Image,Id`, where Id is five distinct
-space-separated guesses, each a database whale or `new_whale`.
+space-separated guesses, each a database whale or `new_whale`. AnimalCLEF 2026 (clustering):
+columns `image_id,cluster`, one row per test image; `cluster` is a string that starts with
+`cluster_<dataset>_` (the image's dataset), and a cluster never spans two datasets.
 """
 from __future__ import annotations
 
@@ -17,19 +19,26 @@ from core.suggest import did_you_mean
 from data.table import NEW_INDIVIDUAL, is_missing
 from engine.metrics import HUMPBACK_NEW
 
-COLUMNS = {"animalclef": ["image_id", "identity"], "humpback": ["Image", "Id"]}
+COLUMNS = {"animalclef": ["image_id", "identity"], "humpback": ["Image", "Id"], "animalclef2026": ["image_id", "cluster"]}
+CLUSTERS = "animalclef2026"  # the clustering submission: one cluster label per test image
 NEW_LABEL = {"animalclef": NEW_INDIVIDUAL, "humpback": HUMPBACK_NEW}
 GUESSES = 5
 
 Submission = Union[pd.DataFrame, str, os.PathLike]
 
 
-def submission_kind(data_format: str, requested: str = "auto") -> str:
-    """The submission format: `requested`, or with "auto" the one of the data format's competition."""
+def submission_kind(data_format: str, requested: str = "auto", task: str = "identify") -> str:
+    """The submission format: `requested`, or with "auto" the one of the task and the data format's
+    competition (clustering always writes cluster labels; identifying never does)."""
     if requested == "auto":
+        if task == "cluster":
+            return CLUSTERS
         return "humpback" if data_format == "humpback" else "animalclef"
     if requested not in COLUMNS:
         raise ConfigError(f"submission: unknown kind '{requested}'{did_you_mean(requested, [*COLUMNS, 'auto'])}")
+    if (requested == CLUSTERS) != (task == "cluster"):
+        raise ConfigError(f"submission={requested} does not fit task={task}: task=cluster writes the {CLUSTERS} "
+                          "submission (cluster labels), task=identify the animalclef or humpback one")
     return requested
 
 
@@ -61,6 +70,30 @@ def known_identities(table: pd.DataFrame) -> set:
 
 def _text(value) -> str:
     return "" if is_missing(value) else str(value).strip()
+
+
+def cluster_prefix(dataset: str) -> str:
+    """What every cluster label of an image of `dataset` starts with."""
+    return f"cluster_{dataset}_"
+
+
+def _cluster_problems(ids: pd.Series, labels: pd.Series, table: pd.DataFrame) -> List[str]:
+    """Cluster labels must start with cluster_<the image's dataset>_, and a cluster holds one dataset."""
+    dataset_of = dict(zip(table["image_id"].astype(str), table["dataset"], strict=True))
+    known = ids.map(lambda i: i in dataset_of) & (labels != "")
+    datasets = ids[known].map(dataset_of)
+    prefixed = pd.Series([label.startswith(cluster_prefix(d)) for label, d in zip(labels[known], datasets, strict=True)],
+                         index=datasets.index, dtype=bool)
+    problems = []
+    if (~prefixed).any():
+        bad = (f"{i}: {v} (dataset {d})" for i, v, d in zip(ids[known][~prefixed], labels[known][~prefixed],
+                                                           datasets[~prefixed], strict=True))
+        problems.append(f"{int((~prefixed).sum())} cluster labels do not start with cluster_<dataset>_: {list_some(bad)}")
+    spans = pd.DataFrame({"cluster": labels[known], "dataset": datasets}).groupby("cluster")["dataset"].nunique()
+    spanning = spans[spans > 1].index.tolist()
+    if spanning:
+        problems.append(f"{len(spanning)} clusters span several datasets: {list_some(spanning)}")
+    return problems
 
 
 def _identity_problems(kind: str, ids: pd.Series, labels: pd.Series, known: set) -> List[str]:
@@ -131,6 +164,8 @@ def validate_submission(submission: Submission, table: pd.DataFrame, kind: str) 
     empty = labels == ""
     if empty.any():
         problems.append(f"{int(empty.sum())} predictions are empty: {list_some(ids[empty])}")
+    if kind == CLUSTERS:
+        return problems + _cluster_problems(ids, labels, table)
     return problems + _identity_problems(kind, ids, labels, known_identities(table))
 
 
@@ -147,7 +182,8 @@ def build_submission(kind: str, table: pd.DataFrame,
     """The submission frame: one row per query image of `table`, in table order.
 
     `predictions` is aligned with the query rows, or maps image_id -> prediction. AnimalCLEF: an
-    identity or `new_individual`; Humpback: a list of guesses (or one space-separated string).
+    identity or `new_individual`; Humpback: a list of guesses (or one space-separated string);
+    AnimalCLEF 2026: a cluster label.
     """
     _check_kind(kind)
     ids = query_rows(table)["image_id"].astype(str).tolist()

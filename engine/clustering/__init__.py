@@ -1,0 +1,1 @@
+"""Clustering unlabelled images by individual (eval.py task=cluster): the sparse graph, the methods, the tuned threshold, the outputs."""

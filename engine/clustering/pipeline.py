@@ -1,0 +1,192 @@
+"""eval.py task=cluster: every query (test) image gets a cluster label, one cluster per individual.
+
+    models -> TTA extraction (cached) -> scorers (+ a keypoint matcher with rerank.matcher)
+           -> calibrators and thresholds tuned on held-out train identities (tuning.py)
+           -> sparse k-NN graph over train + test images, edges soft-voted P(same) (graph.py)
+           -> the configured method per dataset, train images anchoring their identity (methods.py)
+           -> submission.csv (AnimalCLEF 2026), clusters.csv, metrics.json, manifest.json, report.html
+
+The same models, TTA, embedding cache, scorers and calibration as task=identify. Under
+`accelerate launch` extraction and keypoint matching are split across processes; every process
+then runs the (deterministic) clustering, so that they can share the edges to match, and only the
+main process writes.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, List
+
+import numpy as np
+import pandas as pd
+
+from core.config import from_dict, save_config, to_dict
+from core.errors import ConfigError, DataError
+from core.schema import EvalConfig
+from core.versions import installed_versions
+from data.splits import gallery_and_query
+from data.validate import require_query
+from engine.accel import say
+from engine.cluster_metrics import clustering_report
+from engine.clustering.graph import build_graph
+from engine.clustering.methods import CLUSTERERS
+from engine.clustering.tuning import anchor_codes, tune_thresholds
+from engine.embed_cache import image_list_fingerprint
+from engine.evaluation.artifacts import (
+    MANIFEST,
+    PACKAGES,
+    check_output_dir,
+    git_commit,
+    staged_directory,
+    write_json,
+)
+from engine.evaluation.calibration import fit_calibrator
+from engine.evaluation.model_outputs import all_model_outputs
+from engine.evaluation.query_metrics import finite
+from engine.evaluation.scorers import SCORERS, MatchSpace, ModelOutput, Scorer
+from engine.evaluation.submission import CLUSTERS, cluster_prefix, submission_kind, write_submission
+from engine.evaluation.voting import fit_calibrators
+from engine.tables import dataset_table
+from zoo.loading import looks_like_path
+
+CLUSTERS_FILE = "clusters.csv"
+
+
+def graph_scorers(outputs: List[ModelOutput]) -> List[Scorer]:
+    """Every model's embedding scorer (a classifier's too: a softmax cannot score two test images)
+    and its pair head if it has one; a model's weight is shared by its scorers."""
+    built = []
+    for output in outputs:
+        kinds = ["embedding"] + (["pair_head"] if output.pair_head is not None else [])
+        built.extend(SCORERS.build(kind, output=output, weight=output.weight / len(kinds)) for kind in kinds)
+    return built
+
+
+def check_cluster_config(cfg: EvalConfig) -> None:
+    from_dict(EvalConfig, to_dict(cfg))
+    if submission_kind(cfg.data.format, cfg.submission, cfg.task) != CLUSTERS:
+        raise ConfigError(f"task=cluster writes the {CLUSTERS} submission, not {cfg.submission}")
+    check_output_dir(Path(cfg.output_dir))
+    CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)  # unknown arguments stop here
+    for spec in cfg.models:
+        if looks_like_path(spec) and not Path(spec).expanduser().exists():
+            raise DataError(f"no model at {spec}: run `python train.py` first or pass models=[...]")
+
+
+def _calibrate_without_tuning(cfg: EvalConfig, scorers: List[Scorer], space: MatchSpace, n_gallery: int) -> str:
+    """Calibrators when cluster.threshold is given: on the train images, or none without any."""
+    if n_gallery:
+        fit_calibrators(scorers, space, np.arange(n_gallery), cfg.calibration, cfg.seed, cfg.rerank.shortlist)
+        return "cluster.threshold, on probabilities calibrated on the train images"
+    if len(scorers) > 1:
+        raise DataError(f"{len(scorers)} scorers cannot be calibrated without labelled images, so their scores cannot be "
+                        "averaged: cluster with one model (and rerank.matcher=none), or add labelled train images")
+    scorers[0].calibrator = fit_calibrator([], [], "none")
+    return "cluster.threshold, on the raw scores (no labelled images to calibrate on)"
+
+
+def _names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
+    """cluster_<dataset>_<n>, numbered in the order the query images first appear."""
+    query_labels = labels[is_query]
+    _, first, inverse = np.unique(query_labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return np.array([f"{cluster_prefix(dataset)}{r}" for r in rank[inverse]], dtype=object)
+
+
+def run_clustering(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
+    """Cluster the query images of cfg.data with cfg.models and write the outputs into cfg.output_dir.
+    Returns {"output_dir", "submission", "clusters", "metrics" (or None), "report" (or None),
+    "thresholds"} on the main process, {} on the others."""
+    check_cluster_config(cfg)
+    table = dataset_table(cfg.data)
+    require_query(table)
+    gallery, query = gallery_and_query(table)
+    rows = pd.concat([gallery, query], ignore_index=True)
+    n_gallery = len(gallery)
+    outputs = all_model_outputs(cfg, rows, set(gallery["identity"]), accelerator)
+    scorers = graph_scorers(outputs)
+    matcher = None
+    if cfg.rerank.matcher != "none":
+        from engine.matching.scorer import build_matcher_scorer
+
+        matcher = build_matcher_scorer(cfg, rows, accelerator)
+        scorers.append(matcher)
+    elif accelerator is not None and not accelerator.is_main_process:
+        return {}
+    labels = np.concatenate([gallery["identity"].to_numpy(dtype=object), np.full(len(query), None, dtype=object)])
+    datasets = rows["dataset"].to_numpy(dtype=object)
+    space = MatchSpace(labels, datasets, True, cfg.retrieval)  # a cluster never spans two datasets
+    clusterer = CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)
+    trained = sorted(set(gallery["dataset"]))
+    thresholds: Dict[str, Any] = {"method": cfg.cluster.method, "per_dataset": {}}
+    if cfg.cluster.threshold is None:
+        if not n_gallery:
+            raise DataError("no labelled train images to tune the clustering threshold on: set cluster.threshold "
+                            "(with one model and no calibration, a cosine similarity)")
+        tuned = tune_thresholds(cfg, scorers, space, gallery, clusterer)
+        thresholds.update(source=f"tuned by ARI on held-out train identities ({cfg.cluster.splits} splits, "
+                                 f"{tuned.images} validation images)", overall=tuned.overall,
+                          validation_ari=tuned.curves, grid=sorted(cfg.cluster.grid))
+        own = tuned.per_dataset if cfg.cluster.per_dataset else {}
+    else:
+        thresholds.update(source=_calibrate_without_tuning(cfg, scorers, space, n_gallery), overall=cfg.cluster.threshold)
+        own = {}
+    transferred = []
+    for dataset in sorted(set(query["dataset"])):
+        if dataset in own:
+            thresholds["per_dataset"][dataset] = own[dataset]
+        else:
+            thresholds["per_dataset"][dataset] = thresholds["overall"]
+            if cfg.cluster.threshold is None and cfg.cluster.per_dataset:
+                transferred.append(dataset)
+    for dataset in transferred:
+        why = "has no train images" if dataset not in trained else "had too few train identities to tune on"
+        say(accelerator, f"{dataset} {why}: it takes the threshold {thresholds['overall']:.2f} tuned on "
+                         f"{', '.join(sorted(own)) or 'the other datasets'} (calibrated probabilities transfer across datasets)")
+    thresholds["transferred"] = transferred
+
+    nodes = np.arange(len(rows))
+    graph = build_graph(scorers, space, nodes, cfg.cluster.neighbours)
+    say(accelerator, f"clustering {len(query)} test images ({n_gallery} train images as anchors) with "
+                     f"{cfg.cluster.method}: {len(graph.p)} edges from {cfg.cluster.neighbours} neighbours per image"
+                     + (f", re-scored by {cfg.rerank.matcher}" if matcher else ""))
+    anchors = anchor_codes(labels) if cfg.cluster.anchors else np.full(len(rows), -1)
+    names = np.empty(len(query), dtype=object)
+    joined = np.full(len(query), None, dtype=object)
+    for dataset in sorted(set(query["dataset"])):
+        members = np.flatnonzero(datasets == dataset)
+        found = clusterer.labels(graph.subgraph(members), anchors[members], [thresholds["per_dataset"][dataset]])[0]
+        is_query = members >= n_gallery
+        names[members[is_query] - n_gallery] = _names(found, is_query, dataset)
+        identity_of = {c: labels[m] for c, m in zip(found[~is_query], members[~is_query], strict=True)}
+        joined[members[is_query] - n_gallery] = [identity_of.get(c) for c in found[is_query]]
+    if accelerator is not None and not accelerator.is_main_process:
+        return {}
+    truth = query["identity"].to_numpy(dtype=object)
+    metrics = None
+    if query["identity"].notna().any():
+        metrics = finite({**clustering_report(truth, names, query["dataset"].tolist()), "thresholds": thresholds})
+    final = Path(cfg.output_dir)
+    with staged_directory(final) as staging:
+        write_submission(staging / "submission.csv", CLUSTERS, table, dict(zip(query["image_id"].astype(str), names, strict=True)))
+        pd.DataFrame({"image_id": query["image_id"].astype(str), "dataset": query["dataset"], "cluster": names,
+                      "joined_identity": joined}).to_csv(staging / CLUSTERS_FILE, index=False)
+        if metrics is not None:
+            write_json(staging / "metrics.json", metrics)
+        write_json(staging / MANIFEST, finite({
+            "tool": "reidzoo eval (task=cluster)", "config": to_dict(cfg), "submission_kind": CLUSTERS,
+            "models": [{k: v for k, v in o.info.items() if k != "training_identities"} | {"weight": o.weight} for o in outputs],
+            "data": {"format": cfg.data.format, "root": cfg.data.root, "images": len(table), "train": n_gallery,
+                     "test": len(query), "fingerprint": image_list_fingerprint(table)},
+            "thresholds": thresholds, "graph": {"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
+            "scorers": {s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
+                                 "calibrator": s.calibrator.to_dict()} for s in scorers},
+            "versions": installed_versions(PACKAGES), "git": git_commit()}))
+        save_config(cfg, staging / "config.yaml")
+        if cfg.report:
+            from engine.clustering.report import write_cluster_report
+
+            write_cluster_report(staging / "report.html", cfg=cfg, rows=rows, query=query, names=names, joined=joined,
+                                 metrics=metrics, thresholds=thresholds)
+    final = final.expanduser().absolute()
+    return {"output_dir": str(final), "submission": str(final / "submission.csv"), "clusters": str(final / CLUSTERS_FILE),
+            "metrics": metrics, "report": str(final / "report.html") if cfg.report else None, "thresholds": thresholds}

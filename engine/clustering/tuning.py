@@ -1,0 +1,105 @@
+"""The clustering threshold, tuned by ARI on held-out labelled identities, never on test labels.
+
+The test is simulated on the train images of each dataset: `cluster.holdout_fraction` of its
+identities are held out; `cluster.unknown_fraction` of those leave whole (new individuals), the
+others send half their images to the validation set (known individuals photographed again). The
+validation images are clustered with the remaining train images as anchors, at every threshold
+of `cluster.grid`, and scored by ARI; `cluster.splits` such splits are averaged. Each dataset
+takes the threshold of its own best ARI, and a dataset without train images takes the one that
+is best on average over the others: on calibrated probabilities P(same individual) a threshold
+means the same on every dataset, so it transfers (on raw cosines it would not).
+The calibrators are fitted on the first split's remaining train images, as in the query pipeline.
+"""
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Dict, List, Sequence
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import adjusted_rand_score
+
+from core.errors import DataError
+from core.schema import EvalConfig
+from data.splits import open_set_split
+from engine.clustering.graph import build_graph
+from engine.clustering.methods import Clusterer
+from engine.evaluation.scorers import MatchSpace, Scorer
+from engine.evaluation.voting import fit_calibrators
+
+MIN_HELD_IDENTITIES = 2
+
+
+@dataclass
+class Tuned:
+    per_dataset: Dict[str, float]  # thresholds of the datasets with train images
+    overall: float  # best on average over those datasets: for datasets without train images
+    curves: Dict[str, List[float]]  # validation ARI per threshold of the grid, per dataset
+    images: int  # validation images, all splits together
+
+
+def anchor_codes(labels: np.ndarray) -> np.ndarray:
+    """Identity code per node, -1 where there is no identity."""
+    codes, _ = pd.factorize(pd.Series(labels, dtype=object))
+    return codes.astype(np.int64)
+
+
+def held_out_split(gallery: pd.DataFrame, cfg: EvalConfig, seed: int) -> np.ndarray:
+    """Positions (in `gallery`) of the validation images of one simulated test."""
+    held = []
+    for dataset, part in gallery.groupby("dataset", sort=True):
+        identities = sorted(part["identity"].unique())
+        if len(identities) < MIN_HELD_IDENTITIES:
+            continue
+        wanted = min(max(MIN_HELD_IDENTITIES, round(cfg.cluster.holdout_fraction * len(identities))), len(identities))
+        rng = np.random.default_rng([seed, zlib.crc32(str(dataset).encode())])
+        held.append(part[part["identity"].isin(set(rng.permutation(identities)[:wanted]))])
+    if not held:
+        raise DataError("no dataset has two train identities to simulate the test on: set cluster.threshold")
+    split = open_set_split(pd.concat(held), unknown_fraction=cfg.cluster.unknown_fraction, query_fraction=0.5, seed=seed)
+    queries = set(split.loc[split["split"] == "query", "image_id"])
+    return np.flatnonzero(gallery["image_id"].isin(queries).to_numpy())
+
+
+def best_of_curve(curve: Sequence[float], grid: Sequence[float]) -> float:
+    """The middle threshold of the longest run of best values (robust to plateaus)."""
+    values = np.asarray(curve, dtype=np.float64)
+    best = np.isclose(values, values.max(), rtol=0, atol=1e-9)
+    bounds = np.diff(np.concatenate([[0], best.astype(np.int8), [0]]))
+    starts, stops = np.flatnonzero(bounds == 1), np.flatnonzero(bounds == -1) - 1
+    i = int(np.argmax(stops - starts))
+    return float(grid[(starts[i] + stops[i]) // 2])
+
+
+def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
+                    clusterer: Clusterer) -> Tuned:
+    """Fit the calibrators and tune the thresholds on held-out train identities (see the module doc)."""
+    grid = sorted(cfg.cluster.grid)
+    n_gallery = len(gallery)
+    sums: Dict[str, np.ndarray] = {}
+    seen: Dict[str, int] = {}
+    images = 0
+    for s in range(cfg.cluster.splits):
+        val_q = held_out_split(gallery, cfg, cfg.seed + s)
+        val_g = np.setdiff1d(np.arange(n_gallery), val_q)
+        if s == 0:
+            fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
+        nodes = np.arange(n_gallery)
+        graph = build_graph(scorers, space, nodes, cfg.cluster.neighbours)
+        anchors = np.where(np.isin(nodes, val_q), -1, anchor_codes(space.labels[:n_gallery]))
+        if not cfg.cluster.anchors:
+            anchors = np.full(n_gallery, -1)
+        images += len(val_q)
+        for dataset in sorted(set(space.datasets[val_q].tolist())):
+            members = np.flatnonzero(space.datasets[:n_gallery] == dataset)
+            labelled = np.isin(members, val_q)
+            found = clusterer.labels(graph.subgraph(members), anchors[members], grid)
+            truth = space.labels[members][labelled].astype(str)
+            curve = np.array([adjusted_rand_score(truth, labels[labelled]) for labels in found])
+            sums[dataset] = sums.get(dataset, 0) + curve
+            seen[dataset] = seen.get(dataset, 0) + 1
+    curves = {d: (sums[d] / seen[d]).tolist() for d in sorted(sums)}
+    per_dataset = {d: best_of_curve(c, grid) for d, c in curves.items()}
+    overall = best_of_curve(np.mean([curves[d] for d in curves], axis=0), grid)
+    return Tuned(per_dataset, overall, curves, images)

@@ -1,0 +1,219 @@
+"""Clustering (eval.py task=cluster): the methods on planted partitions, anchors, threshold transfer,
+and an end-to-end run on the synthetic AnimalCLEF 2026 layout."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_BACKBONE
+from sklearn.metrics import adjusted_rand_score
+
+from core.config import load_config
+from core.errors import ConfigError, DataError
+from core.schema import EvalConfig, RetrievalConfig
+from data.synthetic_animalclef2026 import NO_TRAIN_DATASET, generate_animalclef2026
+from engine.clustering.graph import Graph, knn_pairs, unique_pairs
+from engine.clustering.methods import CLUSTERERS
+from engine.clustering.tuning import best_of_curve
+from engine.evaluation.pipeline import run_evaluation
+from engine.evaluation.submission import check_submission, read_submission
+from zoo import build_model, save_export
+
+METHODS = ["agglomerative", "components", "leiden"]
+
+
+def planted(groups=6, size=8, p_in=0.9, p_out=0.1, seed=0) -> tuple:
+    """A planted-partition graph: every pair within a group linked at p_in, some pairs across at p_out."""
+    rng = np.random.default_rng(seed)
+    truth = np.repeat(np.arange(groups), size)
+    n = len(truth)
+    a, b = np.triu_indices(n, 1)
+    same = truth[a] == truth[b]
+    across = ~same & (rng.random(len(a)) < 0.05)
+    keep = same | across
+    p = np.where(same, p_in, p_out)[keep] + rng.normal(0, 0.02, keep.sum())
+    return Graph(n, a[keep], b[keep], np.clip(p, 0, 1)), truth
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_planted_partition_is_recovered_exactly(method):
+    graph, truth = planted()
+    labels = CLUSTERERS.build(method).labels(graph, np.full(graph.n, -1), [0.5])[0]
+    assert adjusted_rand_score(truth, labels) == 1.0
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_anchors_hold_an_identity_together_and_two_apart(method):
+    graph, truth = planted(groups=3, size=6)
+    anchors = np.full(graph.n, -1)
+    anchors[[0, 1]] = 0  # group 0's first two images: identity 0
+    anchors[[6]] = 0  # ... and group 1's first image, also identity 0: it pulls group 1 in or stays apart of it
+    anchors[[12]] = 1  # group 2's first image: another identity
+    # Link groups 0 and 2 strongly through one bridge: identities 0 and 1 must still never share a cluster.
+    graph = Graph(graph.n, np.append(graph.i, 1), np.append(graph.j, 13), np.append(graph.p, 0.99))
+    labels = CLUSTERERS.build(method).labels(graph, anchors, [0.5])[0]
+    assert labels[0] == labels[1] == labels[6]
+    assert labels[0] != labels[12]
+
+
+def test_components_min_edge_rule_cuts_a_single_bridge():
+    graph, truth = planted(groups=2, size=5, p_out=0.0)
+    bridge = Graph(graph.n, np.append(graph.i, 0), np.append(graph.j, 9), np.append(graph.p, 0.95))
+    plain = CLUSTERERS.build("components").labels(bridge, np.full(graph.n, -1), [0.5])[0]
+    ruled = CLUSTERERS.build("components", {"min_edges": 2}).labels(bridge, np.full(graph.n, -1), [0.5])[0]
+    assert len(set(plain)) == 1 and adjusted_rand_score(truth, ruled) == 1.0
+
+
+def test_agglomerative_thresholds_read_off_one_pass_match_separate_runs():
+    graph, _ = planted(groups=5, size=4, p_out=0.45, seed=3)
+    method = CLUSTERERS.build("agglomerative")
+    together = method.labels(graph, np.full(graph.n, -1), [0.3, 0.6, 0.95])
+    for t, labels in zip([0.3, 0.6, 0.95], together, strict=True):
+        assert np.array_equal(labels, method.labels(graph, np.full(graph.n, -1), [t])[0])
+
+
+def test_knn_graph_holds_each_pair_once():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 8)).astype(np.float32)
+    a, b = knn_pairs(x, np.arange(30), 5, RetrievalConfig())
+    i, j = unique_pairs(a, b)
+    assert (i < j).all() and len(set(zip(i.tolist(), j.tolist()))) == len(i) <= 30 * 5
+
+
+def test_best_threshold_is_the_middle_of_the_best_plateau():
+    assert best_of_curve([0.1, 0.5, 0.5, 0.5, 0.2], [0.1, 0.2, 0.3, 0.4, 0.5]) == 0.3
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cluster")
+    root = generate_animalclef2026(base / "data", seed=3, individuals=18, images_per_individual=5)
+    model = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
+    model.input_size = 32
+    return {"base": base, "root": root, "export": save_export(model, base / "export")}
+
+
+def config_overrides(world, out: str = "out", *overrides: str) -> list:
+    base = world["base"]
+    return ["task=cluster", "data.format=animalclef2026", f"data.root={world['root']}", f"data.cache_dir={base / 'images'}",
+            "data.num_workers=0", f"embed_cache={base / 'embeddings'}", f"models=[{world['export']}]", "tta=[identity]",
+            f"output_dir={base / out}", "batch_size=32", "rerank.matcher=none", "cluster.splits=1", *overrides]
+
+
+def config(world, out: str, *overrides: str) -> EvalConfig:
+    return load_config(EvalConfig, None, config_overrides(world, out, *overrides))
+
+
+@pytest.fixture(scope="module")
+def first_run(world):
+    return run_evaluation(config(world, "out"))
+
+
+def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
+    out = world["base"] / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["clusters.csv", "config.yaml", "manifest.json", "metrics.json",
+                                                     "report.html", "submission.csv"]
+    cfg = config(world, "out")
+    from engine.tables import dataset_table
+
+    table = dataset_table(cfg.data)
+    check_submission(out / "submission.csv", table, "animalclef2026")
+    submission = read_submission(out / "submission.csv")
+    assert list(submission.columns) == ["image_id", "cluster"] and len(submission) == (table["split"] == "query").sum()
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["per_dataset"]) == {"SynthLynx", "SynthSalamander", NO_TRAIN_DATASET}
+    for key in ("ARI", "AMI", "pairwise_F1", "bcubed_F1"):
+        assert key in metrics and key in metrics["per_dataset"][NO_TRAIN_DATASET]
+    assert {"clusters", "individuals", "population_ratio"} <= set(metrics["per_dataset"]["SynthLynx"])
+    thresholds = metrics["thresholds"]
+    assert thresholds["transferred"] == [NO_TRAIN_DATASET]  # no train rows: the threshold tuned on the others
+    assert thresholds["per_dataset"][NO_TRAIN_DATASET] == thresholds["overall"]
+    report = (out / "report.html").read_text()
+    assert "Population estimate" in report and "Largest wrong merges" in report and "data:image/jpeg;base64," in report
+    assert 'src="http' not in report and "<script" not in report
+    clusters = pd.read_csv(out / "clusters.csv", dtype=str, keep_default_na=False)
+    assert set(clusters.columns) == {"image_id", "dataset", "cluster", "joined_identity"}
+
+
+def test_a_fixed_threshold_and_every_method_give_valid_submissions(world, first_run):
+    from engine.tables import dataset_table
+
+    for method in METHODS:
+        result = run_evaluation(config(world, f"fixed-{method}", f"cluster.method={method}", "cluster.threshold=0.5",
+                                       "report=false"))
+        assert result["thresholds"]["per_dataset"][NO_TRAIN_DATASET] == 0.5
+        check_submission(result["submission"], dataset_table(config(world, "x").data), "animalclef2026")
+
+
+def test_cluster_config_errors(world):
+    with pytest.raises(ConfigError, match="cluster.method"):
+        load_config(EvalConfig, None, ["cluster.method=kmeans"])
+    with pytest.raises(ConfigError, match="has no argument 'min_edge'"):
+        run_evaluation(config(world, "bad", "cluster.method=components", "cluster.args={min_edge: 2}"))
+    with pytest.raises(ConfigError, match="does not fit task=cluster"):
+        run_evaluation(config(world, "bad", "submission=animalclef"))
+
+
+def test_eval_cli_prints_the_clustering_summary(world, first_run, capsys):
+    import eval as eval_cli
+
+    eval_cli.main(["--config", str(world["base"] / "out" / "config.yaml"), f"output_dir={world['base'] / 'cli'}",
+                   "report=false"])
+    printed = capsys.readouterr().out
+    assert "mean ARI" in printed and "clusters:" in printed and "submission:" in printed
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_two_processes_give_the_same_clusters_as_one(world, tmp_path):
+    """SIFT re-scores the graph's edges, its pairs split across two processes: the same clusters."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    common = [o for o in config_overrides(world) if not o.startswith(("output_dir", "rerank.matcher"))]
+    common += ["rerank.matcher=sift", "rerank.side=128", "rerank.max_keypoints=64", f"rerank.cache={tmp_path / 'k1'}"]
+    run_evaluation(load_config(EvalConfig, None, common + [f"output_dir={tmp_path / 'one'}"]))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    two = [o.replace("k1", "k2") for o in common] + [f"output_dir={tmp_path / 'two'}", "report=false"]
+    launched = subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                               "--main_process_port", str(port), "eval.py", *two],
+                              capture_output=True, text=True, timeout=600, cwd=repo)
+    assert launched.returncode == 0, launched.stderr[-3000:]
+    assert (tmp_path / "two" / "submission.csv").read_text() == (tmp_path / "one" / "submission.csv").read_text()
+
+
+def test_a_plain_folder_of_photos_is_clustered_with_a_given_threshold(world, tmp_path):
+    import shutil
+
+    photos = tmp_path / "photos"
+    for path in sorted((world["root"] / "images" / NO_TRAIN_DATASET / "test").iterdir())[:12]:
+        (photos / ("sub" if path.stem.endswith("1") else "")).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, photos / ("sub" if path.stem.endswith("1") else "") / path.name)
+    plain = [o for o in config_overrides(world, "plain") if not o.startswith(("data.format", "data.root"))]
+    plain += ["data.format=folders", f"data.query_root={photos}", "report=false"]
+    with pytest.raises(DataError, match="set cluster.threshold"):
+        run_evaluation(load_config(EvalConfig, None, plain))
+    result = run_evaluation(load_config(EvalConfig, None, plain + ["cluster.threshold=0.9"]))
+    submission = read_submission(result["submission"])
+    assert len(submission) == 12 and submission["cluster"].str.startswith("cluster_photos_").all()
+    assert result["metrics"] is None
+
+
+@pytest.mark.slow  # a fresh process per size (imports torch): about 10 s alone, 30 s on busy shared cores
+def test_bench_cluster_scale_mode_prints_its_table(capsys):
+    from scripts import bench_cluster
+
+    bench_cluster.main(["scale", "--sizes", "600", "--methods", "agglomerative,components", "--k", "5"])
+    printed = capsys.readouterr().out
+    assert "CPU:" in printed and "| 600 |" in printed and "peak RSS MiB" in printed
