@@ -226,6 +226,7 @@ class EvalConfig:
     batch_size: int = 64  # (int) extraction batch size per process
     embed_cache: str = ""  # (str) embedding cache dir; "" = ~/.cache/reidzoo/embeddings ($REIDZOO_CACHE/embeddings), "none" = off
     calibration: str = "isotonic"  # (str) scores -> P(same individual): isotonic | logistic | none
+    choose_scoring: bool = True  # (bool) with a fusion model: per dataset, score by the fusion, a member alone, the members' blend or soft vote, whichever scores best on the threshold's held-out database split (the ensemble as given wins ties)
     submission: str = "auto"  # (str) auto (humpback for data.format=humpback, else animalclef) | animalclef | humpback
     report: bool = True  # (bool) write report.html
     data: DataConfig = field(default_factory=DataConfig)
