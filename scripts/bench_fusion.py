@@ -52,10 +52,17 @@ def variants(members: List[str], fusion: Path) -> Dict[str, List[str]]:
     }
 
 
+def member_budget_settings(args) -> List[str]:
+    """By epochs (the budget does not depend on the machine), or by minutes as a user trains (the default 5)."""
+    if args.member_minutes is not None:
+        return [f"train.max_minutes={args.member_minutes:g}"]
+    return ["train.max_minutes=0", f"train.epochs={args.member_epochs}"]
+
+
 def member_command(args, config: str, out: Path) -> List[str]:
     return [sys.executable, "train.py", "--config", config, "data.format=animalclef2025", f"data.root={args.train}",
-            *HELD_OUT, "data.identity_part=0", "train.max_minutes=0", f"train.epochs={args.member_epochs}",
-            f"seed={args.seed}", f"output_dir={out}", *shlex.split(args.member_overrides)]
+            *HELD_OUT, "data.identity_part=0", *member_budget_settings(args), f"seed={args.seed}", f"output_dir={out}",
+            *shlex.split(args.member_overrides)]
 
 
 def fusion_command(args) -> List[str]:
@@ -138,7 +145,11 @@ def parse_args(argv=None):
     given.add_argument("--members", help="two trained export folders, comma-separated (the fusion trains on --train as --config says)")
     given.add_argument("--member-configs", help="two train.py recipes, comma-separated: trained on identity part 0, "
                                                 "the fusion on part 1")
-    parser.add_argument("--member-epochs", type=int, default=75, help="with --member-configs: epochs of each member")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--member-epochs", type=int, default=75, help="with --member-configs: epochs of each member")
+    budget.add_argument("--member-minutes", type=float, default=None,
+                        help="with --member-configs: train each member for this many minutes instead, as a user "
+                             "would (train.max_minutes; the default recipe's budget is 5)")
     parser.add_argument("--jobs", type=int, default=1, help="with --member-configs: members trained at once "
                                                             "(2 where a GPU has room; their wall times then overlap)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every training run")
@@ -152,6 +163,8 @@ def parse_args(argv=None):
     named = comma_list(args.member_configs or args.members)
     if len(named) != 2:
         raise ConfigError(f"{'--member-configs' if args.member_configs else '--members'} takes two, got {len(named)}")
+    if args.member_minutes is not None and not args.member_minutes > 0:
+        raise ConfigError(f"--member-minutes must be > 0, got {args.member_minutes}")
     for flag, value in (("--member-epochs", args.member_epochs), ("--jobs", args.jobs)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
