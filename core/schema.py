@@ -205,6 +205,7 @@ class RerankConfig:
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
     weight: float = 1.0  # (float) the matcher's soft-voting weight (a model's is its `weights` entry, 1 by default)
     tune_weight: bool = True  # (bool) choose the weight among 0-4 on the threshold's held-out database split (weight wins ties)
+    tune_pair_weight: bool = True  # (bool) scale each pair head's vote by 0, 0.25, 0.5 or 1, chosen on the same split (1 wins ties): a pair head trained on other individuals may rank pairs by chance here
     side: int = 512  # (int) longer image side the matcher sees, in pixels (smaller images are not upscaled)
     max_keypoints: int = 512  # (int) keypoints per image (time per pair grows about with its square)
     score: str = "inliers"  # (str) a pair's raw score: inliers (of one geometric model) | matches

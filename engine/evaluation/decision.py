@@ -41,6 +41,7 @@ TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as val
 MIN_UNSEEN_IDENTITIES = 4  # per dataset, to tune on identities no model was trained on
 MIN_HELD_IDENTITIES = 2  # per dataset: one known and one new at least
 MATCHER_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # rerank.tune_weight: 0 = the matcher does not help here
+PAIR_HEAD_FACTORS = (0.0, 0.25, 0.5, 1.0)  # rerank.tune_pair_weight: of a pair head's share of its model's weight
 
 
 @dataclass
@@ -151,29 +152,34 @@ def _pooled_vote(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, 
     return _Pooled(candidates, val_scores, tuned, truth, known, datasets)
 
 
-def _tune_matcher_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace,
-                         passes: Sequence[Dict]) -> tuple:
-    """The matcher weight of MATCHER_WEIGHTS whose vote scores best on the validation queries (the
-    configured weight among equals), set on the matcher scorers; returns (pooled vote, record).
-    Matching does not depend on the weight, so each further weight only re-votes cached pairs."""
-    matchers = [s for s in scorers if s.kind == "matcher"]
+def _tune_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[Dict], kind: str,
+                 options: Sequence[float], configured: float, scale: bool) -> tuple:
+    """The weight of the `kind` scorers (absolute, or with `scale` a factor of each one's own weight)
+    of `options` whose vote scores best on the validation queries (`configured` among equals), set
+    on them; returns (pooled vote, record). Scores of the pairs do not depend on the weight, so each
+    further weight only re-votes."""
+    tuned = [s for s in scorers if s.kind == kind]
+    own = [s.weight for s in tuned]
     tried: Dict[float, _Pooled] = {}
-    for weight in sorted({*MATCHER_WEIGHTS, cfg.rerank.weight}):
-        for matcher in matchers:
-            matcher.weight = weight
-        tried[weight] = _pooled_vote(cfg, scorers, space, passes)
+
+    def set_weight(value: float) -> None:
+        for scorer, base in zip(tuned, own, strict=True):
+            scorer.weight = base * value if scale else value
+
+    for value in sorted({*options, configured}):
+        set_weight(value)
+        tried[value] = _pooled_vote(cfg, scorers, space, passes)
     per_dataset = cfg.threshold.per_dataset
-    best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == cfg.rerank.weight))
-    for matcher in matchers:
-        matcher.weight = best
+    best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == configured))
+    set_weight(best)
     return tried[best], {"chosen": best, "validation_score": {str(w): round(p.score(per_dataset), 6)
                                                               for w, p in tried.items()}}
 
 
 def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame, kind: str,
           seen: Optional[set], calibration: str) -> tuple:
-    """Fit the calibrators and tune the threshold (and, with rerank.tune_weight, the matcher's
-    weight) on held-out database identities.
+    """Fit the calibrators and tune the threshold (and, with rerank.tune_pair_weight and
+    rerank.tune_weight, the pair heads' and the matcher's weights) on held-out database identities.
 
     A small database gives a handful of validation queries, on which a threshold is a coin toss, so
     further splits (other seeds) are drawn until threshold.min_queries validation queries are
@@ -184,14 +190,19 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery
     passes = [_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed, fit=True)]
     while sum(len(p["truth"]) for p in passes) < cfg.threshold.min_queries and len(passes) < cfg.threshold.max_splits:
         passes.append(_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed + len(passes), fit=False))
-    weight_record = None
-    if cfg.rerank.tune_weight and any(s.kind == "matcher" for s in scorers):
-        pooled, weight_record = _tune_matcher_weight(cfg, scorers, space, passes)
-    else:
+    pooled, records = None, {}
+    kinds = {s.kind for s in scorers}
+    # A pair head first (trained on other individuals, maybe another species, it may rank pairs no
+    # better than chance here), then the matcher, each on the vote the previous one left.
+    if cfg.rerank.tune_pair_weight and "pair_head" in kinds:
+        pooled, records["pair_head_weight"] = _tune_weight(cfg, scorers, space, passes, "pair_head",
+                                                           PAIR_HEAD_FACTORS, 1.0, scale=True)
+    if cfg.rerank.tune_weight and "matcher" in kinds:
+        pooled, records["matcher_weight"] = _tune_weight(cfg, scorers, space, passes, "matcher", MATCHER_WEIGHTS,
+                                                         cfg.rerank.weight, scale=False)
+    if pooled is None:
         pooled = _pooled_vote(cfg, scorers, space, passes)
-    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned}
-    if weight_record is not None:
-        threshold["matcher_weight"] = weight_record
+    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned, **records}
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
     if kind == "humpback":

@@ -104,6 +104,10 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         tried = ev.threshold["matcher_weight"]["validation_score"]
         say(accelerator, f"{cfg.rerank.matcher} weight {ev.threshold['matcher_weight']['chosen']} chosen on the same "
                          "split (validation score per weight: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
+    if "pair_head_weight" in ev.threshold:
+        tried = ev.threshold["pair_head_weight"]["validation_score"]
+        say(accelerator, f"pair head weight x{ev.threshold['pair_head_weight']['chosen']} chosen on the same split "
+                         "(validation score per factor: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
     if "scoring_choice" in ev.threshold:
         say(accelerator, describe_choice(ev.threshold["scoring_choice"]))
     metrics = query_metrics(cfg, gallery, query, ev) if has_query_labels(query) else None
