@@ -16,7 +16,15 @@ the global scorers differ:
   member A alone, member B alone,
   static blend: both, raw cosine scores averaged with weights 0.5 / 0.5 (calibration=none),
   soft vote: both, each calibrated (eval.py's default),
-  fusion: the trained fusion model alone.
+  trained fusion, as shipped: the fusion alone, its pair head voting with a fixed half of its weight,
+  trained fusion: the fusion alone, its pair head's share tuned on the database (rerank.tune_pair_weight),
+  fusion with eval-time choice: eval.py's default, per dataset the best of the fusion, each member
+    alone, their blend and soft vote on the threshold's held-out database split (choose_scoring).
+Cross-species: list other species' open-set parts in --test (members and fusion train on --train's
+species only), and train the members as a user would with --member-minutes 5; both protocols share
+the members and the fusion when their --train, seed and --out are the same:
+    python scripts/bench_fusion.py --train DOGS/train --test DOGS/test,LIONS/test,ZEBRAS/test \
+        --member-configs configs/train/default.yaml,configs/train/classifier_cpu.yaml --member-minutes 5 --out OUT
 Writes OUT/results.md and OUT/results.json: rank-1, BAKS, BAUS, open-set score (threshold tuned on
 the database), and the time of each training stage. Runs are reused when their command is unchanged.
 """
@@ -48,8 +56,20 @@ def variants(members: List[str], fusion: Path) -> Dict[str, List[str]]:
         "member B alone": [f"models=[{b}]"],
         "static blend 0.5 / 0.5 (raw cosine)": [f"models=[{a},{b}]", "weights=[0.5,0.5]", "calibration=none"],
         "calibrated soft vote": [f"models=[{a},{b}]"],
-        "trained fusion": [f"models=[{fusion}]"],
+        "trained fusion, as shipped (fixed pair-head share, no choice)": [f"models=[{fusion}]", "choose_scoring=false",
+                                                                          "rerank.tune_pair_weight=false"],
+        "trained fusion": [f"models=[{fusion}]", "choose_scoring=false"],
+        "fusion with eval-time choice": [f"models=[{fusion}]"],
     }
+
+
+def chosen_scoring(folder: Path) -> str:
+    """What eval.py's eval-time choice picked per dataset ("" where it made none), from its manifest."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return ""
+    record = json.loads(manifest.read_text()).get("threshold", {}).get("scoring_choice") or {}
+    return "; ".join(f"{dataset}: {name}" for dataset, name in (record.get("chosen") or {}).items())
 
 
 def member_budget_settings(args) -> List[str]:
@@ -133,7 +153,8 @@ def markdown(results: Dict) -> str:
     for test, scored in results["parts"].items():
         lines += ["", f"Scored on `{test}`:", "", "| scoring | rank-1 | BAKS | BAUS | score |", "|---|---|---|---|---|"]
         for name, m in scored.items():
-            lines.append(f"| {name} | {m['rank1']:.3f} | {m['BAKS']:.3f} | {m['BAUS']:.3f} | **{m['score']:.3f}** |")
+            chose = f" (chose {m['chose']})" if m.get("chose") else ""
+            lines.append(f"| {name}{chose} | {m['rank1']:.3f} | {m['BAKS']:.3f} | {m['BAUS']:.3f} | **{m['score']:.3f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -208,7 +229,8 @@ def main(argv=None) -> Dict:
             folder = eval_folder(args, test, name)
             record = run_stage(folder.parent, folder.name, eval_command(args, test, name, settings),
                                f"evaluating on {Path(test).name}: {name}")
-            scored[name] = {**read_metrics(folder / "metrics.json"), "wall_s": record["wall_s"]}
+            scored[name] = {**read_metrics(folder / "metrics.json"), "wall_s": record["wall_s"],
+                            "chose": chosen_scoring(folder)}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown(results))
     print(markdown(results))
