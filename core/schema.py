@@ -209,6 +209,7 @@ class RerankConfig:
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
     weight: float = 1.0  # (float) the matcher's soft-voting weight (a model's is its `weights` entry, 1 by default)
     tune_weight: bool = True  # (bool) choose the weight among 0-4 on the threshold's held-out database split (weight wins ties)
+    tune_pair_weight: bool = True  # (bool) scale each pair head's vote by 0, 0.25, 0.5 or 1, chosen on the same split (1 wins ties): a pair head trained on other individuals may rank pairs by chance here
     side: int = 512  # (int) longer image side the matcher sees, in pixels (smaller images are not upscaled)
     max_keypoints: int = 512  # (int) keypoints per image (time per pair grows about with its square)
     score: str = "inliers"  # (str) a pair's raw score: inliers (of one geometric model) | matches
@@ -247,6 +248,7 @@ class EvalConfig:
     batch_size: int = 64  # (int) extraction batch size per process
     embed_cache: str = ""  # (str) embedding cache dir; "" = ~/.cache/reidzoo/embeddings ($REIDZOO_CACHE/embeddings), "none" = off
     calibration: str = "isotonic"  # (str) scores -> P(same individual): isotonic | logistic | none
+    choose_scoring: bool = True  # (bool) with a fusion model: per dataset, score by the fusion, a member alone, the members' blend or soft vote, whichever scores best on the threshold's held-out database split (the ensemble as given wins ties)
     submission: str = "auto"  # (str) auto (task=cluster: animalclef2026; humpback for data.format=humpback; else animalclef) | animalclef | humpback | animalclef2026
     report: bool = True  # (bool) write report.html
     data: DataConfig = field(default_factory=DataConfig)

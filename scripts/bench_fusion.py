@@ -16,7 +16,15 @@ the global scorers differ:
   member A alone, member B alone,
   static blend: both, raw cosine scores averaged with weights 0.5 / 0.5 (calibration=none),
   soft vote: both, each calibrated (eval.py's default),
-  fusion: the trained fusion model alone.
+  trained fusion, as shipped: the fusion alone, its pair head voting with a fixed half of its weight,
+  trained fusion: the fusion alone, its pair head's share tuned on the database (rerank.tune_pair_weight),
+  fusion with eval-time choice: eval.py's default, per dataset the best of the fusion, each member
+    alone, their blend and soft vote on the threshold's held-out database split (choose_scoring).
+Cross-species: list other species' open-set parts in --test (members and fusion train on --train's
+species only), and train the members as a user would with --member-minutes 5; both protocols share
+the members and the fusion when their --train, seed and --out are the same:
+    python scripts/bench_fusion.py --train DOGS/train --test DOGS/test,LIONS/test,ZEBRAS/test \
+        --member-configs configs/train/default.yaml,configs/train/classifier_cpu.yaml --member-minutes 5 --out OUT
 Writes OUT/results.md and OUT/results.json: rank-1, BAKS, BAUS, open-set score (threshold tuned on
 the database), and the time of each training stage. Runs are reused when their command is unchanged.
 """
@@ -49,14 +57,33 @@ def variants(members: List[str], fusion: Path) -> Dict[str, List[str]]:
         "member B alone": [f"models=[{b}]"],
         "static blend 0.5 / 0.5 (raw cosine)": [f"models=[{a},{b}]", "weights=[0.5,0.5]", "calibration=none"],
         "calibrated soft vote": [f"models=[{a},{b}]"],
-        "trained fusion": [f"models=[{fusion}]"],
+        "trained fusion, as shipped (fixed pair-head share, no choice)": [f"models=[{fusion}]", "choose_scoring=false",
+                                                                          "rerank.tune_pair_weight=false"],
+        "trained fusion": [f"models=[{fusion}]", "choose_scoring=false"],
+        "fusion with eval-time choice": [f"models=[{fusion}]"],
     }
+
+
+def chosen_scoring(folder: Path) -> str:
+    """What eval.py's eval-time choice picked per dataset ("" where it made none), from its manifest."""
+    manifest = folder / "manifest.json"
+    if not manifest.is_file():
+        return ""
+    record = json.loads(manifest.read_text()).get("threshold", {}).get("scoring_choice") or {}
+    return "; ".join(f"{dataset}: {name}" for dataset, name in (record.get("chosen") or {}).items())
+
+
+def member_budget_settings(args) -> List[str]:
+    """By epochs (the budget does not depend on the machine), or by minutes as a user trains (the default 5)."""
+    if args.member_minutes is not None:
+        return [f"train.max_minutes={args.member_minutes:g}"]
+    return ["train.max_minutes=0", f"train.epochs={args.member_epochs}"]
 
 
 def member_command(args, config: str, out: Path) -> List[str]:
     return [sys.executable, "train.py", "--config", config, "data.format=animalclef2025", f"data.root={args.train}",
-            *HELD_OUT, "data.identity_part=0", "train.max_minutes=0", f"train.epochs={args.member_epochs}",
-            f"seed={args.seed}", f"output_dir={out}", *shlex.split(args.member_overrides)]
+            *HELD_OUT, "data.identity_part=0", *member_budget_settings(args), f"seed={args.seed}", f"output_dir={out}",
+            *shlex.split(args.member_overrides)]
 
 
 def fusion_command(args) -> List[str]:
@@ -127,7 +154,8 @@ def markdown(results: Dict) -> str:
     for test, scored in results["parts"].items():
         lines += ["", f"Scored on `{test}`:", "", "| scoring | rank-1 | BAKS | BAUS | score |", "|---|---|---|---|---|"]
         for name, m in scored.items():
-            lines.append(f"| {name} | {m['rank1']:.3f} | {m['BAKS']:.3f} | {m['BAUS']:.3f} | **{m['score']:.3f}** |")
+            chose = f" (chose {m['chose']})" if m.get("chose") else ""
+            lines.append(f"| {name}{chose} | {m['rank1']:.3f} | {m['BAKS']:.3f} | {m['BAUS']:.3f} | **{m['score']:.3f}** |")
     return "\n".join(lines) + "\n"
 
 
@@ -139,7 +167,11 @@ def parse_args(argv=None):
     given.add_argument("--members", help="two trained export folders, comma-separated (the fusion trains on --train as --config says)")
     given.add_argument("--member-configs", help="two train.py recipes, comma-separated: trained on identity part 0, "
                                                 "the fusion on part 1")
-    parser.add_argument("--member-epochs", type=int, default=75, help="with --member-configs: epochs of each member")
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--member-epochs", type=int, default=75, help="with --member-configs: epochs of each member")
+    budget.add_argument("--member-minutes", type=float, default=None,
+                        help="with --member-configs: train each member for this many minutes instead, as a user "
+                             "would (train.max_minutes; the default recipe's budget is 5)")
     parser.add_argument("--jobs", type=int, default=1, help="with --member-configs: members trained at once "
                                                             "(2 where a GPU has room; their wall times then overlap)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every training run")
@@ -153,6 +185,8 @@ def parse_args(argv=None):
     named = comma_list(args.member_configs or args.members)
     if len(named) != 2:
         raise ConfigError(f"{'--member-configs' if args.member_configs else '--members'} takes two, got {len(named)}")
+    if args.member_minutes is not None and not args.member_minutes > 0:
+        raise ConfigError(f"--member-minutes must be > 0, got {args.member_minutes}")
     for flag, value in (("--member-epochs", args.member_epochs), ("--jobs", args.jobs)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1, got {value}")
@@ -196,7 +230,8 @@ def main(argv=None) -> Dict:
             folder = eval_folder(args, test, name)
             record = run_stage(folder.parent, folder.name, eval_command(args, test, name, settings),
                                f"evaluating on {Path(test).name}: {name}")
-            scored[name] = {**read_metrics(folder / "metrics.json"), "wall_s": record["wall_s"]}
+            scored[name] = {**read_metrics(folder / "metrics.json"), "wall_s": record["wall_s"],
+                            "chose": chosen_scoring(folder)}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2) + "\n")
     atomic_write_text(out / "results.md", markdown(results))
     print(markdown(results))

@@ -34,7 +34,29 @@ def test_members_train_on_part_0_and_the_fusion_on_part_1(parts):
     assert {"data.identity_parts=2", "data.identity_part=1", "seed=3", "model.args.pca_dim=8"} <= set(fusion)
     assert f"model.args.members=[{','.join(args.members)}]" in fusion
     folders = {bench.eval_folder(args, test, name) for test in args.test for name in bench.variants(args.members, parts)}
-    assert len(folders) == 10  # five scorings on each of two parts, none overwriting another
+    assert len(folders) == 14  # seven scorings on each of two parts, none overwriting another
+    assert "choose_scoring=false" in bench.variants(args.members, parts / "fusion")["trained fusion"]
+
+
+def test_members_train_by_minutes_as_a_user_would(parts):
+    args = bench.parse_args(["--train", str(parts / "train"), "--test", str(parts / "test"), "--member-configs",
+                             "configs/train/default.yaml,configs/train/classifier_cpu.yaml", "--member-minutes", "5",
+                             "--out", str(parts / "out")])
+    member = bench.member_command(args, "configs/train/default.yaml", parts / "out" / "members" / "default")
+    assert "train.max_minutes=5" in member and not any(m.startswith("train.epochs") for m in member)
+    with pytest.raises(ConfigError, match="--member-minutes"):
+        bench.parse_args(["--train", str(parts / "train"), "--test", str(parts / "test"), "--member-configs",
+                          "configs/train/default.yaml,configs/train/classifier_cpu.yaml", "--member-minutes", "0"])
+    with pytest.raises(SystemExit):  # one budget or the other
+        bench.parse_args(["--train", str(parts / "train"), "--test", str(parts / "test"), "--member-configs",
+                          "configs/train/default.yaml,configs/train/classifier_cpu.yaml", "--member-minutes", "5",
+                          "--member-epochs", "3"])
+
+
+def test_the_chosen_scoring_is_read_from_the_manifest(tmp_path):
+    assert bench.chosen_scoring(tmp_path) == ""
+    (tmp_path / "manifest.json").write_text('{"threshold": {"scoring_choice": {"chosen": {"LionData": "member a alone"}}}}')
+    assert bench.chosen_scoring(tmp_path) == "LionData: member a alone"
 
 
 def test_given_members_train_the_fusion_as_its_recipe_says(parts):

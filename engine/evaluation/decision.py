@@ -15,9 +15,10 @@ then the ensemble's vote on the real queries.
 """
 from __future__ import annotations
 
+import copy
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,6 +26,7 @@ import pandas as pd
 from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import open_set_split
+from engine.evaluation.choice import AS_GIVEN, choose, fusion_members, scorings_for
 from engine.evaluation.openset import (
     decide,
     humpback_guesses,
@@ -32,13 +34,14 @@ from engine.evaluation.openset import (
     tune_threshold,
 )
 from engine.evaluation.scorers import ImageRanking, MatchSpace, ModelOutput, Scorer, scorers_for
-from engine.evaluation.voting import fit_calibrators, vote
+from engine.evaluation.voting import Vote, fit_calibrators, vote
 from engine.retrieval import Candidates
 
 TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as validation queries
 MIN_UNSEEN_IDENTITIES = 4  # per dataset, to tune on identities no model was trained on
 MIN_HELD_IDENTITIES = 2  # per dataset: one known and one new at least
 MATCHER_WEIGHTS = (0.0, 0.25, 0.5, 1.0, 2.0, 4.0)  # rerank.tune_weight: 0 = the matcher does not help here
+PAIR_HEAD_FACTORS = (0.0, 0.25, 0.5, 1.0)  # rerank.tune_pair_weight: of a pair head's share of its model's weight
 
 
 @dataclass
@@ -149,49 +152,57 @@ def _pooled_vote(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, 
     return _Pooled(candidates, val_scores, tuned, truth, known, datasets)
 
 
-def _tune_matcher_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace,
-                         passes: Sequence[Dict]) -> tuple:
-    """The matcher weight of MATCHER_WEIGHTS whose vote scores best on the validation queries (the
-    configured weight among equals), set on the matcher scorers; returns (pooled vote, record).
-    Matching does not depend on the weight, so each further weight only re-votes cached pairs."""
-    matchers = [s for s in scorers if s.kind == "matcher"]
+def _tune_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[Dict], kind: str,
+                 options: Sequence[float], configured: float, scale: bool) -> tuple:
+    """The weight of the `kind` scorers (absolute, or with `scale` a factor of each one's own weight)
+    of `options` whose vote scores best on the validation queries (`configured` among equals), set
+    on them; returns (pooled vote, record). Scores of the pairs do not depend on the weight, so each
+    further weight only re-votes."""
+    tuned = [s for s in scorers if s.kind == kind]
+    own = [s.weight for s in tuned]
     tried: Dict[float, _Pooled] = {}
-    for weight in sorted({*MATCHER_WEIGHTS, cfg.rerank.weight}):
-        for matcher in matchers:
-            matcher.weight = weight
-        tried[weight] = _pooled_vote(cfg, scorers, space, passes)
+
+    def set_weight(value: float) -> None:
+        for scorer, base in zip(tuned, own, strict=True):
+            scorer.weight = base * value if scale else value
+
+    for value in sorted({*options, configured}):
+        set_weight(value)
+        tried[value] = _pooled_vote(cfg, scorers, space, passes)
     per_dataset = cfg.threshold.per_dataset
-    best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == cfg.rerank.weight))
-    for matcher in matchers:
-        matcher.weight = best
+    best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == configured))
+    set_weight(best)
     return tried[best], {"chosen": best, "validation_score": {str(w): round(p.score(per_dataset), 6)
                                                               for w, p in tried.items()}}
 
 
-def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOutput], space: MatchSpace,
-          gallery: pd.DataFrame, kind: str) -> tuple:
-    """Fit the calibrators and tune the threshold (and, with rerank.tune_weight, the matcher's
-    weight) on held-out database identities.
+def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame, kind: str,
+          seen: Optional[set], calibration: str) -> tuple:
+    """Fit the calibrators and tune the threshold (and, with rerank.tune_pair_weight and
+    rerank.tune_weight, the pair heads' and the matcher's weights) on held-out database identities.
 
     A small database gives a handful of validation queries, on which a threshold is a coin toss, so
     further splits (other seeds) are drawn until threshold.min_queries validation queries are
     pooled, at most threshold.max_splits splits. The calibrators are those of the first split (the
     others are matched with the same calibrators, so their scores share one scale).
     """
-    softmax_voters = any(o.label_map is not None for o in outputs)
-    # A classifier can only vote for identities it was trained on, so it needs seen identities held out.
-    seen = None if softmax_voters else training_identities([o.info.get("training_identities") for o in outputs])
+    cfg = replace(cfg, calibration=calibration)
     passes = [_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed, fit=True)]
     while sum(len(p["truth"]) for p in passes) < cfg.threshold.min_queries and len(passes) < cfg.threshold.max_splits:
         passes.append(_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed + len(passes), fit=False))
-    weight_record = None
-    if cfg.rerank.tune_weight and any(s.kind == "matcher" for s in scorers):
-        pooled, weight_record = _tune_matcher_weight(cfg, scorers, space, passes)
-    else:
+    pooled, records = None, {}
+    kinds = {s.kind for s in scorers}
+    # A pair head first (trained on other individuals, maybe another species, it may rank pairs no
+    # better than chance here), then the matcher, each on the vote the previous one left.
+    if cfg.rerank.tune_pair_weight and "pair_head" in kinds:
+        pooled, records["pair_head_weight"] = _tune_weight(cfg, scorers, space, passes, "pair_head",
+                                                           PAIR_HEAD_FACTORS, 1.0, scale=True)
+    if cfg.rerank.tune_weight and "matcher" in kinds:
+        pooled, records["matcher_weight"] = _tune_weight(cfg, scorers, space, passes, "matcher", MATCHER_WEIGHTS,
+                                                         cfg.rerank.weight, scale=False)
+    if pooled is None:
         pooled = _pooled_vote(cfg, scorers, space, passes)
-    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned}
-    if weight_record is not None:
-        threshold["matcher_weight"] = weight_record
+    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned, **records}
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
     if kind == "humpback":
@@ -202,25 +213,139 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOut
     return threshold, tuning
 
 
+@dataclass
+class _Tuned:
+    """One scoring (engine.evaluation.choice) with its calibrators fitted and threshold tuned."""
+
+    name: str
+    scorers: List[Scorer]
+    threshold: Dict[str, Any]
+    tuning: Dict[str, Any]
+
+    def validation(self, per_dataset: bool) -> Dict[str, float]:
+        """Its validation score per dataset (with one global threshold, the mean over datasets as "all")."""
+        scores = self.threshold["validation"]
+        return dict(scores["by_dataset"]) if per_dataset else {"all": float(scores["global"])}
+
+
+def _seen_identities(outputs: Sequence[ModelOutput]) -> Optional[set]:
+    """Identities to keep out of the held-out split (None: any); one set for every scoring, so that
+    all are tuned and compared on the same split."""
+    everyone = [*outputs, *fusion_members(outputs)]
+    # A classifier can only vote for identities it was trained on, so it needs seen identities held out.
+    if any(o.label_map is not None for o in everyone):
+        return None
+    return training_identities([o.info.get("training_identities") for o in everyone])
+
+
+def _tune_scorings(cfg: EvalConfig, outputs: Sequence[ModelOutput], extra_scorers: Sequence[Scorer],
+                   space: MatchSpace, gallery: pd.DataFrame, kind: str) -> List[_Tuned]:
+    """Every scoring cfg.choose_scoring allows (only the ensemble as given without a fusion model),
+    each tuned on the same held-out split; each has its own copies of the extra scorers (weights and
+    calibrators differ, a matcher's cached pairs are shared)."""
+    seen = _seen_identities(outputs)
+    scorings = scorings_for(outputs, cfg.calibration, alternatives=cfg.choose_scoring)
+    tuned = []
+    for scoring in scorings:
+        scorers = scorers_for(scoring.outputs) + [copy.copy(s) for s in extra_scorers]
+        tuned.append(_Tuned(scoring.name, scorers, *_tune(cfg, scorers, space, gallery, kind, seen, scoring.calibration)))
+    return tuned
+
+
+def _choice_record(tuned: Sequence[_Tuned], chosen: Dict[str, str], per_dataset: bool) -> Dict[str, Any]:
+    return {"chosen": chosen, "per_dataset": per_dataset,
+            "validation_score": {t.name: {d: round(v, 6) for d, v in t.validation(per_dataset).items()} for t in tuned},
+            "rule": "per dataset, the scoring with the best open-set score on the held-out database split; "
+                    "the ensemble as given wins ties"}
+
+
+def _merged_threshold(tuned: Dict[str, _Tuned], chosen: Dict[str, str], per_dataset: bool) -> Dict[str, Any]:
+    """The ensemble's threshold record, with each dataset's threshold from the scoring it chose."""
+    base = dict(tuned[AS_GIVEN].threshold) if AS_GIVEN in tuned else dict(next(iter(tuned.values())).threshold)
+    if not per_dataset:
+        return dict(tuned[chosen["all"]].threshold)
+    base["per_dataset"] = {d: tuned[name].threshold["per_dataset"][d] for d, name in chosen.items()}
+    scores = [tuned[name].threshold["validation"]["by_dataset"][d] for d, name in chosen.items()]
+    base["validation"] = {**base["validation"], "per_dataset": float(np.mean(scores)),
+                          "by_dataset": {d: tuned[name].threshold["validation"]["by_dataset"][d]
+                                         for d, name in chosen.items()}}
+    return base
+
+
+def _merged_tuning(tuned: Dict[str, _Tuned], chosen: Dict[str, str], per_dataset: bool) -> Dict[str, Any]:
+    """The validation queries' best scores, each dataset's from the scoring it chose (the splits are shared)."""
+    first = next(iter(tuned.values())).tuning
+    if not per_dataset:
+        return tuned[chosen["all"]].tuning
+    scores = first["best_scores"].copy()
+    for dataset, name in chosen.items():
+        rows = first["datasets"] == dataset
+        scores[rows] = tuned[name].tuning["best_scores"][rows]
+    return {**first, "best_scores": scores}
+
+
+def _vote_by_choice(tuned: Dict[str, _Tuned], chosen: Dict[str, str], space: MatchSpace, q_rows: np.ndarray,
+                    g_rows: np.ndarray, size: int):
+    """The queries' vote, each query's dataset deciding which scoring votes on it: (candidates,
+    raw, rankings, shortlist) over every query, with the scorers that voted."""
+    if set(chosen) == {"all"}:
+        result = vote(tuned[chosen["all"]].scorers, space, q_rows, g_rows, size)
+        return result, tuned[chosen["all"]].scorers
+    query_sets = space.datasets[q_rows]
+    candidates: Candidates = [[] for _ in q_rows]
+    raw: Dict[str, Candidates] = {}
+    rankings: Dict[str, ImageRanking] = {}
+    short = None
+    used: List[Scorer] = []
+    for name in dict.fromkeys(chosen.get(d, AS_GIVEN) for d in query_sets.tolist()):
+        positions = np.flatnonzero([chosen.get(d, AS_GIVEN) == name for d in query_sets.tolist()])
+        result = vote(tuned[name].scorers, space, q_rows[positions], g_rows, size)
+        used.extend(tuned[name].scorers)
+        for position, found in zip(positions, result.candidates, strict=True):
+            candidates[position] = found
+        for scorer, found in result.raw.items():
+            full = raw.setdefault(scorer, [[] for _ in q_rows])
+            for position, cands in zip(positions, found, strict=True):
+                full[position] = cands
+        for scorer, ranking in result.rankings.items():
+            full = rankings.setdefault(scorer, ImageRanking.empty(len(q_rows), ranking.indices.shape[1]))
+            full.indices[positions], full.scores[positions] = ranking.indices, ranking.scores
+        if result.shortlist is not None:
+            if short is None:
+                short = np.full((len(q_rows), result.shortlist.shape[1]), -1, np.int64)
+            short[positions] = result.shortlist
+    return Vote(candidates, raw, rankings, short), used
+
+
 def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, outputs: Sequence[ModelOutput],
                      kind: str = "animalclef", extra_scorers: Sequence[Scorer] = ()) -> Evaluation:
     """The open-set decision for every query from the models' outputs (rows: gallery, then query),
-    with `extra_scorers` (a keypoint matcher) voting beside the models' own scorers."""
+    with `extra_scorers` (a keypoint matcher) voting beside the models' own scorers. When an output
+    is a fusion model (and cfg.choose_scoring), each dataset's queries are scored the way that did
+    best on the held-out database split (engine.evaluation.choice)."""
     n_gallery = len(gallery)
     all_gallery = np.arange(n_gallery)
     q_rows = np.arange(n_gallery, n_gallery + len(query))
     datasets = np.concatenate([gallery["dataset"].to_numpy(dtype=object), query["dataset"].to_numpy(dtype=object)])
     space = MatchSpace(gallery["identity"].to_numpy(dtype=object), datasets, namespaced_by_dataset(gallery),
                        cfg.retrieval)
-    scorers = scorers_for(outputs) + list(extra_scorers)
     tuning = None
     if cfg.threshold.value is None:
-        threshold, tuning = _tune(cfg, scorers, outputs, space, gallery, kind)
+        per_dataset = cfg.threshold.per_dataset
+        tuned = {t.name: t for t in _tune_scorings(cfg, outputs, extra_scorers, space, gallery, kind)}
+        names = sorted(set(tuned[AS_GIVEN].threshold["validation"]["by_dataset"])) if per_dataset else ["all"]
+        chosen = choose({n: t.validation(per_dataset) for n, t in tuned.items()}, names)
+        threshold = _merged_threshold(tuned, chosen, per_dataset)
+        tuning = _merged_tuning(tuned, chosen, per_dataset)
+        if len(tuned) > 1:
+            threshold["scoring_choice"] = _choice_record(list(tuned.values()), chosen, per_dataset)
     else:
+        scorers = scorers_for(outputs) + list(extra_scorers)
         fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
         threshold = {"source": "threshold.value", "global": float(cfg.threshold.value), "per_dataset": {}}
+        tuned, chosen = {AS_GIVEN: _Tuned(AS_GIVEN, scorers, threshold, {})}, {"all": AS_GIVEN}
     # Queries are matched against the whole gallery with the calibrators fitted above.
-    result = vote(scorers, space, q_rows, all_gallery, cfg.rerank.shortlist)
+    result, used = _vote_by_choice(tuned, chosen, space, q_rows, all_gallery, cfg.rerank.shortlist)
     best_ids, best_scores = best_of(result.candidates)
     datasets_q = query["dataset"].tolist()
     decided = decide(best_ids, best_scores, threshold, datasets_q)
@@ -232,5 +357,5 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         predictions = list(decided)
     return Evaluation(result.candidates, best_ids, best_scores, threshold, decided, predictions, tuning,
                       result.rankings, result.raw, {s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
-                                                             "calibrator": s.calibrator.to_dict()} for s in scorers},
+                                                             "calibrator": s.calibrator.to_dict()} for s in used},
                       result.shortlist)

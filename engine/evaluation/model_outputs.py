@@ -96,13 +96,20 @@ def _fused_outputs(spec: str, weight: float, model, meta: Dict[str, Any], checks
     """A fusion model: its members' embeddings (checked, cached), then its fused embedding; it votes
     with that embedding, and its pair head (if trained) re-scores the shortlist."""
     members = load_recorded_members(model.members, spec, model.pca(0)[0].device)  # (it may have no parameters)
-    features = np.concatenate(member_features(members, views, rows, cache, fingerprint, accelerator), axis=1)
-    embeddings = fused_embeddings(model, features, batch_size=max(256, views.batch_size), accelerator=accelerator)
+    blocks = member_features(members, views, rows, cache, fingerprint, accelerator)
+    embeddings = fused_embeddings(model, np.concatenate(blocks, axis=1), batch_size=max(256, views.batch_size),
+                                  accelerator=accelerator)
+    # The members' own embeddings, for the eval-time choice (engine.evaluation.choice).
+    alone = [ModelOutput(m.spec, block, info={"spec": m.spec, "checksum": m.checksum, "architecture": m.meta.get("architecture"),
+                                              "embed_dim": int(block.shape[1]), "classes": None, "votes_with": "embedding",
+                                              "training_identities": m.meta.get("label_map") or None, "pair_head": False})
+             for m, block in zip(members, blocks, strict=True)]
     info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"),
             "members": [{"spec": m.spec, "checksum": m.checksum} for m in members], "embed_dim": model.embed_dim,
             "classes": None, "votes_with": "embedding", "training_identities": meta.get("label_map") or None,
             "pair_head": model.has_pair_head}
-    return ModelOutput(spec, embeddings, None, None, weight, info, _pair_head(model) if model.has_pair_head else None)
+    return ModelOutput(spec, embeddings, None, None, weight, info, _pair_head(model) if model.has_pair_head else None,
+                       members=alone)
 
 
 def _pair_head(model: torch.nn.Module):

@@ -136,7 +136,8 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
     of the longest run wins (see _middle_of_best). A dataset whose split has no known or no unknown queries cannot
     be tuned and takes the global threshold.
     Returns {"global": t, "per_dataset": {dataset: t}, "validation": {"global": score,
-    "per_dataset": score with the per-dataset thresholds}}.
+    "per_dataset": score with the per-dataset thresholds, "by_dataset": {dataset: its own term, at
+    the thresholds `per_dataset` says}}}.
     """
     scores = np.nan_to_num(np.asarray(best_scores, dtype=np.float64), nan=-np.inf)
     truth = np.array([clean_identity(v) for v in true_ids], dtype=object)
@@ -167,9 +168,12 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
             tuned[name] = _middle_of_best(_dataset_curve(*parts[name], own), own, own_edges, grid is not None)
         else:
             tuned[name] = global_t
+    used = tuned if per_dataset else global_t
     return {"global": global_t, "per_dataset": tuned,
             "validation": {"global": _score_at(scores, correct, truth, known_mask, groups, names, global_t),
-                           "per_dataset": _score_at(scores, correct, truth, known_mask, groups, names, tuned)}}
+                           "per_dataset": _score_at(scores, correct, truth, known_mask, groups, names, tuned),
+                           "by_dataset": {name: _score_at(scores, correct, truth, known_mask, groups, [name], used)
+                                          for name in names}}}
 
 
 def _score_at(scores, correct, truth, known_mask, groups, names, threshold) -> float:

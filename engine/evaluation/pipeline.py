@@ -23,6 +23,7 @@ from data.splits import gallery_and_query
 from data.validate import require_query
 from engine.accel import say
 from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
+from engine.evaluation.choice import describe_choice
 from engine.evaluation.decision import evaluate_outputs
 from engine.evaluation.model_outputs import all_model_outputs
 from engine.evaluation.predictions import PREDICTIONS, write_predictions
@@ -99,6 +100,12 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         tried = ev.threshold["matcher_weight"]["validation_score"]
         say(accelerator, f"{cfg.rerank.matcher} weight {ev.threshold['matcher_weight']['chosen']} chosen on the same "
                          "split (validation score per weight: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
+    if "pair_head_weight" in ev.threshold:
+        tried = ev.threshold["pair_head_weight"]["validation_score"]
+        say(accelerator, f"pair head weight x{ev.threshold['pair_head_weight']['chosen']} chosen on the same split "
+                         "(validation score per factor: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
+    if "scoring_choice" in ev.threshold:
+        say(accelerator, describe_choice(ev.threshold["scoring_choice"]))
     metrics = query_metrics(cfg, gallery, query, ev) if has_query_labels(query) else None
     final = Path(cfg.output_dir)
     with staged_directory(final) as staging:

@@ -40,6 +40,7 @@ class ModelOutput:
     weight: float = 1.0
     info: Dict[str, Any] = field(default_factory=dict)
     pair_head: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None  # (N, D) x (N, D) -> (N,) logits
+    members: List[ModelOutput] = field(default_factory=list)  # a fusion model's members, for the eval-time choice
 
 
 @dataclass
