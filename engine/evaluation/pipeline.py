@@ -105,6 +105,11 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         tried = ev.threshold["matcher_weight"]["validation_score"]
         say(accelerator, f"{cfg.rerank.matcher} weight {ev.threshold['matcher_weight']['chosen']} chosen on the same "
                          "split (validation score per weight: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
+    if matcher is not None:
+        pairs = matcher.pairs
+        say(accelerator, f"{cfg.rerank.matcher}: matched {pairs.matched} pairs here (the rest read from the cache), "
+                         f"RANSAC on {pairs.verified}, {pairs.rejected} with fewer than {pairs.min_matches} tentative "
+                         "matches recorded without inliers (rerank.min_matches)")
     metrics = query_metrics(cfg, gallery, query, ev) if has_query_labels(query) else None
     final = Path(cfg.output_dir)
     with staged_directory(final) as staging:
