@@ -30,11 +30,16 @@ class SiftMatcher(Matcher):
     """Keypoints of OpenCV's SIFT on the grey image; a match is a mutual nearest neighbour whose
     distance is below `ratio` times the second nearest (Lowe's test)."""
 
-    def __init__(self, max_keypoints: int = 512, device=None, ratio: float = 0.8):
+    def __init__(self, max_keypoints: int = 512, device=None, ratio: float = 0.8, threads: int = 1):
         super().__init__(max_keypoints, device)
         if not 0 < ratio <= 1:
             raise ConfigError(f"sift ratio must be in (0, 1], got {ratio}")
+        if threads < 1:
+            raise ConfigError(f"sift threads must be at least 1, got {threads}")
         self.ratio = float(ratio)
+        # torch threads of the batched products on a CPU: one is 2-3x faster than two when the cores are
+        # shared with other work (OpenMP threads wait on each other); matches do not depend on it.
+        self.threads = int(threads)
         self._sift = cv2.SIFT_create(nfeatures=self.max_keypoints)
 
     def settings(self):
@@ -68,9 +73,20 @@ class SiftMatcher(Matcher):
             return no_matches()
         return np.array(pairs, np.int64), np.array(confidence, np.float32)
 
-    @torch.inference_mode()
     def match_many(self, features0: Features, others: Sequence[Features], *,
                    flipped: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
+        if self.device.type != "cpu":
+            return self._match_many(features0, others, flipped)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._match_many(features0, others, flipped)
+        finally:
+            torch.set_num_threads(previous)
+
+    @torch.inference_mode()
+    def _match_many(self, features0: Features, others: Sequence[Features],
+                    flipped: bool) -> List[Tuple[np.ndarray, np.ndarray]]:
         out: List[Tuple[np.ndarray, np.ndarray]] = [no_matches() for _ in others]
         hub = features0["descriptors"]
         todo = [j for j, other in enumerate(others) if len(other["descriptors"]) >= 2]

@@ -25,6 +25,7 @@ import pandas as pd
 from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import open_set_split
+from engine.evaluation.neighbour_scorers import NEIGHBOUR_KINDS, neighbour_scorers
 from engine.evaluation.openset import (
     decide,
     humpback_guesses,
@@ -149,23 +150,30 @@ def _pooled_vote(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, 
     return _Pooled(candidates, val_scores, tuned, truth, known, datasets)
 
 
-def _tune_matcher_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace,
-                         passes: Sequence[Dict]) -> tuple:
-    """The matcher weight of MATCHER_WEIGHTS whose vote scores best on the validation queries (the
-    configured weight among equals), set on the matcher scorers; returns (pooled vote, record).
-    Matching does not depend on the weight, so each further weight only re-votes cached pairs."""
-    matchers = [s for s in scorers if s.kind == "matcher"]
-    tried: Dict[float, _Pooled] = {}
-    for weight in sorted({*MATCHER_WEIGHTS, cfg.rerank.weight}):
-        for matcher in matchers:
-            matcher.weight = weight
-        tried[weight] = _pooled_vote(cfg, scorers, space, passes)
+def _tune_weights(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[Dict]) -> tuple:
+    """The weight of MATCHER_WEIGHTS whose vote scores best on the validation queries, chosen for
+    the matcher first (the configured weight among equals), then for each scorer of
+    rerank.neighbours in turn (0 among equals), the others' weights fixed; returns (pooled vote,
+    {scorer name: record}). Scores do not depend on the weights, so each further weight only
+    re-votes pairs already scored (the matcher's records are cached, neighbour sets prepared)."""
+    groups = [[s for s in scorers if s.kind == "matcher"]]
+    groups += [[s] for s in scorers if s.kind in NEIGHBOUR_KINDS]
     per_dataset = cfg.threshold.per_dataset
-    best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == cfg.rerank.weight))
-    for matcher in matchers:
-        matcher.weight = best
-    return tried[best], {"chosen": best, "validation_score": {str(w): round(p.score(per_dataset), 6)
-                                                              for w, p in tried.items()}}
+    pooled, records = None, {}
+    for group in (g for g in groups if g):
+        default = cfg.rerank.weight if group[0].kind == "matcher" else 0.0
+        tried: Dict[float, _Pooled] = {}
+        for weight in sorted({*MATCHER_WEIGHTS, default}):
+            for scorer in group:
+                scorer.weight = weight
+            tried[weight] = _pooled_vote(cfg, scorers, space, passes)
+        best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == default))
+        for scorer in group:
+            scorer.weight = best
+        pooled = tried[best]
+        records[group[0].name] = {"chosen": best, "validation_score": {str(w): round(p.score(per_dataset), 6)
+                                                                       for w, p in tried.items()}}
+    return pooled, records
 
 
 def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOutput], space: MatchSpace,
@@ -184,14 +192,16 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], outputs: Sequence[ModelOut
     passes = [_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed, fit=True)]
     while sum(len(p["truth"]) for p in passes) < cfg.threshold.min_queries and len(passes) < cfg.threshold.max_splits:
         passes.append(_held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed + len(passes), fit=False))
-    weight_record = None
-    if cfg.rerank.tune_weight and any(s.kind == "matcher" for s in scorers):
-        pooled, weight_record = _tune_matcher_weight(cfg, scorers, space, passes)
+    records = {}
+    if cfg.rerank.tune_weight and any(s.kind == "matcher" or s.kind in NEIGHBOUR_KINDS for s in scorers):
+        pooled, records = _tune_weights(cfg, scorers, space, passes)
     else:
         pooled = _pooled_vote(cfg, scorers, space, passes)
     threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned}
-    if weight_record is not None:
-        threshold["matcher_weight"] = weight_record
+    for scorer in scorers:
+        if scorer.name in records:
+            key = "matcher_weight" if scorer.kind == "matcher" else f"{scorer.kind}_weight"
+            threshold.setdefault(key, records[scorer.name])
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
     if kind == "humpback":
@@ -212,7 +222,11 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     datasets = np.concatenate([gallery["dataset"].to_numpy(dtype=object), query["dataset"].to_numpy(dtype=object)])
     space = MatchSpace(gallery["identity"].to_numpy(dtype=object), datasets, namespaced_by_dataset(gallery),
                        cfg.retrieval)
-    scorers = scorers_for(outputs) + list(extra_scorers)
+    scorers = scorers_for(outputs) + list(extra_scorers) + neighbour_scorers(outputs, cfg.rerank.neighbours)
+    if not cfg.rerank.tune_weight:
+        for scorer in scorers:
+            if scorer.kind in NEIGHBOUR_KINDS:
+                scorer.weight = 1.0
     tuning = None
     if cfg.threshold.value is None:
         threshold, tuning = _tune(cfg, scorers, outputs, space, gallery, kind)
