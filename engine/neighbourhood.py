@@ -105,7 +105,10 @@ def jaccard_distance(v: sp.csr_matrix, first: np.ndarray, second: np.ndarray) ->
 def k_reciprocal_distance(x: np.ndarray, v: sp.csr_matrix, first: np.ndarray, second: np.ndarray,
                           lambda_value: float = 0.3) -> np.ndarray:
     """(P,) the k-reciprocal distance of the pairs: (1 - lambda) Jaccard + lambda (1 - cos)."""
-    cosine = np.einsum("ij,ij->i", x[first].astype(np.float64), x[second].astype(np.float64))
+    cosine = np.empty(len(first))
+    for start in range(0, len(first), PAIR_CHUNK):  # in chunks: the pairs' vectors are never all copied at once
+        a, b = first[start:start + PAIR_CHUNK], second[start:start + PAIR_CHUNK]
+        cosine[start:start + PAIR_CHUNK] = np.einsum("ij,ij->i", x[a].astype(np.float64), x[b].astype(np.float64))
     return (1 - lambda_value) * jaccard_distance(v, first, second) + lambda_value * (1.0 - cosine)
 
 

@@ -2,14 +2,15 @@
 weights and as a fast baseline (about 10x the pairs per second of ALIKED + LightGlue on a CPU).
 
 `match` is OpenCV's brute-force matcher, one pair at a time. `match_many` matches one image against
-many in one pass: the squared distances of every pair of a chunk come from one batched matrix
-product in torch (on the matcher's device, a GPU when there is one), and the mutual nearest
-neighbour and ratio tests are tensor operations. It returns exactly what `match` returns: OpenCV's
-SIFT descriptors are integers (0-255), so squared distances are integers below 2^24, exact in
-float32 whatever the order of the sums (rounded, so that no accumulation order can move them);
-distances are their float32 square roots, as OpenCV computes them, and the ratio test compares them
-in float64 as `match` does. Ties cannot differ either: a tie between the best two fails the ratio
-test on both paths, and the reverse nearest neighbour is the lowest index on both.
+many in one pass: one matrix product per chunk of partners (torch, on the matcher's device, a GPU
+when there is one) gives every squared distance, and the mutual nearest neighbour and ratio tests
+are tensor operations. It returns exactly what `match` returns: OpenCV's SIFT descriptors are
+non-negative integers (0-255), so squared distances are integers below 2^24, exact in float32
+whatever the order of the sums (rounded where float32 products are not full precision: TF32 or
+bfloat16 settings); distances are their float32 square roots, as OpenCV computes them, and the
+ratio test compares them in float64 as `match` does. Ties cannot differ either: a tie between the
+best two fails the ratio test on both paths, and the reverse nearest neighbour is the lowest index
+on both. Confidences agree to float32 rounding (1e-7).
 """
 from __future__ import annotations
 

@@ -94,3 +94,10 @@ def test_neighbour_scorers_weights_are_chosen_on_the_held_out_split():
         assert set(record["validation_score"]) == {str(w) for w in MATCHER_WEIGHTS}
         assert ev.scorers[f"m [{kind}]"]["weight"] == record["chosen"] and ev.scorers[f"m [{kind}]"]["stage"] == "shortlist"
     assert len(ev.decided) == len(query)
+
+
+def test_every_name_rerank_neighbours_accepts_is_a_registered_scorer():
+    from core.schema import NEIGHBOUR_RERANKERS
+    from engine.evaluation.scorers import SCORERS
+
+    assert set(NEIGHBOUR_RERANKERS) <= set(SCORERS.names())
