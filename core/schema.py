@@ -217,7 +217,9 @@ class RerankConfig:
     ransac_threshold: float = 4.0  # (float) score=inliers: RANSAC inlier distance, pixels at `side`
     burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like)
     region: float = 1.0  # (float) keep keypoints in this central fraction of the image's width and height only
+    min_matches: int = 0  # (int) pairs with fewer tentative matches skip RANSAC and count 0 inliers; 0 = the geometry's minimum (8 fundamental, 4 homography: same inliers as verifying all)
     calibration_queries: int = 200  # (int) database images whose shortlists calibrate the matcher
+    neighbours: List[str] = field(default_factory=list)  # (list) re-ranking without pixels, each a shortlist scorer with a tuned weight: kreciprocal | alpha_qe | dba
     cache: str = ""  # (str) keypoint and match cache; "" = ~/.cache/reidzoo/keypoints, "none" = off
 
 
@@ -279,6 +281,7 @@ TASKS = ("reid", "detector")
 EVAL_TASKS = ("identify", "cluster")
 PAIR_SCORES = ("inliers", "matches")
 GEOMETRIES = ("fundamental", "homography")
+NEIGHBOUR_RERANKERS = ("kreciprocal", "alpha_qe", "dba")
 
 
 def _rule(accepts: Callable[[Any], bool], valid: str) -> Rule:
@@ -392,6 +395,7 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "matcher": registered("matcher", also=("none",)), "shortlist": COUNT, "weight": at_least(0), "side": at_least(32),
         "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
+        "min_matches": OPTIONAL_COUNT, "neighbours": each(one_of(*NEIGHBOUR_RERANKERS), non_empty=False),
     },
     ClusterConfig: {
         "method": registered("clusterer"), "neighbours": COUNT,

@@ -5,11 +5,14 @@ that description is part of the keypoint cache's key, so changing any setting ne
 features. Matching returns index pairs into the two keypoint arrays and a confidence per match;
 geometric verification and scoring are the same for every matcher (matchers.geometry,
 engine.matching), so a new matcher is one registered class with `extract` and `match`.
+`match_many` matches one image against many at once; its default loops over `match`, and a matcher
+that can batch (SIFT: one matrix product per chunk, in torch, on the matcher's device) overrides it
+with the same results.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -55,6 +58,12 @@ class Matcher(ABC):
     @abstractmethod
     def match(self, features0: Features, features1: Features) -> Tuple[np.ndarray, np.ndarray]:
         """(M, 2) int indices (into features0, features1) of matched keypoints, and (M,) confidences."""
+
+    def match_many(self, features0: Features, others: Sequence[Features], *,
+                   flipped: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
+        """`match(features0, others[j])` for every j (with `flipped`: `match(others[j], features0)`,
+        indices into others[j] first), in one call. Overrides must return exactly what `match` does."""
+        return [self.match(other, features0) if flipped else self.match(features0, other) for other in others]
 
 
 def build_matcher(name: str, args: Optional[Mapping[str, Any]] = None, *, max_keypoints: int,

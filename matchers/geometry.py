@@ -13,7 +13,7 @@ import cv2
 import numpy as np
 
 GEOMETRIES = ("fundamental", "homography")
-_MIN_POINTS = {"fundamental": 8, "homography": 4}
+MIN_POINTS = {"fundamental": 8, "homography": 4}
 _CONFIDENCE = 0.999
 _MAX_ITERATIONS = 2000
 
@@ -21,10 +21,10 @@ _MAX_ITERATIONS = 2000
 def ransac_inliers(points0: np.ndarray, points1: np.ndarray, geometry: str, threshold: float) -> np.ndarray:
     """(M,) bool: the correspondences (points0[i], points1[i]) consistent with the fitted model;
     all False when there are too few to fit one."""
-    if geometry not in _MIN_POINTS:
+    if geometry not in MIN_POINTS:
         raise ValueError(f"geometry must be one of {', '.join(GEOMETRIES)}, got {geometry!r}")
     count = len(points0)
-    if count < _MIN_POINTS[geometry]:
+    if count < MIN_POINTS[geometry]:
         return np.zeros(count, bool)
     p0 = np.ascontiguousarray(points0, dtype=np.float64).reshape(-1, 1, 2)
     p1 = np.ascontiguousarray(points1, dtype=np.float64).reshape(-1, 1, 2)

@@ -1,14 +1,29 @@
 """SIFT + Lowe's ratio test (OpenCV): the weight-free matcher, for machines without the LightGlue
-weights and as a fast baseline (about 10x the pairs per second of ALIKED + LightGlue on a CPU)."""
+weights and as a fast baseline (about 10x the pairs per second of ALIKED + LightGlue on a CPU).
+
+`match` is OpenCV's brute-force matcher, one pair at a time. `match_many` matches one image against
+many in one pass: one matrix product per chunk of partners (torch, on the matcher's device, a GPU
+when there is one) gives every squared distance, and the mutual nearest neighbour and ratio tests
+are tensor operations. It returns exactly what `match` returns: OpenCV's SIFT descriptors are
+non-negative integers (0-255), so squared distances are integers below 2^24, exact in float32
+whatever the order of the sums (rounded where float32 products are not full precision: TF32 or
+bfloat16 settings); distances are their float32 square roots, as OpenCV computes them, and the
+ratio test compares them in float64 as `match` does. Ties cannot differ either: a tie between the
+best two fails the ratio test on both paths, and the reverse nearest neighbour is the lowest index
+on both. Confidences agree to float32 rounding (1e-7).
+"""
 from __future__ import annotations
 
-from typing import Tuple
+from typing import List, Sequence, Tuple
 
 import cv2
 import numpy as np
+import torch
 
 from core.errors import ConfigError
 from matchers.base import MATCHERS, Features, Matcher, no_matches
+
+CHUNK_CELLS = 8_000_000  # distance-matrix cells per batched product (32 MB of float32)
 
 
 @MATCHERS.register("sift")
@@ -16,11 +31,16 @@ class SiftMatcher(Matcher):
     """Keypoints of OpenCV's SIFT on the grey image; a match is a mutual nearest neighbour whose
     distance is below `ratio` times the second nearest (Lowe's test)."""
 
-    def __init__(self, max_keypoints: int = 512, device=None, ratio: float = 0.8):
+    def __init__(self, max_keypoints: int = 512, device=None, ratio: float = 0.8, threads: int = 1):
         super().__init__(max_keypoints, device)
         if not 0 < ratio <= 1:
             raise ConfigError(f"sift ratio must be in (0, 1], got {ratio}")
+        if threads < 1:
+            raise ConfigError(f"sift threads must be at least 1, got {threads}")
         self.ratio = float(ratio)
+        # torch threads of the batched products on a CPU: one is 2-3x faster than two when the cores are
+        # shared with other work (OpenMP threads wait on each other); matches do not depend on it.
+        self.threads = int(threads)
         self._sift = cv2.SIFT_create(nfeatures=self.max_keypoints)
 
     def settings(self):
@@ -53,3 +73,116 @@ class SiftMatcher(Matcher):
         if not pairs:
             return no_matches()
         return np.array(pairs, np.int64), np.array(confidence, np.float32)
+
+    def match_many(self, features0: Features, others: Sequence[Features], *,
+                   flipped: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
+        if self.device.type != "cpu":
+            return self._match_many(features0, others, flipped)
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.threads)
+        try:
+            return self._match_many(features0, others, flipped)
+        finally:
+            torch.set_num_threads(previous)
+
+    @torch.inference_mode()
+    def _match_many(self, features0: Features, others: Sequence[Features],
+                    flipped: bool) -> List[Tuple[np.ndarray, np.ndarray]]:
+        out: List[Tuple[np.ndarray, np.ndarray]] = [no_matches() for _ in others]
+        hub = features0["descriptors"]
+        todo = [j for j, other in enumerate(others) if len(other["descriptors"]) >= 2]
+        if len(hub) < 2 or not todo:
+            return out
+        d0 = torch.from_numpy(np.ascontiguousarray(hub, dtype=np.float32)).to(self.device)
+        widest = max(len(others[j]["descriptors"]) for j in todo)
+        per_chunk = max(1, CHUNK_CELLS // (len(hub) * widest))
+        for start in range(0, len(todo), per_chunk):
+            chunk = todo[start:start + per_chunk]
+            descriptors = [others[j]["descriptors"] for j in chunk]
+            results = _mutual_ratio_batch(d0, descriptors, self.ratio, flipped, self.device)
+            for j, found in zip(chunk, results, strict=True):
+                out[j] = found
+        return out
+
+
+def _exact_products(device: torch.device) -> bool:
+    """Whether float32 matrix products here are full float32 (no TF32 or bfloat16 shortcuts)."""
+    if device.type == "cuda":
+        return not torch.backends.cuda.matmul.allow_tf32
+    return torch.get_float32_matmul_precision() == "highest"
+
+
+def _padded(descriptors: Sequence[np.ndarray], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(J, M, D) descriptors, zero-padded, and (J, M) squared norms, +inf in the padding."""
+    widest = max(len(d) for d in descriptors)
+    padded = np.zeros((len(descriptors), widest, descriptors[0].shape[1]), np.float32)
+    lengths = np.array([len(d) for d in descriptors])
+    for j, d in enumerate(descriptors):
+        padded[j, :len(d)] = d
+    norms = np.einsum("jmd,jmd->jm", padded, padded)
+    norms[np.arange(widest)[None] >= lengths[:, None]] = np.inf
+    return torch.from_numpy(padded).to(device), torch.from_numpy(norms).to(device)
+
+
+def _nearest(table: torch.Tensor) -> torch.Tensor:
+    """Each row's column of smallest value (last dimension). On a CPU numpy's argmin is several
+    times faster than torch's; ties do not matter here (they fail the ratio test)."""
+    if table.device.type == "cpu":
+        return torch.from_numpy(table.numpy().argmin(axis=-1))
+    return torch.argmin(table, dim=-1)
+
+
+def _mutual_ratio_batch(hub: torch.Tensor, others: Sequence[np.ndarray], ratio: float, flipped: bool,
+                        device: torch.device) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Mutual nearest neighbours passing the ratio test between `hub` (N, D) and each of `others`,
+    seen from the hub (flipped=False) or from each other image (flipped=True).
+
+    Rows are each pair's first image, columns its second. One matrix product (the hub against the
+    chunk's stacked descriptors) gives every row's squared distances less its own norm; a pass of
+    argmin and one of amin give each row's nearest and second nearest column; the reverse check (is
+    the row its column's nearest row?) only runs for the rows that pass the ratio test, on their
+    columns."""
+    many, many_norms = _padded(others, device)  # (J, M, D), (J, M)
+    count, widest = many_norms.shape
+    hub_norms = (hub * hub).sum(1)
+    stacked = many.reshape(count * widest, -1)
+    # The column image's squared norm rides in the product as one more dimension: [r, 1] . [-2c, |c|^2].
+    if flipped:  # rows: the other images' keypoints; columns: the hub's. Laid out (J, M, N).
+        ones = torch.ones(len(stacked), 1, device=device)
+        base = (torch.cat([stacked, ones], 1) @ torch.cat([-2 * hub, hub_norms[:, None]], 1).T).view(count, widest, -1)
+        row_norms = many_norms
+    else:  # rows: the hub's keypoints; columns: each other image's. Laid out (N, J, M).
+        ones = torch.ones(len(hub), 1, device=device)
+        columns = torch.cat([-2 * stacked, many_norms.reshape(-1, 1)], 1)
+        base = (torch.cat([hub, ones], 1) @ columns.T).view(len(hub), count, widest)
+        row_norms = hub_norms[None].expand(count, -1)
+    if not _exact_products(device):
+        base = base.round_()  # SIFT descriptors are integers: so are the exact products
+    nearest = _nearest(base)[..., None]
+    best = torch.gather(base, 2, nearest)
+    base.scatter_(2, nearest, float("inf"))
+    second = base.amin(dim=2)
+    base.scatter_(2, nearest, best)  # restored, for the reverse check
+    best, nearest = best[..., 0], nearest[..., 0]
+    if not flipped:  # to (J, N)
+        best, second, nearest = best.T, second.T, nearest.T
+    # Squared distances (exact integers for SIFT), their float32 roots as OpenCV's, compared in float64.
+    best = (best + row_norms).clamp(min=0).sqrt().double()
+    second = (second + row_norms).clamp(min=0).sqrt().double()
+    passed = (best < ratio * second) & torch.isfinite(second)
+    pair, row = torch.nonzero(passed, as_tuple=True)
+    col = nearest[pair, row]
+    # Each candidate's column against every row of its pair: argmin is the lowest index on ties, as OpenCV's.
+    column = (base[pair, :, col] if flipped else base[:, pair, col].T) + row_norms[pair]
+    mutual = torch.argmin(column, dim=1) == row
+    confidence = (1.0 - best / second.clamp(min=1e-6)).float()[passed][mutual].cpu().numpy()
+    pair, row, col = pair[mutual].cpu().numpy(), row[mutual].cpu().numpy(), col[mutual].cpu().numpy()
+    out = []
+    bounds = np.searchsorted(pair, np.arange(count + 1))
+    for j in range(count):
+        if bounds[j] == bounds[j + 1]:
+            out.append(no_matches())
+            continue
+        at = slice(bounds[j], bounds[j + 1])
+        out.append((np.stack([row[at], col[at]], axis=1).astype(np.int64), confidence[at]))
+    return out

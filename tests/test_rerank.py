@@ -20,9 +20,9 @@ from engine.evaluation.pipeline import run_evaluation
 from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for
 from engine.evaluation.voting import fit_calibrators, vote
 from engine.matching.keypoints import KeypointStore
-from engine.matching.pairs import PairMatcher, Record, central
+from engine.matching.pairs import PairMatcher, Record, central, hub_groups
 from engine.matching.scorer import MatcherScorer, pair_scores_of
-from matchers import MatcherUnavailable, build_matcher
+from matchers import Matcher, MatcherUnavailable, build_matcher
 from matchers import lightglue as lightglue_module
 from matchers.geometry import ransac_inliers
 from zoo import build_model, save_export
@@ -126,6 +126,96 @@ def test_central_region_keeps_only_keypoints_in_the_middle():
     assert central(features, 0.5).tolist() == [0, 3]
 
 
+# ----------------------------------------------------------------------------- batched matching
+
+
+@pytest.fixture(scope="module")
+def sift_features(tiny_synthetic):
+    """SIFT features of a dozen synthetic photos (several per individual), at 256 px."""
+    matcher = build_matcher("sift", max_keypoints=256)
+    loader = ImageLoader(256, None, fit="long")
+    table = _table(tiny_synthetic)
+    lynxes = table[table["dataset"] == "SynthLynx"].dropna(subset=["identity"])
+    table = lynxes[lynxes["identity"].isin(lynxes["identity"].unique()[:4])].groupby("identity").head(3)
+    return matcher, [matcher.extract(loader.load(r["path"], r["bbox"])) for _, r in table.iterrows()]
+
+
+def test_batched_sift_finds_the_same_matches_as_opencv_one_pair_at_a_time(sift_features):
+    matcher, features = sift_features
+    hub, others = features[0], features[1:] + [{**features[1], "descriptors": features[1]["descriptors"][:1]}]
+    for flipped in (False, True):
+        batched = matcher.match_many(hub, others, flipped=flipped)
+        for other, (pairs, confidence) in zip(others, batched, strict=True):
+            want, want_confidence = matcher.match(other, hub) if flipped else matcher.match(hub, other)
+            np.testing.assert_array_equal(pairs, want)
+            np.testing.assert_allclose(confidence, want_confidence, atol=1e-6)
+    assert sum(len(p) for p, _ in matcher.match_many(hub, others)) > 20, "the photos share an individual or two"
+
+
+def _pairwise_inliers(features, pairs) -> list:
+    """Today's path: OpenCV's matcher one pair at a time, RANSAC on every pair."""
+    matcher = build_matcher("sift", max_keypoints=256)
+    out = []
+    for a, b in pairs:
+        found, _ = matcher.match(features[a], features[b])
+        out.append(int(ransac_inliers(features[a]["keypoints"][found[:, 0]], features[b]["keypoints"][found[:, 1]],
+                                      "fundamental", 4.0).sum()))
+    return out
+
+
+class _Store:
+    """A KeypointStore stand-in over features in memory."""
+
+    def __init__(self, matcher, features):
+        self.matcher, self._features = matcher, features
+
+    def features(self, row):
+        return self._features[row]
+
+    def key(self, row):
+        return str(row)
+
+    def prepare(self, rows, accelerator=None):
+        pass
+
+
+@pytest.mark.parametrize("min_matches", [0, 15])
+def test_the_pair_engine_gives_pairwise_inlier_counts_and_rejects_early_only_below_its_minimum(sift_features,
+                                                                                                min_matches):
+    matcher, features = sift_features
+    pairs = [(a, b) for a in range(len(features)) for b in range(a + 1, len(features))]
+    engine = PairMatcher(_Store(matcher, features), RerankConfig(min_matches=min_matches), ArrayCache(None),
+                         show_progress=False)
+    records = engine.records(np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]))
+    got = [int(r.inlier.sum()) for r in records]
+    want = _pairwise_inliers(features, pairs)
+    assert engine.matched == len(pairs) and engine.verified + engine.rejected == len(pairs)
+    if min_matches == 0:
+        assert got == want, "below the geometry's minimum RANSAC finds nothing: the same inliers as verifying all"
+        assert max(got) >= 15
+    else:
+        assert engine.rejected > 0
+        for r, g, w in zip(records, got, want, strict=True):
+            assert g == w or (len(r.first) < min_matches and g == 0 and w < min_matches), (g, w, len(r.first))
+        assert all(g == w for g, w in zip(got, want, strict=True) if w >= min_matches), \
+            "no pair with at least min_matches inliers is dropped"
+
+
+def test_hub_groups_cover_every_pair_once_around_the_image_they_share():
+    pairs = [(0, 5), (1, 5), (2, 5), (3, 4), (0, 6)]
+    groups = hub_groups(pairs)
+    rebuilt = sorted((p, h) if flipped else (h, p) for h, partners, flipped in groups for p in partners)
+    assert rebuilt == sorted(pairs)
+    assert (5, [0, 1, 2], True) in groups, "image 5 is in three pairs, as their second image"
+
+
+def test_a_matcher_without_a_batch_path_matches_many_one_pair_at_a_time(sift_features):
+    matcher, features = sift_features
+    looped = Matcher.match_many(matcher, features[0], features[1:4], flipped=True)
+    for other, (pairs, _) in zip(features[1:4], looped, strict=True):
+        np.testing.assert_array_equal(pairs, matcher.match(other, features[0])[0])
+
+
 # ----------------------------------------------------------------------------- the cascade
 
 
@@ -159,8 +249,8 @@ def test_the_cascade_only_matches_shortlisted_pairs_and_reuses_its_caches(cascad
     g_rows, q_rows = np.arange(n_gallery), np.arange(n_gallery, len(rows))
     matcher = _matcher_scorer(cascade, cascade["cache"])
     matched = []
-    original = matcher.pairs._match
-    matcher.pairs._match = lambda pair: matched.append(pair) or original(pair)
+    original = matcher.pairs._match_hub
+    matcher.pairs._match_hub = lambda *args: matched.extend(done := original(*args)) or done
     scorers = scorers_for([ModelOutput("weak", cascade["weak"])]) + [matcher]
     fit_calibrators(scorers, space, g_rows, "isotonic", 0, size=10)
     calibration = set(matched)

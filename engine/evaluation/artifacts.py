@@ -79,6 +79,8 @@ def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput
         "scorers": ev.scorers,
         "rerank": None if matcher is None else {**matcher.describe(), "shortlist": cfg.rerank.shortlist,
                                                 "pairs_matched": matcher.pairs.matched,
+                                                "pairs_verified": matcher.pairs.verified,
+                                                "pairs_rejected_early": matcher.pairs.rejected,
                                                 "images_extracted": matcher.pairs.store.extracted},
         "tuning_split": None if ev.tuning is None else {k: ev.tuning[k] for k in ("queries", "identities", "new_identities")},
         "versions": installed_versions(PACKAGES),

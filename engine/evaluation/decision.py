@@ -27,6 +27,7 @@ from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import open_set_split
 from engine.evaluation.choice import AS_GIVEN, choose, fusion_members, scorings_for
+from engine.evaluation.neighbour_scorers import NEIGHBOUR_KINDS, neighbour_scorers
 from engine.evaluation.openset import (
     decide,
     humpback_guesses,
@@ -193,13 +194,18 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery
     pooled, records = None, {}
     kinds = {s.kind for s in scorers}
     # A pair head first (trained on other individuals, maybe another species, it may rank pairs no
-    # better than chance here), then the matcher, each on the vote the previous one left.
+    # better than chance here), then the matcher, then each re-ranker of rerank.neighbours, each on
+    # the vote the previous one left.
     if cfg.rerank.tune_pair_weight and "pair_head" in kinds:
         pooled, records["pair_head_weight"] = _tune_weight(cfg, scorers, space, passes, "pair_head",
                                                            PAIR_HEAD_FACTORS, 1.0, scale=True)
     if cfg.rerank.tune_weight and "matcher" in kinds:
         pooled, records["matcher_weight"] = _tune_weight(cfg, scorers, space, passes, "matcher", MATCHER_WEIGHTS,
                                                          cfg.rerank.weight, scale=False)
+    for neighbours in (k for k in NEIGHBOUR_KINDS if cfg.rerank.tune_weight and k in kinds):
+        # 0 among equals: a re-ranker without pixels votes only where it helps.
+        pooled, records[f"{neighbours}_weight"] = _tune_weight(cfg, scorers, space, passes, neighbours,
+                                                               MATCHER_WEIGHTS, 0.0, scale=False)
     if pooled is None:
         pooled = _pooled_vote(cfg, scorers, space, passes)
     threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned, **records}
@@ -238,6 +244,16 @@ def _seen_identities(outputs: Sequence[ModelOutput]) -> Optional[set]:
     return training_identities([o.info.get("training_identities") for o in everyone])
 
 
+def _ensemble(cfg: EvalConfig, outputs: Sequence[ModelOutput], extra_scorers: List[Scorer]) -> List[Scorer]:
+    """The models' own scorers, the extra ones (a keypoint matcher) and the re-rankers of
+    rerank.neighbours (weight 0 until tuned; 1 with rerank.tune_weight=false)."""
+    neighbours = neighbour_scorers(outputs, cfg.rerank.neighbours)
+    if not cfg.rerank.tune_weight:
+        for scorer in neighbours:
+            scorer.weight = 1.0
+    return scorers_for(outputs) + extra_scorers + neighbours
+
+
 def _tune_scorings(cfg: EvalConfig, outputs: Sequence[ModelOutput], extra_scorers: Sequence[Scorer],
                    space: MatchSpace, gallery: pd.DataFrame, kind: str) -> List[_Tuned]:
     """Every scoring cfg.choose_scoring allows (only the ensemble as given without a fusion model),
@@ -247,7 +263,7 @@ def _tune_scorings(cfg: EvalConfig, outputs: Sequence[ModelOutput], extra_scorer
     scorings = scorings_for(outputs, cfg.calibration, alternatives=cfg.choose_scoring)
     tuned = []
     for scoring in scorings:
-        scorers = scorers_for(scoring.outputs) + [copy.copy(s) for s in extra_scorers]
+        scorers = _ensemble(cfg, scoring.outputs, [copy.copy(s) for s in extra_scorers])
         tuned.append(_Tuned(scoring.name, scorers, *_tune(cfg, scorers, space, gallery, kind, seen, scoring.calibration)))
     return tuned
 
@@ -340,7 +356,7 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         if len(tuned) > 1:
             threshold["scoring_choice"] = _choice_record(list(tuned.values()), chosen, per_dataset)
     else:
-        scorers = scorers_for(outputs) + list(extra_scorers)
+        scorers = _ensemble(cfg, outputs, list(extra_scorers))
         fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
         threshold = {"source": "threshold.value", "global": float(cfg.threshold.value), "per_dataset": {}}
         tuned, chosen = {AS_GIVEN: _Tuned(AS_GIVEN, scorers, threshold, {})}, {"all": AS_GIVEN}

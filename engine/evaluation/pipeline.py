@@ -106,6 +106,11 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
                          "(validation score per factor: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
     if "scoring_choice" in ev.threshold:
         say(accelerator, describe_choice(ev.threshold["scoring_choice"]))
+    if matcher is not None:
+        pairs = matcher.pairs
+        say(accelerator, f"{cfg.rerank.matcher}: matched {pairs.matched} pairs here (the rest read from the cache), "
+                         f"RANSAC on {pairs.verified}, {pairs.rejected} with fewer than {pairs.min_matches} tentative "
+                         "matches recorded without inliers (rerank.min_matches)")
     metrics = query_metrics(cfg, gallery, query, ev) if has_query_labels(query) else None
     final = Path(cfg.output_dir)
     with staged_directory(final) as staging:

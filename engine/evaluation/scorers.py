@@ -98,6 +98,11 @@ class Scorer(ABC):
     def pair_scores(self, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray) -> np.ndarray:
         """(P,) raw scores of the pairs (q_rows[i], g_rows[i]), higher = more alike."""
 
+    def prepare(self, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray) -> None:
+        """Called before a shortlist scorer scores pairs of `q_rows` against `g_rows`: a scorer whose
+        pair scores depend on the whole set (a neighbourhood graph) builds it here. Default: nothing."""
+        return None
+
     def calibrated(self, raw: Candidates) -> Candidates:
         """The same candidates with calibrated scores (the map is strictly increasing: order kept)."""
         out = []

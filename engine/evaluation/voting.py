@@ -111,6 +111,7 @@ def fit_calibrators(scorers: Sequence[Scorer], space: MatchSpace, rows: np.ndarr
     q_rows = sample[positions]
     same = space.labels[q_rows] == space.labels[g_rows]
     for scorer in rescorers:
+        scorer.prepare(space, sample, rows)
         scorer.calibrator = fit_calibrator(scorer.pair_scores(space, q_rows, g_rows), same, method)
 
 
@@ -134,6 +135,7 @@ def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_row
         short = shortlist(scorers, space, q_rows, g_rows, size, found=searched)
         positions, pair_g = _pairs(short)
         for scorer in rescorers:
+            scorer.prepare(space, q_rows, g_rows)
             scores = scorer.pair_scores(space, q_rows[positions], pair_g)
             found = _identity_best(positions, pair_g, scores, space.labels, len(q_rows))
             raw[scorer.name] = found

@@ -7,6 +7,20 @@ a fixed order (lower row first), so (a, b) and (b, a) share one record. Records 
 memory for the run and on disk (the keypoint cache folder) under the two images' feature keys
 and the match settings, so a second evaluation, or a larger shortlist, only matches new pairs.
 
+Pairs are matched in batches: the pairs still to match are grouped by a shared image (the "hub":
+of a pair's two images, the one in more pairs to match; a query in eval.py, an image's own
+neighbours when a graph is clustered), and each hub is matched against all its partners in one
+`Matcher.match_many` call (SIFT: one matrix product; the same matches as one pair at a time).
+Geometric verification (RANSAC) then runs only on pairs with at least `rerank.min_matches`
+tentative matches: a pair with fewer cannot have more inliers than it has matches, so it is
+recorded with none (0 = the geometry's own minimum, 8 for a fundamental matrix and 4 for a
+homography, below which RANSAC cannot fit a model: the same inliers as verifying every pair).
+`matched`, `verified` and `rejected` count what this matcher did.
+
+The engine knows nothing of queries or thresholds: `records(first_rows, second_rows)` takes any
+list of pairs (a shortlist, the edges of a k-nearest-neighbour graph) and returns one record per
+pair, matched at most once per run and once per cache.
+
 Under several processes the pairs still to match are split (every world-th pair), each process
 matches its share and the records are gathered, so every process holds them all.
 """
@@ -14,8 +28,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -25,9 +40,10 @@ from core.schema import RerankConfig
 from engine.accel import rank_and_world
 from engine.matching.keypoints import KeypointStore
 from matchers import Features
-from matchers.geometry import ransac_inliers
+from matchers.geometry import MIN_POINTS, ransac_inliers
 
 RECORD_VERSION = 1
+HUB_CHUNK = 64  # partners matched against one hub per match_many call (bounds the features held at once)
 
 
 @dataclass
@@ -65,8 +81,13 @@ class PairMatcher:
         self.show_progress = show_progress
         self._records: Dict[Tuple[int, int], Record] = {}
         self.matched = 0  # pairs this matcher ran (not read from memory or disk)
+        self.verified = 0  # of those, pairs with enough tentative matches to run RANSAC on
+        self.rejected = 0  # of those, pairs recorded without inliers: fewer than min_matches tentative matches
+        self.min_matches = max(int(cfg.min_matches), MIN_POINTS[cfg.geometry])
         self._settings = {"version": RECORD_VERSION, "geometry": cfg.geometry,
                           "ransac_threshold": float(cfg.ransac_threshold), "region": float(cfg.region)}
+        if self.min_matches > MIN_POINTS[cfg.geometry]:  # else the records are those of verifying every pair
+            self._settings["min_matches"] = self.min_matches
 
     def _key(self, pair: Tuple[int, int]) -> str:
         keys = [self.store.key(pair[0]), self.store.key(pair[1]), self._settings]
@@ -101,10 +122,15 @@ class PairMatcher:
         self.store.prepare([row for pair in missing for row in pair], self.accelerator)
         mine = missing[rank::world]
         done = {}
-        for pair in tqdm(mine, desc=f"matching ({self.store.matcher.name})", unit="pair",
-                         disable=not mine or not self.show_progress or rank != 0, leave=False):
-            done[pair] = self._match(pair)
-            self.cache.save_group(self._key(pair), done[pair].arrays())
+        with tqdm(total=len(mine), desc=f"matching ({self.store.matcher.name})", unit="pair",
+                  disable=not mine or not self.show_progress or rank != 0, leave=False) as bar:
+            for hub, partners, flipped in hub_groups(mine):
+                for start in range(0, len(partners), HUB_CHUNK):
+                    chunk = partners[start:start + HUB_CHUNK]
+                    for pair, record in self._match_hub(hub, chunk, flipped).items():
+                        done[pair] = record
+                        self.cache.save_group(self._key(pair), record.arrays())
+                    bar.update(len(chunk))
         if world > 1:
             from accelerate.utils import gather_object
 
@@ -112,16 +138,37 @@ class PairMatcher:
                 done.update(part)
         self._records.update(done)
 
-    def _match(self, pair: Tuple[int, int]) -> Record:
-        f0, f1 = self.store.features(pair[0]), self.store.features(pair[1])
-        keep0, keep1 = central(f0, self.cfg.region), central(f1, self.cfg.region)
-        if len(keep0) < len(f0["keypoints"]) or len(keep1) < len(f1["keypoints"]):
-            f0, f1 = _subset(f0, keep0), _subset(f1, keep1)
-        matches, _ = self.store.matcher.match(f0, f1)
+    def _prepared(self, row: int) -> Tuple[Features, np.ndarray]:
+        """Row's features inside rerank.region, and their indices among all its keypoints."""
+        features = self.store.features(row)
+        keep = central(features, self.cfg.region)
+        return (features if len(keep) == len(features["keypoints"]) else _subset(features, keep)), keep
+
+    def _match_hub(self, hub: int, partners: Sequence[int], flipped: bool) -> Dict[Tuple[int, int], Record]:
+        """The records of (hub, partner) pairs, or (partner, hub) with `flipped`, matched in one call."""
+        f_hub, keep_hub = self._prepared(hub)
+        prepared = [self._prepared(p) for p in partners]
+        found = self.store.matcher.match_many(f_hub, [f for f, _ in prepared], flipped=flipped)
+        out = {}
+        for partner, (f_other, keep_other), (matches, _) in zip(partners, prepared, found, strict=True):
+            if flipped:
+                out[(partner, hub)] = self._record(matches, f_other, keep_other, f_hub, keep_hub)
+            else:
+                out[(hub, partner)] = self._record(matches, f_hub, keep_hub, f_other, keep_other)
+        return out
+
+    def _record(self, matches: np.ndarray, f0: Features, keep0: np.ndarray, f1: Features,
+                keep1: np.ndarray) -> Record:
+        """One pair's record from its tentative matches (indices into the region's keypoints)."""
         self.matched += 1
         first, second = keep0[matches[:, 0]], keep1[matches[:, 1]]
-        inlier = ransac_inliers(f0["keypoints"][matches[:, 0]], f1["keypoints"][matches[:, 1]],
-                                self.cfg.geometry, self.cfg.ransac_threshold)
+        if len(matches) < self.min_matches:
+            self.rejected += 1
+            inlier = np.zeros(len(matches), bool)
+        else:
+            self.verified += 1
+            inlier = ransac_inliers(f0["keypoints"][matches[:, 0]], f1["keypoints"][matches[:, 1]],
+                                    self.cfg.geometry, self.cfg.ransac_threshold)
         return Record(first.astype(np.int32), second.astype(np.int32), inlier)
 
     def keypoints(self, row: int) -> np.ndarray:
@@ -131,3 +178,15 @@ class PairMatcher:
 def _subset(features: Features, keep: np.ndarray) -> Features:
     return {**features, "keypoints": features["keypoints"][keep], "descriptors": features["descriptors"][keep]}
 
+
+def hub_groups(pairs: Sequence[Tuple[int, int]]) -> List[Tuple[int, List[int], bool]]:
+    """[(hub, partners, flipped)]: every pair once, grouped by the image it shares with most pairs;
+    flipped when the hub is the pairs' second image (pairs are (first, second) in a fixed order)."""
+    degree = Counter(row for pair in pairs for row in pair)
+    groups: Dict[Tuple[int, bool], List[int]] = {}
+    for first, second in pairs:
+        if degree[first] >= degree[second]:
+            groups.setdefault((first, False), []).append(second)
+        else:
+            groups.setdefault((second, True), []).append(first)
+    return [(hub, partners, flipped) for (hub, flipped), partners in groups.items()]

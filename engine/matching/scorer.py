@@ -67,7 +67,7 @@ class MatcherScorer(Scorer):
     def describe(self) -> dict:
         return {**self.pairs.store.matcher.describe(), "side": self.cfg.side, "score": self.cfg.score,
                 "geometry": self.cfg.geometry, "ransac_threshold": self.cfg.ransac_threshold,
-                "burstiness": self.cfg.burstiness, "region": self.cfg.region}
+                "burstiness": self.cfg.burstiness, "region": self.cfg.region, "min_matches": self.pairs.min_matches}
 
 
 def build_matcher_scorer(cfg: EvalConfig, rows: pd.DataFrame, accelerator=None) -> MatcherScorer:
