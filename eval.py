@@ -29,6 +29,19 @@ from core.schema import EvalConfig
 DEFAULT_RECIPE = "configs/eval/default.yaml"  # relative to this file, so it is found from any folder
 
 
+def _files(result: dict, *names: str) -> list:
+    """The output files' lines: the submission, then `names` that the run wrote, metrics, manifest, report."""
+    out = result["output_dir"]
+    lines = [f"submission: {result['submission']}"]
+    lines += [f"{name}: {result[name]}" for name in names if result.get(name)]
+    if result.get("metrics"):
+        lines.append(f"metrics: {out}/metrics.json")
+    lines.append(f"manifest: {out}/manifest.json")
+    if result.get("report"):
+        lines.append(f"report: {result['report']}")
+    return lines
+
+
 def cluster_summary(result: dict) -> str:
     """task=cluster: the mean ARI (and the population estimate) where the test images carry labels."""
     lines = []
@@ -38,14 +51,7 @@ def cluster_summary(result: dict) -> str:
                      f"({metrics['images']} labelled test images)")
         for name, part in metrics["per_dataset"].items():
             lines.append(f"  {name}: ARI {part['ARI']:.4f}, {part['clusters']} clusters for {part['individuals']} individuals")
-    out = result["output_dir"]
-    lines += [f"submission: {result['submission']}", f"clusters: {result['clusters']}"]
-    if metrics:
-        lines.append(f"metrics: {out}/metrics.json")
-    lines.append(f"manifest: {out}/manifest.json")
-    if result.get("report"):
-        lines.append(f"report: {result['report']}")
-    return "\n".join(lines)
+    return "\n".join(lines + _files(result, "clusters"))
 
 
 def summary(result: dict) -> str:
@@ -61,16 +67,7 @@ def summary(result: dict) -> str:
         if "score" in hindsight:
             lines.append(f"best threshold in hindsight: score {hindsight['score']:.4f}  BAKS {hindsight['BAKS']:.4f}  "
                          f"BAUS {hindsight['BAUS']:.4f}")
-    out = result["output_dir"]
-    lines.append(f"submission: {result['submission']}")
-    if result.get("predictions"):
-        lines.append(f"predictions: {result['predictions']}")
-    if metrics:
-        lines.append(f"metrics: {out}/metrics.json")
-    lines.append(f"manifest: {out}/manifest.json")
-    if result.get("report"):
-        lines.append(f"report: {result['report']}")
-    return "\n".join(lines)
+    return "\n".join(lines + _files(result, "predictions"))
 
 
 @cli_entry

@@ -154,6 +154,20 @@ def _cv2_threads(count: int) -> Iterator[None]:
         cv2.setNumThreads(previous)
 
 
+def layout_marker(module: str, seed: int, individuals: int, images_per_individual: int) -> dict:
+    """The completion marker of a competition layout of the synthetic set (data/synthetic_<layout>.py):
+    the same arguments write the same files, so a folder with this marker need not be written again."""
+    return {"generator": f"reidzoo.{module}", "version": 1, "seed": seed, "individuals": individuals,
+            "images_per_individual": images_per_individual}
+
+
+def has_marker(root: Path, marker_file: str, expected: dict) -> bool:
+    try:
+        return json.loads((Path(root) / marker_file).read_text()) == expected
+    except (OSError, ValueError):
+        return False
+
+
 def _marker(seed: int, individuals: int, images_per_individual: int, scenes: bool) -> dict:
     marker = {"generator": "reidzoo.synthetic", "version": GENERATOR_VERSION, "seed": seed,
               "individuals": individuals, "images_per_individual": images_per_individual}

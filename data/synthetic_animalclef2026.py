@@ -23,7 +23,7 @@ import pandas as pd
 from core.errors import ConfigError
 from core.files import atomic_folder
 from data.formats import SOLUTION_FILE
-from data.synthetic import generate
+from data.synthetic import generate, has_marker, layout_marker
 from data.synthetic_species import GROUPS
 
 MARKER = "ANIMALCLEF2026_COMPLETE.json"  # written last: its presence means the dataset is whole
@@ -32,15 +32,11 @@ METADATA_COLUMNS = ["image_id", "identity", "path", "split", "dataset", "species
 
 
 def _marker(seed: int, individuals: int, images_per_individual: int) -> dict:
-    return {"generator": "reidzoo.synthetic_animalclef2026", "version": 1, "seed": seed, "individuals": individuals,
-            "images_per_individual": images_per_individual}
+    return layout_marker("synthetic_animalclef2026", seed, individuals, images_per_individual)
 
 
 def is_complete(root: Path, seed: int, individuals: int, images_per_individual: int) -> bool:
-    try:
-        return json.loads((Path(root) / MARKER).read_text()) == _marker(seed, individuals, images_per_individual)
-    except (OSError, ValueError):
-        return False
+    return has_marker(root, MARKER, _marker(seed, individuals, images_per_individual))
 
 
 def _layout(source: Path, staging: Path) -> None:

@@ -22,7 +22,7 @@ import pandas as pd
 
 from core.errors import ConfigError
 from core.files import atomic_folder
-from data.synthetic import generate
+from data.synthetic import generate, has_marker, layout_marker
 
 MARKER = "HUMPBACK_COMPLETE.json"  # written last: its presence means the dataset is whole
 UNKNOWN = "new_whale"
@@ -30,15 +30,11 @@ UNKNOWN_EVERY = 4  # every 4th known individual's training photos are labelled n
 
 
 def _marker(seed: int, individuals: int, images_per_individual: int) -> dict:
-    return {"generator": "reidzoo.synthetic_humpback", "version": 1, "seed": seed, "individuals": individuals,
-            "images_per_individual": images_per_individual}
+    return layout_marker("synthetic_humpback", seed, individuals, images_per_individual)
 
 
 def is_complete(root: Path, seed: int, individuals: int, images_per_individual: int) -> bool:
-    try:
-        return json.loads((Path(root) / MARKER).read_text()) == _marker(seed, individuals, images_per_individual)
-    except (OSError, ValueError):
-        return False
+    return has_marker(root, MARKER, _marker(seed, individuals, images_per_individual))
 
 
 def _whale_ids(identities: list) -> dict:
