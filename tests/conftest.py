@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset generated once per test session."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,23 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = "test_resnet"
 # Models that read images (the fusion model reads other models' embeddings: tests/test_fusion.py).
 IMAGE_MODELS = [name for name in MODELS.names() if model_inputs(name) == "images"]
+
+
+@pytest.fixture
+def run_here(capsys, monkeypatch):
+    """A program's main() in this process, for command lines that stop while reading the config (no
+    5-second interpreter start): (exit status, stdout, stderr) as subprocess.run would give them."""
+    def run(program, args, cache: Path) -> subprocess.CompletedProcess:
+        monkeypatch.setenv("REIDZOO_CACHE", str(cache))
+        capsys.readouterr()
+        try:
+            program.main([str(a) for a in args])
+            code = 0
+        except SystemExit as exited:
+            code = exited.code
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+    return run
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,8 @@ import torch
 from conftest import REPO
 from PIL import Image
 
+import eval as eval_program
+import train
 from core.errors import DataError, cli_entry, original_message
 
 
@@ -43,9 +45,9 @@ def assert_refused(result: subprocess.CompletedProcess, message: str, *, only_li
         ("augment.scale=[0.8]", "'augment.scale' must be [min, max] with 0 < min <= max <= 1, got [0.8]"),
     ],
 )
-def test_train_refuses_bad_values_before_writing_anything(tmp_path, override, message):
+def test_train_refuses_bad_values_before_writing_anything(tmp_path, run_here, override, message):
     out = tmp_path / "run"
-    assert_refused(run("train.py", f"output_dir={out}", override, cache=tmp_path / "cache"), message)
+    assert_refused(run_here(train, [f"output_dir={out}", override], cache=tmp_path / "cache"), message)
     assert not out.exists()
 
 
@@ -58,13 +60,13 @@ def test_train_refuses_bad_values_before_writing_anything(tmp_path, override, me
         ("weights=[1,2]", "'weights' has 2 values for 1 models"),
     ],
 )
-def test_eval_refuses_bad_values_before_writing_anything(tmp_path, override, message):
+def test_eval_refuses_bad_values_before_writing_anything(tmp_path, run_here, override, message):
     out = tmp_path / "eval"
-    assert_refused(run("eval.py", f"output_dir={out}", override, cache=tmp_path / "cache"), message)
+    assert_refused(run_here(eval_program, [f"output_dir={out}", override], cache=tmp_path / "cache"), message)
     assert not out.exists()
 
 
-def test_a_recipe_with_a_bad_value_is_refused(tmp_path):
+def test_a_recipe_with_a_bad_value_is_refused(tmp_path):  # a real process: the exit status the shell sees
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"output_dir: {tmp_path / 'run'}\nsampler: {{name: pk, k: 5}}\n")
     result = run("train.py", "--config", recipe, cache=tmp_path / "cache")

@@ -14,6 +14,7 @@ import torch
 from conftest import REPO, tiny_train_overrides
 from safetensors.torch import load_file
 
+import train
 from zoo import load_export
 
 
@@ -141,13 +142,25 @@ def test_time_budget_stops_the_run_with_the_lr_annealed(tiny_synthetic, tmp_path
     [
         (["train.epochz=1"], "did you mean 'train.epochs'"),
         (["train.epochs=many"], "'train.epochs' must be an integer"),
-        (["model.name=embeder"], "did you mean 'embedder'"),
-        (["losses=[{name: arcfase}]"], "did you mean 'arcface'"),
-        (["data.datasets=[NoSuchDataset]"], "NoSuchDataset"),
         (["val.export=lats"], "did you mean 'last'"),
     ],
 )
-def test_bad_configs_exit_2_with_a_message(tiny_synthetic, tmp_path, overrides, message):
+def test_bad_configs_exit_2_with_a_message(tiny_synthetic, tmp_path, run_here, overrides, message):
+    result = run_here(train, tiny_train_overrides(tiny_synthetic, tmp_path / "run", tmp_path / "cache") + overrides,
+                      cache=tmp_path / "cache")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["model.name=embeder"], "did you mean 'embedder'"),
+        (["losses=[{name: arcfase}]"], "did you mean 'arcface'"),
+        (["data.datasets=[NoSuchDataset]"], "NoSuchDataset"),
+    ],
+)
+def test_configs_found_bad_once_the_run_starts_exit_2_with_a_message(tiny_synthetic, tmp_path, overrides, message):
     result = run_train(tiny_train_overrides(tiny_synthetic, tmp_path / "run", tmp_path / "cache") + overrides)
     assert result.returncode == 2, result.stderr[-2000:]
     assert message in result.stderr and "Traceback" not in result.stderr
