@@ -26,11 +26,14 @@ import pandas as pd
 from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import open_set_split
+from engine.evaluation.adaptive import choose_margin
 from engine.evaluation.choice import AS_GIVEN, choose, fusion_members, scorings_for
 from engine.evaluation.neighbour_scorers import NEIGHBOUR_KINDS, neighbour_scorers
 from engine.evaluation.openset import (
     decide,
     humpback_guesses,
+    score_at,
+    thresholds_for,
     tune_humpback_threshold,
     tune_threshold,
 )
@@ -60,6 +63,7 @@ class Evaluation:
     raw: Dict[str, Candidates]  # per scorer: raw identity candidates of each query
     scorers: Dict[str, Dict[str, Any]]  # per scorer: kind, stage, weight, calibrator
     shortlist: Optional[np.ndarray] = None  # (Q, rerank.shortlist) gallery rows re-scored per query, if any
+    skipped: int = 0  # queries certain on the global vote (rerank.adaptive): their shortlists not re-scored
 
 
 def training_identities(metas: Sequence[Optional[Dict[str, int]]]) -> Optional[set]:
@@ -208,6 +212,8 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery
                                                                MATCHER_WEIGHTS, 0.0, scale=False)
     if pooled is None:
         pooled = _pooled_vote(cfg, scorers, space, passes)
+    if cfg.rerank.adaptive and any(s.stage == "shortlist" for s in scorers):
+        records["adaptive"] = _adaptive_margin(cfg, scorers, space, passes, pooled)
     threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned, **records}
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
@@ -217,6 +223,24 @@ def _tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery
               "queries": int(len(pooled.truth)), "splits": len(passes), "identities": int(sum(p["identities"] for p in passes)),
               "new_identities": int(sum(len(set(p["truth"][~p["known"]])) for p in passes))}
     return threshold, tuning
+
+
+def _adaptive_margin(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[Dict],
+                     pooled: _Pooled) -> Dict[str, Any]:
+    """rerank.adaptive: the certainty margin chosen on the validation queries at the tuned threshold
+    (engine.evaluation.adaptive); the global scorers' vote matches nothing."""
+    global_scorers = [s for s in scorers if s.stage == "global"]
+    global_vote = [c for p in passes for c in vote(global_scorers, space, p["val_q"], p["val_g"]).candidates]
+    per_dataset = cfg.threshold.per_dataset
+    limits = thresholds_for(pooled.datasets, pooled.tuned if per_dataset else pooled.tuned["global"], len(pooled.truth))
+    groups = np.concatenate([[f"{i}/{t}" for t in p["truth"]] for i, p in enumerate(passes)]).astype(object)
+
+    def score(candidates) -> float:
+        ids, best = best_of(candidates)
+        return score_at(best, np.where(ids == pooled.truth, groups, None), groups, pooled.known, pooled.datasets,
+                        pooled.tuned, per_dataset)
+
+    return choose_margin(global_vote, pooled.candidates, limits, score)
 
 
 @dataclass
@@ -300,22 +324,31 @@ def _merged_tuning(tuned: Dict[str, _Tuned], chosen: Dict[str, str], per_dataset
     return {**first, "best_scores": scores}
 
 
+def _adaptive_vote(scoring: _Tuned, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray, size: int) -> Vote:
+    """`vote` with the scoring's rerank.adaptive margin, if it chose one."""
+    margin = scoring.threshold.get("adaptive", {}).get("margin")
+    limits = None if margin is None else thresholds_for(space.datasets[q_rows], scoring.threshold, len(q_rows))
+    return vote(scoring.scorers, space, q_rows, g_rows, size, limits, margin)
+
+
 def _vote_by_choice(tuned: Dict[str, _Tuned], chosen: Dict[str, str], space: MatchSpace, q_rows: np.ndarray,
                     g_rows: np.ndarray, size: int):
     """The queries' vote, each query's dataset deciding which scoring votes on it: (candidates,
     raw, rankings, shortlist) over every query, with the scorers that voted."""
     if set(chosen) == {"all"}:
-        result = vote(tuned[chosen["all"]].scorers, space, q_rows, g_rows, size)
+        result = _adaptive_vote(tuned[chosen["all"]], space, q_rows, g_rows, size)
         return result, tuned[chosen["all"]].scorers
     query_sets = space.datasets[q_rows]
     candidates: Candidates = [[] for _ in q_rows]
     raw: Dict[str, Candidates] = {}
     rankings: Dict[str, ImageRanking] = {}
     short = None
+    skipped = 0
     used: List[Scorer] = []
     for name in dict.fromkeys(chosen.get(d, AS_GIVEN) for d in query_sets.tolist()):
         positions = np.flatnonzero([chosen.get(d, AS_GIVEN) == name for d in query_sets.tolist()])
-        result = vote(tuned[name].scorers, space, q_rows[positions], g_rows, size)
+        result = _adaptive_vote(tuned[name], space, q_rows[positions], g_rows, size)
+        skipped += result.skipped
         used.extend(tuned[name].scorers)
         for position, found in zip(positions, result.candidates, strict=True):
             candidates[position] = found
@@ -330,7 +363,7 @@ def _vote_by_choice(tuned: Dict[str, _Tuned], chosen: Dict[str, str], space: Mat
             if short is None:
                 short = np.full((len(q_rows), result.shortlist.shape[1]), -1, np.int64)
             short[positions] = result.shortlist
-    return Vote(candidates, raw, rankings, short), used
+    return Vote(candidates, raw, rankings, short, skipped), used
 
 
 def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, outputs: Sequence[ModelOutput],
@@ -374,4 +407,4 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     return Evaluation(result.candidates, best_ids, best_scores, threshold, decided, predictions, tuning,
                       result.rankings, result.raw, {s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
                                                              "calibrator": s.calibrator.to_dict()} for s in used},
-                      result.shortlist)
+                      result.shortlist, result.skipped)

@@ -8,7 +8,7 @@ individuals look.
 from __future__ import annotations
 
 import math
-from typing import Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -174,6 +174,18 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
                            "per_dataset": _score_at(scores, correct, truth, known_mask, groups, names, tuned),
                            "by_dataset": {name: _score_at(scores, correct, truth, known_mask, groups, [name], used)
                                           for name in names}}}
+
+
+def score_at(best_scores: Sequence[float], best_ids: Sequence, true_ids: Sequence, known: np.ndarray,
+             datasets: Sequence[str], threshold: Mapping[str, Any], per_dataset: bool) -> float:
+    """The validation score `tune_threshold` reports for these queries at the thresholds it chose."""
+    scores = np.nan_to_num(np.asarray(best_scores, dtype=np.float64), nan=-np.inf)
+    truth = np.array([clean_identity(v) for v in true_ids], dtype=object)
+    correct = np.array([clean_identity(v) for v in best_ids], dtype=object) == truth
+    groups = np.asarray(list(datasets), dtype=object)
+    names = sorted(set(groups.tolist()))
+    used = dict(threshold["per_dataset"]) if per_dataset else float(threshold["global"])
+    return _score_at(scores, correct, truth, _known_mask(truth, known), groups, names, used)
 
 
 def _score_at(scores, correct, truth, known_mask, groups, names, threshold) -> float:

@@ -106,6 +106,13 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
                          "(validation score per factor: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
     if "scoring_choice" in ev.threshold:
         say(accelerator, describe_choice(ev.threshold["scoring_choice"]))
+    if "adaptive" in ev.threshold:
+        chosen = ev.threshold["adaptive"]
+        say(accelerator, f"rerank.adaptive: margin {chosen['margin']} chosen on the same split (validation score "
+                         f"{chosen['full_score']:.3f} matching every query; per margin: "
+                         + ", ".join(f"{m}: {v:.3f}" for m, v in chosen["validation_score"].items()) + "); "
+                         f"{ev.skipped} of {len(ev.decided)} queries certain without matching, "
+                         f"{0 if ev.shortlist is None else int((ev.shortlist >= 0).sum())} query pairs re-scored")
     if matcher is not None:
         pairs = matcher.pairs
         say(accelerator, f"{cfg.rerank.matcher}: matched {pairs.matched} pairs here (the rest read from the cache), "

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from engine.evaluation.adaptive import certain, mixed
 from engine.evaluation.calibration import fit_calibrator, soft_vote
 from engine.evaluation.scorers import GlobalScorer, ImageRanking, MatchSpace, Scorer
 from engine.retrieval import Candidates
@@ -32,6 +33,7 @@ class Vote:
     raw: Dict[str, Candidates]  # per scorer: raw identity candidates, best first
     rankings: Dict[str, ImageRanking]  # per scorer with an image ranking (embeddings)
     shortlist: Optional[np.ndarray] = None  # (Q, size) gallery rows re-scored, when there are shortlist scorers
+    skipped: int = 0  # queries certain on the global vote alone (rerank.adaptive): none of their pairs re-scored
 
 
 def _global(scorers: Sequence[Scorer]) -> List[GlobalScorer]:
@@ -116,9 +118,11 @@ def fit_calibrators(scorers: Sequence[Scorer], space: MatchSpace, rows: np.ndarr
 
 
 def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray,
-         size: int = SHORTLIST) -> Vote:
+         size: int = SHORTLIST, limits: Optional[np.ndarray] = None, margin: Optional[float] = None) -> Vote:
     """Fused candidates of `q_rows` against `g_rows` (scorers' calibrators already fitted); shortlist
-    scorers re-score `size` gallery images per query."""
+    scorers re-score `size` gallery images per query. With a `margin` (rerank.adaptive), the queries
+    certain at their thresholds `limits` on the global vote alone keep it, and none of their pairs is
+    re-scored (engine.evaluation.adaptive)."""
     raw: Dict[str, Candidates] = {}
     calibrated: List[Candidates] = []
     rankings: Dict[str, ImageRanking] = {}
@@ -131,8 +135,13 @@ def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_row
             rankings[scorer.name] = ranking
     rescorers = _rescorers(scorers)
     short = None
+    sure = np.zeros(len(q_rows), bool)
     if rescorers:
         short = shortlist(scorers, space, q_rows, g_rows, size, found=searched)
+        if margin is not None:
+            global_vote = soft_vote(calibrated, [s.weight for s in _global(scorers)])
+            sure = certain(global_vote, limits, margin)
+            short[sure] = -1
         positions, pair_g = _pairs(short)
         for scorer in rescorers:
             scorer.prepare(space, q_rows, g_rows)
@@ -141,4 +150,7 @@ def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_row
             raw[scorer.name] = found
             calibrated.append(scorer.calibrated(found))
     weights = [s.weight for s in _global(scorers)] + [s.weight for s in rescorers]
-    return Vote(soft_vote(calibrated, weights), raw, rankings, short)
+    fused = soft_vote(calibrated, weights)
+    if sure.any():
+        fused = mixed(global_vote, fused, sure)
+    return Vote(fused, raw, rankings, short, int(sure.sum()))
