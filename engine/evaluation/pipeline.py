@@ -96,14 +96,14 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
     if ev.tuning is not None:
         say(accelerator, f"threshold tuned on {ev.tuning['queries']} validation queries from {ev.tuning['splits']} "
                          f"held-out split(s) of the database (threshold.min_queries={cfg.threshold.min_queries})")
-    if "matcher_weight" in ev.threshold:
-        tried = ev.threshold["matcher_weight"]["validation_score"]
-        say(accelerator, f"{cfg.rerank.matcher} weight {ev.threshold['matcher_weight']['chosen']} chosen on the same "
-                         "split (validation score per weight: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
-    if "pair_head_weight" in ev.threshold:
-        tried = ev.threshold["pair_head_weight"]["validation_score"]
-        say(accelerator, f"pair head weight x{ev.threshold['pair_head_weight']['chosen']} chosen on the same split "
-                         "(validation score per factor: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
+    # Each weight tuned on the held-out split, in the order it was tuned (engine/evaluation/decision.py).
+    tuned_weights = [("pair_head_weight", "pair head weight x"), ("matcher_weight", f"{cfg.rerank.matcher} weight "),
+                     *((f"{kind}_weight", f"{kind} weight ") for kind in cfg.rerank.neighbours)]
+    for key, what in tuned_weights:
+        if key in ev.threshold:
+            tried = ev.threshold[key]["validation_score"]
+            say(accelerator, f"{what}{ev.threshold[key]['chosen']} chosen on the same split (validation score per "
+                             "value: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
     if "scoring_choice" in ev.threshold:
         say(accelerator, describe_choice(ev.threshold["scoring_choice"]))
     if "adaptive" in ev.threshold:
