@@ -49,8 +49,6 @@ class MiewID(ReIDModel):
         super().__init__()
         if trunk.pool not in (None, "gem"):
             raise ConfigError(f"model 'miewid' pools with GeM, not '{trunk.pool}': leave pool unset or write pool=gem")
-        if trunk.feature_layers:
-            raise ConfigError("model 'miewid' returns no intermediate feature maps: leave feature_layers unset")
         trunk = dataclasses.replace(
             trunk, pool="gem",
             input_size=trunk.input_size or (INPUT_SIZE if trunk.backbone == BACKBONE else None),
