@@ -29,7 +29,8 @@ def images(n: int = 6) -> torch.Tensor:
 def test_only_the_siamese_model_has_a_pair_head():
     flags = {name: build_model({"name": name, "args": {"backbone": "test_resnet"}}, num_classes=2).has_pair_head
              for name in IMAGE_MODELS}
-    assert flags == {"classifier": False, "embedder": False, "features": False, "siamese": True}
+    assert flags == {"classifier": False, "embedder": False, "features": False, "miewid": False,
+                     "siamese": True}
     # The fusion model has one when it is given a size (tests/test_fusion.py trains it).
     member = {"spec": "m", "checksum": "0" * 64, "dim": 8, "input_size": 32}
     assert [build_model({"name": "fusion", "args": {"members": [member], "pca_dims": [4], "pair_hidden": hidden}},

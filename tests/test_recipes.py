@@ -20,7 +20,8 @@ IDS = [f"{path.parent.name}/{path.name}" for path in RECIPES]
 
 def test_the_leaderboard_recipes_are_all_there():
     assert IDS == ["animalclef2025/arcface_dinov2", "animalclef2025/fusion", "animalclef2025/wildfusion",
-                   "humpback/siamese_classifiers", "kcc/fsim", "wildlifereid10k/arcface"]
+                   "animalclef2026/megadescriptor_miewid", "humpback/siamese_classifiers", "kcc/fsim",
+                   "wildlifereid10k/arcface"]
 
 
 def _model_names(plans) -> list:

@@ -1,8 +1,8 @@
-"""Model zoo: registered re-ID models (embedder, classifier, siamese, features), export, loading,
+"""Model zoo: registered re-ID models (embedder, classifier, siamese, features, miewid), export, loading,
 and publishing (`python -m zoo publish`, `zoo.load(NAME)`, `zoo.list()`)."""
 from core.store import list_entries as list_models
 from core.store import publish
-from zoo import classifier, embedder, fusion, siamese  # noqa: F401  (registers the models)
+from zoo import classifier, embedder, fusion, miewid, siamese  # noqa: F401  (registers the models)
 from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import load_export, save_export

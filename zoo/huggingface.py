@@ -97,3 +97,37 @@ def load_from_hub(repo: str) -> Optional[Tuple[ReIDModel, Dict[str, Any]]]:
     verify_files(folder, files, f"hf-hub:{repo}")
     model, meta = load_export(folder)
     return model, {**meta, "zoo": {"name": f"hf-hub:{repo}", "folder": str(folder)}}
+
+
+MIEWID_FILES = ("config.json", "model.safetensors")  # the only files of a MiewID repo read (zoo.miewid)
+
+
+def is_miewid_repo(repo: str) -> bool:
+    """Whether `repo` (ORG/NAME) is a MiewID release, e.g. conservationxlabs/miewid-msv3: loaded by
+    zoo.miewid, never by the repo's own (remote) code."""
+    return repo.rsplit("/", 1)[-1].lower().startswith("miewid")
+
+
+def miewid_snapshot(repo: str) -> Path:
+    """The folder of the repo's config.json and model.safetensors (downloaded once, then the Hub cache)."""
+    hub = _hub()
+    cached = hub.try_to_load_from_cache(repo, MIEWID_FILES[1])
+    if not isinstance(cached, str) and not _reachable(hub):
+        raise DataError(f"cannot download hf-hub:{repo} ({', '.join(MIEWID_FILES)}): the Hugging Face Hub cannot be "
+                        "reached (offline or HF_HUB_OFFLINE) and the files are not in its cache. Run once online, or "
+                        "give a folder holding those two files to zoo.miewid.from_folder")
+    try:
+        return Path(hub.snapshot_download(repo, allow_patterns=list(MIEWID_FILES)))
+    except Exception as err:  # noqa: BLE001  offline, no such repo, gated: one message
+        raise DataError(f"cannot download hf-hub:{repo} ({', '.join(MIEWID_FILES)}): {type(err).__name__}: {err}") from err
+
+
+def load_miewid(repo: str) -> Tuple[ReIDModel, Dict[str, Any]]:
+    """(MiewID model in eval mode, meta) of a MiewID Hub repo, built by zoo.miewid from its
+    config.json and model.safetensors: no remote code runs, nothing is unpickled."""
+    from zoo.export import export_config
+    from zoo.miewid import from_folder
+
+    folder = miewid_snapshot(repo)
+    model, config = from_folder(folder, source=f"hf-hub:{repo}")
+    return model, export_config(model, extra={"source": f"hf-hub:{repo}", "hub_config": config})

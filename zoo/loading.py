@@ -22,6 +22,7 @@ from zoo.spec import looks_like_path
 # Off-the-shelf re-ID backbones known by a short name.
 ZOO = {
     "megadescriptor-l-384": "hf-hub:BVRA/MegaDescriptor-L-384",
+    "miewid-msv3": "hf-hub:conservationxlabs/miewid-msv3",  # built by zoo.miewid, not by timm
 }
 
 
@@ -30,7 +31,8 @@ def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:
 
     A folder must be an export. Otherwise, in this order: a model published to the local zoo
     (zoo.published, every file's hash checked), a reidzoo model on the Hugging Face Hub
-    (`hf-hub:ORG/NAME` with a reidzoo.json), a short name of ZOO, or a timm / `hf-hub:` backbone whose
+    (`hf-hub:ORG/NAME` with a reidzoo.json), a MiewID release (`hf-hub:conservationxlabs/miewid-msv3`
+    or `miewid-msv3`, built by zoo.miewid), a short name of ZOO, or a timm / `hf-hub:` backbone whose
     pretrained weights are used as they are, pooled features being the embedding.
     """
     path = Path(spec).expanduser()
@@ -40,13 +42,16 @@ def load_model(spec: str) -> Tuple[ReIDModel, Dict[str, Any]]:
         return load_export(path)
     if spec in read_index():
         return load_published(spec)
-    if spec.startswith("hf-hub:"):
-        from zoo.huggingface import load_from_hub
+    name = ZOO.get(spec.lower(), spec)
+    if name.startswith("hf-hub:"):
+        from zoo.huggingface import is_miewid_repo, load_from_hub, load_miewid
 
-        found = load_from_hub(spec[len("hf-hub:"):])
+        repo = name[len("hf-hub:"):]
+        if is_miewid_repo(repo):  # not a timm model: zoo.miewid builds it from config.json + safetensors
+            return load_miewid(repo)
+        found = load_from_hub(repo)
         if found is not None:
             return found
-    name = ZOO.get(spec.lower(), spec)
     if looks_like_path(name):
         raise DataError(
             f"model '{spec}': no export folder there (for a Hugging Face model write 'hf-hub:{spec}')"

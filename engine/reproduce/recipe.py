@@ -27,7 +27,8 @@ DATA_KEYS = ("format",)
 STAGE_KEYS = ("name", "script", "config", "overrides")
 SYNTHETIC_KEYS = ("kind", "individuals", "images_per_individual", "seed")
 # kind -> the formats that read what it writes (WildlifeReID-10k's loader reads AnimalCLEF's layout too)
-SYNTHETIC_KINDS = {"animalclef": ("animalclef2025", "wildlifereid10k"), "humpback": ("humpback",)}
+SYNTHETIC_KINDS = {"animalclef": ("animalclef2025", "wildlifereid10k"), "humpback": ("humpback",),
+                   "animalclef2026": ("animalclef2026",)}
 EXPECTED_KEYS = ("metric", "value", "source", "hardware", "minutes", "submission_sha256", "synthetic_sha256", "notes")
 # Set by the runner for every stage: a recipe that set them too would break skipping and the data check.
 RUNNER_KEYS = ("output_dir", "data.root", "data.format")

@@ -26,6 +26,10 @@ def prepare_twin_data(spec: SyntheticSpec, out: Path) -> Path:
         from data.synthetic_humpback import ensure_humpback
 
         return ensure_humpback(root, **counts)
+    if spec.kind == "animalclef2026":  # the same animals laid out for clustering: train / test rows, solution.csv
+        from data.synthetic_animalclef2026 import generate_animalclef2026
+
+        return generate_animalclef2026(root, **counts)
     from data.synthetic import ensure_synthetic
 
     return ensure_synthetic(str(root), **counts)
