@@ -16,6 +16,7 @@ calibrators are fitted).
 from __future__ import annotations
 
 import hashlib
+from abc import abstractmethod
 from collections import OrderedDict
 from typing import Dict, List, Sequence, Tuple
 
@@ -74,12 +75,13 @@ class NeighbourScorer(Scorer):
     def name(self) -> str:
         return f"{self.output.name} [{self.kind}]"
 
+    @abstractmethod
     def _state(self, queries: np.ndarray, gallery: np.ndarray):
         """What the scores of a set need, for its rows [queries (not in the gallery), gallery]."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _scores(self, state, first: np.ndarray, second: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """(P,) scores of the pairs (first[i], second[i]), positions in the set's rows."""
 
 
 @SCORERS.register("kreciprocal")
