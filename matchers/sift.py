@@ -33,7 +33,8 @@ class SiftMatcher(Matcher):
     """Keypoints of OpenCV's SIFT on the grey image; a match is a mutual nearest neighbour whose
     distance is below `ratio` times the second nearest (Lowe's test)."""
 
-    def __init__(self, max_keypoints: int = 512, device=None, ratio: float = 0.8, threads: int = 1):
+    def __init__(self, max_keypoints: int = 512, device=None, ratio: float = 0.8, threads: int = 1,
+                 batched: bool = True):
         super().__init__(max_keypoints, device)
         if not 0 < ratio <= 1:
             raise ConfigError(f"sift ratio must be in (0, 1], got {ratio}")
@@ -43,6 +44,9 @@ class SiftMatcher(Matcher):
         # torch threads of the batched products on a CPU: one is 2-3x faster than two when the cores are
         # shared with other work (OpenMP threads wait on each other); matches do not depend on it.
         self.threads = int(threads)
+        # batched=False: match_many loops over `match` (OpenCV, one pair at a time), the path before
+        # batching; the same matches, kept to measure against (rerank.matcher_args={batched: false}).
+        self.batched = bool(batched)
         self._sift = cv2.SIFT_create(nfeatures=self.max_keypoints)
 
     def settings(self):
@@ -78,6 +82,8 @@ class SiftMatcher(Matcher):
 
     def match_many(self, features0: Features, others: Sequence[Features], *,
                    flipped: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
+        if not self.batched:
+            return super().match_many(features0, others, flipped=flipped)
         if self.device.type != "cpu":
             return self._match_many(features0, others, flipped, _exact_products(self.device))
         previous = torch.get_num_threads()

@@ -216,6 +216,17 @@ def test_a_matcher_without_a_batch_path_matches_many_one_pair_at_a_time(sift_fea
         np.testing.assert_array_equal(pairs, matcher.match(other, features[0])[0])
 
 
+def test_sift_batched_false_matches_one_pair_at_a_time_with_opencv(sift_features, monkeypatch):
+    _, features = sift_features
+    one_pair = build_matcher("sift", {"batched": False}, max_keypoints=256)
+    monkeypatch.setattr("matchers.sift._mutual_ratio_batch", lambda *a, **k: pytest.fail("batched path used"))
+    for flipped in (False, True):
+        found = one_pair.match_many(features[0], features[1:4], flipped=flipped)
+        for other, (pairs, _) in zip(features[1:4], found, strict=True):
+            want = one_pair.match(other, features[0]) if flipped else one_pair.match(features[0], other)
+            np.testing.assert_array_equal(pairs, want[0])
+
+
 # ----------------------------------------------------------------------------- the cascade
 
 
