@@ -29,7 +29,7 @@ sys.path.insert(0, str(REPO))
 
 from core.errors import ConfigError, cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from scripts.benchmarking import cpu_line  # noqa: E402
+from scripts.benchmarking import cpu_line, parse_set  # noqa: E402
 
 VARIANTS: Dict[str, List[str]] = {
     "none": ["rerank.matcher=none"],
@@ -43,14 +43,6 @@ VARIANTS: Dict[str, List[str]] = {
     "sift+all3": ["rerank.matcher=sift", "rerank.neighbours=[kreciprocal,alpha_qe,dba]"],
 }
 DEFAULT = ["none", "sift", "sift-min15", "sift-adaptive", "kreciprocal", "alpha_qe", "dba", "sift+all3"]
-
-
-def parse_set(text: str) -> Dict[str, str]:
-    name, sep, rest = text.partition("=")
-    model, colon, root = rest.rpartition(":")
-    if not sep or not colon or not name or not model or not root:
-        raise ConfigError(f"--set must be NAME=MODEL:ROOT, got {text!r}")
-    return {"name": name, "model": model, "root": root}
 
 
 def execute(out: Path, data: Dict, variant: str, overrides: List[str]) -> Dict:

@@ -12,10 +12,19 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from core.errors import UserError
+from core.errors import ConfigError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
 ENSEMBLE = "ensemble (identity ranking)"
+
+
+def parse_set(text: str) -> Dict[str, str]:
+    """--set NAME=MODEL:ROOT of the re-ranking benchmarks: a model export and the data part it is scored on."""
+    name, sep, rest = text.partition("=")
+    model, colon, root = rest.rpartition(":")
+    if not sep or not colon or not name or not model or not root:
+        raise ConfigError(f"--set must be NAME=MODEL:ROOT, got {text!r}")
+    return {"name": name, "model": model, "root": root}
 
 
 def cpu_info(path: str = "/proc/cpuinfo") -> Dict[str, object]:

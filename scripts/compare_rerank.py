@@ -29,17 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import ConfigError, cli_entry  # noqa: E402
+from core.errors import cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from scripts.benchmarking import cpu_line  # noqa: E402
-
-
-def parse_set(text: str) -> Dict[str, str]:
-    name, sep, rest = text.partition("=")
-    model, colon, root = rest.rpartition(":")
-    if not sep or not colon or not name or not model or not root:
-        raise ConfigError(f"--set must be NAME=MODEL:ROOT, got {text!r}")
-    return {"name": name, "model": model, "root": root}
+from scripts.benchmarking import cpu_line, parse_set  # noqa: E402
 
 
 def runs_of(args) -> List[Dict]:
