@@ -19,10 +19,11 @@ import json
 import multiprocessing
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import cv2
 import numpy as np
@@ -166,6 +167,24 @@ def has_marker(root: Path, marker_file: str, expected: dict) -> bool:
         return json.loads((Path(root) / marker_file).read_text()) == expected
     except (OSError, ValueError):
         return False
+
+
+def write_layout(out: Path, layout: Callable[[Path, Path], None], marker_file: str, marker: dict, *, seed: int,
+                 individuals: int, images_per_individual: int, progress: bool, scenes: bool = False) -> Path:
+    """Render the synthetic set into a scratch folder beside `out`, then write it into `out` in a
+    competition's layout with `layout(source, staging)`, atomically, the marker last."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.render-", dir=out.parent))
+    try:
+        source = generate(scratch / "animalclef", seed=seed, individuals=individuals,
+                          images_per_individual=images_per_individual, progress=progress, scenes=scenes)
+        with atomic_folder(out) as staging:
+            staging.chmod(0o755)
+            layout(source, staging)
+            (staging / marker_file).write_text(json.dumps(marker, indent=1) + "\n")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return out
 
 
 def _marker(seed: int, individuals: int, images_per_individual: int, scenes: bool) -> dict:

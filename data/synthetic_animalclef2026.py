@@ -12,18 +12,14 @@ The same arguments write byte-identical files (the renderer is seeded).
 """
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from core.errors import ConfigError
-from core.files import atomic_folder
 from data.formats import SOLUTION_FILE
-from data.synthetic import generate, has_marker, layout_marker
+from data.synthetic import has_marker, layout_marker, write_layout
 from data.synthetic_species import GROUPS
 
 MARKER = "ANIMALCLEF2026_COMPLETE.json"  # written last: its presence means the dataset is whole
@@ -66,15 +62,5 @@ def generate_animalclef2026(out: str | Path, *, seed: int = 0, individuals: int 
         raise ConfigError(f"{out} exists and is not a synthetic AnimalCLEF 2026 dataset; choose a new or empty folder")
     if is_complete(out, seed, individuals, images_per_individual):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.render-", dir=out.parent))
-    try:
-        source = generate(scratch / "animalclef2025", seed=seed, individuals=individuals,
-                          images_per_individual=images_per_individual, progress=progress)
-        with atomic_folder(out) as staging:
-            staging.chmod(0o755)
-            _layout(source, staging)
-            (staging / MARKER).write_text(json.dumps(_marker(seed, individuals, images_per_individual), indent=1) + "\n")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return out
+    return write_layout(out, _layout, MARKER, _marker(seed, individuals, images_per_individual), seed=seed,
+                        individuals=individuals, images_per_individual=images_per_individual, progress=progress)

@@ -14,15 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 
 from core.errors import ConfigError
-from core.files import atomic_folder
-from data.synthetic import generate, has_marker, layout_marker
+from data.synthetic import has_marker, layout_marker, write_layout
 
 MARKER = "HUMPBACK_COMPLETE.json"  # written last: its presence means the dataset is whole
 UNKNOWN = "new_whale"
@@ -72,18 +69,8 @@ def generate_humpback(out: str | Path, *, seed: int = 0, individuals: int = 24, 
     out = Path(out).expanduser().absolute()
     if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not a synthetic Humpback dataset; choose a new or empty folder")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix=f".{out.name}.render-", dir=out.parent))
-    try:
-        source = generate(scratch / "animalclef", seed=seed, individuals=individuals,
-                          images_per_individual=images_per_individual, progress=progress, scenes=True)
-        with atomic_folder(out) as staging:
-            staging.chmod(0o755)
-            _layout(source, staging)
-            (staging / MARKER).write_text(json.dumps(_marker(seed, individuals, images_per_individual), indent=1) + "\n")
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return out
+    return write_layout(out, _layout, MARKER, _marker(seed, individuals, images_per_individual), seed=seed,
+                        individuals=individuals, images_per_individual=images_per_individual, progress=progress, scenes=True)
 
 
 def ensure_humpback(out: str | Path, *, seed: int = 0, individuals: int = 24, images_per_individual: int = 6) -> Path:
