@@ -23,7 +23,8 @@ from core.registry import Registry
 MATCHERS = Registry("matcher", name_attribute="name")
 
 # Arrays of one image's features: keypoints (N, 2) float32 in pixels of the image the matcher saw,
-# descriptors (N, D) float16 (half the cache bytes; matching runs in float32), image_size (2,) = (w, h).
+# descriptors (N, D) float16 (half the cache bytes; matching runs in float32; SIFT's are uint8, the
+# integers OpenCV computes), image_size (2,) = (w, h).
 Features = Dict[str, np.ndarray]
 
 
@@ -36,6 +37,9 @@ class Matcher(ABC):
 
     name = ""  # the registered name, set by MATCHERS.register
     version = 1  # bump when extraction changes, so cached features are not reused
+    # extract and match_many may run in several threads at once, and gain from it (their work releases
+    # the GIL: OpenCV); the keypoint store and the pair engine then use a pool (engine.matching.parallel).
+    thread_safe = False
 
     def __init__(self, max_keypoints: int = 512, device: Optional[torch.device | str] = None):
         if max_keypoints < 8:

@@ -5,18 +5,24 @@ weights and as a fast baseline (about 10x the pairs per second of ALIKED + Light
 many in one pass: one matrix product per chunk of partners (torch, on the matcher's device, a GPU
 when there is one) gives every squared distance, and the mutual nearest neighbour and ratio tests
 are tensor operations. It returns exactly what `match` returns: OpenCV's SIFT descriptors are
-non-negative integers (0-255), so squared distances are integers below 2^24, exact in float32
-whatever the order of the sums (rounded where float32 products are not full precision: TF32 or
-bfloat16 settings); distances are their float32 square roots, as OpenCV computes them, and the
-ratio test compares them in float64 as `match` does. Ties cannot differ either: a tie between the
-best two fails the ratio test on both paths, and the reverse nearest neighbour is the lowest index
-on both. Confidences agree to float32 rounding (1e-7).
+non-negative integers (0-255, stored as bytes), so squared distances are integers below 2^24, exact
+in float32 whatever the order of the sums (rounded where float32 products are not full precision:
+TF32 or bfloat16 settings); distances are their float32 square roots, as OpenCV computes them, and
+the ratio test compares them in float64 as `match` does. Ties cannot differ either: a tie between
+the best two fails the ratio test on both paths, and the reverse nearest neighbour is the lowest
+index on both. Confidences agree to float32 rounding (1e-7).
+
+The product itself: on a CPU with 8-bit dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX) the
+bytes less 128 are multiplied as int8 with int32 sums (`torch._int_mm`: exact, and 3.4x the float32
+product with bfloat16 inputs on an AMD EPYC, one thread); elsewhere in float32 (bfloat16 inputs where
+the CPU has them, exact as explained at `_bf16_products`).
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 from functools import lru_cache
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -33,6 +39,8 @@ class SiftMatcher(Matcher):
     """Keypoints of OpenCV's SIFT on the grey image; a match is a mutual nearest neighbour whose
     distance is below `ratio` times the second nearest (Lowe's test)."""
 
+    thread_safe = True
+
     def __init__(self, max_keypoints: int = 512, device=None, ratio: float = 0.8, threads: int = 1,
                  batched: bool = True):
         super().__init__(max_keypoints, device)
@@ -47,20 +55,22 @@ class SiftMatcher(Matcher):
         # batched=False: match_many loops over `match` (OpenCV, one pair at a time), the path before
         # batching; the same matches, kept to measure against (rerank.matcher_args={batched: false}).
         self.batched = bool(batched)
-        self._sift = cv2.SIFT_create(nfeatures=self.max_keypoints)
+        self._local = threading.local()  # one OpenCV SIFT per thread: extraction runs in a pool (thread_safe)
 
     def settings(self):
         return {"ratio": self.ratio}
 
     def extract(self, image: np.ndarray) -> Features:
         grey = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)
-        keypoints, descriptors = self._sift.detectAndCompute(grey, None)
+        if not hasattr(self._local, "sift"):
+            self._local.sift = cv2.SIFT_create(nfeatures=self.max_keypoints)
+        keypoints, descriptors = self._local.sift.detectAndCompute(grey, None)
         keypoints = keypoints[:self.max_keypoints]  # SIFT keeps ties at the cut-off: a few more than asked
         if descriptors is None or not keypoints:
             keypoints, descriptors = (), np.zeros((0, 128), np.float32)
         h, w = image.shape[:2]
         return {"keypoints": np.array([k.pt for k in keypoints], np.float32).reshape(-1, 2),
-                "descriptors": descriptors[:len(keypoints)].astype(np.float16),
+                "descriptors": _bytes(descriptors[:len(keypoints)]),
                 "image_size": np.array([w, h], np.float32)}
 
     def match(self, features0: Features, features1: Features) -> Tuple[np.ndarray, np.ndarray]:
@@ -85,54 +95,88 @@ class SiftMatcher(Matcher):
         if not self.batched:
             return super().match_many(features0, others, flipped=flipped)
         if self.device.type != "cpu":
-            return self._match_many(features0, others, flipped, _exact_products(self.device))
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.threads)
-        exact = _exact_products(self.device)  # read before the products switch to bfloat16 inputs (exact here)
-        try:
-            with _bf16_products(bf16_cpu()):
-                return self._match_many(features0, others, flipped, exact)
-        finally:
-            torch.set_num_threads(previous)
+            return self._match_many(features0, others, flipped, _float_products(_exact_products(self.device)))
+        products = _int8_products if int8_cpu() else _float_products(_exact_products(self.device))
+        with _cpu_products(self.threads, bf16_cpu()):
+            return self._match_many(features0, others, flipped, products)
 
     @torch.inference_mode()
     def _match_many(self, features0: Features, others: Sequence[Features],
-                    flipped: bool, exact: bool) -> List[Tuple[np.ndarray, np.ndarray]]:
+                    flipped: bool, products: Products) -> List[Tuple[np.ndarray, np.ndarray]]:
         out: List[Tuple[np.ndarray, np.ndarray]] = [no_matches() for _ in others]
-        hub = features0["descriptors"]
+        hub = _bytes(features0["descriptors"])
         todo = [j for j, other in enumerate(others) if len(other["descriptors"]) >= 2]
         if len(hub) < 2 or not todo:
             return out
-        d0 = torch.from_numpy(np.ascontiguousarray(hub, dtype=np.float32)).to(self.device)
         widest = max(len(others[j]["descriptors"]) for j in todo)
         per_chunk = max(1, CHUNK_CELLS // (len(hub) * widest))
         for start in range(0, len(todo), per_chunk):
             chunk = todo[start:start + per_chunk]
-            descriptors = [others[j]["descriptors"] for j in chunk]
-            results = _mutual_ratio_batch(d0, descriptors, self.ratio, flipped, self.device, exact)
+            descriptors = [_bytes(others[j]["descriptors"]) for j in chunk]
+            results = _mutual_ratio_batch(hub, descriptors, self.ratio, flipped, self.device, products)
             for j, found in zip(chunk, results, strict=True):
                 out[j] = found
         return out
 
 
+def _cpu_flags() -> List[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+
+
 @lru_cache(maxsize=1)
 def bf16_cpu() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16; Linux's flags)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
+    flags = _cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+@lru_cache(maxsize=1)
+def int8_cpu() -> bool:
+    """Whether this CPU has 8-bit dot-product instructions and torch an int8 product for it."""
+    flags = _cpu_flags()
+    return hasattr(torch, "_int_mm") and any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+
+
+_settings_lock = threading.Lock()
+_settings_users = 0
+_settings_before: tuple = ()
+
+
+@contextmanager
+def _cpu_products(threads: int, bf16: bool) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` and bfloat16-input products (`_bf16_products`) while
+    inside. Both are process-wide settings and several threads of the pair engine may be inside at
+    once: the first in sets them, the last out restores them."""
+    global _settings_users, _settings_before
+    with _settings_lock:
+        if _settings_users == 0:
+            context = _bf16_products(bf16)
+            _settings_before = (torch.get_num_threads(), context)
+            torch.set_num_threads(threads)
+            context.__enter__()
+        _settings_users += 1
+    try:
+        yield
+    finally:
+        with _settings_lock:
+            _settings_users -= 1
+            if _settings_users == 0:
+                previous, context = _settings_before
+                context.__exit__(None, None, None)
+                torch.set_num_threads(previous)
 
 
 @contextmanager
 def _bf16_products(enabled: bool) -> Iterator[None]:
     """oneDNN's float32 products with bfloat16 inputs and float32 sums and results, while inside (on
     a CPU with native bfloat16: about 1.5x the products per second of float32). Exact here: every
-    input of `_mutual_ratio_batch`'s product is an integer of at most 8 significant bits (SIFT's
-    0-255, -2 times them, the bytes of a squared norm and their powers of 2), which bfloat16 holds
-    exactly, and every sum is an integer below 2^24, which float32 holds exactly."""
+    input of `_float_products`' product is an integer of at most 8 significant bits (SIFT's 0-255,
+    -2 times them, the bytes of a squared norm and their powers of 2), which bfloat16 holds exactly,
+    and every sum is an integer below 2^24, which float32 holds exactly."""
     matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
     if not enabled or matmul is None or not hasattr(matmul, "fp32_precision"):
         yield
@@ -152,17 +196,38 @@ def _exact_products(device: torch.device) -> bool:
     return torch.get_float32_matmul_precision() == "highest"
 
 
-def _padded(descriptors: Sequence[np.ndarray], device: torch.device) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(J, M, D) descriptors, zero-padded, and (J, M) squared norms, +inf in the padding."""
+def _bytes(descriptors: np.ndarray) -> np.ndarray:
+    """SIFT descriptors as uint8: OpenCV's are integers 0-255 in float32 (older caches hold float16)."""
+    descriptors = np.asarray(descriptors)
+    if descriptors.dtype == np.uint8:
+        return descriptors
+    return np.rint(descriptors).clip(0, 255).astype(np.uint8)
+
+
+def _padded(descriptors: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(J, M, D) uint8 descriptors, zero-padded; (J, M) float32 squared norms, +inf in the padding;
+    (J, M) int64 sums of the bytes."""
     widest = max(len(d) for d in descriptors)
-    padded = np.zeros((len(descriptors), widest, descriptors[0].shape[1]), np.float32)
-    lengths = np.array([len(d) for d in descriptors])
+    padded = np.zeros((len(descriptors), widest, descriptors[0].shape[1]), np.uint8)
+    norms = np.full((len(descriptors), widest), np.inf, np.float32)
+    sums = np.zeros((len(descriptors), widest), np.int64)
     for j, d in enumerate(descriptors):
         padded[j, :len(d)] = d
-    norms = np.einsum("jmd,jmd->jm", padded, padded)
-    norms[np.arange(widest)[None] >= lengths[:, None]] = np.inf
-    return torch.from_numpy(padded).to(device), torch.from_numpy(norms).to(device)
+        norms[j, :len(d)], sums[j, :len(d)] = _norms_and_sums(d)
+    return padded, norms, sums
 
+
+def _norms_and_sums(descriptors: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    wide = descriptors.astype(np.int32)
+    return np.einsum("md,md->m", wide, wide).astype(np.float32), wide.sum(1, dtype=np.int64)
+
+
+# A product: (rows (R, D) uint8 and their byte sums (R,), columns (C, D) uint8, their squared norms (C,)
+# float32, +inf for padding, and their byte sums (C,)) -> (R, C), |column|^2 - 2 row . column (a
+# squared distance less the row's norm): float32 with +inf in padding columns, or int32 of at least
+# INT_PADDING there.
+Products = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, torch.device], torch.Tensor]
+INT_PADDING = 1 << 30  # far above any squared distance (< 2^24), with room for the terms added to it
 
 _SCALES = (65536.0, 256.0, 1.0)
 
@@ -183,6 +248,40 @@ def _with_norm_bytes(columns: torch.Tensor, norms: torch.Tensor) -> torch.Tensor
     return torch.cat([-2 * columns, torch.stack([top, middle, rest - 256 * middle], 1)], 1)
 
 
+def _float_products(exact: bool) -> Products:
+    """The product in float32: the column's squared norm rides in it as three more dimensions, its
+    bytes: [r, 2^16, 2^8, 1] . [-2c, bytes of |c|^2] (each factor 8 significant bits: exact in
+    bfloat16). Rounded when float32 products are not exact here (TF32)."""
+    def product(rows: np.ndarray, _row_sums: np.ndarray, columns: np.ndarray, norms: np.ndarray,
+                _column_sums: np.ndarray, device: torch.device) -> torch.Tensor:
+        r = torch.from_numpy(rows.astype(np.float32)).to(device)
+        c = torch.from_numpy(columns.astype(np.float32)).to(device)
+        base = _with_scales(r) @ _with_norm_bytes(c, torch.from_numpy(norms).to(device)).T
+        return base if exact else base.round_()
+    return product
+
+
+_BIAS = 128  # bytes less 128 are int8
+
+
+def _int8_products(rows: np.ndarray, row_sums: np.ndarray, columns: np.ndarray, norms: np.ndarray,
+                   column_sums: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The product in int8 with int32 sums (exact). With r = r' + 128 and c = c' + 128 over D dimensions,
+    |c|^2 - 2 r.c = (|c|^2 - 256 sum(c') - 2 128^2 D) - 2 r'.c' - 256 sum(r'); every term is an integer
+    of magnitude below 2^24, so the float32 result is exact."""
+    dims = rows.shape[1]
+    r = torch.from_numpy((rows ^ 0x80).view(np.int8))  # the byte less 128
+    c = torch.from_numpy((columns ^ 0x80).view(np.int8))
+    finite = np.isfinite(norms)
+    column_term = (np.where(finite, norms, 0).astype(np.int64) - 2 * _BIAS * (column_sums - _BIAS * dims)
+                   - 2 * _BIAS * _BIAS * dims)
+    column_term[~finite] = INT_PADDING
+    row_term = -2 * _BIAS * (row_sums - _BIAS * dims)
+    base = torch._int_mm(r, c.T).mul_(-2)  # c.T: column-major, int_mm's fast layout
+    return base.add_(torch.from_numpy(column_term.astype(np.int32))[None]).add_(
+        torch.from_numpy(row_term.astype(np.int32))[:, None])
+
+
 def _nearest(table: torch.Tensor) -> torch.Tensor:
     """Each row's column of smallest value (last dimension). On a CPU numpy's argmin is several
     times faster than torch's; ties do not matter here (they fail the ratio test)."""
@@ -191,46 +290,51 @@ def _nearest(table: torch.Tensor) -> torch.Tensor:
     return torch.argmin(table, dim=-1)
 
 
-def _mutual_ratio_batch(hub: torch.Tensor, others: Sequence[np.ndarray], ratio: float, flipped: bool,
-                        device: torch.device, exact: bool = True) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Mutual nearest neighbours passing the ratio test between `hub` (N, D) and each of `others`,
-    seen from the hub (flipped=False) or from each other image (flipped=True).
+def _as_float(values: torch.Tensor) -> torch.Tensor:
+    """float32 values, +inf for the int8 product's padding."""
+    if values.is_floating_point():
+        return values
+    return values.float().masked_fill_(values >= INT_PADDING, float("inf"))
+
+
+def _mutual_ratio_batch(hub: np.ndarray, others: Sequence[np.ndarray], ratio: float, flipped: bool,
+                        device: torch.device, products: Products) -> List[Tuple[np.ndarray, np.ndarray]]:
+    """Mutual nearest neighbours passing the ratio test between `hub` (N, D) and each of `others`
+    (uint8 descriptors), seen from the hub (flipped=False) or from each other image (flipped=True).
 
     Rows are each pair's first image, columns its second. One matrix product (the hub against the
     chunk's stacked descriptors) gives every row's squared distances less its own norm; a pass of
     argmin and one of amin give each row's nearest and second nearest column; the reverse check (is
     the row its column's nearest row?) only runs for the rows that pass the ratio test, on their
     columns."""
-    many, many_norms = _padded(others, device)  # (J, M, D), (J, M)
+    many, many_norms, many_sums = _padded(others)  # (J, M, D), (J, M), (J, M)
     count, widest = many_norms.shape
-    hub_norms = (hub * hub).sum(1)
+    hub_norms, hub_sums = _norms_and_sums(hub)
     stacked = many.reshape(count * widest, -1)
-    # The column image's squared norm rides in the product as three more dimensions, its bytes:
-    # [r, 2^16, 2^8, 1] . [-2c, bytes of |c|^2] (each factor 8 significant bits: exact in bfloat16).
     if flipped:  # rows: the other images' keypoints; columns: the hub's. Laid out (J, M, N).
-        base = (_with_scales(stacked) @ _with_norm_bytes(hub, hub_norms).T).view(count, widest, -1)
-        row_norms = many_norms
+        base = products(stacked, many_sums.reshape(-1), hub, hub_norms, hub_sums, device).view(count, widest, -1)
+        row_norms = torch.from_numpy(many_norms).to(device)
     else:  # rows: the hub's keypoints; columns: each other image's. Laid out (N, J, M).
-        base = (_with_scales(hub) @ _with_norm_bytes(stacked, many_norms.reshape(-1)).T).view(len(hub), count, widest)
-        row_norms = hub_norms[None].expand(count, -1)
-    if not exact:
-        base = base.round_()  # SIFT descriptors are integers: so are the exact products
+        base = products(hub, hub_sums, stacked, many_norms.reshape(-1), many_sums.reshape(-1),
+                        device).view(len(hub), count, widest)
+        row_norms = torch.from_numpy(hub_norms).to(device)[None].expand(count, -1)
+    excluded = float("inf") if base.is_floating_point() else torch.iinfo(base.dtype).max
     nearest = _nearest(base)[..., None]
     best = torch.gather(base, 2, nearest)
-    base.scatter_(2, nearest, float("inf"))
+    base.scatter_(2, nearest, excluded)
     second = base.amin(dim=2)
     base.scatter_(2, nearest, best)  # restored, for the reverse check
     best, nearest = best[..., 0], nearest[..., 0]
     if not flipped:  # to (J, N)
         best, second, nearest = best.T, second.T, nearest.T
     # Squared distances (exact integers for SIFT), their float32 roots as OpenCV's, compared in float64.
-    best = (best + row_norms).clamp(min=0).sqrt().double()
-    second = (second + row_norms).clamp(min=0).sqrt().double()
+    best = (_as_float(best) + row_norms).clamp(min=0).sqrt().double()
+    second = (_as_float(second) + row_norms).clamp(min=0).sqrt().double()
     passed = (best < ratio * second) & torch.isfinite(second)
     pair, row = torch.nonzero(passed, as_tuple=True)
     col = nearest[pair, row]
     # Each candidate's column against every row of its pair: argmin is the lowest index on ties, as OpenCV's.
-    column = (base[pair, :, col] if flipped else base[:, pair, col].T) + row_norms[pair]
+    column = _as_float(base[pair, :, col] if flipped else base[:, pair, col].T) + row_norms[pair]
     mutual = torch.argmin(column, dim=1) == row
     confidence = (1.0 - best / second.clamp(min=1e-6)).float()[passed][mutual].cpu().numpy()
     pair, row, col = pair[mutual].cpu().numpy(), row[mutual].cpu().numpy(), col[mutual].cpu().numpy()

@@ -140,9 +140,14 @@ def sift_features(tiny_synthetic):
     return matcher, [matcher.extract(loader.load(r["path"], r["bbox"])) for _, r in table.iterrows()]
 
 
-def test_batched_sift_finds_the_same_matches_as_opencv_one_pair_at_a_time(sift_features):
+@pytest.mark.parametrize("products", ["int8", "float32"])
+def test_batched_sift_finds_the_same_matches_as_opencv_one_pair_at_a_time(sift_features, products, monkeypatch):
     matcher, features = sift_features
-    hub, others = features[0], features[1:] + [{**features[1], "descriptors": features[1]["descriptors"][:1]}]
+    monkeypatch.setattr("matchers.sift.int8_cpu", lambda: products == "int8")
+    assert features[0]["descriptors"].dtype == np.uint8, "SIFT's descriptors are bytes"
+    # A partner with one keypoint, and one read from a cache of an earlier version (float16 descriptors).
+    hub, others = features[0], features[1:] + [{**features[1], "descriptors": features[1]["descriptors"][:1]},
+                                               {**features[2], "descriptors": features[2]["descriptors"].astype(np.float16)}]
     for flipped in (False, True):
         batched = matcher.match_many(hub, others, flipped=flipped)
         for other, (pairs, confidence) in zip(others, batched, strict=True):

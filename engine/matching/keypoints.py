@@ -3,15 +3,18 @@
 An image is loaded the way the models see it (EXIF turn, `bbox` crop with padding, orientation
 rules), resized so its longer side is `side` (never upscaled), and its features are cached on disk
 under a key of the file's identity (path, size, mtime), the crop, the turn, the side and the
-matcher's own description, so a second evaluation extracts nothing. Features are read back per
-batch of pairs through a small in-memory LRU: memory stays flat however large the gallery.
+matcher's own description, so a second evaluation extracts nothing. Features stay in memory up to
+IN_MEMORY_BYTES (least recently used out first, then read back from the cache when a pair needs
+them): a whole gallery of a few thousand images fits, and memory stays bounded however large it is.
 Under several processes, each extracts every world-th missing image and the others read them
-from the shared cache.
+from the shared cache. A thread-safe matcher (SIFT) extracts in a pool of threads
+(engine.matching.parallel); the memory is shared by the pair engine's threads, behind a lock.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import threading
 from collections import OrderedDict
 from typing import Dict, Iterable, Optional, Sequence
 
@@ -24,10 +27,14 @@ from core.files import file_identity
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from engine.accel import rank_and_world
+from engine.matching.parallel import mapper, worker_count
 from matchers import Features, Matcher
 
 FEATURES_VERSION = 1
-IN_MEMORY = 256  # images' features kept in memory (about 0.2 MB each at 512 keypoints)
+# Features kept in memory: about 0.14 MB per image at 512 SIFT keypoints, so some 7,000 images. Reading
+# an evicted image back costs about 0.5 ms, as long as matching a pair: with 256 images (the earlier
+# bound) a 2,000-image gallery read its features from disk some 20,000 times per evaluation.
+IN_MEMORY_BYTES = 1 << 30
 
 
 class KeypointStore:
@@ -43,6 +50,8 @@ class KeypointStore:
         self._padding = float(bbox_padding) if crop_to_bbox else None
         self._keys: Dict[int, str] = {}
         self._memory: OrderedDict[int, Features] = OrderedDict()
+        self._memory_bytes = 0
+        self._lock = threading.Lock()
         self.extracted = 0  # images whose features this store computed (not read from the cache)
 
     def key(self, row: int) -> str:
@@ -58,24 +67,28 @@ class KeypointStore:
         return self.images.load_image(row)
 
     def features(self, row: int) -> Features:
-        if row in self._memory:
-            self._memory.move_to_end(row)
-            return self._memory[row]
+        with self._lock:
+            if row in self._memory:
+                self._memory.move_to_end(row)
+                return self._memory[row]
         found = self.cache.load_group(self.key(row)) if self.cache.enabled else None
         if found is None or not {"keypoints", "descriptors", "image_size"} <= set(found):
-            return self._extract(row)
+            return self._store(row, self.matcher.extract(self.image(row)))
         return self._remember(row, found)
 
     def _remember(self, row: int, found: Features) -> Features:
-        self._memory[row] = found
-        if len(self._memory) > IN_MEMORY:
-            self._memory.popitem(last=False)
+        with self._lock:
+            if row not in self._memory:
+                self._memory_bytes += _size(found)
+            self._memory[row] = found
+            while self._memory_bytes > IN_MEMORY_BYTES and len(self._memory) > 1:
+                self._memory_bytes -= _size(self._memory.popitem(last=False)[1])
         return found
 
-    def _extract(self, row: int) -> Features:
-        """Extract, store on disk and keep in memory (the pairs that follow need it: no read-back)."""
-        found = self.matcher.extract(self.image(row))
-        self.extracted += 1
+    def _store(self, row: int, found: Features) -> Features:
+        """Freshly extracted features: on disk and in memory (the pairs that follow need them)."""
+        with self._lock:
+            self.extracted += 1
         self.cache.save_group(self.key(row), found)
         return self._remember(row, found)
 
@@ -91,8 +104,14 @@ class KeypointStore:
             return  # nowhere to share them: each process extracts what its own pairs need, when they need it
         rank, world = rank_and_world(accelerator)
         mine = self.missing(rows)[rank::world]
-        for row in tqdm(mine, desc=f"keypoints ({self.matcher.name})", unit="img",
-                        disable=not mine or not self.show_progress or rank != 0, leave=False):
-            self._extract(row)
+        with mapper(worker_count(self.matcher, accelerator)) as each:
+            extracted = each(lambda row: self.matcher.extract(self.image(row)), mine)
+            for row, found in tqdm(zip(mine, extracted), total=len(mine), desc=f"keypoints ({self.matcher.name})",
+                                   unit="img", disable=not mine or not self.show_progress or rank != 0, leave=False):
+                self._store(row, found)
         if world > 1:
             accelerator.wait_for_everyone()
+
+
+def _size(features: Features) -> int:
+    return sum(np.asarray(value).nbytes for value in features.values())

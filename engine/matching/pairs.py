@@ -4,8 +4,9 @@ A pair's record holds, per match, the keypoint index on the query side and on th
 and whether it is a geometric inlier; scores are computed from records (engine.matching.scorer),
 so changing how matches are counted never matches again. The two images of a pair are matched in
 a fixed order (lower row first), so (a, b) and (b, a) share one record. Records are kept in
-memory for the run and on disk (the keypoint cache folder) under the two images' feature keys
-and the match settings, so a second evaluation, or a larger shortlist, only matches new pairs.
+memory for the run and on disk (one SQLite file in the keypoint cache folder, `pair_records.sqlite`:
+a file per pair cost as much as matching it) under the two images' feature keys and the match
+settings, so a second evaluation, or a larger shortlist, only matches new pairs.
 
 Pairs are matched in batches: the pairs still to match are grouped by a shared image (the "hub":
 of a pair's two images, the one in more pairs to match; a query in eval.py, an image's own
@@ -22,7 +23,9 @@ list of pairs (a shortlist, the edges of a k-nearest-neighbour graph) and return
 pair, matched at most once per run and once per cache.
 
 Under several processes the pairs still to match are split (every world-th pair), each process
-matches its share and the records are gathered, so every process holds them all.
+matches its share and the records are gathered, so every process holds them all. Within a process,
+a thread-safe matcher (SIFT) matches and verifies several hubs at once in a pool of threads
+(engine.matching.parallel): the same records, in the same order.
 """
 from __future__ import annotations
 
@@ -36,14 +39,17 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from core.array_cache import ArrayCache
+from core.packed_arrays import PackedArrays
 from core.schema import RerankConfig
 from engine.accel import rank_and_world
 from engine.matching.keypoints import KeypointStore
+from engine.matching.parallel import mapper, worker_count
 from matchers import Features
 from matchers.geometry import MIN_POINTS, ransac_inliers
 
 RECORD_VERSION = 1
 HUB_CHUNK = 64  # partners matched against one hub per match_many call (bounds the features held at once)
+RECORDS_FILE = "pair_records.sqlite"
 
 
 @dataclass
@@ -76,7 +82,7 @@ class PairMatcher:
                  show_progress: bool = True):
         self.store = store
         self.cfg = cfg
-        self.cache = cache
+        self.stored = PackedArrays(cache.directory / RECORDS_FILE if cache.enabled else None, what="pair match")
         self.accelerator = accelerator
         self.show_progress = show_progress
         self._records: Dict[Tuple[int, int], Record] = {}
@@ -105,9 +111,11 @@ class PairMatcher:
         """Read or match every pair of `todo` (the same list in every process)."""
         if not todo:
             return
+        keys = {pair: self._key(pair) for pair in todo}
+        stored = self.stored.load_many(keys.values())
         missing = []
-        for pair in todo:
-            found = self.cache.load_group(self._key(pair)) if self.cache.enabled else None
+        for pair, key in keys.items():
+            found = stored.get(key)
             if found is not None and {"first", "second", "inlier"} <= set(found):
                 self._records[pair] = Record(found["first"], found["second"], found["inlier"].astype(bool))
             else:
@@ -122,15 +130,16 @@ class PairMatcher:
         self.store.prepare([row for pair in missing for row in pair], self.accelerator)
         mine = missing[rank::world]
         done = {}
+        jobs = [(hub, partners[start:start + HUB_CHUNK], flipped) for hub, partners, flipped in hub_groups(mine)
+                for start in range(0, len(partners), HUB_CHUNK)]
         with tqdm(total=len(mine), desc=f"matching ({self.store.matcher.name})", unit="pair",
-                  disable=not mine or not self.show_progress or rank != 0, leave=False) as bar:
-            for hub, partners, flipped in hub_groups(mine):
-                for start in range(0, len(partners), HUB_CHUNK):
-                    chunk = partners[start:start + HUB_CHUNK]
-                    for pair, record in self._match_hub(hub, chunk, flipped).items():
-                        done[pair] = record
-                        self.cache.save_group(self._key(pair), record.arrays())
-                    bar.update(len(chunk))
+                  disable=not mine or not self.show_progress or rank != 0, leave=False) as bar, \
+                mapper(worker_count(self.store.matcher, self.accelerator)) as each:
+            for records in each(lambda job: self._match_hub(*job), jobs):
+                done.update(records)
+                self._count(records.values())
+                self.stored.save_many({keys[pair]: record.arrays() for pair, record in records.items()})
+                bar.update(len(records))
         if world > 1:
             from accelerate.utils import gather_object
 
@@ -157,16 +166,21 @@ class PairMatcher:
                 out[(hub, partner)] = self._record(matches, f_hub, keep_hub, f_other, keep_other)
         return out
 
+    def _count(self, records) -> None:
+        for record in records:
+            self.matched += 1
+            if len(record.first) < self.min_matches:
+                self.rejected += 1
+            else:
+                self.verified += 1
+
     def _record(self, matches: np.ndarray, f0: Features, keep0: np.ndarray, f1: Features,
                 keep1: np.ndarray) -> Record:
         """One pair's record from its tentative matches (indices into the region's keypoints)."""
-        self.matched += 1
         first, second = keep0[matches[:, 0]], keep1[matches[:, 1]]
         if len(matches) < self.min_matches:
-            self.rejected += 1
             inlier = np.zeros(len(matches), bool)
         else:
-            self.verified += 1
             inlier = ransac_inliers(f0["keypoints"][matches[:, 0]], f1["keypoints"][matches[:, 1]],
                                     self.cfg.geometry, self.cfg.ransac_threshold)
         return Record(first.astype(np.int32), second.astype(np.int32), inlier)
