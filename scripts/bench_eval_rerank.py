@@ -8,6 +8,9 @@ Each `--set NAME=MODEL:ROOT` is a model (export folder) and an AnimalCLEF-format
 `rerank.matcher=none` to fill OUT/embeddings (not timed in the table: `warmup`), then once per
 variant with that warm embedding cache and a fresh keypoint/match cache (`rerank.cache=` a new
 folder per variant), so keypoint extraction and every pair's matching count in its wall time.
+With `--before DIR` (a checkout of an earlier commit: `git worktree add DIR COMMIT`), the variant
+`before` runs DIR's eval.py with SIFT one pair at a time (`rerank.matcher_args={batched: false}`), the
+path issue 25 started from, on the same warm embedding cache: the reference of the speed-up.
 Runs are sequential; a run whose record holds the same command is reused. OUT/results.md is the
 table: open-set score (metrics.json `tuned.score`, threshold tuned on the database only), BAKS,
 BAUS, rank-1, wall seconds and the weights eval.py tuned (from each run's log).
@@ -22,7 +25,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -32,6 +35,7 @@ from core.files import atomic_write_text  # noqa: E402
 from scripts.benchmarking import cpu_line, parse_set  # noqa: E402
 
 VARIANTS: Dict[str, List[str]] = {
+    "before": ["rerank.matcher=sift", "rerank.matcher_args={batched: false}"],  # with --before DIR's eval.py
     "none": ["rerank.matcher=none"],
     "sift-one-pair": ["rerank.matcher=sift", "rerank.matcher_args={batched: false}"],
     "sift": ["rerank.matcher=sift"],
@@ -45,10 +49,11 @@ VARIANTS: Dict[str, List[str]] = {
 DEFAULT = ["none", "sift", "sift-min15", "sift-adaptive", "kreciprocal", "alpha_qe", "dba", "sift+all3"]
 
 
-def execute(out: Path, data: Dict, variant: str, overrides: List[str]) -> Dict:
+def execute(out: Path, data: Dict, variant: str, overrides: List[str], before: Optional[Path] = None) -> Dict:
     folder = out / data["name"] / variant
     cache = folder / "keypoints"
-    cmd = [sys.executable, str(REPO / "eval.py"), f"models=[{data['model']}]", "data.format=animalclef2025",
+    repo = before if variant == "before" else REPO
+    cmd = [sys.executable, str(repo / "eval.py"), f"models=[{data['model']}]", "data.format=animalclef2025",
            f"data.root={data['root']}", f"output_dir={folder / 'eval'}", f"embed_cache={out / 'embeddings'}",
            f"rerank.cache={cache}", *(VARIANTS["none"] if variant == "warmup" else VARIANTS[variant]), *overrides]
     record_path = folder / "record.json"
@@ -60,7 +65,7 @@ def execute(out: Path, data: Dict, variant: str, overrides: List[str]) -> Dict:
     folder.mkdir(parents=True, exist_ok=True)
     start = time.time()
     with open(folder / "eval.log", "w") as log:
-        done = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        done = subprocess.run(cmd, cwd=repo, stdout=log, stderr=subprocess.STDOUT)
     seconds = round(time.time() - start, 1)
     if done.returncode != 0:
         raise SystemExit(f"eval failed ({done.returncode}): see {folder / 'eval.log'}")
@@ -113,16 +118,21 @@ def main(argv=None) -> None:
     parser.add_argument("--variants", nargs="*", default=DEFAULT, help=f"among {', '.join(VARIANTS)}")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra eval.py overrides for every run")
     parser.add_argument("--out", default="runs/bench_eval_rerank")
+    parser.add_argument("--before", type=Path, help="checkout of an earlier commit: adds the variant `before`")
     args = parser.parse_args(argv)
     unknown = [v for v in args.variants if v not in VARIANTS]
     if unknown:
         raise ConfigError(f"unknown variants {unknown}; known: {list(VARIANTS)}")
+    if ("before" in args.variants) != (args.before is not None):
+        raise ConfigError("the variant `before` and --before DIR go together")
+    if args.before is not None and not (args.before / "eval.py").is_file():
+        raise ConfigError(f"--before {args.before}: no eval.py there (git worktree add DIR COMMIT)")
     out = Path(args.out)
     order = list(VARIANTS)
     for data in args.sets:
         for variant in ["warmup", *args.variants]:
             print(f"{data['name']}: {variant}", flush=True)
-            record = execute(out, data, variant, args.overrides)
+            record = execute(out, data, variant, args.overrides, args.before)
             print(f"  score {record['open_set']['score']:.3f} rank-1 {record['rank1']:.3f} {record['seconds']:.0f} s",
                   flush=True)
             write_results(out, order)

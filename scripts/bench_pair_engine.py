@@ -1,6 +1,7 @@
 """Pairs per second of keypoint matching: today's path (OpenCV, one pair at a time, RANSAC on every
-pair) against the batched pair engine (one matrix product per hub image and chunk of partners),
-with and without early rejection, on the same pairs of the same images, in one process.
+pair, one thread) against the batched pair engine (one matrix product per hub image and chunk of
+partners, hubs in a pool of threads), with and without early rejection, on the same pairs of the
+same images, in one process.
 
     python scripts/bench_pair_engine.py --images DATA/ZebraStripes DATA/DogFaceNet-dev DATA/LionData
     python scripts/bench_pair_engine.py --hubs 8 --partners 25 --min-matches 15 --threads 2
@@ -80,7 +81,8 @@ def bench_folder(folder: str, args) -> dict:
     features = [matcher.extract(loader.load(str(p), None)) for p in paths]
     first, second = pairs_of(len(paths), args.hubs, args.partners, rng)
     pairwise = build_matcher("sift", max_keypoints=args.max_keypoints)
-    pairwise.match_many = partial(Matcher.match_many, pairwise)  # today's path: OpenCV, one pair at a time
+    pairwise.match_many = partial(Matcher.match_many, pairwise)  # today's path: OpenCV, one pair at a time,
+    pairwise.thread_safe = False  # in one thread
     paths_to_time = {"today": (MemoryStore(pairwise, features), RerankConfig()),
                      "batched": (MemoryStore(matcher, features), RerankConfig()),
                      "batched+reject": (MemoryStore(matcher, features), RerankConfig(min_matches=args.min_matches))}
