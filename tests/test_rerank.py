@@ -6,6 +6,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -383,12 +384,13 @@ class _OracleMatcher(MatcherScorer):
     """A shortlist scorer of kind "matcher" that knows the truth (or, with `noise`, nothing at all)."""
 
     def __init__(self, identities: np.ndarray, noise: bool):
-        self.output, self.pairs = None, None
+        self.output, self.pairs = None, SimpleNamespace(matched=0)  # pairs "matched": scored
         self.cfg = RerankConfig(matcher="sift")
         self.weight, self.calibrator, self.calibration_queries = 1.0, None, 200
         self.identities, self.noise = identities, noise
 
     def pair_scores(self, space, q_rows, g_rows):
+        self.pairs.matched += len(q_rows)
         if self.noise:
             return np.random.default_rng(len(q_rows)).random(len(q_rows))
         return (self.identities[q_rows] == self.identities[g_rows]).astype(float) + 0.01 * np.arange(len(q_rows)) % 1
@@ -403,8 +405,10 @@ def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
     gallery, query, vectors = clustered(seed=1, identities=20, noise=2.0 if helpful else 1.0)
     identities = np.concatenate([gallery["identity"].to_numpy(dtype=object), query["identity"].to_numpy(dtype=object)])
     cfg = load_config(EvalConfig, RECIPE, ["rerank.shortlist=10", "threshold.min_queries=100"])
-    ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)], extra_scorers=[_OracleMatcher(identities,
-                                                                                                           not helpful)])
+    oracle = _OracleMatcher(identities, not helpful)
+    ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)], extra_scorers=[oracle])
+    assert 0 < ev.tuning_pairs < oracle.pairs.matched, "pairs to tune, then the queries' own"
+    assert oracle.pairs.matched - ev.tuning_pairs == len(query) * 10, "each query's shortlist of 10, once"
     chosen = ev.threshold["matcher_weight"]["chosen"]
     assert set(ev.threshold["matcher_weight"]["validation_score"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
     assert chosen >= 1.0 if helpful else chosen <= 0.25, ev.threshold["matcher_weight"]

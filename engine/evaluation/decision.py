@@ -64,6 +64,7 @@ class Evaluation:
     scorers: Dict[str, Dict[str, Any]]  # per scorer: kind, stage, weight, calibrator
     shortlist: Optional[np.ndarray] = None  # (Q, rerank.shortlist) gallery rows re-scored per query, if any
     skipped: int = 0  # queries certain on the global vote (rerank.adaptive): their shortlists not re-scored
+    tuning_pairs: int = 0  # pairs the keypoint matcher matched to calibrate and tune, before the queries' pairs
 
 
 def training_identities(metas: Sequence[Optional[Dict[str, int]]]) -> Optional[set]:
@@ -393,6 +394,7 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
         threshold = {"source": "threshold.value", "global": float(cfg.threshold.value), "per_dataset": {}}
         tuned, chosen = {AS_GIVEN: _Tuned(AS_GIVEN, scorers, threshold, {})}, {"all": AS_GIVEN}
+    tuning_pairs = _pairs_matched(extra_scorers)
     # Queries are matched against the whole gallery with the calibrators fitted above.
     result, used = _vote_by_choice(tuned, chosen, space, q_rows, all_gallery, cfg.rerank.shortlist)
     best_ids, best_scores = best_of(result.candidates)
@@ -407,4 +409,9 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     return Evaluation(result.candidates, best_ids, best_scores, threshold, decided, predictions, tuning,
                       result.rankings, result.raw, {s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
                                                              "calibrator": s.calibrator.to_dict()} for s in used},
-                      result.shortlist, result.skipped)
+                      result.shortlist, result.skipped, tuning_pairs)
+
+
+def _pairs_matched(scorers: Sequence[Scorer]) -> int:
+    """Pairs the keypoint matchers among `scorers` have matched so far (not read from a cache)."""
+    return sum(s.pairs.matched for s in scorers if s.kind == "matcher")

@@ -115,9 +115,11 @@ def run_evaluation(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
                          f"{0 if ev.shortlist is None else int((ev.shortlist >= 0).sum())} query pairs re-scored")
     if matcher is not None:
         pairs = matcher.pairs
-        say(accelerator, f"{cfg.rerank.matcher}: matched {pairs.matched} pairs here (the rest read from the cache), "
-                         f"RANSAC on {pairs.verified}, {pairs.rejected} with fewer than {pairs.min_matches} tentative "
-                         "matches recorded without inliers (rerank.min_matches)")
+        say(accelerator, f"{cfg.rerank.matcher}: matched {pairs.matched} pairs here (the rest read from the cache): "
+                         f"{ev.tuning_pairs} to calibrate it and tune its weight and the threshold on the database, "
+                         f"{pairs.matched - ev.tuning_pairs} for the queries' shortlists; RANSAC on {pairs.verified}, "
+                         f"{pairs.rejected} with fewer than {pairs.min_matches} tentative matches recorded without "
+                         "inliers (rerank.min_matches)")
     metrics = query_metrics(cfg, gallery, query, ev) if has_query_labels(query) else None
     final = Path(cfg.output_dir)
     with staged_directory(final) as staging:
