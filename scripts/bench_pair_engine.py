@@ -5,6 +5,7 @@ same images, in one process.
 
     python scripts/bench_pair_engine.py --images DATA/ZebraStripes DATA/DogFaceNet-dev DATA/LionData
     python scripts/bench_pair_engine.py --hubs 8 --partners 25 --min-matches 15 --threads 2
+    python scripts/bench_pair_engine.py --images DATA/ZebraStripes --matcher aliked_lightglue   # on a GPU
 
 Per folder: `--hubs` images, each paired with `--partners` others drawn at random (a query and its
 shortlist), SIFT features extracted once at `--side` px (not timed). The three paths run in turn,
@@ -21,6 +22,7 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -76,12 +78,16 @@ def bench_folder(folder: str, args) -> dict:
         raise DataError(f"{folder} has {len(paths)} images, the benchmark needs {needed}")
     rng = np.random.default_rng(0)
     paths = [paths[i] for i in np.sort(rng.choice(len(paths), min(len(paths), args.images_per_set), replace=False))]
-    matcher = build_matcher("sift", {"threads": args.threads}, max_keypoints=args.max_keypoints)
+    if args.matcher == "sift":
+        matcher = build_matcher("sift", {"threads": args.threads}, max_keypoints=args.max_keypoints)
+        pairwise = build_matcher("sift", max_keypoints=args.max_keypoints)
+    else:  # LightGlue: batched by size vs one pair at a time, on args.device
+        matcher = build_matcher(args.matcher, {"batched": True}, max_keypoints=args.max_keypoints, device=args.device)
+        pairwise = build_matcher(args.matcher, {"batched": False}, max_keypoints=args.max_keypoints, device=args.device)
     loader = ImageLoader(args.side, None, fit="long")
     features = [matcher.extract(loader.load(str(p), None)) for p in paths]
     first, second = pairs_of(len(paths), args.hubs, args.partners, rng)
-    pairwise = build_matcher("sift", max_keypoints=args.max_keypoints)
-    pairwise.match_many = partial(Matcher.match_many, pairwise)  # today's path: OpenCV, one pair at a time,
+    pairwise.match_many = partial(Matcher.match_many, pairwise)  # today's path: one pair at a time,
     pairwise.thread_safe = False  # in one thread
     paths_to_time = {"today": (MemoryStore(pairwise, features), RerankConfig()),
                      "batched": (MemoryStore(matcher, features), RerankConfig()),
@@ -114,10 +120,14 @@ def main(argv=None) -> None:
     p.add_argument("--min-matches", type=int, default=15)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=1, help="torch threads of the batched products (sift threads)")
+    p.add_argument("--matcher", default="sift", choices=("sift", "aliked_lightglue", "disk_lightglue"),
+                   help="LightGlue: batched by size (every layer) vs one pair at a time (adaptive): inliers differ")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="LightGlue's device")
     args = p.parse_args(argv)
     rows = [bench_folder(folder, args) for folder in args.images]
-    print(f"# Pair engine throughput ({cpu_line()}, torch threads {args.threads}, side {args.side} px, "
-          f"{args.max_keypoints} keypoints, SIFT, fundamental RANSAC)\n")
+    where = torch.cuda.get_device_name() if args.matcher != "sift" and args.device.startswith("cuda") else cpu_line()
+    print(f"# Pair engine throughput ({where}, torch threads {args.threads}, side {args.side} px, "
+          f"{args.max_keypoints} keypoints, {args.matcher}, fundamental RANSAC)\n")
     print(f"| set | pairs | keypoints/image | today pairs/s | batched pairs/s | x | same inliers | "
           f"batched + reject < {args.min_matches} pairs/s | x | rejected | no pair >= {args.min_matches} inliers dropped |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
