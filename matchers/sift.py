@@ -12,16 +12,18 @@ the ratio test compares them in float64 as `match` does. Ties cannot differ eith
 the best two fails the ratio test on both paths, and the reverse nearest neighbour is the lowest
 index on both. Confidences agree to float32 rounding (1e-7).
 
-The product itself: on a CPU with 8-bit dot-product instructions (AVX512-VNNI, AVX-VNNI, AMX) the
-bytes less 128 are multiplied as int8 with int32 sums (`torch._int_mm`: exact, and 3.4x the float32
-product with bfloat16 inputs on an AMD EPYC, one thread); elsewhere in float32 (bfloat16 inputs where
-the CPU has them, exact as explained at `_bf16_products`).
+The product itself, on a CPU, is whichever of two exact ways ran faster in a short trial when the
+process first matched (`_fastest_cpu_products`; both give the same integers): the bytes less 128 as
+int8 with int32 sums (`torch._int_mm`), or float32 with bfloat16 inputs where the CPU has them
+(`_bf16_products`). Which wins depends on the CPU: int8 ran 3.4x faster on an AMD EPYC with
+AVX512-VNNI, and no faster on an Intel Xeon with AMX. On a GPU the product is float32.
 """
 from __future__ import annotations
 
 import threading
+import time
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache, lru_cache
 from typing import Callable, Iterator, List, Sequence, Tuple
 
 import cv2
@@ -56,6 +58,9 @@ class SiftMatcher(Matcher):
         # batching; the same matches, kept to measure against (rerank.matcher_args={batched: false}).
         self.batched = bool(batched)
         self._local = threading.local()  # one OpenCV SIFT per thread: extraction runs in a pool (thread_safe)
+        # Read once, here: while one thread matches, the products' settings are switched (_cpu_products),
+        # and torch refuses to report the float32 precision then.
+        self._exact = _exact_products(self.device)
 
     def settings(self):
         return {"ratio": self.ratio}
@@ -95,10 +100,9 @@ class SiftMatcher(Matcher):
         if not self.batched:
             return super().match_many(features0, others, flipped=flipped)
         if self.device.type != "cpu":
-            return self._match_many(features0, others, flipped, _float_products(_exact_products(self.device)))
-        products = _int8_products if int8_cpu() else _float_products(_exact_products(self.device))
+            return self._match_many(features0, others, flipped, _float_products(self._exact))
         with _cpu_products(self.threads, bf16_cpu()):
-            return self._match_many(features0, others, flipped, products)
+            return self._match_many(features0, others, flipped, _fastest_cpu_products(self.threads, self._exact))
 
     @torch.inference_mode()
     def _match_many(self, features0: Features, others: Sequence[Features],
@@ -134,11 +138,34 @@ def bf16_cpu() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-@lru_cache(maxsize=1)
-def int8_cpu() -> bool:
-    """Whether this CPU has 8-bit dot-product instructions and torch an int8 product for it."""
-    flags = _cpu_flags()
-    return hasattr(torch, "_int_mm") and any(f in flags for f in ("avx512_vnni", "avx_vnni", "amx_int8"))
+_TRIAL_SHAPE = (384, 6144)  # rows x columns of the trial product: a hub of 384 keypoints, 12 partners of 512
+
+
+@cache
+def _fastest_cpu_products(threads: int, exact: bool) -> Products:
+    """The faster of the int8 and float32 products on this CPU, timed once per process (best of 3
+    after a warm-up, about 0.1 s in all); float32 where torch has no int8 product."""
+    candidates = {"float32": _float_products(exact)}
+    if hasattr(torch, "_int_mm"):
+        candidates["int8"] = _int8_products
+    if len(candidates) == 1:
+        return candidates["float32"]
+    rng = np.random.default_rng(0)
+    rows, columns = (rng.integers(0, 160, (n, 128), dtype=np.uint8) for n in _TRIAL_SHAPE)
+    row_sums, (column_norms, column_sums) = _norms_and_sums(rows)[1], _norms_and_sums(columns)
+    seconds = {}
+    for name, product in candidates.items():
+        try:
+            product(rows, row_sums, columns, column_norms, column_sums, torch.device("cpu"))
+        except RuntimeError:  # an int8 kernel this build lacks
+            continue
+        times = []
+        for _ in range(3):
+            start = time.perf_counter()
+            product(rows, row_sums, columns, column_norms, column_sums, torch.device("cpu"))
+            times.append(time.perf_counter() - start)
+        seconds[name] = min(times)
+    return candidates[min(seconds, key=seconds.get)]
 
 
 _settings_lock = threading.Lock()

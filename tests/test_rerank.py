@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from core.array_cache import ArrayCache
 from core.config import load_config
@@ -165,7 +166,10 @@ def sift_features(tiny_synthetic):
 @pytest.mark.parametrize("products", ["int8", "float32"])
 def test_batched_sift_finds_the_same_matches_as_opencv_one_pair_at_a_time(sift_features, products, monkeypatch):
     matcher, features = sift_features
-    monkeypatch.setattr("matchers.sift.int8_cpu", lambda: products == "int8")
+    import matchers.sift as sift
+
+    chosen = sift._int8_products if products == "int8" else sift._float_products(True)
+    monkeypatch.setattr(sift, "_fastest_cpu_products", lambda threads, exact: chosen)
     assert features[0]["descriptors"].dtype == np.uint8, "SIFT's descriptors are bytes"
     # A partner with one keypoint, and one read from a cache of an earlier version (float16 descriptors).
     hub, others = features[0], features[1:] + [{**features[1], "descriptors": features[1]["descriptors"][:1]},
@@ -234,6 +238,21 @@ def test_hub_groups_cover_every_pair_once_around_the_image_they_share():
     rebuilt = sorted((p, h) if flipped else (h, p) for h, partners, flipped in groups for p in partners)
     assert rebuilt == sorted(pairs)
     assert (5, [0, 1, 2], True) in groups, "image 5 is in three pairs, as their second image"
+
+
+def test_the_cpu_product_is_the_faster_of_two_exact_ones_timed_once():
+    import matchers.sift as sift
+
+    chosen = sift._fastest_cpu_products(1, True)
+    assert chosen is sift._int8_products or chosen.__qualname__.startswith("_float_products")
+    assert sift._fastest_cpu_products(1, True) is chosen, "timed once per process"
+    rng = np.random.default_rng(1)
+    rows, columns = rng.integers(0, 256, (7, 128), dtype=np.uint8), rng.integers(0, 256, (9, 128), dtype=np.uint8)
+    (_, row_sums), (norms, sums) = sift._norms_and_sums(rows), sift._norms_and_sums(columns)
+    want = (columns.astype(np.int64) ** 2).sum(1)[None] - 2 * rows.astype(np.int64) @ columns.astype(np.int64).T
+    for product in (sift._int8_products, sift._float_products(True)):
+        got = product(rows, row_sums, columns, norms, sums, torch.device("cpu"))
+        np.testing.assert_array_equal(got.numpy().astype(np.int64), want)
 
 
 def test_a_matcher_without_a_batch_path_matches_many_one_pair_at_a_time(sift_features):
