@@ -202,10 +202,10 @@ class ThresholdConfig:
 class RerankConfig:
     # SIFT by default: on the validation parts of scripts/bench_recipes.py (default recipe, 8 min) it
     # raised the mean open-set score 0.718 -> 0.799 (synthetic 0.615 -> 0.940; dogs, lions, zebras
-    # within 0.02), costs about a minute per 1,000 queries on 2 CPU cores, and needs no weights; its
+    # within 0.02), costs about 45 s per 1,000 queries on 2 CPU cores (docs/results.md), and needs no weights; its
     # tuned weight falls to 0 where matching does not help.
     matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift
-    matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, ratio (sift)
+    matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, batched (lightglue: null = on a GPU), ratio, threads (sift)
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
     weight: float = 1.0  # (float) the matcher's soft-voting weight (a model's is its `weights` entry, 1 by default)
     tune_weight: bool = True  # (bool) choose the weight among 0-4 on the threshold's held-out database split (weight wins ties)
