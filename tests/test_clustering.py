@@ -217,3 +217,32 @@ def test_bench_cluster_scale_mode_prints_its_table(capsys):
     bench_cluster.main(["scale", "--sizes", "600", "--methods", "agglomerative,components", "--k", "5"])
     printed = capsys.readouterr().out
     assert "CPU:" in printed and "| 600 |" in printed and "peak RSS MiB" in printed
+
+
+def test_the_matchers_weight_on_the_edges_is_chosen_by_ari_on_held_out_identities():
+    from engine.clustering.pipeline import graph_scorers
+    from engine.clustering.tuning import tune
+    from engine.evaluation.scorers import MatchSpace, ModelOutput
+    from tests.embedding_worlds import OracleMatcher, clustered
+
+    # A weak model (noisy embeddings) and a matcher that knows the truth.
+    gallery, query, vectors = clustered(seed=2, identities=24, noise=1.4)
+    truth = np.concatenate([gallery["identity"].to_numpy(dtype=object), query["identity"].to_numpy(dtype=object)])
+    labels = np.concatenate([gallery["identity"].to_numpy(dtype=object), np.full(len(query), None, dtype=object)])
+    datasets = np.concatenate([gallery["dataset"].to_numpy(dtype=object), query["dataset"].to_numpy(dtype=object)])
+
+    def tuned_with(matcher, *overrides):
+        cfg = load_config(EvalConfig, None, ["task=cluster", "cluster.splits=1", "rerank.matcher=sift", *overrides])
+        space = MatchSpace(labels, datasets, True, cfg.retrieval)
+        return tune(cfg, [*graph_scorers([ModelOutput("m", vectors)]), matcher], space, gallery,
+                    CLUSTERERS.build("agglomerative", {}))
+
+    oracle = OracleMatcher(truth, noise=False)
+    tuned, weight = tuned_with(oracle)
+    assert set(weight["validation_ari"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
+    assert weight["chosen"] >= 1.0 and weight["validation_ari"]["0.0"] < weight["validation_ari"][str(weight["chosen"])]
+    assert oracle.weight == weight["chosen"]
+    assert tuned.best_ari(True) == pytest.approx(weight["validation_ari"][str(weight["chosen"])], abs=1e-6)
+
+    kept = OracleMatcher(truth, noise=False)
+    assert tuned_with(kept, "rerank.tune_weight=false", "rerank.weight=0.5")[1] is None and kept.weight == 1.0

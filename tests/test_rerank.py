@@ -6,7 +6,6 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -420,32 +419,16 @@ def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_
     assert cells[7] == "0, 0", "the second run reads everything from the caches"
 
 
-class _OracleMatcher(MatcherScorer):
-    """A shortlist scorer of kind "matcher" that knows the truth (or, with `noise`, nothing at all)."""
-
-    def __init__(self, identities: np.ndarray, noise: bool):
-        self.output, self.pairs = None, SimpleNamespace(matched=0)  # pairs "matched": scored
-        self.cfg = RerankConfig(matcher="sift")
-        self.weight, self.calibrator, self.calibration_queries = 1.0, None, 200
-        self.identities, self.noise = identities, noise
-
-    def pair_scores(self, space, q_rows, g_rows):
-        self.pairs.matched += len(q_rows)
-        if self.noise:
-            return np.random.default_rng(len(q_rows)).random(len(q_rows))
-        return (self.identities[q_rows] == self.identities[g_rows]).astype(float) + 0.01 * np.arange(len(q_rows)) % 1
-
-
 @pytest.mark.parametrize("helpful", [True, False])
 def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
     from engine.evaluation.decision import evaluate_outputs
-    from tests.embedding_worlds import clustered
+    from tests.embedding_worlds import OracleMatcher, clustered
 
     # A weak model (noisy embeddings) with a matcher that knows the truth, or a good model with one that guesses.
     gallery, query, vectors = clustered(seed=1, identities=20, noise=2.0 if helpful else 1.0)
     identities = np.concatenate([gallery["identity"].to_numpy(dtype=object), query["identity"].to_numpy(dtype=object)])
     cfg = load_config(EvalConfig, RECIPE, ["rerank.shortlist=10", "threshold.min_queries=100"])
-    oracle = _OracleMatcher(identities, not helpful)
+    oracle = OracleMatcher(identities, noise=not helpful)
     ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)], extra_scorers=[oracle])
     assert 0 < ev.tuning_pairs < oracle.pairs.matched, "pairs to tune, then the queries' own"
     assert oracle.pairs.matched - ev.tuning_pairs == len(query) * 10, "each query's shortlist of 10, once"

@@ -29,7 +29,7 @@ from engine.accel import say
 from engine.cluster_metrics import clustering_report
 from engine.clustering.graph import build_graph
 from engine.clustering.methods import CLUSTERERS
-from engine.clustering.tuning import anchor_codes, tune_thresholds
+from engine.clustering.tuning import anchor_codes, tune
 from engine.embed_cache import image_list_fingerprint
 from engine.evaluation.artifacts import (
     MANIFEST,
@@ -122,10 +122,15 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         if not n_gallery:
             raise DataError("no labelled train images to tune the clustering threshold on: set cluster.threshold "
                             "(with one model and no calibration, a cosine similarity)")
-        tuned = tune_thresholds(cfg, scorers, space, gallery, clusterer)
+        tuned, weight = tune(cfg, scorers, space, gallery, clusterer)
         thresholds.update(source=f"tuned by ARI on held-out train identities ({cfg.cluster.splits} splits, "
                                  f"{tuned.images} validation images)", overall=tuned.overall,
                           validation_ari=tuned.curves, grid=sorted(cfg.cluster.grid))
+        if weight is not None:
+            thresholds["matcher_weight"] = weight
+            say(accelerator, f"{cfg.rerank.matcher} weight {weight['chosen']} chosen by ARI on the same held-out "
+                             "identities (validation ARI per weight: "
+                             + ", ".join(f"{w}: {v:.3f}" for w, v in weight["validation_ari"].items()) + ")")
         own = tuned.per_dataset if cfg.cluster.per_dataset else {}
     else:
         thresholds.update(source=_calibrate_without_tuning(cfg, scorers, space, n_gallery), overall=cfg.cluster.threshold)

@@ -9,12 +9,16 @@ takes the threshold of its own best ARI, and a dataset without train images take
 is best on average over the others: on calibrated probabilities P(same individual) a threshold
 means the same on every dataset, so it transfers (on raw cosines it would not).
 The calibrators are fitted on the first split's remaining train images, as in the query pipeline.
+With a keypoint matcher (and rerank.tune_weight), its weight in the edges' soft vote is tuned the
+same way, as the query pipeline tunes it: each weight of MATCHER_WEIGHTS gets its thresholds tuned,
+and the weight whose validation ARI is best wins (the configured one among equals). Pairs are
+matched once: every further weight only re-votes.
 """
 from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -25,6 +29,7 @@ from core.schema import EvalConfig
 from data.splits import open_set_split
 from engine.clustering.graph import build_graph
 from engine.clustering.methods import Clusterer
+from engine.evaluation.decision import MATCHER_WEIGHTS
 from engine.evaluation.scorers import MatchSpace, Scorer
 from engine.evaluation.voting import fit_calibrators
 
@@ -37,6 +42,11 @@ class Tuned:
     overall: float  # best on average over those datasets: for datasets without train images
     curves: Dict[str, List[float]]  # validation ARI per threshold of the grid, per dataset
     images: int  # validation images, all splits together
+
+    def best_ari(self, per_dataset: bool) -> float:
+        """Validation ARI at the chosen thresholds: each dataset at its own, or all at one."""
+        curves = np.array(list(self.curves.values()))
+        return float(curves.max(axis=1).mean() if per_dataset else curves.mean(axis=0).max())
 
 
 def anchor_codes(labels: np.ndarray) -> np.ndarray:
@@ -103,3 +113,23 @@ def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpac
     per_dataset = {d: best_of_curve(c, grid) for d, c in curves.items()}
     overall = best_of_curve(np.mean([curves[d] for d in curves], axis=0), grid)
     return Tuned(per_dataset, overall, curves, images)
+
+
+def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
+         clusterer: Clusterer) -> Tuple[Tuned, Optional[Dict[str, Any]]]:
+    """The thresholds, and with a keypoint matcher its weight (see the module doc): (tuned, the
+    weight's record or None)."""
+    matchers = [s for s in scorers if s.kind == "matcher"]
+    if not matchers or not cfg.rerank.tune_weight:
+        return tune_thresholds(cfg, scorers, space, gallery, clusterer), None
+    tried: Dict[float, Tuned] = {}
+    for weight in sorted({*MATCHER_WEIGHTS, cfg.rerank.weight}):
+        for matcher in matchers:
+            matcher.weight = weight
+        tried[weight] = tune_thresholds(cfg, scorers, space, gallery, clusterer)
+    per_dataset = cfg.cluster.per_dataset
+    best = max(tried, key=lambda w: (round(tried[w].best_ari(per_dataset), 9), w == cfg.rerank.weight))
+    for matcher in matchers:
+        matcher.weight = best
+    return tried[best], {"chosen": best, "validation_ari": {str(w): round(t.best_ari(per_dataset), 6)
+                                                           for w, t in tried.items()}}
