@@ -20,7 +20,8 @@ from pathlib import Path
 from core.cli import config_parser, parse_config
 from core.config import parse_override, read_yaml
 from core.errors import ConfigError, cli_entry
-from core.schema import TASKS, TrainConfig
+from core.schema import TrainConfig
+from core.schema_rules import TASKS
 from core.suggest import did_you_mean
 
 DEFAULT_RECIPE = "configs/train/default.yaml"  # relative to this file, so it is found from any folder

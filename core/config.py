@@ -2,7 +2,7 @@
 
 Every key is checked against the dataclass schema: an unknown key or a value of the wrong type
 stops with a ConfigError naming the key and the closest valid one, and every value against the
-schema's VALUE_RULES (a misspelt name, a zero where a count is needed, a mean of 2 numbers).
+rules of core/schema_rules.py (a misspelt name, a zero where a count is needed, a mean of 2 numbers).
 Fields typed ``dict`` hold free-form blocks (component ``args``), which the registry validates
 when it builds them.
 """
@@ -19,7 +19,7 @@ import yaml
 from core.errors import ConfigError
 from core.files import atomic_write_text
 from core.registry import load_plugins
-from core.schema import value_problem
+from core.schema_rules import value_problem
 from core.suggest import did_you_mean
 
 T = TypeVar("T")

@@ -10,17 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List
 
-from core.schema import (
-    COUNT,
-    FRACTION,
-    PROBABILITY,
-    VALUE_RULES,
-    ComponentConfig,
-    DataConfig,
-    TrainLoopConfig,
-    at_least,
-    one_of,
-)
+from core.schema import ComponentConfig, DataConfig, TrainLoopConfig
+from core.schema_rules import COUNT, FRACTION, PROBABILITY, VALUE_RULES, at_least, one_of
 
 ANNOTATION_SOURCES = ("auto", "bbox", "csv", "yolo")
 

@@ -22,7 +22,8 @@ import engine.components  # noqa: E402,F401  (the built-in names a config may us
 from core.config import load_config  # noqa: E402
 from core.errors import cli_entry  # noqa: E402
 from core.files import atomic_write_text  # noqa: E402
-from core.schema import BOX_CHOICES, SYNTHETIC, CropConfig, DataConfig  # noqa: E402
+from core.schema import SYNTHETIC, CropConfig, DataConfig  # noqa: E402
+from core.schema_rules import BOX_CHOICES  # noqa: E402
 from data.formats import DATASETS, load_table_with_root  # noqa: E402
 from detectors import load_detector  # noqa: E402
 from engine.detection.crops import crop_with_manifest  # noqa: E402

@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core import schema
+from core import schema_rules
 from core.config import _merge, load_config, load_yaml, parse_override, read_yaml, save_config, to_dict
 from core.detector_schema import DetectorTrainConfig
 from core.errors import ConfigError
@@ -196,18 +196,18 @@ def test_the_names_the_schema_accepts_are_the_ones_the_code_knows():
     from engine.training.validation import open_set_metrics
     from matchers.geometry import GEOMETRIES
 
-    assert schema.GEOMETRIES == GEOMETRIES
-    assert schema.TTA_VIEWS == tuple(TTA_VIEWS)
-    assert schema.CALIBRATIONS == tuple(METHODS)
-    assert schema.SUBMISSIONS == ("auto", *COLUMNS)
-    assert (schema.INDEXES, schema.AGGREGATIONS) == (retrieval.INDEXES, retrieval.AGGREGATIONS)
-    assert set(schema.MIXED_PRECISIONS) - {"auto"} <= set(PrecisionType.list())
+    assert schema_rules.GEOMETRIES == GEOMETRIES
+    assert schema_rules.TTA_VIEWS == tuple(TTA_VIEWS)
+    assert schema_rules.CALIBRATIONS == tuple(METHODS)
+    assert schema_rules.SUBMISSIONS == ("auto", *COLUMNS)
+    assert (schema_rules.INDEXES, schema_rules.AGGREGATIONS) == (retrieval.INDEXES, retrieval.AGGREGATIONS)
+    assert set(schema_rules.MIXED_PRECISIONS) - {"auto"} <= set(PrecisionType.list())
     rng = np.random.default_rng(0)
     emb = rng.normal(size=(6, 4)).astype(np.float32)
     emb /= np.linalg.norm(emb, axis=1, keepdims=True)
     ids = np.array(["a", "b", "c", "a", "b", "d"], dtype=object)
     metrics, _ = open_set_metrics(emb[:3], ids[:3], emb[3:], ids[3:])
-    assert set(schema.VALIDATION_METRICS) == set(metrics) - {"threshold"}
+    assert set(schema_rules.VALIDATION_METRICS) == set(metrics) - {"threshold"}
 
 
 def test_parse_override_values():

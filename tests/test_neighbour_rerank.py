@@ -97,7 +97,7 @@ def test_neighbour_scorers_weights_are_chosen_on_the_held_out_split():
 
 
 def test_every_name_rerank_neighbours_accepts_is_a_registered_scorer():
-    from core.schema import NEIGHBOUR_RERANKERS
+    from core.schema_rules import NEIGHBOUR_RERANKERS
     from engine.evaluation.scorers import SCORERS
 
     assert set(NEIGHBOUR_RERANKERS) <= set(SCORERS.names())

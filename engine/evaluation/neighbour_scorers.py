@@ -22,7 +22,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from core.schema import NEIGHBOUR_RERANKERS
+from core.schema_rules import NEIGHBOUR_RERANKERS
 from engine.evaluation.scorers import SCORERS, MatchSpace, ModelOutput, Scorer
 from engine.neighbourhood import expanded, k_reciprocal_distance, k_reciprocal_encoding
 
