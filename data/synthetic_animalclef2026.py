@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from core.errors import ConfigError
-from data.formats import SOLUTION_FILE
+from data.format_animalclef2026 import SOLUTION_FILE
 from data.synthetic import has_marker, layout_marker, write_layout
 from data.synthetic_species import GROUPS
 

@@ -27,7 +27,8 @@ import yaml
 from core.errors import ConfigError, DataError, list_some
 from core.files import atomic_folder
 from core.suggest import did_you_mean
-from data.formats import list_images, read_corner_boxes
+from data.format_base import list_images
+from data.formats import read_corner_boxes
 from data.table import clean_identity, is_missing, parse_numbers
 from data.validate import displayed_size, require_columns, resolve_all
 
