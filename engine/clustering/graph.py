@@ -10,7 +10,7 @@ the graph's edges exactly as it scores a query's shortlist, with its caches and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 
@@ -79,19 +79,37 @@ def graph_edges(scorers: Sequence[Scorer], space: MatchSpace, nodes: np.ndarray,
     return unique_pairs(np.concatenate(found_a), np.concatenate(found_b))
 
 
+def vote_weights(weights: Sequence[float]) -> np.ndarray:
+    """Soft-voting weights summing to 1 (equal ones when none is positive)."""
+    weights = np.asarray(weights, dtype=np.float64)
+    if weights.sum() <= 0:
+        weights = np.ones(len(weights))
+    return weights / weights.sum()
+
+
+def edge_scores(scorers: Sequence[Scorer], space: MatchSpace, a: np.ndarray, b: np.ndarray,
+                needed: Optional[Sequence[bool]] = None) -> List[Optional[np.ndarray]]:
+    """Each scorer's calibrated score of each pair (a[e], b[e]); None for scorers not `needed`."""
+    return [scorer.calibrator(scorer.pair_scores(space, a, b)) if needed is None or needed[k] else None
+            for k, scorer in enumerate(scorers)]
+
+
+def fused_probabilities(scores: Sequence[Optional[np.ndarray]], weights: Sequence[float], edges: int) -> np.ndarray:
+    """The scorers' calibrated edge scores averaged with `weights` (scorers of weight 0 left out)."""
+    fused = np.zeros(edges)
+    for score, weight in zip(scores, vote_weights(weights), strict=True):
+        if weight > 0:
+            fused += weight * score
+    return fused
+
+
 def edge_probabilities(scorers: Sequence[Scorer], space: MatchSpace, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """P(same individual) of each pair (a[e], b[e]): every scorer's calibrated score, averaged with
     the scorers' weights (the soft vote of the query pipeline, on pairs)."""
-    weights = np.array([s.weight for s in scorers], dtype=np.float64)
     if len(a) == 0:
         return np.zeros(0)
-    if weights.sum() <= 0:
-        weights = np.ones(len(scorers))
-    fused = np.zeros(len(a))
-    for scorer, weight in zip(scorers, weights / weights.sum(), strict=True):
-        if weight > 0:
-            fused += weight * scorer.calibrator(scorer.pair_scores(space, a, b))
-    return fused
+    weights = vote_weights([s.weight for s in scorers])
+    return fused_probabilities(edge_scores(scorers, space, a, b, weights > 0), weights, len(a))
 
 
 def build_graph(scorers: Sequence[Scorer], space: MatchSpace, nodes: np.ndarray, k: int) -> Graph:

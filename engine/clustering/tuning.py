@@ -11,8 +11,8 @@ means the same on every dataset, so it transfers (on raw cosines it would not).
 The calibrators are fitted on the first split's remaining train images, as in the query pipeline.
 With a keypoint matcher (and rerank.tune_weight), its weight in the edges' soft vote is tuned the
 same way, as the query pipeline tunes it: each weight of MATCHER_WEIGHTS gets its thresholds tuned,
-and the weight whose validation ARI is best wins (the configured one among equals). Pairs are
-matched once: every further weight only re-votes.
+and the weight whose validation ARI is best wins (the configured one among equals). The graph and
+its edges' scores are computed once: every further weight only re-votes and re-clusters.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from sklearn.metrics import adjusted_rand_score
 from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import open_set_split
-from engine.clustering.graph import build_graph
+from engine.clustering.graph import Graph, edge_scores, fused_probabilities, graph_edges
 from engine.clustering.methods import Clusterer
 from engine.evaluation.decision import MATCHER_WEIGHTS
 from engine.evaluation.scorers import MatchSpace, Scorer
@@ -83,36 +83,41 @@ def best_of_curve(curve: Sequence[float], grid: Sequence[float]) -> float:
 
 
 def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
-                    clusterer: Clusterer) -> Tuned:
-    """Fit the calibrators and tune the thresholds on held-out train identities (see the module doc)."""
+                    clusterer: Clusterer, weightings: Optional[Sequence[Sequence[float]]] = None) -> List[Tuned]:
+    """Fit the calibrators and tune the thresholds on held-out train identities (see the module doc),
+    once per weighting (a soft-voting weight per scorer; by default the scorers' own). The graph
+    over the train images and its edges' calibrated scores do not depend on the split or on the
+    weights: they are computed once."""
     grid = sorted(cfg.cluster.grid)
     n_gallery = len(gallery)
-    sums: Dict[str, np.ndarray] = {}
-    seen: Dict[str, int] = {}
-    images = 0
-    for s in range(cfg.cluster.splits):
-        val_q = held_out_split(gallery, cfg, cfg.seed + s)
-        val_g = np.setdiff1d(np.arange(n_gallery), val_q)
-        if s == 0:
-            fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
-        nodes = np.arange(n_gallery)
-        graph = build_graph(scorers, space, nodes, cfg.cluster.neighbours)
-        anchors = np.where(np.isin(nodes, val_q), -1, anchor_codes(space.labels[:n_gallery]))
-        if not cfg.cluster.anchors:
-            anchors = np.full(n_gallery, -1)
-        images += len(val_q)
-        for dataset in sorted(set(space.datasets[val_q].tolist())):
-            members = np.flatnonzero(space.datasets[:n_gallery] == dataset)
-            labelled = np.isin(members, val_q)
-            found = clusterer.labels(graph.subgraph(members), anchors[members], grid)
-            truth = space.labels[members][labelled].astype(str)
-            curve = np.array([adjusted_rand_score(truth, labels[labelled]) for labels in found])
-            sums[dataset] = sums.get(dataset, 0) + curve
-            seen[dataset] = seen.get(dataset, 0) + 1
-    curves = {d: (sums[d] / seen[d]).tolist() for d in sorted(sums)}
-    per_dataset = {d: best_of_curve(c, grid) for d, c in curves.items()}
-    overall = best_of_curve(np.mean([curves[d] for d in curves], axis=0), grid)
-    return Tuned(per_dataset, overall, curves, images)
+    splits = [held_out_split(gallery, cfg, cfg.seed + s) for s in range(cfg.cluster.splits)]
+    fit_calibrators(scorers, space, np.setdiff1d(np.arange(n_gallery), splits[0]), cfg.calibration, cfg.seed,
+                    cfg.rerank.shortlist)
+    a, b = graph_edges(scorers, space, np.arange(n_gallery), cfg.cluster.neighbours)
+    scores = edge_scores(scorers, space, a, b) if len(a) else [np.zeros(0)] * len(scorers)
+    codes = anchor_codes(space.labels[:n_gallery])
+    out = []
+    for weights in weightings or [[s.weight for s in scorers]]:
+        graph = Graph(n_gallery, a, b, fused_probabilities(scores, weights, len(a)))  # node e is row e
+        sums: Dict[str, np.ndarray] = {}
+        seen: Dict[str, int] = {}
+        for val_q in splits:
+            anchors = np.where(np.isin(np.arange(n_gallery), val_q), -1, codes)
+            if not cfg.cluster.anchors:
+                anchors = np.full(n_gallery, -1)
+            for dataset in sorted(set(space.datasets[val_q].tolist())):
+                members = np.flatnonzero(space.datasets[:n_gallery] == dataset)
+                labelled = np.isin(members, val_q)
+                found = clusterer.labels(graph.subgraph(members), anchors[members], grid)
+                truth = space.labels[members][labelled].astype(str)
+                curve = np.array([adjusted_rand_score(truth, labels[labelled]) for labels in found])
+                sums[dataset] = sums.get(dataset, 0) + curve
+                seen[dataset] = seen.get(dataset, 0) + 1
+        curves = {d: (sums[d] / seen[d]).tolist() for d in sorted(sums)}
+        per_dataset = {d: best_of_curve(c, grid) for d, c in curves.items()}
+        overall = best_of_curve(np.mean([curves[d] for d in curves], axis=0), grid)
+        out.append(Tuned(per_dataset, overall, curves, sum(len(v) for v in splits)))
+    return out
 
 
 def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
@@ -121,12 +126,10 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     weight's record or None)."""
     matchers = [s for s in scorers if s.kind == "matcher"]
     if not matchers or not cfg.rerank.tune_weight:
-        return tune_thresholds(cfg, scorers, space, gallery, clusterer), None
-    tried: Dict[float, Tuned] = {}
-    for weight in sorted({*MATCHER_WEIGHTS, cfg.rerank.weight}):
-        for matcher in matchers:
-            matcher.weight = weight
-        tried[weight] = tune_thresholds(cfg, scorers, space, gallery, clusterer)
+        return tune_thresholds(cfg, scorers, space, gallery, clusterer)[0], None
+    options = sorted({*MATCHER_WEIGHTS, cfg.rerank.weight})
+    weightings = [[w if s.kind == "matcher" else s.weight for s in scorers] for w in options]
+    tried = dict(zip(options, tune_thresholds(cfg, scorers, space, gallery, clusterer, weightings), strict=True))
     per_dataset = cfg.cluster.per_dataset
     best = max(tried, key=lambda w: (round(tried[w].best_ari(per_dataset), 9), w == cfg.rerank.weight))
     for matcher in matchers:
