@@ -55,6 +55,11 @@ class Matcher(ABC):
         """Matcher-specific settings that change features or matches."""
         return {}
 
+    def match_settings(self) -> Dict[str, Any]:
+        """Settings that change matches but not features: part of the pair records' cache key
+        (engine.matching.pairs), not of the keypoints'."""
+        return {}
+
     @abstractmethod
     def extract(self, image: np.ndarray) -> Features:
         """Features of an (H, W, 3) uint8 RGB image."""

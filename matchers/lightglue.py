@@ -13,7 +13,8 @@ ALIKED's fixed top-k makes the common case) up to BATCH_PAIRS per call. LightGlu
 adaptive depth over a whole batch and its point pruning is only correct for one pair, so a batch
 runs every layer on every point (`depth_confidence=-1, width_confidence=-1`): its matches are those
 of LightGlue without adaptivity (which trades a little accuracy for speed), not exactly those of
-the one-pair path; `batched` is therefore part of the matcher's description, and of the cache keys.
+the one-pair path; `batched` is therefore part of the pair records' cache key (`match_settings`),
+though not of the keypoints' (the features are the same).
 """
 from __future__ import annotations
 
@@ -92,7 +93,10 @@ class _LightGlueMatcher(Matcher):
         """The keypoint extractor, its weights checked first."""
 
     def settings(self):
-        return {"filter_threshold": self.filter_threshold, "batched": self.batched}
+        return {"filter_threshold": self.filter_threshold}
+
+    def match_settings(self):
+        return {"batched": self.batched}
 
     @torch.inference_mode()
     def extract(self, image: np.ndarray) -> Features:

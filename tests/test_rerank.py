@@ -73,8 +73,10 @@ def test_weight_free_sift_matches_one_individual_more_than_two(tiny_synthetic):
 def test_lightglue_batched_by_size_gives_each_pair_what_it_gets_alone(tiny_synthetic):
     """The GPU path, forced on the CPU: partners grouped by keypoint count, one LightGlue call per group."""
     matcher = build_matcher("disk_lightglue", {"batched": True}, max_keypoints=64)
-    assert matcher.describe()["batched"] and matcher.lightglue.conf.depth_confidence < 0, "every layer, every point"
-    assert not build_matcher("disk_lightglue", max_keypoints=64).describe()["batched"], "one pair at a time on a CPU"
+    assert matcher.match_settings()["batched"] and matcher.lightglue.conf.depth_confidence < 0, "every layer, every point"
+    one_pair = build_matcher("disk_lightglue", max_keypoints=64)
+    assert not one_pair.match_settings()["batched"], "one pair at a time on a CPU"
+    assert one_pair.describe() == matcher.describe(), "the same features: one keypoint cache"
     loader = ImageLoader(128, None, fit="long")
     table = _table(tiny_synthetic)
     rows = table[table["dataset"] == "SynthLynx"].head(5)

@@ -91,7 +91,8 @@ class PairMatcher:
         self.rejected = 0  # of those, pairs recorded without inliers: fewer than min_matches tentative matches
         self.min_matches = max(int(cfg.min_matches), MIN_POINTS[cfg.geometry])
         self._settings = {"version": RECORD_VERSION, "geometry": cfg.geometry,
-                          "ransac_threshold": float(cfg.ransac_threshold), "region": float(cfg.region)}
+                          "ransac_threshold": float(cfg.ransac_threshold), "region": float(cfg.region),
+                          "matcher": store.matcher.match_settings()}
         if self.min_matches > MIN_POINTS[cfg.geometry]:  # else the records are those of verifying every pair
             self._settings["min_matches"] = self.min_matches
 

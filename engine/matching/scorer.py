@@ -65,7 +65,8 @@ class MatcherScorer(Scorer):
         return pair_scores_of(records, np.asarray(q_rows), space.labels[g_rows], self.cfg.score, self.cfg.burstiness)
 
     def describe(self) -> dict:
-        return {**self.pairs.store.matcher.describe(), "side": self.cfg.side, "score": self.cfg.score,
+        matcher = self.pairs.store.matcher
+        return {**matcher.describe(), **matcher.match_settings(), "side": self.cfg.side, "score": self.cfg.score,
                 "geometry": self.cfg.geometry, "ransac_threshold": self.cfg.ransac_threshold,
                 "burstiness": self.cfg.burstiness, "region": self.cfg.region, "min_matches": self.pairs.min_matches}
 
