@@ -2,6 +2,9 @@
 
     python scripts/make_openset_protocol.py --format folders --root /data/DogFaceNet-dev --out /tmp/dogs
     python scripts/make_openset_protocol.py --format folders --root DIR --out OUT --val-fraction 0.2
+    # one species of the synthetic set (python scripts/make_synthetic.py --out SYN), nearly all of it a test part
+    python scripts/make_openset_protocol.py --format animalclef2025 --root SYN --datasets SynthTurtle \
+        --train-fraction 0.05 --out OUT
 
 Splits the identities into disjoint parts. `--train-fraction` (default half) of them are for
 training; `--val-fraction` of those (default none) are held out of training as a validation part,
@@ -129,9 +132,13 @@ def main(argv=None) -> None:
     parser.add_argument("--unknown-fraction", type=float, default=0.2)
     parser.add_argument("--query-fraction", type=float, default=0.2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--datasets", default="",
+                        help="comma-separated `dataset` values to keep (one species of a set with several: "
+                             "members trained on one, tested on another)")
     args = parser.parse_args(argv)
     root = Path(args.root)
-    table = load_table(load_config(DataConfig, None, [f"format={args.format}", f"root={root}"]))
+    keep = [f"datasets=[{args.datasets}]"] if args.datasets else []
+    table = load_table(load_config(DataConfig, None, [f"format={args.format}", f"root={root}", *keep]))
     out = Path(args.out)
     record = build_protocol(table, root, out, train_fraction=args.train_fraction, val_fraction=args.val_fraction,
                             unknown_fraction=args.unknown_fraction, query_fraction=args.query_fraction, seed=args.seed)

@@ -70,6 +70,22 @@ def test_protocol_parts_are_identity_disjoint_with_a_fifth_of_test_identities_ne
     assert _identities(again["test"]) == test and _identities(other["test"]) != test
 
 
+def test_protocol_of_one_dataset_of_several_keeps_only_its_images(folders_dataset, tmp_path, capsys):
+    # Two "species" in one AnimalCLEF-format set: a cross-species protocol tests on one of them alone.
+    rows = [{"image_id": i, "identity": path.parent.name, "path": str(path.relative_to(folders_dataset)),
+             "split": "database", "dataset": "A" if path.parent.name < "id20" else "B"}
+            for i, path in enumerate(sorted(folders_dataset.glob("*/*.jpg")))]
+    pd.DataFrame(rows).to_csv(folders_dataset / "metadata.csv", index=False)
+    try:
+        protocol.main(["--format", "animalclef2025", "--root", str(folders_dataset), "--datasets", "B",
+                       "--train-fraction", "0.05", "--out", str(tmp_path / "proto")])
+    finally:
+        (folders_dataset / "metadata.csv").unlink()
+    test = load_table(load_config(DataConfig, None, ["format=animalclef2025", f"root={tmp_path / 'proto' / 'test'}"]))
+    assert set(test["dataset"]) == {"B"} and len(_identities(test)) == 19  # 20 B identities, one to train
+    assert "test:  19 identities" in capsys.readouterr().out
+
+
 def test_protocol_never_replaces_a_folder_that_is_not_one(folders_dataset, tmp_path):
     table = load_table(load_config(DataConfig, None, ["format=folders", f"root={folders_dataset}"]))
     (tmp_path / "mine.txt").write_text("keep me")
