@@ -194,3 +194,39 @@ def mean_average_precision(ranked_labels: Sequence[Sequence[str]], y_true: Seque
     hits = hits[valid].astype(np.float64)
     precision = np.cumsum(hits, axis=1) / np.arange(1, hits.shape[1] + 1)
     return float(np.mean((precision * hits).sum(axis=1) / total[valid]))
+
+
+def score_difference_interval(y_true: Sequence, pred_a: Sequence, pred_b: Sequence, datasets: Sequence[str],
+                              known_identities: Iterable[str], draws: int = 1000, level: float = 0.95,
+                              seed: int = 0) -> Dict[str, float]:
+    """The AnimalCLEF score of `pred_a` minus that of `pred_b` on the same queries, with a bootstrap
+    interval over individuals: each draw resamples, per dataset, the known and the new identities
+    apart, with replacement (an identity drawn twice counts twice in the balanced accuracies), so
+    the interval says how large a difference between two scorings one test part can tell from chance.
+    Returns {"difference", "low", "high"}."""
+    _check_lengths(y_true=y_true, pred_a=pred_a, pred_b=pred_b, datasets=datasets)
+    truth, groups = _truths(y_true), np.asarray(list(datasets), dtype=object)
+    known = _known_mask(truth, known_identities)
+    # Per query, whether each scoring got it right: the identity for a known one, "new" for the rest.
+    right = [np.where(known, pred == truth, np.array([p is None for p in pred], dtype=bool))
+             for pred in (_predictions(pred_a), _predictions(pred_b))]
+    frame = pd.DataFrame({"dataset": groups, "identity": truth, "known": known, "a": right[0], "b": right[1]})
+    per_identity = frame.groupby(["dataset", "known", "identity"], dropna=False)[["a", "b"]].mean().reset_index()
+    strata = {key: part[["a", "b"]].to_numpy(dtype=np.float64)
+              for key, part in per_identity.groupby(["dataset", "known"])}
+    names = sorted(set(groups.tolist()))
+
+    def difference(pick) -> float:
+        scores = []
+        for name in names:
+            parts = [pick(strata[(name, side)]).mean(axis=0) if (name, side) in strata else np.zeros(2)
+                     for side in (True, False)]
+            scores.append(np.sqrt(parts[0] * parts[1]))  # (a, b): sqrt(BAKS x BAUS) of each
+        a, b = np.mean(scores, axis=0)
+        return float(a - b)
+
+    rng = np.random.default_rng(seed)
+    drawn = [difference(lambda rows: rows[rng.integers(0, len(rows), len(rows))]) for _ in range(draws)]
+    tail = (1.0 - level) / 2 * 100
+    low, high = np.percentile(drawn, [tail, 100 - tail])
+    return {"difference": difference(lambda rows: rows), "low": float(low), "high": float(high)}

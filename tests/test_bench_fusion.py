@@ -59,6 +59,30 @@ def test_the_chosen_scoring_is_read_from_the_manifest(tmp_path):
     assert bench.chosen_scoring(tmp_path) == "LionData: member a alone"
 
 
+def test_the_choice_is_set_against_the_best_alternative_with_an_interval_over_individuals(parts):
+    import pandas as pd
+
+    args = bench.parse_args(["--train", str(parts / "train"), "--test", str(parts / "test"), "--member-configs",
+                             "configs/train/default.yaml,configs/train/classifier_cpu.yaml", "--out", str(parts / "out")])
+    test = args.test[0]
+    rows = [("a", "database"), ("b", "database"), ("a", "query"), ("b", "query"), ("x", "query"), ("y", "query")]
+    pd.DataFrame({"identity": [i for i, _ in rows], "split": [s for _, s in rows], "dataset": "D",
+                  "path": [f"images/{k}.jpg" for k in range(len(rows))]}).to_csv(parts / "test" / "metadata.csv")
+    files = [f"images/{k}.jpg" for k in range(2, 6)]
+    guesses = {bench.CHOICE: ["a", "b", "new_individual", "a"], "calibrated soft vote": ["a", "b", "new_individual", "new_individual"]}
+    scored = {name: {"score": 0.1} for name in bench.ALTERNATIVES}
+    scored["calibrated soft vote"]["score"] = 1.0
+    for name, predictions in guesses.items():
+        folder = bench.eval_folder(args, test, name)
+        folder.mkdir(parents=True)
+        pd.DataFrame({"file": files, "prediction": predictions}).to_csv(folder / "predictions.csv", index=False)
+    found = bench.choice_against_best(args, test, scored)
+    # The soft vote (best alternative) is perfect; the choice calls y known: BAUS 1/2, score sqrt(1/2).
+    assert found["best"] == "calibrated soft vote"
+    assert found["difference"] == pytest.approx(round(0.5 ** 0.5 - 1, 4))
+    assert found["low"] <= found["difference"] <= found["high"] <= 0
+
+
 def test_given_members_train_the_fusion_as_its_recipe_says(parts):
     (parts / "a").mkdir(), (parts / "b").mkdir()
     args = bench.parse_args(["--train", str(parts / "train"), "--test", str(parts / "test"),

@@ -13,6 +13,7 @@ from engine.metrics import (
     geometric_mean,
     map_at_5,
     mean_average_precision,
+    score_difference_interval,
 )
 
 NEW = "new_individual"
@@ -103,3 +104,20 @@ def test_baks_baus_match_wildlife_datasets():
         y_pred = rng.choice(known + [NEW], size=300).tolist()
         assert baks(y_true, y_pred, known) == pytest.approx(reference.BAKS(y_true, y_pred, unknown))
         assert baus(y_true, y_pred, known) == pytest.approx(reference.BAUS(y_true, y_pred, unknown, NEW))
+
+
+def test_the_bootstrap_interval_of_a_score_difference_is_centred_on_the_difference_it_resamples():
+    # Two datasets; known a, b, c and new x, y; scoring A gets one more known query and one more new one.
+    truth = ["a", "a", "b", "c", "x", "y", "a", "x"]
+    sets = ["d1"] * 6 + ["d2"] * 2
+    pred_a = ["a", "a", "b", "b", NEW, NEW, "a", NEW]
+    pred_b = ["a", "b", "b", "b", NEW, "c", "a", NEW]
+    found = score_difference_interval(truth, pred_a, pred_b, sets, KNOWN, draws=300)
+    expected = (animalclef_score(truth, pred_a, sets, KNOWN)["score"]
+                - animalclef_score(truth, pred_b, sets, KNOWN)["score"])
+    assert found["difference"] == pytest.approx(expected) and expected > 0
+    assert found["low"] <= found["difference"] <= found["high"]
+    # A is never worse on any identity, so no resampling makes it lose; B against itself differs by nothing.
+    assert found["low"] >= 0 and found["high"] > 0
+    same = score_difference_interval(truth, pred_b, pred_b, sets, KNOWN, draws=50)
+    assert same == {"difference": 0.0, "low": 0.0, "high": 0.0}
