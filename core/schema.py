@@ -214,8 +214,7 @@ class RerankConfig:
     burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like)
     region: float = 1.0  # (float) keep keypoints in this central fraction of the image's width and height only
     min_matches: int = 0  # (int) pairs with fewer tentative matches skip RANSAC and count 0 inliers; 0 = the geometry's minimum (8 fundamental, 4 homography: same inliers as verifying all)
-    calibration_queries: int = 200  # (int) at most this many database images' shortlists calibrate the matcher
-    calibration_pairs: int = 100  # (int) of those, only as many as hold this many same-individual pairs (and as many different ones); 0 = all calibration_queries
+    calibration_queries: int = 200  # (int) database images whose shortlists calibrate the matcher
     adaptive: bool = False  # (bool) queries whose global vote is already certain (a margin from the threshold and the second identity, chosen on the threshold's held-out split) skip matching
     neighbours: List[str] = field(default_factory=list)  # (list) re-ranking without pixels, each a shortlist scorer with a tuned weight: kreciprocal | alpha_qe | dba
     cache: str = ""  # (str) keypoint and match cache; "" = ~/.cache/reidzoo/keypoints, "none" = off

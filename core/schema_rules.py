@@ -162,7 +162,6 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "matcher": registered("matcher", also=("none",)), "shortlist": COUNT, "weight": at_least(0), "side": at_least(32),
         "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
-        "calibration_pairs": OPTIONAL_COUNT,
         "min_matches": OPTIONAL_COUNT, "neighbours": each(one_of(*NEIGHBOUR_RERANKERS), non_empty=False),
     },
     ClusterConfig: {

@@ -39,7 +39,6 @@ VARIANTS: Dict[str, List[str]] = {
     "none": ["rerank.matcher=none"],
     "sift-one-pair": ["rerank.matcher=sift", "rerank.matcher_args={batched: false}"],
     "sift": ["rerank.matcher=sift"],
-    "sift-calibrate-200": ["rerank.matcher=sift", "rerank.calibration_pairs=0"],  # every calibration query, not by need
     "sift-min15": ["rerank.matcher=sift", "rerank.min_matches=15"],
     "sift-adaptive": ["rerank.matcher=sift", "rerank.adaptive=true"],
     "kreciprocal": ["rerank.matcher=none", "rerank.neighbours=[kreciprocal]"],

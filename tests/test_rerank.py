@@ -19,7 +19,7 @@ from core.schema import EvalConfig, RerankConfig
 from data.images import ImageLoader
 from engine.evaluation.pipeline import run_evaluation
 from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for
-from engine.evaluation.voting import _calibration_queries_needed, fit_calibrators, vote
+from engine.evaluation.voting import fit_calibrators, vote
 from engine.matching.keypoints import KeypointStore
 from engine.matching.pairs import PairMatcher, Record, central, hub_groups
 from engine.matching.scorer import MatcherScorer, pair_scores_of
@@ -293,9 +293,8 @@ def cascade(tiny_synthetic, tmp_path_factory):
             "cache": tmp_path_factory.mktemp("keypoints")}
 
 
-def _matcher_scorer(cascade, cache_dir, calibration_pairs: int = 0) -> MatcherScorer:
-    cfg = RerankConfig(matcher="sift", shortlist=10, side=256, max_keypoints=256, calibration_queries=40,
-                       calibration_pairs=calibration_pairs)
+def _matcher_scorer(cascade, cache_dir) -> MatcherScorer:
+    cfg = RerankConfig(matcher="sift", shortlist=10, side=256, max_keypoints=256, calibration_queries=40)
     cache = ArrayCache(cache_dir)
     store = KeypointStore(build_matcher("sift", max_keypoints=256), cascade["rows"], side=256, crop_to_bbox=True,
                           bbox_padding=0.1, orientation_rules={}, cache=cache, show_progress=False)
@@ -325,32 +324,6 @@ def test_the_cascade_only_matches_shortlisted_pairs_and_reuses_its_caches(cascad
     again_scores = again.pair_scores(space, q_rows[:5], result.shortlist[:5, 0])
     assert again.pairs.matched == 0 and again.pairs.store.extracted == 0, "a second run reads both caches"
     np.testing.assert_array_equal(again_scores, matcher.pair_scores(space, q_rows[:5], result.shortlist[:5, 0]))
-
-
-def test_calibration_takes_the_fewest_drawn_images_whose_shortlists_hold_the_pairs_it_needs():
-    short = np.array([[1, 2, -1], [3, -1, -1], [4, 5, 6]])  # drawn images' shortlists (gallery rows), -1 padded
-    drawn_labels = np.array(["a", "b", "c"], dtype=object)
-    gallery_labels = np.array(["x", "a", "z", "b", "c", "c", "q"], dtype=object)
-    # Same-identity pairs per drawn image 1, 1, 2 (cumulated 1, 2, 4); different ones 1, 0, 1 (1, 1, 2).
-    assert [_calibration_queries_needed(short, drawn_labels, gallery_labels, need) for need in (0, 1, 2, 4, 5)] == \
-        [3, 1, 3, 3, 3]
-
-
-def test_the_matcher_calibrates_on_as_many_shortlists_as_its_pairs_need(cascade, tmp_path):
-    space, g_rows = cascade["space"], np.arange(len(cascade["gallery"]))
-    matched = {}
-    for need in (0, 4):
-        matcher = _matcher_scorer(cascade, tmp_path / str(need), calibration_pairs=need)
-        scorers = scorers_for([ModelOutput("weak", cascade["weak"])]) + [matcher]
-        pairs = []
-        original = matcher.pairs._match_hub
-        matcher.pairs._match_hub = lambda *args, keep=pairs, run=original: keep.extend(done := run(*args)) or done
-        fit_calibrators(scorers, space, g_rows, "isotonic", 0, size=10)
-        matched[need] = pairs
-    labels = space.labels
-    same = sum(labels[q] == labels[g] for q, g in matched[4])
-    assert same >= 4 and len(matched[4]) - same >= 4, "the pairs it needs, same and different"
-    assert len(matched[4]) < len(matched[0]) <= 40 * 10, "fewer pairs than every calibration query's shortlist"
 
 
 def test_a_pair_seen_from_either_side_has_the_same_matches(cascade):

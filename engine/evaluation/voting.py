@@ -100,9 +100,7 @@ def fit_calibrators(scorers: Sequence[Scorer], space: MatchSpace, rows: np.ndarr
                     seed: int, size: int = SHORTLIST) -> None:
     """Fit every scorer's calibrator on labelled pairs among the database `rows` (never queries).
     Shortlist scorers see database images' own shortlists of `size`, drawn the way queries' are,
-    for at most the fewest `calibration_queries` any of them asks (matching is slow), and only as
-    many of those as hold the `calibration_pairs` same-identity pairs (and as many different ones)
-    the most demanding of them needs: a strong model's shortlists hold enough after a few dozen."""
+    for at most the fewest `calibration_queries` any of them asks (matching is slow)."""
     rng = np.random.default_rng(seed)
     for scorer in _global(scorers):
         scorer.calibrator = fit_calibrator(*scorer.calibration_pairs(space, rows, rng), method)
@@ -110,33 +108,13 @@ def fit_calibrators(scorers: Sequence[Scorer], space: MatchSpace, rows: np.ndarr
     if not rescorers:
         return
     most = min(getattr(s, "calibration_queries", MAX_SHORTLIST_CALIBRATION_QUERIES) for s in rescorers)
-    need = max(getattr(s, "calibration_pairs", 0) for s in rescorers)
-    if len(rows) <= most:
-        drawn = rng.permutation(rows) if need > 0 else rows  # in a random order: the first ones may suffice
-    else:
-        drawn = rng.choice(rows, most, replace=False)
-    short = shortlist(scorers, space, drawn, rows, size, exclude_self=True)
-    needed = _calibration_queries_needed(short, space.labels[drawn], space.labels, need)
-    keep = np.argsort(drawn[:needed], kind="stable")  # the first `needed` drawn, by row
-    sample = drawn[keep]
-    positions, g_rows = _pairs(short[keep])
+    sample = rows if len(rows) <= most else np.sort(rng.choice(rows, most, replace=False))
+    positions, g_rows = _pairs(shortlist(scorers, space, sample, rows, size, exclude_self=True))
     q_rows = sample[positions]
     same = space.labels[q_rows] == space.labels[g_rows]
     for scorer in rescorers:
         scorer.prepare(space, sample, rows)
         scorer.calibrator = fit_calibrator(scorer.pair_scores(space, q_rows, g_rows), same, method)
-
-
-def _calibration_queries_needed(short: np.ndarray, labels: np.ndarray, gallery_labels: np.ndarray, need: int) -> int:
-    """How many of the drawn database images, in their drawn order, calibrate the shortlist scorers:
-    the fewest whose shortlists (`short`, -1 padded) hold `need` same-identity pairs and `need`
-    different ones; all of them when they never do or `need` is 0."""
-    if need <= 0 or len(short) == 0:
-        return len(short)
-    filled = short >= 0
-    same = filled & (gallery_labels[np.where(filled, short, 0)] == labels[:, None])
-    enough = (np.cumsum(same.sum(axis=1)) >= need) & (np.cumsum((filled & ~same).sum(axis=1)) >= need)
-    return int(np.argmax(enough)) + 1 if enough.any() else len(short)
 
 
 def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray,

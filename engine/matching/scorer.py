@@ -55,7 +55,6 @@ class MatcherScorer(Scorer):
         self.pairs = pairs
         self.cfg = cfg
         self.calibration_queries = cfg.calibration_queries
-        self.calibration_pairs = cfg.calibration_pairs
 
     @property
     def name(self) -> str:
