@@ -12,7 +12,6 @@ from typing import Tuple
 
 import torch
 import torch.distributed as dist
-from pytorch_metric_learning.utils.distributed import gather
 
 
 def world_size() -> int:
@@ -21,12 +20,16 @@ def world_size() -> int:
 
 def gather_batch(values: torch.Tensor, labels: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """This process's rows first (with gradient), then the other processes' rows in rank order."""
+    from pytorch_metric_learning.utils.distributed import gather  # on use (losses/__init__.py)
+
     all_values, all_labels, _ = gather(values, labels)
     return all_values, all_labels
 
 
 def gather_items(values: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
     """The batch's dataset positions, in the order gather_batch puts the rows of `values`."""
+    from pytorch_metric_learning.utils.distributed import gather
+
     return gather(values.detach()[:, :1], items)[1]
 
 

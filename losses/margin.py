@@ -16,7 +16,6 @@ import math
 from typing import Any, Dict
 
 import torch
-from pytorch_metric_learning import losses as pml
 from torch import nn
 
 from core.errors import ConfigError
@@ -47,6 +46,8 @@ def _check(name: str, num_classes: int, margin: float, limit: float, unit_hint: 
 @LOSSES.register("arcface")
 def arcface(embed_dim: int, num_classes: int, distributed: bool = False, margin: float = 0.5, scale: float = 30.0):
     """cos(theta_y + margin) * scale for the target class; margin in radians (0.5 rad = 28.6 degrees)."""
+    from pytorch_metric_learning import losses as pml  # on use (losses/__init__.py)
+
     _check("arcface", num_classes, margin, math.pi / 2, "radians (0.5 rad = 28.6 degrees)")
     return MarginSoftmax("arcface", pml.ArcFaceLoss(num_classes, embed_dim, margin=math.degrees(margin), scale=scale))
 
@@ -64,6 +65,8 @@ def subcenter_arcface(
     _check("subcenter_arcface", num_classes, margin, math.pi / 2, "radians (0.5 rad = 28.6 degrees)")
     if sub_centers < 1:
         raise ConfigError(f"loss 'subcenter_arcface': sub_centers must be >= 1, got {sub_centers}")
+    from pytorch_metric_learning import losses as pml  # on use (losses/__init__.py)
+
     loss = pml.SubCenterArcFaceLoss(
         num_classes=num_classes, embedding_size=embed_dim, margin=math.degrees(margin), scale=scale, sub_centers=sub_centers
     )
@@ -73,5 +76,7 @@ def subcenter_arcface(
 @LOSSES.register("cosface")
 def cosface(embed_dim: int, num_classes: int, distributed: bool = False, margin: float = 0.35, scale: float = 30.0):
     """(cos(theta_y) - margin) * scale for the target class; margin is a cosine offset."""
+    from pytorch_metric_learning import losses as pml  # on use (losses/__init__.py)
+
     _check("cosface", num_classes, margin, 1.0, "(a cosine offset, e.g. 0.35)")
     return MarginSoftmax("cosface", pml.CosFaceLoss(num_classes, embed_dim, margin=margin, scale=scale))

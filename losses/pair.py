@@ -12,7 +12,6 @@ from typing import Any, Dict, Tuple
 
 import torch
 import torch.nn.functional as F
-from pytorch_metric_learning import losses as pml
 from torch import nn
 
 from core.errors import ConfigError
@@ -98,5 +97,7 @@ def contrastive(
     """Pair-head BCE (+ embedding_weight x PML ContrastiveLoss(pos_margin, neg_margin) on L2 distances)."""
     if negatives not in NEGATIVES:
         raise ConfigError(f"loss 'contrastive': unknown negatives '{negatives}'{did_you_mean(negatives, NEGATIVES)}")
+    from pytorch_metric_learning import losses as pml  # on use (losses/__init__.py)
+
     embedding_loss = pml.ContrastiveLoss(pos_margin=pos_margin, neg_margin=neg_margin) if embedding_weight else None
     return PairLoss(negatives, embedding_loss, embedding_weight, distributed)

@@ -4,9 +4,6 @@ from __future__ import annotations
 from typing import Any, Dict
 
 import torch
-from pytorch_metric_learning import distances, miners
-from pytorch_metric_learning import losses as pml
-from pytorch_metric_learning.utils.distributed import DistributedLossWrapper, DistributedMinerWrapper
 from torch import nn
 
 from core.errors import ConfigError
@@ -23,6 +20,11 @@ class MinedTripletLoss(nn.Module):
     """Mines triplets in the batch (the global batch under torch.distributed), then applies the loss."""
 
     def __init__(self, loss: nn.Module, miner: nn.Module | None, distributed: bool):
+        from pytorch_metric_learning.utils.distributed import (  # on use
+            DistributedLossWrapper,
+            DistributedMinerWrapper,
+        )
+
         super().__init__()
         self.loss, self.miner, self.distributed = loss, miner, distributed
         # PML's wrappers all-gather embeddings and labels; used only when a process group is running.
@@ -60,6 +62,9 @@ def triplet(
         raise ConfigError(f"loss 'triplet': unknown miner '{miner}'{did_you_mean(miner, MINERS)}")
     if distance not in DISTANCES:
         raise ConfigError(f"loss 'triplet': unknown distance '{distance}'{did_you_mean(distance, DISTANCES)}")
+    from pytorch_metric_learning import distances, miners  # on use (losses/__init__.py)
+    from pytorch_metric_learning import losses as pml
+
     measure = distances.LpDistance(normalize_embeddings=True) if distance == "euclidean" else distances.CosineSimilarity()
     mining = {
         "batch_hard": lambda: miners.BatchHardMiner(distance=measure),
