@@ -8,7 +8,6 @@ from typing import List, Optional, Sequence
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.utils import make_grid
 
 from data.table import is_missing
 
@@ -31,6 +30,10 @@ def match_grid(
     correct: List[List[Optional[bool]]],
 ) -> torch.Tensor:
     """One row per query: the query (grey frame) then its matches; returns (3, H, W) uint8."""
+    # Imported here, not at the top: torchvision pulls in torch._dynamo (1.5 s), and eval.py's report,
+    # which uses this module's other functions, draws no grid (training's validation does).
+    from torchvision.utils import make_grid
+
     columns = 1 + max((len(m) for m in matches), default=0)
     blank = np.zeros_like(queries[0])
     tiles = []

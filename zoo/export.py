@@ -5,13 +5,13 @@ config.json holds the architecture and its arguments, embed_dim, num_classes, th
 """
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
 
 import safetensors.torch
-import timm
 import torch
 from torch import nn
 
@@ -67,7 +67,7 @@ def export_config(
         "std": list(model.std),
         "train_config": train_config,
         "metrics": metrics,
-        "versions": {"torch": torch.__version__, "timm": timm.__version__},
+        "versions": {"torch": torch.__version__, "timm": importlib.metadata.version("timm")},
     }
     config.update(extra or {})
     return config
@@ -152,16 +152,26 @@ def read_export_config(path: Union[str, Path]) -> Dict[str, Any]:
     return meta
 
 
-def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
-    """Rebuild the model of an export folder (no download: weights come from the folder), in eval mode.
+def export_meta(path: Union[str, Path]) -> Dict[str, Any]:
+    """An export folder's config.json, checked, as load_export returns it, without building the model.
 
     meta["model_args"] comes back in the block form ({"trunk": {...}, **own}) even from exports
     written before the trunk block existed.
     """
-    weights_path, config_path = _export_files(path)
     meta = read_export_config(path)
     try:
         meta["model_args"] = block_args(meta["architecture"], meta["model_args"])
+    except ConfigError as err:
+        raise ConfigError(f"cannot rebuild the model of {_export_files(path)[1]}: {err}") from err
+    return meta
+
+
+def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
+    """Rebuild the model of an export folder (no download: weights come from the folder), in eval mode,
+    with its meta (export_meta)."""
+    weights_path, config_path = _export_files(path)
+    meta = export_meta(path)
+    try:
         args = meta["model_args"]
         # The weights come from the folder: never download (or look for) the pretrained ones again.
         rebuild = {**args, TRUNK: {**args[TRUNK], "pretrained": False}} if TRUNK in args else args

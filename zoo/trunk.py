@@ -4,12 +4,10 @@ from __future__ import annotations
 import dataclasses
 from typing import List, Sequence, Tuple
 
-import timm.data
 import torch
 from torch import nn
 
 from core.errors import ConfigError
-from zoo.backbones import create_backbone, freeze_stages, resolve_hub_name
 from zoo.pooling import GeM
 from zoo.trunk_config import TrunkConfig
 
@@ -18,6 +16,12 @@ class Trunk(nn.Module):
     """images -> (pooled features (B, num_features), [intermediate maps (B, C_l, H_l, W_l)])."""
 
     def __init__(self, cfg: TrunkConfig):
+        # timm (with the torchvision and torch._dynamo it pulls in, ~1.5 s) is imported when a model is
+        # built, not when zoo is: eval.py reads cached embeddings without building any model.
+        import timm.data
+
+        from zoo.backbones import create_backbone, freeze_stages, resolve_hub_name
+
         super().__init__()
         architecture, hub_args, hub_cfg = resolve_hub_name(cfg.backbone)
         kwargs = {**hub_args, **(cfg.backbone_args or {})}
