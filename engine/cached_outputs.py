@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -37,10 +37,12 @@ class ImageViews:
         return size, list(meta.get("mean") or self.data.mean), list(meta.get("std") or self.data.std)
 
 
-def cached_outputs(model: torch.nn.Module, spec: str, meta: Dict[str, Any], checksum: str, heads: Sequence[str],
+def cached_outputs(model: Callable[[], torch.nn.Module], spec: str, meta: Dict[str, Any], checksum: str, heads: Sequence[str],
                    views: ImageViews, rows: pd.DataFrame, cache: EmbeddingCache, fingerprint: str,
                    accelerator, precision: Optional[str] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
     """({head: (len(rows), ...) array}, {head: cache key}); extracted on a miss, split across processes.
+
+    `model()` gives the model, called only on a miss (eval.py builds it only then).
 
     `precision` ("no", "bf16", "fp16"): what extraction runs in and the cache key records; None =
     the accelerator's (eval.py's own accelerator runs in eval precision already).
@@ -56,7 +58,7 @@ def cached_outputs(model: torch.nn.Module, spec: str, meta: Dict[str, Any], chec
     def compute() -> Dict[str, np.ndarray]:
         dataset = ReIDDataset(rows, ImageLoader(size, data.cache_dir, data.crop_to_bbox, data.bbox_padding),
                               build_tta_transform(views.tta, size, mean, std), orientation_rules=data.orientation_rules)
-        return extract(model, dataset, heads=heads, batch_size=views.batch_size, accelerator=accelerator,
+        return extract(model(), dataset, heads=heads, batch_size=views.batch_size, accelerator=accelerator,
                        num_workers=data.num_workers, desc=f"embedding {model_label(spec)}", precision=precision)
 
     return cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows)), keys

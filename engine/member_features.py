@@ -63,7 +63,7 @@ def load_recorded_members(recorded: Sequence[Mapping[str, Any]], owner: str, dev
 def member_features(members: Sequence[Member], views: ImageViews, rows: pd.DataFrame, cache: EmbeddingCache,
                     fingerprint: str, accelerator, precision: Optional[str] = None) -> List[np.ndarray]:
     """Each member's (len(rows), D_m) L2-normalised embeddings (TTA views averaged), from the cache or extracted."""
-    return [cached_outputs(m.model, m.spec, m.meta, m.checksum, (EMBEDDING,), views, rows, cache, fingerprint,
+    return [cached_outputs(lambda m=m: m.model, m.spec, m.meta, m.checksum, (EMBEDDING,), views, rows, cache, fingerprint,
                            accelerator, precision)[0][EMBEDDING] for m in members]
 
 

@@ -14,7 +14,7 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
 from engine import cached_outputs
-from engine.evaluation import pipeline
+from engine.evaluation import lazy_model, pipeline
 from engine.evaluation.baselines import pixel_baseline
 from engine.evaluation.decision import evaluate_outputs, tuning_split
 from engine.evaluation.model_outputs import voting_classes
@@ -85,7 +85,11 @@ def test_rerun_with_other_settings_reads_embeddings_from_the_cache(world, first_
     def no_extraction(*args, **kwargs):
         raise AssertionError("embeddings were extracted again")
 
+    def not_built(*args, **kwargs):
+        raise AssertionError("the model was built although its outputs are cached")
+
     monkeypatch.setattr(cached_outputs, "extract", no_extraction)
+    monkeypatch.setattr(lazy_model, "load_for_eval", not_built)
     result = run_evaluation(config(world, "out2", "calibration=logistic", "threshold.value=0.5",
                                    "retrieval.aggregation=mean_top_m", "report=false"))
     assert result["threshold"]["global"] == 0.5 and result["report"] is None

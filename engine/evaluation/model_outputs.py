@@ -16,7 +16,7 @@
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
@@ -27,10 +27,10 @@ from core.schema import EvalConfig
 from engine.accel import say
 from engine.cached_outputs import ImageViews, cached_outputs
 from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
+from engine.evaluation.lazy_model import LazyModel
 from engine.evaluation.scorers import ModelOutput
 from engine.extraction import EMBEDDING, LOGITS
 from engine.member_features import fused_embeddings, load_recorded_members, member_features
-from zoo.loading import load_for_eval, probe
 
 
 def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],
@@ -54,25 +54,27 @@ def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],
 
 def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: set,
                   cache: EmbeddingCache, images_fingerprint: str, accelerator=None) -> ModelOutput:
-    """Load one model and extract (or read from the cache) its outputs for `rows`."""
-    model, meta, checksum = load_for_eval(spec)
+    """One model's outputs for `rows`, read from the cache or extracted (the model is built only then,
+    or for its pair head: engine.evaluation.lazy_model)."""
     device = accelerator.device if accelerator is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model.to(device).eval()
+    handle = LazyModel(spec, device, cache)
+    meta = handle.meta
     views = ImageViews(cfg.data, cfg.tta, cfg.batch_size)
-    if getattr(model, "inputs", "images") == "member_features":
-        return _fused_outputs(spec, weight, model, meta, checksum, views, rows, cache, images_fingerprint, accelerator)
+    if handle.inputs == "member_features":
+        return _fused_outputs(spec, weight, handle.model(), meta, handle.checksum, views, rows, cache, images_fingerprint,
+                              accelerator)
     size, mean, std = views.model_input(meta)
-    probed = probe(model, spec, size, device)
+    checksum, probed = handle.identify(size)
     label_map = voting_classes(spec, meta, probed["classes"], gallery_identities)
     if probed["classes"] is not None and label_map is None:
         say(accelerator, f"{spec}: its classes are none of the database identities; it votes with its embedding")
     heads = (EMBEDDING, LOGITS) if label_map is not None else (EMBEDDING,)
-    arrays, keys = cached_outputs(model, spec, meta, checksum, heads, views, rows, cache, images_fingerprint, accelerator)
+    arrays, keys = cached_outputs(handle.model, spec, meta, checksum, heads, views, rows, cache, images_fingerprint, accelerator)
     info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"), "input_size": size,
             "mean": list(mean), "std": list(std), "embed_dim": probed["embed_dim"], "classes": probed["classes"],
             "votes_with": "softmax" if label_map is not None else "embedding", "cache_keys": keys,
             "training_identities": meta.get("label_map") or None}
-    pair_head = _pair_head(model) if probed["pair_head"] else None
+    pair_head = _pair_head(handle.model) if probed["pair_head"] else None
     info["pair_head"] = pair_head is not None
     return ModelOutput(spec, arrays[EMBEDDING], arrays.get(LOGITS), label_map, weight, info, pair_head)
 
@@ -108,10 +110,11 @@ def _fused_outputs(spec: str, weight: float, model, meta: Dict[str, Any], checks
             "members": [{"spec": m.spec, "checksum": m.checksum} for m in members], "embed_dim": model.embed_dim,
             "classes": None, "votes_with": "embedding", "training_identities": meta.get("label_map") or None,
             "pair_head": model.has_pair_head}
-    return ModelOutput(spec, embeddings, None, None, weight, info, _pair_head(model) if model.has_pair_head else None,
+    return ModelOutput(spec, embeddings, None, None, weight, info, _pair_head(lambda: model) if model.has_pair_head else None,
                        members=alone)
 
 
-def _pair_head(model: torch.nn.Module):
-    """The model's pair head as a function of two (N, D) embedding arrays -> (N,) float64 logits."""
-    return lambda a, b: np.asarray(model.pair_scores(a, b), dtype=np.float64)
+def _pair_head(model: Callable[[], torch.nn.Module]):
+    """The pair head of the model `model()` gives, as a function of two (N, D) embedding arrays -> (N,)
+    float64 logits."""
+    return lambda a, b: np.asarray(model().pair_scores(a, b), dtype=np.float64)
