@@ -14,16 +14,20 @@ index on both. Confidences agree to float32 rounding (1e-7).
 
 The product itself, on a CPU, is whichever of two exact ways ran faster in a short trial when the
 process first matched (`_fastest_cpu_products`; both give the same integers): the bytes less 128 as
-int8 with int32 sums (`torch._int_mm`), or float32 with bfloat16 inputs where the CPU has them
-(`_bf16_products`). Which wins depends on the CPU: int8 ran 3.4x faster on an AMD EPYC with
-AVX512-VNNI, and no faster on an Intel Xeon with AMX. On a GPU the product is float32.
+int8 with int32 sums (`torch._int_mm`), or float32. int8 won on both CPUs measured (3.4x on an AMD
+EPYC with AVX512-VNNI; 1.6x on an Intel Xeon with AMX); float32 stays for a build or CPU whose int8
+kernel is missing or slow. On a GPU the product is float32. float32 with bfloat16 inputs (oneDNN,
+exact here too) was a third candidate and won a trial of one repeated shape on the Intel Xeon, but
+lost in eval.py: every hub brings a new shape, and oneDNN compiles a kernel per shape (about 3 ms,
+as long as the product), so eval.py on the DogFaceNet-dev test part took 39 s with it and 32.5 s
+with int8, the same matches (docs/results.md).
 """
 from __future__ import annotations
 
 import threading
 import time
 from contextlib import contextmanager
-from functools import cache, lru_cache
+from functools import cache
 from typing import Callable, Iterator, List, Sequence, Tuple
 
 import cv2
@@ -58,8 +62,7 @@ class SiftMatcher(Matcher):
         # batching; the same matches, kept to measure against (rerank.matcher_args={batched: false}).
         self.batched = bool(batched)
         self._local = threading.local()  # one OpenCV SIFT per thread: extraction runs in a pool (thread_safe)
-        # Read once, here: while one thread matches, the products' settings are switched (_cpu_products),
-        # and torch refuses to report the float32 precision then.
+        # Read once, here: whether float32 products round (TF32, or a user's float32 matmul precision).
         self._exact = _exact_products(self.device)
 
     def settings(self):
@@ -101,7 +104,7 @@ class SiftMatcher(Matcher):
             return super().match_many(features0, others, flipped=flipped)
         if self.device.type != "cpu":
             return self._match_many(features0, others, flipped, _float_products(self._exact))
-        with _cpu_products(self.threads, bf16_cpu()):
+        with _cpu_products(self.threads):
             return self._match_many(features0, others, flipped, _fastest_cpu_products(self.threads, self._exact))
 
     @torch.inference_mode()
@@ -121,21 +124,6 @@ class SiftMatcher(Matcher):
             for j, found in zip(chunk, results, strict=True):
                 out[j] = found
         return out
-
-
-def _cpu_flags() -> List[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            return next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-
-
-@lru_cache(maxsize=1)
-def bf16_cpu() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX-BF16; Linux's flags)."""
-    flags = _cpu_flags()
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 _TRIAL_SHAPE = (384, 6144)  # rows x columns of the trial product: a hub of 384 keypoints, 12 partners of 512
@@ -170,21 +158,19 @@ def _fastest_cpu_products(threads: int, exact: bool) -> Products:
 
 _settings_lock = threading.Lock()
 _settings_users = 0
-_settings_before: tuple = ()
+_settings_before = 1
 
 
 @contextmanager
-def _cpu_products(threads: int, bf16: bool) -> Iterator[None]:
-    """torch's intra-op threads set to `threads` and bfloat16-input products (`_bf16_products`) while
-    inside. Both are process-wide settings and several threads of the pair engine may be inside at
-    once: the first in sets them, the last out restores them."""
+def _cpu_products(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to `threads` while inside. It is a process-wide setting and
+    several threads of the pair engine may be inside at once: the first in sets it, the last out
+    restores it."""
     global _settings_users, _settings_before
     with _settings_lock:
         if _settings_users == 0:
-            context = _bf16_products(bf16)
-            _settings_before = (torch.get_num_threads(), context)
+            _settings_before = torch.get_num_threads()
             torch.set_num_threads(threads)
-            context.__enter__()
         _settings_users += 1
     try:
         yield
@@ -192,28 +178,7 @@ def _cpu_products(threads: int, bf16: bool) -> Iterator[None]:
         with _settings_lock:
             _settings_users -= 1
             if _settings_users == 0:
-                previous, context = _settings_before
-                context.__exit__(None, None, None)
-                torch.set_num_threads(previous)
-
-
-@contextmanager
-def _bf16_products(enabled: bool) -> Iterator[None]:
-    """oneDNN's float32 products with bfloat16 inputs and float32 sums and results, while inside (on
-    a CPU with native bfloat16: about 1.5x the products per second of float32). Exact here: every
-    input of `_float_products`' product is an integer of at most 8 significant bits (SIFT's 0-255,
-    -2 times them, the bytes of a squared norm and their powers of 2), which bfloat16 holds exactly,
-    and every sum is an integer below 2^24, which float32 holds exactly."""
-    matmul = getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)
-    if not enabled or matmul is None or not hasattr(matmul, "fp32_precision"):
-        yield
-        return
-    previous = matmul.fp32_precision
-    matmul.fp32_precision = "bf16"
-    try:
-        yield
-    finally:
-        matmul.fp32_precision = previous
+                torch.set_num_threads(_settings_before)
 
 
 def _exact_products(device: torch.device) -> bool:
@@ -277,8 +242,9 @@ def _with_norm_bytes(columns: torch.Tensor, norms: torch.Tensor) -> torch.Tensor
 
 def _float_products(exact: bool) -> Products:
     """The product in float32: the column's squared norm rides in it as three more dimensions, its
-    bytes: [r, 2^16, 2^8, 1] . [-2c, bytes of |c|^2] (each factor 8 significant bits: exact in
-    bfloat16). Rounded when float32 products are not exact here (TF32)."""
+    bytes: [r, 2^16, 2^8, 1] . [-2c, bytes of |c|^2] (each factor has at most 8 significant bits, so
+    reduced-precision inputs such as TF32 keep it exact; every sum is an integer below 2^24). Rounded
+    when float32 products are not full precision here."""
     def product(rows: np.ndarray, _row_sums: np.ndarray, columns: np.ndarray, norms: np.ndarray,
                 _column_sums: np.ndarray, device: torch.device) -> torch.Tensor:
         r = torch.from_numpy(rows.astype(np.float32)).to(device)
