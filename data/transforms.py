@@ -10,21 +10,32 @@ pipelines keep their signs. Example rule: ``{SalamanderID2025: {right: -90, left
 from __future__ import annotations
 
 import os
-from typing import Callable, Dict, Mapping, Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING, Callable, Dict, Mapping, Sequence
 
-# albumentations asks PyPI for its latest version on every import: a 2-second wait and a warning on
-# every run of an offline machine (a GPU cluster node, say). A user's own setting is kept.
-os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-
-import albumentations as A  # noqa: E402
 import cv2
 import numpy as np
 import torch
-from albumentations.pytorch import ToTensorV2
 
 from core.errors import ConfigError
 from core.schema import AugmentConfig
 from core.suggest import did_you_mean
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+
+def _albumentations() -> ModuleType:
+    """albumentations, imported when a transform is built (0.25 s: eval.py whose embeddings are all
+    cached builds none). It asks PyPI for its latest version on every import, a 2-second wait and a
+    warning on every run of an offline machine (a GPU cluster node, say): told not to, unless the
+    user set it."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    import albumentations
+    import albumentations.pytorch  # noqa: F401  (ToTensorV2)
+
+    return albumentations
+
 
 # Views each TTA name contributes; the evaluation averages the embeddings of all of them.
 TTA_VIEWS = {"identity": 1, "hflip": 1, "fivecrop": 5}
@@ -72,8 +83,8 @@ def _check_range(name: str, values: Sequence[float], low: float, high: float) ->
     return (float(values[0]), float(values[1]))
 
 
-def _normalise(mean: Sequence[float], std: Sequence[float]) -> list:
-    return [A.Normalize(mean=tuple(mean), std=tuple(std)), ToTensorV2()]
+def _normalise(A: ModuleType, mean: Sequence[float], std: Sequence[float]) -> list:  # noqa: N803 (the module)
+    return [A.Normalize(mean=tuple(mean), std=tuple(std)), A.pytorch.ToTensorV2()]
 
 
 def build_train_transform(aug: AugmentConfig, size: int, mean: Sequence[float],
@@ -86,6 +97,7 @@ def build_train_transform(aug: AugmentConfig, size: int, mean: Sequence[float],
         _check_probability(name, getattr(aug, name))
     if aug.rotate < 0:
         raise ConfigError(f"augment.rotate must be >= 0 degrees, got {aug.rotate}")
+    A = _albumentations()  # noqa: N806 (the module's usual name)
     # Resize first, as the eval transform does: crops of an elongated animal (a 2:1 flank) then
     # cover the same body parts the model sees at evaluation, instead of a square middle piece.
     ops: list = [A.Resize(size, size),
@@ -105,14 +117,15 @@ def build_train_transform(aug: AugmentConfig, size: int, mean: Sequence[float],
                             A.Downscale(scale_range=(0.5, 0.75), p=1.0)], p=aug.blur))
     if aug.gray > 0:
         ops.append(A.ToGray(p=aug.gray))
-    return AlbumentationsTransform(A.Compose(ops + _normalise(mean, std)))
+    return AlbumentationsTransform(A.Compose(ops + _normalise(A, mean, std)))
 
 
 def build_eval_transform(size: int, mean: Sequence[float],
                          std: Sequence[float]) -> Callable[[np.ndarray], torch.Tensor]:
     """Resize to size x size (no randomness) + normalise."""
+    A = _albumentations()  # noqa: N806 (the module's usual name)
     return AlbumentationsTransform(A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA)]
-                                             + _normalise(mean, std)))
+                                             + _normalise(A, mean, std)))
 
 
 def num_tta_views(views: Sequence[str]) -> int:

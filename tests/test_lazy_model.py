@@ -85,11 +85,13 @@ def test_a_pair_head_model_is_built_when_its_head_runs(tmp_path, monkeypatch):
     assert np.allclose(handle.model().pair_scores(a, b), model.eval().pair_scores(a, b), atol=1e-6)
 
 
-def test_eval_imports_neither_timm_torchvision_nor_pytorch_metric_learning_before_it_needs_them():
+def test_eval_imports_no_model_loss_or_augmentation_library_before_it_needs_them():
     """eval.py's start: timm and torchvision (with torch._dynamo: 1.5 s) are imported when a model is
-    built, pytorch-metric-learning when a loss is; not when the registries are filled, nor for the report."""
+    built, pytorch-metric-learning when a loss is, albumentations when a transform is; not when the
+    registries are filled, nor for the report."""
     code = ("import sys, engine.components, engine.evaluation.pipeline, engine.evaluation.report; "
-            "print(sorted(m for m in ('timm', 'torchvision', 'pytorch_metric_learning') if m in sys.modules))")
+            "print(sorted(m for m in ('timm', 'torchvision', 'pytorch_metric_learning', 'albumentations')"
+            " if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"

@@ -188,6 +188,8 @@ def test_importing_the_transforms_asks_no_server_for_updates():
              "socket.create_connection = refuse\n"
              "socket.socket.connect = refuse\n"
              "import data.transforms\n"
+             "data.transforms.build_eval_transform(32, [0.5] * 3, [0.5] * 3)\n"
+             "assert 'albumentations' in sys.modules\n"
              "print('imported')\n")
     env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
