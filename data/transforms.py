@@ -83,7 +83,8 @@ def _check_range(name: str, values: Sequence[float], low: float, high: float) ->
     return (float(values[0]), float(values[1]))
 
 
-def _normalise(A: ModuleType, mean: Sequence[float], std: Sequence[float]) -> list:  # noqa: N803 (the module)
+def _normalise(mean: Sequence[float], std: Sequence[float]) -> list:
+    A = _albumentations()  # noqa: N806 (the module's usual name)
     return [A.Normalize(mean=tuple(mean), std=tuple(std)), A.pytorch.ToTensorV2()]
 
 
@@ -117,7 +118,7 @@ def build_train_transform(aug: AugmentConfig, size: int, mean: Sequence[float],
                             A.Downscale(scale_range=(0.5, 0.75), p=1.0)], p=aug.blur))
     if aug.gray > 0:
         ops.append(A.ToGray(p=aug.gray))
-    return AlbumentationsTransform(A.Compose(ops + _normalise(A, mean, std)))
+    return AlbumentationsTransform(A.Compose(ops + _normalise(mean, std)))
 
 
 def build_eval_transform(size: int, mean: Sequence[float],
@@ -125,7 +126,7 @@ def build_eval_transform(size: int, mean: Sequence[float],
     """Resize to size x size (no randomness) + normalise."""
     A = _albumentations()  # noqa: N806 (the module's usual name)
     return AlbumentationsTransform(A.Compose([A.Resize(size, size, interpolation=cv2.INTER_AREA)]
-                                             + _normalise(A, mean, std)))
+                                             + _normalise(mean, std)))
 
 
 def num_tta_views(views: Sequence[str]) -> int:

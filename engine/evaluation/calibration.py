@@ -191,5 +191,5 @@ def soft_vote(per_model: Sequence[Candidates], weights: Sequence[float] | None =
                     best[identity] = prob
             for identity, prob in best.items():
                 total[identity] = total.get(identity, 0.0) + prob * weight
-    # Best first; equal probabilities in identity order (a stable sort of the identity-sorted items).
-    return [sorted(sorted(total.items(), key=lambda item: item[0]), key=lambda item: -item[1]) for total in totals]
+    # Best first; equal probabilities in identity order.
+    return [sorted(total.items(), key=lambda item: (-item[1], item[0])) for total in totals]
