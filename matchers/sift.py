@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import threading
 import time
+import weakref
 from contextlib import contextmanager
-from functools import cache
-from typing import Callable, Iterator, List, Sequence, Tuple
+from functools import cache, partial
+from typing import Callable, Dict, Iterator, List, NamedTuple, Sequence, Tuple
 
 import cv2
 import numpy as np
@@ -111,15 +112,15 @@ class SiftMatcher(Matcher):
     def _match_many(self, features0: Features, others: Sequence[Features],
                     flipped: bool, products: Products) -> List[Tuple[np.ndarray, np.ndarray]]:
         out: List[Tuple[np.ndarray, np.ndarray]] = [no_matches() for _ in others]
-        hub = _bytes(features0["descriptors"])
+        hub = _statistics(features0["descriptors"])
         todo = [j for j, other in enumerate(others) if len(other["descriptors"]) >= 2]
-        if len(hub) < 2 or not todo:
+        if len(hub.bytes) < 2 or not todo:
             return out
         widest = max(len(others[j]["descriptors"]) for j in todo)
-        per_chunk = max(1, CHUNK_CELLS // (len(hub) * widest))
+        per_chunk = max(1, CHUNK_CELLS // (len(hub.bytes) * widest))
         for start in range(0, len(todo), per_chunk):
             chunk = todo[start:start + per_chunk]
-            descriptors = [_bytes(others[j]["descriptors"]) for j in chunk]
+            descriptors = [_statistics(others[j]["descriptors"]) for j in chunk]
             results = _mutual_ratio_batch(hub, descriptors, self.ratio, flipped, self.device, products)
             for j, found in zip(chunk, results, strict=True):
                 out[j] = found
@@ -129,10 +130,21 @@ class SiftMatcher(Matcher):
 _TRIAL_SHAPE = (384, 6144)  # rows x columns of the trial product: a hub of 384 keypoints, 12 partners of 512
 
 
-@cache
+_trial_lock = threading.Lock()
+
+
 def _fastest_cpu_products(threads: int, exact: bool) -> Products:
-    """The faster of the int8 and float32 products on this CPU, timed once per process (best of 3
-    after a warm-up, about 0.1 s in all); float32 where torch has no int8 product."""
+    """The faster of the int8 and float32 products on this CPU, timed once per process; float32 where
+    torch has no int8 product. One thread times while the others wait: the pair engine's threads all
+    start matching at once, and trials timed side by side on shared cores picked float32 (2x slower)."""
+    with _trial_lock:
+        return _timed_choice(threads, exact)
+
+
+@cache
+def _timed_choice(threads: int, exact: bool) -> Products:
+    """Each candidate timed 5 times, in turn (a burst of other work slows both alike), after a
+    warm-up; the best time of each counts (about 0.1 s in all)."""
     candidates = {"float32": _float_products(exact)}
     if hasattr(torch, "_int_mm"):
         candidates["int8"] = _int8_products
@@ -147,12 +159,12 @@ def _fastest_cpu_products(threads: int, exact: bool) -> Products:
             product(rows, row_sums, columns, column_norms, column_sums, torch.device("cpu"))
         except RuntimeError:  # an int8 kernel this build lacks
             continue
-        times = []
-        for _ in range(3):
+        seconds[name] = np.inf
+    for _ in range(5):
+        for name in seconds:
             start = time.perf_counter()
-            product(rows, row_sums, columns, column_norms, column_sums, torch.device("cpu"))
-            times.append(time.perf_counter() - start)
-        seconds[name] = min(times)
+            candidates[name](rows, row_sums, columns, column_norms, column_sums, torch.device("cpu"))
+            seconds[name] = min(seconds[name], time.perf_counter() - start)
     return candidates[min(seconds, key=seconds.get)]
 
 
@@ -196,16 +208,49 @@ def _bytes(descriptors: np.ndarray) -> np.ndarray:
     return np.rint(descriptors).clip(0, 255).astype(np.uint8)
 
 
-def _padded(descriptors: Sequence[np.ndarray]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+class Statistics(NamedTuple):
+    """One image's descriptors as the batched product takes them."""
+
+    bytes: np.ndarray  # (M, D) uint8
+    norms: np.ndarray  # (M,) float32 squared norms (integers below 2^24)
+    sums: np.ndarray  # (M,) int64 sums of the bytes
+
+
+# id of a descriptor array -> (a weak reference to it, its squared norms and byte sums). An image's norms
+# cost as much to compute as a fifth of its share of a batched product (18 us for 157 keypoints), and an
+# image is matched against many hubs: they are computed once per array and kept while it lives
+# (KeypointStore keeps an image's features in memory between pairs). Only what is derived is kept (the
+# array itself would never die). Descriptor arrays are never written after extraction.
+_known: Dict[int, Tuple[weakref.ref, np.ndarray, np.ndarray]] = {}
+
+
+def _statistics(descriptors: np.ndarray) -> Statistics:
+    as_bytes = _bytes(descriptors)
+    key = id(descriptors)
+    entry = _known.get(key)
+    if entry is None or entry[0]() is not descriptors:
+        entry = (weakref.ref(descriptors, partial(_forget, key)), *_norms_and_sums(as_bytes))
+        _known[key] = entry
+    return Statistics(as_bytes, entry[1], entry[2])
+
+
+def _forget(key: int, reference: weakref.ref) -> None:
+    """A descriptor array's statistics dropped with it. The check: the array's id may already belong to
+    a newer entry when another thread computed statistics for the same array at once."""
+    entry = _known.get(key)
+    if entry is not None and entry[0] is reference:
+        _known.pop(key, None)
+
+
+def _padded(descriptors: Sequence[Statistics]) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(J, M, D) uint8 descriptors, zero-padded; (J, M) float32 squared norms, +inf in the padding;
     (J, M) int64 sums of the bytes."""
-    widest = max(len(d) for d in descriptors)
-    padded = np.zeros((len(descriptors), widest, descriptors[0].shape[1]), np.uint8)
+    widest = max(len(d.bytes) for d in descriptors)
+    padded = np.zeros((len(descriptors), widest, descriptors[0].bytes.shape[1]), np.uint8)
     norms = np.full((len(descriptors), widest), np.inf, np.float32)
     sums = np.zeros((len(descriptors), widest), np.int64)
     for j, d in enumerate(descriptors):
-        padded[j, :len(d)] = d
-        norms[j, :len(d)], sums[j, :len(d)] = _norms_and_sums(d)
+        padded[j, :len(d.bytes)], norms[j, :len(d.bytes)], sums[j, :len(d.bytes)] = d
     return padded, norms, sums
 
 
@@ -215,10 +260,12 @@ def _norms_and_sums(descriptors: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 # A product: (rows (R, D) uint8 and their byte sums (R,), columns (C, D) uint8, their squared norms (C,)
-# float32, +inf for padding, and their byte sums (C,)) -> (R, C), |column|^2 - 2 row . column (a
-# squared distance less the row's norm): float32 with +inf in padding columns, or int32 of at least
-# INT_PADDING there.
-Products = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, torch.device], torch.Tensor]
+# float32, +inf for padding, and their byte sums (C,)) -> a table (R, C) and row offsets (R,) float32 whose
+# sum is |column|^2 - 2 row . column (a squared distance less the row's norm). The table is float32 with
+# +inf in padding columns, or int32 of at least INT_PADDING there. A row's offset is the same for all its
+# columns, so nearest neighbours along a row can be found in the table alone.
+Products = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, torch.device],
+                    Tuple[torch.Tensor, np.ndarray]]
 INT_PADDING = 1 << 30  # far above any squared distance (< 2^24), with room for the terms added to it
 
 _SCALES = (65536.0, 256.0, 1.0)
@@ -246,11 +293,11 @@ def _float_products(exact: bool) -> Products:
     reduced-precision inputs such as TF32 keep it exact; every sum is an integer below 2^24). Rounded
     when float32 products are not full precision here."""
     def product(rows: np.ndarray, _row_sums: np.ndarray, columns: np.ndarray, norms: np.ndarray,
-                _column_sums: np.ndarray, device: torch.device) -> torch.Tensor:
+                _column_sums: np.ndarray, device: torch.device) -> Tuple[torch.Tensor, np.ndarray]:
         r = torch.from_numpy(rows.astype(np.float32)).to(device)
         c = torch.from_numpy(columns.astype(np.float32)).to(device)
         base = _with_scales(r) @ _with_norm_bytes(c, torch.from_numpy(norms).to(device)).T
-        return base if exact else base.round_()
+        return (base if exact else base.round_()), np.zeros(len(rows), np.float32)
     return product
 
 
@@ -258,10 +305,11 @@ _BIAS = 128  # bytes less 128 are int8
 
 
 def _int8_products(rows: np.ndarray, row_sums: np.ndarray, columns: np.ndarray, norms: np.ndarray,
-                   column_sums: np.ndarray, device: torch.device) -> torch.Tensor:
+                   column_sums: np.ndarray, device: torch.device) -> Tuple[torch.Tensor, np.ndarray]:
     """The product in int8 with int32 sums (exact). With r = r' + 128 and c = c' + 128 over D dimensions,
     |c|^2 - 2 r.c = (|c|^2 - 256 sum(c') - 2 128^2 D) - 2 r'.c' - 256 sum(r'); every term is an integer
-    of magnitude below 2^24, so the float32 result is exact."""
+    of magnitude below 2^24, so float32 sums of them are exact. The last term is the row offset (adding
+    it to the whole table was a tenth of the product's time)."""
     dims = rows.shape[1]
     r = torch.from_numpy((rows ^ 0x80).view(np.int8))  # the byte less 128
     c = torch.from_numpy((columns ^ 0x80).view(np.int8))
@@ -271,8 +319,7 @@ def _int8_products(rows: np.ndarray, row_sums: np.ndarray, columns: np.ndarray, 
     column_term[~finite] = INT_PADDING
     row_term = -2 * _BIAS * (row_sums - _BIAS * dims)
     base = torch._int_mm(r, c.T).mul_(-2)  # c.T: column-major, int_mm's fast layout
-    return base.add_(torch.from_numpy(column_term.astype(np.int32))[None]).add_(
-        torch.from_numpy(row_term.astype(np.int32))[:, None])
+    return base.add_(torch.from_numpy(column_term.astype(np.int32))[None]), row_term.astype(np.float32)
 
 
 def _nearest(table: torch.Tensor) -> torch.Tensor:
@@ -283,34 +330,29 @@ def _nearest(table: torch.Tensor) -> torch.Tensor:
     return torch.argmin(table, dim=-1)
 
 
-def _as_float(values: torch.Tensor) -> torch.Tensor:
-    """float32 values, +inf for the int8 product's padding."""
-    if values.is_floating_point():
-        return values
-    return values.float().masked_fill_(values >= INT_PADDING, float("inf"))
-
-
-def _mutual_ratio_batch(hub: np.ndarray, others: Sequence[np.ndarray], ratio: float, flipped: bool,
+def _mutual_ratio_batch(hub: Statistics, others: Sequence[Statistics], ratio: float, flipped: bool,
                         device: torch.device, products: Products) -> List[Tuple[np.ndarray, np.ndarray]]:
-    """Mutual nearest neighbours passing the ratio test between `hub` (N, D) and each of `others`
-    (uint8 descriptors), seen from the hub (flipped=False) or from each other image (flipped=True).
+    """Mutual nearest neighbours passing the ratio test between `hub` (N keypoints) and each of `others`,
+    seen from the hub (flipped=False) or from each other image (flipped=True).
 
     Rows are each pair's first image, columns its second. One matrix product (the hub against the
-    chunk's stacked descriptors) gives every row's squared distances less its own norm; a pass of
+    chunk's stacked descriptors) gives every row's squared distances less a term of the row's own (its
+    norm and the product's row offset: `row_terms`, added back where distances are needed); a pass of
     argmin and one of amin give each row's nearest and second nearest column; the reverse check (is
     the row its column's nearest row?) only runs for the rows that pass the ratio test, on their
     columns."""
     many, many_norms, many_sums = _padded(others)  # (J, M, D), (J, M), (J, M)
     count, widest = many_norms.shape
-    hub_norms, hub_sums = _norms_and_sums(hub)
+    hub, hub_norms, hub_sums = hub
     stacked = many.reshape(count * widest, -1)
     if flipped:  # rows: the other images' keypoints; columns: the hub's. Laid out (J, M, N).
-        base = products(stacked, many_sums.reshape(-1), hub, hub_norms, hub_sums, device).view(count, widest, -1)
-        row_norms = torch.from_numpy(many_norms).to(device)
+        base, offsets = products(stacked, many_sums.reshape(-1), hub, hub_norms, hub_sums, device)
+        base = base.view(count, widest, -1)
+        row_terms = torch.from_numpy(many_norms + offsets.reshape(count, widest)).to(device)
     else:  # rows: the hub's keypoints; columns: each other image's. Laid out (N, J, M).
-        base = products(hub, hub_sums, stacked, many_norms.reshape(-1), many_sums.reshape(-1),
-                        device).view(len(hub), count, widest)
-        row_norms = torch.from_numpy(hub_norms).to(device)[None].expand(count, -1)
+        base, offsets = products(hub, hub_sums, stacked, many_norms.reshape(-1), many_sums.reshape(-1), device)
+        base = base.view(len(hub), count, widest)
+        row_terms = torch.from_numpy(hub_norms + offsets).to(device)[None].expand(count, -1)
     excluded = float("inf") if base.is_floating_point() else torch.iinfo(base.dtype).max
     nearest = _nearest(base)[..., None]
     best = torch.gather(base, 2, nearest)
@@ -321,22 +363,19 @@ def _mutual_ratio_batch(hub: np.ndarray, others: Sequence[np.ndarray], ratio: fl
     if not flipped:  # to (J, N)
         best, second, nearest = best.T, second.T, nearest.T
     # Squared distances (exact integers for SIFT), their float32 roots as OpenCV's, compared in float64.
-    best = (_as_float(best) + row_norms).clamp(min=0).sqrt().double()
-    second = (_as_float(second) + row_norms).clamp(min=0).sqrt().double()
+    # A table's values become float32 with the row terms; padding never needs its own +inf: a partner has
+    # at least two keypoints, so no row's best or second is a padding column, and a padding row's term
+    # is +inf.
+    best, second = (torch.stack([best, second]) + row_terms).clamp_(min=0).sqrt_().double()
     passed = (best < ratio * second) & torch.isfinite(second)
     pair, row = torch.nonzero(passed, as_tuple=True)
     col = nearest[pair, row]
     # Each candidate's column against every row of its pair: argmin is the lowest index on ties, as OpenCV's.
-    column = _as_float(base[pair, :, col] if flipped else base[:, pair, col].T) + row_norms[pair]
+    column = (base[pair, :, col] if flipped else base[:, pair, col].T) + row_terms[pair]
     mutual = torch.argmin(column, dim=1) == row
-    confidence = (1.0 - best / second.clamp(min=1e-6)).float()[passed][mutual].cpu().numpy()
+    confidence = (1.0 - best[passed] / second[passed].clamp(min=1e-6)).float()[mutual].cpu().numpy()
     pair, row, col = pair[mutual].cpu().numpy(), row[mutual].cpu().numpy(), col[mutual].cpu().numpy()
-    out = []
+    matches = np.stack([row, col], axis=1).astype(np.int64)
     bounds = np.searchsorted(pair, np.arange(count + 1))
-    for j in range(count):
-        if bounds[j] == bounds[j + 1]:
-            out.append(no_matches())
-            continue
-        at = slice(bounds[j], bounds[j + 1])
-        out.append((np.stack([row[at], col[at]], axis=1).astype(np.int64), confidence[at]))
-    return out
+    return [(matches[start:stop], confidence[start:stop]) if start < stop else no_matches()
+            for start, stop in zip(bounds[:-1], bounds[1:])]

@@ -1,10 +1,12 @@
 """Keypoint re-ranking: real pretrained matchers, the cascade, caches, scoring, errors, eval.py."""
 from __future__ import annotations
 
+import gc
 import json
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -146,7 +148,7 @@ def test_burstiness_counts_a_keypoint_matched_in_k_identities_as_one_kth():
 def test_central_region_keeps_only_keypoints_in_the_middle():
     features = {"keypoints": np.array([[50, 50], [5, 50], [50, 95], [60, 40]], np.float32),
                 "image_size": np.array([100, 100], np.float32)}
-    assert central(features, 1.0).tolist() == [0, 1, 2, 3]
+    assert central(features, 1.0) is None, "the whole image: every keypoint"
     assert central(features, 0.5).tolist() == [0, 3]
 
 
@@ -211,6 +213,17 @@ class _Store:
         pass
 
 
+def test_a_pair_records_key_is_the_one_earlier_caches_hold(sift_features):
+    import hashlib
+
+    matcher, features = sift_features
+    engine = PairMatcher(_Store(matcher, features), RerankConfig(min_matches=15), ArrayCache(None), show_progress=False)
+    settings = {"version": 1, "geometry": "fundamental", "ransac_threshold": RerankConfig().ransac_threshold,
+                "region": 1.0, "matcher": matcher.match_settings(), "min_matches": 15}
+    want = hashlib.sha256(json.dumps(["2", "5", settings], sort_keys=True).encode()).hexdigest()
+    assert engine._key((2, 5)) == want
+
+
 @pytest.mark.parametrize("min_matches", [0, 15])
 def test_the_pair_engine_gives_pairwise_inlier_counts_and_rejects_early_only_below_its_minimum(sift_features,
                                                                                                 min_matches):
@@ -252,8 +265,34 @@ def test_the_cpu_product_is_the_faster_of_two_exact_ones_timed_once():
     (_, row_sums), (norms, sums) = sift._norms_and_sums(rows), sift._norms_and_sums(columns)
     want = (columns.astype(np.int64) ** 2).sum(1)[None] - 2 * rows.astype(np.int64) @ columns.astype(np.int64).T
     for product in (sift._int8_products, sift._float_products(True)):
-        got = product(rows, row_sums, columns, norms, sums, torch.device("cpu"))
-        np.testing.assert_array_equal(got.numpy().astype(np.int64), want)
+        table, row_offsets = product(rows, row_sums, columns, norms, sums, torch.device("cpu"))
+        np.testing.assert_array_equal(table.numpy().astype(np.int64) + row_offsets.astype(np.int64)[:, None], want)
+
+
+def test_the_product_trial_runs_once_when_the_pair_engines_threads_start_matching_together():
+    import matchers.sift as sift
+
+    sift._timed_choice.cache_clear()
+    with ThreadPoolExecutor(2) as pool:
+        chosen = list(pool.map(lambda _: sift._fastest_cpu_products(1, True), range(2)))
+    assert chosen[0] is chosen[1]
+    assert sift._timed_choice.cache_info().misses == 1, "two trials side by side time each other's work"
+
+
+def test_descriptor_statistics_are_computed_once_per_array_and_dropped_with_it():
+    import matchers.sift as sift
+
+    descriptors = np.random.default_rng(2).integers(0, 256, (5, 128), dtype=np.uint8)
+    found = sift._statistics(descriptors)
+    assert sift._statistics(descriptors).norms is found.norms, "computed once"
+    wide = descriptors.astype(np.int64)
+    np.testing.assert_array_equal(found.norms, (wide ** 2).sum(1))
+    np.testing.assert_array_equal(found.sums, wide.sum(1))
+    assert sift._statistics(descriptors.copy()).norms is not found.norms, "another array: its own statistics"
+    key = id(descriptors)
+    del descriptors, found
+    gc.collect()
+    assert key not in sift._known
 
 
 def test_a_matcher_without_a_batch_path_matches_many_one_pair_at_a_time(sift_features):

@@ -33,7 +33,7 @@ import hashlib
 import json
 from collections import Counter
 from dataclasses import dataclass
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -67,11 +67,12 @@ class Record:
         return {"first": self.first, "second": self.second, "inlier": self.inlier}
 
 
-def central(features: Features, region: float) -> np.ndarray:
-    """Indices of the keypoints inside the centred box of `region` times the image's width and height."""
+def central(features: Features, region: float) -> Optional[np.ndarray]:
+    """Indices of the keypoints inside the centred box of `region` times the image's width and height;
+    None for all of them (the whole image)."""
     points = features["keypoints"]
-    if region >= 1 or len(points) == 0:
-        return np.arange(len(points))
+    if region >= 1:
+        return None
     size = features["image_size"].astype(np.float64)
     offset = np.abs(points - size / 2) / (size / 2)
     return np.flatnonzero((offset <= region).all(axis=1))
@@ -95,10 +96,13 @@ class PairMatcher:
                           "matcher": store.matcher.match_settings()}
         if self.min_matches > MIN_POINTS[cfg.geometry]:  # else the records are those of verifying every pair
             self._settings["min_matches"] = self.min_matches
+        self._settings_json = json.dumps(self._settings, sort_keys=True)
 
     def _key(self, pair: Tuple[int, int]) -> str:
-        keys = [self.store.key(pair[0]), self.store.key(pair[1]), self._settings]
-        return hashlib.sha256(json.dumps(keys, sort_keys=True).encode()).hexdigest()
+        """sha256 of json.dumps([first key, second key, settings], sort_keys=True), the records' key in
+        every cache so far, with the settings written once per matcher instead of once per pair."""
+        text = f"[{json.dumps(self.store.key(pair[0]))}, {json.dumps(self.store.key(pair[1]))}, {self._settings_json}]"
+        return hashlib.sha256(text.encode()).hexdigest()
 
     def records(self, q_rows: np.ndarray, g_rows: np.ndarray) -> List[Record]:
         """The record of each pair (q_rows[i], g_rows[i]), seen from the query."""
@@ -148,11 +152,11 @@ class PairMatcher:
                 done.update(part)
         self._records.update(done)
 
-    def _prepared(self, row: int) -> Tuple[Features, np.ndarray]:
-        """Row's features inside rerank.region, and their indices among all its keypoints."""
+    def _prepared(self, row: int) -> Tuple[Features, Optional[np.ndarray]]:
+        """Row's features inside rerank.region, and their indices among all its keypoints (None: all)."""
         features = self.store.features(row)
         keep = central(features, self.cfg.region)
-        return (features if len(keep) == len(features["keypoints"]) else _subset(features, keep)), keep
+        return (features if keep is None else _subset(features, keep)), keep
 
     def _match_hub(self, hub: int, partners: Sequence[int], flipped: bool) -> Dict[Tuple[int, int], Record]:
         """The records of (hub, partner) pairs, or (partner, hub) with `flipped`, matched in one call."""
@@ -175,10 +179,11 @@ class PairMatcher:
             else:
                 self.verified += 1
 
-    def _record(self, matches: np.ndarray, f0: Features, keep0: np.ndarray, f1: Features,
-                keep1: np.ndarray) -> Record:
+    def _record(self, matches: np.ndarray, f0: Features, keep0: Optional[np.ndarray], f1: Features,
+                keep1: Optional[np.ndarray]) -> Record:
         """One pair's record from its tentative matches (indices into the region's keypoints)."""
-        first, second = keep0[matches[:, 0]], keep1[matches[:, 1]]
+        first = matches[:, 0] if keep0 is None else keep0[matches[:, 0]]
+        second = matches[:, 1] if keep1 is None else keep1[matches[:, 1]]
         if len(matches) < self.min_matches:
             inlier = np.zeros(len(matches), bool)
         else:
