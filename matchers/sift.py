@@ -14,9 +14,9 @@ index on both. Confidences agree to float32 rounding (1e-7).
 
 The product itself, on a CPU, is whichever of two exact ways ran faster in a short trial when the
 process first matched (`_fastest_cpu_products`, timed by one thread while the others wait; both give
-the same integers): the bytes less 128 as int8 with int32 sums (`torch._int_mm`), or float32. int8 won on both CPUs measured (3.4x on an AMD
-EPYC with AVX512-VNNI; 1.6x on an Intel Xeon with AMX); float32 stays for a build or CPU whose int8
-kernel is missing or slow. On a GPU the product is float32. float32 with bfloat16 inputs (oneDNN,
+the same integers): the bytes less 128 as int8 with int32 sums (`torch._int_mm`), or float32. int8
+won on both CPUs measured (3.4x on an AMD EPYC with AVX512-VNNI; 1.6x on an Intel Xeon with AMX);
+float32 stays for a build or CPU whose int8 kernel is missing or slow. On a GPU the product is float32. float32 with bfloat16 inputs (oneDNN,
 exact here too) was a third candidate and won a trial of one repeated shape on the Intel Xeon, but
 lost in eval.py: every hub brings a new shape, and oneDNN compiles a kernel per shape (about 3 ms,
 as long as the product), so eval.py on the DogFaceNet-dev test part took 39 s with it and 32.5 s
