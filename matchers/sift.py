@@ -16,11 +16,11 @@ The product itself, on a CPU, is whichever of two exact ways ran faster in a sho
 process first matched (`_fastest_cpu_products`, timed by one thread while the others wait; both give
 the same integers): the bytes less 128 as int8 with int32 sums (`torch._int_mm`), or float32. int8
 won on both CPUs measured (3.4x on an AMD EPYC with AVX512-VNNI; 1.6x on an Intel Xeon with AMX);
-float32 stays for a build or CPU whose int8 kernel is missing or slow. On a GPU the product is float32. float32 with bfloat16 inputs (oneDNN,
-exact here too) was a third candidate and won a trial of one repeated shape on the Intel Xeon, but
-lost in eval.py: every hub brings a new shape, and oneDNN compiles a kernel per shape (about 3 ms,
-as long as the product), so eval.py on the DogFaceNet-dev test part took 39 s with it and 32.5 s
-with int8, the same matches (docs/results.md).
+float32 stays for a build or CPU whose int8 kernel is missing or slow. On a GPU the product is
+float32. float32 with bfloat16 inputs (oneDNN, exact here too) was a third candidate and won a
+trial of one repeated shape on the Intel Xeon, but lost in eval.py: every hub brings a new shape,
+and oneDNN compiles a kernel per shape (about 3 ms, as long as the product), so eval.py on the
+DogFaceNet-dev test part took 39 s with it and 32.5 s with int8, the same matches (docs/results.md).
 """
 from __future__ import annotations
 
@@ -262,7 +262,7 @@ def _norms_and_sums(descriptors: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 # A product: (rows (R, D) uint8 and their byte sums (R,), columns (C, D) uint8, their squared norms (C,)
 # float32, +inf for padding, and their byte sums (C,)) -> a table (R, C) and row offsets (R,) float32 whose
 # sum is |column|^2 - 2 row . column (a squared distance less the row's norm). The table is float32 with
-# +inf in padding columns, or int32 of at least INT_PADDING there. A row's offset is the same for all its
+# +inf in padding columns, or int32 within 2^22 of INT_PADDING there. A row's offset is the same for all its
 # columns, so nearest neighbours along a row can be found in the table alone.
 Products = Callable[[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, torch.device],
                     Tuple[torch.Tensor, np.ndarray]]
