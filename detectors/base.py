@@ -2,7 +2,7 @@
 
 A detector finds animals (one class) in photos. The training loop (engine/detection) trains its
 `module` on batches the detector's own dataset builds, with the detector's own loss; the cropper
-(engine/detection/crops.py) calls `detect`. A new detector family is one class registered here
+(engine/crops.py) calls `detect`. A new detector family is one class registered here
 (`@DETECTORS.register("name")`), built from a `model: {name, args}` config block.
 """
 from __future__ import annotations

@@ -20,7 +20,7 @@ from core.schema import CropConfig, DataConfig
 from data.formats import load_table
 from data.synthetic import generate
 from detectors import build_detector, detector_checksum, load_detector, save_detector
-from engine.detection.crops import choose_box, crop_with_manifest
+from engine.crops import choose_box, crop_with_manifest
 from engine.tables import dataset_table
 
 TINY_RUN = ["imgsz=64", "train.batch_size=4", "train.max_minutes=0", "train.warmup_steps=0", "train.log_every=1",

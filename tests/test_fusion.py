@@ -20,9 +20,9 @@ from core.schema import TrainConfig
 from data.formats import load_table
 from data.splits import identity_part
 from engine.accel import eval_precision
-from engine.cached_outputs import ImageViews
-from engine.embed_cache import EmbeddingCache, image_list_fingerprint
-from engine.member_features import Member, load_members, load_recorded_members, member_features
+from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint
+from engine.scoring.member_features import Member, load_members, load_recorded_members, member_features
 from engine.training.data import build_train_data, training_rows
 from engine.training.member_data import (
     ROW,

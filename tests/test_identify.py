@@ -18,7 +18,7 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import DataConfig, EvalConfig
 from data.formats import load_table
-from engine.evaluation.predictions import columns, predictions_frame, query_files
+from engine.identify.predictions import columns, predictions_frame, query_files
 from engine.visual import truth_caption
 from zoo import build_model, save_export
 
@@ -212,7 +212,7 @@ def test_captions_say_unknown_for_a_query_without_identity():
 
 
 def test_re_ranking_captions_say_unknown_for_a_query_without_identity(monkeypatch):
-    from engine.evaluation import report_rerank
+    from engine.identify import report_rerank
 
     monkeypatch.setattr(report_rerank, "_panel", lambda *args: "")
     gallery = pd.DataFrame({"identity": ["Bo", "Rex"]})
@@ -256,7 +256,7 @@ def test_eval_identifies_a_folder_of_new_photos_against_identity_folders(photo_f
         "threshold.min_queries=20"])
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "predictions.csv",
                                                      "report.html", "submission.csv"]
-    assert result["metrics"] is None and result["predictions"] == str(out / "predictions.csv")
+    assert result.metrics is None and result.table == (out / "predictions.csv").absolute()
     printed = capsys.readouterr().out
     assert f"predictions: {out / 'predictions.csv'}" in printed and "BAKS" not in printed
 

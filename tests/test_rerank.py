@@ -19,12 +19,12 @@ from core.config import load_config
 from core.errors import ConfigError
 from core.schema import EvalConfig, RerankConfig
 from data.images import ImageLoader
-from engine.evaluation.pipeline import run_evaluation
-from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for
-from engine.evaluation.voting import fit_calibrators, vote
+from engine.identify.pipeline import run_identification
 from engine.matching.keypoints import KeypointStore
 from engine.matching.pairs import PairMatcher, Record, central, hub_groups
 from engine.matching.scorer import MatcherScorer, pair_scores_of
+from engine.scoring.scorers import MatchSpace, ModelOutput, scorers_for
+from engine.scoring.voting import fit_calibrators, vote
 from matchers import Matcher, MatcherUnavailable, build_matcher
 from matchers import lightglue as lightglue_module
 from matchers.geometry import ransac_inliers
@@ -412,12 +412,12 @@ def weak_export(tmp_path_factory):
 def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches(tiny_synthetic, weak_export):
     base, export = weak_export
     overrides = _eval_overrides(tiny_synthetic, base, export, "fused")
-    fused = run_evaluation(load_config(EvalConfig, RECIPE, overrides))
-    alone = run_evaluation(load_config(EvalConfig, RECIPE, overrides[:-1] + ["rerank.matcher=none",
+    fused = run_identification(load_config(EvalConfig, RECIPE, overrides))
+    alone = run_identification(load_config(EvalConfig, RECIPE, overrides[:-1] + ["rerank.matcher=none",
                                                                              f"output_dir={base / 'alone'}"]))
     ensemble = "ensemble (identity ranking)"
-    assert fused["metrics"]["retrieval"][ensemble]["rank1"] > alone["metrics"]["retrieval"][ensemble]["rank1"]
-    assert fused["metrics"]["tuned"]["score"] > alone["metrics"]["tuned"]["score"]
+    assert fused.metrics["retrieval"][ensemble]["rank1"] > alone.metrics["retrieval"][ensemble]["rank1"]
+    assert fused.metrics["tuned"]["score"] > alone.metrics["tuned"]["score"]
     manifest = json.loads((base / "fused" / "manifest.json").read_text())
     assert manifest["rerank"]["name"] == "sift" and manifest["rerank"]["shortlist"] == 8
     assert manifest["scorers"]["sift [matcher]"]["stage"] == "shortlist"
@@ -430,7 +430,7 @@ def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches
 def test_two_processes_give_the_same_submission_as_one(tiny_synthetic, weak_export, tmp_path):
     base, export = weak_export
     single = _eval_overrides(tiny_synthetic, base, export, "single")
-    run_evaluation(load_config(EvalConfig, RECIPE, single))
+    run_identification(load_config(EvalConfig, RECIPE, single))
     split = _eval_overrides(tiny_synthetic, base, export, "two") + [f"rerank.cache={tmp_path / 'fresh'}"]
     with socket.socket() as probe:  # a free port: other test runs may hold accelerate's default one
         probe.bind(("127.0.0.1", 0))
@@ -462,7 +462,7 @@ def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_
 
 @pytest.mark.parametrize("helpful", [True, False])
 def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
-    from engine.evaluation.decision import evaluate_outputs
+    from engine.identify.decision import evaluate_outputs
     from tests.embedding_worlds import OracleMatcher, clustered
 
     # A weak model (noisy embeddings) with a matcher that knows the truth, or a good model with one that guesses.

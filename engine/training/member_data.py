@@ -3,7 +3,7 @@ training rows, the PCA fitted on them, and a loader of feature rows.
 
 The members' features are extracted for the rows eval.py embeds on the same data (labelled
 database images, then queries), with eval.py's settings and precision, so one extraction serves
-both (engine.cached_outputs). The identity split, the batch sampler, the per-item seeding and the
+both (engine.scoring.cached_outputs). The identity split, the batch sampler, the per-item seeding and the
 open-set validation are those of image models (engine.training.data); only the items differ.
 """
 from __future__ import annotations
@@ -27,9 +27,9 @@ from data.samplers import build_batch_sampler
 from data.splits import gallery_and_query
 from data.transforms import build_eval_transform
 from engine.accel import eval_precision, say
-from engine.cached_outputs import ImageViews
-from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
-from engine.member_features import FeatureDataset, Member, load_members, member_features
+from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
+from engine.scoring.member_features import FeatureDataset, Member, load_members, member_features
 from engine.tables import dataset_table
 from engine.training.data import TrainData, split_validation, training_part
 from engine.training.seeding import SeededBatchSampler, SeededDataset

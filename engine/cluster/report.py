@@ -19,7 +19,7 @@ from core.files import atomic_write_text
 from core.schema import EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
-from engine.evaluation.report import CSS, THUMBNAIL, _table, svg_histogram, thumbnail_uri
+from engine.outputs.html import CSS, THUMBNAIL, svg_histogram, table, thumbnail_uri
 from engine.visual import CORRECT, NEUTRAL, WRONG
 
 SAMPLE_CLUSTERS = 8  # per dataset: the largest ones
@@ -58,7 +58,7 @@ def _population(query: pd.DataFrame, names: np.ndarray, joined: np.ndarray, metr
         labelled = (metrics or {}).get("per_dataset", {}).get(dataset, {})
         rows.append([dataset, int(at.sum()), len(set(names[at])), len({j for j in joined[at] if j is not None}),
                      labelled.get("individuals"), labelled.get("ARI")])
-    return _table(["dataset", "test images", "clusters (estimated individuals)", "of them train identities",
+    return table(["dataset", "test images", "clusters (estimated individuals)", "of them train identities",
                    "true individuals", "ARI"], rows)
 
 
@@ -68,13 +68,13 @@ def _scores(metrics: Optional[dict]) -> str:
     keys = ["ARI", "AMI", "pairwise_precision", "pairwise_recall", "pairwise_F1", "bcubed_F1", "clusters", "individuals"]
     rows = [[d, *[m.get(k) for k in keys]] for d, m in sorted(metrics["per_dataset"].items())]
     rows.append(["mean over datasets", *[metrics.get(k) for k in keys[:6]], None, None])
-    return _table(["dataset", *keys], rows) + '<p class="note">docs/metrics.md explains each score.</p>'
+    return table(["dataset", *keys], rows) + '<p class="note">docs/metrics.md explains each score.</p>'
 
 
 def _thresholds(thresholds: Dict[str, Any]) -> str:
     rows = [[d, t, "transferred (no train images to tune on)" if d in thresholds.get("transferred", []) else ""]
             for d, t in sorted(thresholds["per_dataset"].items())]
-    out = _table(["dataset", "threshold", ""], rows) + f'<p class="note">{html.escape(str(thresholds.get("source", "")))}</p>'
+    out = table(["dataset", "threshold", ""], rows) + f'<p class="note">{html.escape(str(thresholds.get("source", "")))}</p>'
     grid = thresholds.get("grid")
     for dataset, curve in sorted((thresholds.get("validation_ari") or {}).items()):
         out += (f'<div class="hist">{_curve(grid, curve, dataset)}</div>')
@@ -141,7 +141,7 @@ def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.Data
                           joined: np.ndarray, metrics: Optional[dict], thresholds: Dict[str, Any]) -> str:
     thumbs = _Thumbs(rows, cfg, len(rows) - len(query))
     labelled = metrics is not None
-    summary = _table(["", ""], [
+    summary = table(["", ""], [
         ["models", ", ".join(cfg.models)], ["data", f"{cfg.data.format} {cfg.data.root} {cfg.data.query_root}".strip()],
         ["train images (anchors)", len(rows) - len(query)], ["test images (clustered)", len(query)],
         ["method", f"{cfg.cluster.method} {cfg.cluster.args or ''}".strip()],

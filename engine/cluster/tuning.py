@@ -27,11 +27,11 @@ from sklearn.metrics import adjusted_rand_score
 from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import open_set_split
-from engine.clustering.graph import Graph, edge_scores, fused_probabilities, graph_edges
-from engine.clustering.methods import Clusterer
-from engine.evaluation.decision import MATCHER_WEIGHTS
-from engine.evaluation.scorers import MatchSpace, Scorer
-from engine.evaluation.voting import fit_calibrators
+from engine.cluster.graph import Graph, edge_scores, fused_probabilities, graph_edges
+from engine.cluster.methods import Clusterer
+from engine.scoring.scorers import MatchSpace, Scorer
+from engine.scoring.voting import fit_calibrators
+from engine.scoring.weights import MATCHER_WEIGHTS
 
 MIN_HELD_IDENTITIES = 2
 

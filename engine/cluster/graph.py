@@ -4,7 +4,7 @@ score of every edge, soft-voted into P(same individual).
 
 Memory is O(N k): the graph is three arrays of about N x k x (global scorers) entries, never a
 dense N x N matrix. Edge scores go through the scorers' `pair_scores` seam
-(engine/evaluation/scorers.py), so a shortlist scorer (keypoint matcher, Siamese pair head) scores
+(engine/scoring/scorers.py), so a shortlist scorer (keypoint matcher, Siamese pair head) scores
 the graph's edges exactly as it scores a query's shortlist, with its caches and process split.
 """
 from __future__ import annotations
@@ -15,8 +15,8 @@ from typing import List, Optional, Sequence
 import numpy as np
 
 from core.schema import RetrievalConfig
-from engine.evaluation.scorers import MatchSpace, Scorer
 from engine.retrieval import build_index, exact_search, l2_normalize, search
+from engine.scoring.scorers import MatchSpace, Scorer
 
 
 @dataclass

@@ -13,40 +13,26 @@ main process writes.
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 import pandas as pd
 
-from core.config import from_dict, save_config, to_dict
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
-from core.versions import installed_versions
-from data.splits import gallery_and_query
-from data.validate import require_query
 from engine.accel import say
-from engine.cluster_metrics import clustering_report
-from engine.clustering.graph import build_graph
-from engine.clustering.methods import CLUSTERERS
-from engine.clustering.tuning import anchor_codes, tune
-from engine.embed_cache import image_list_fingerprint
-from engine.evaluation.artifacts import (
-    MANIFEST,
-    PACKAGES,
-    check_output_dir,
-    git_commit,
-    staged_directory,
-    write_json,
-)
-from engine.evaluation.calibration import fit_calibrator
-from engine.evaluation.model_outputs import all_model_outputs
-from engine.evaluation.query_metrics import finite
-from engine.evaluation.scorers import SCORERS, MatchSpace, ModelOutput, Scorer
-from engine.evaluation.submission import CLUSTERS, cluster_prefix, submission_kind, write_submission
-from engine.evaluation.voting import fit_calibrators
-from engine.tables import dataset_table
-from zoo.loading import looks_like_path
+from engine.cluster.graph import build_graph
+from engine.cluster.methods import CLUSTERERS
+from engine.cluster.metrics import clustering_report
+from engine.cluster.tuning import anchor_codes, tune
+from engine.outputs.artifacts import finite, run_manifest
+from engine.outputs.submission import CLUSTERS, cluster_prefix
+from engine.outputs.writer import RunOutputs, RunResult, write_run
+from engine.prepare import RunData, check_run_config, load_run_data, prepare_run
+from engine.scoring.calibration import fit_calibrator
+from engine.scoring.embed_cache import image_list_fingerprint
+from engine.scoring.scorers import SCORERS, MatchSpace, ModelOutput, Scorer
+from engine.scoring.voting import fit_calibrators
 
 CLUSTERS_FILE = "clusters.csv"
 
@@ -62,14 +48,10 @@ def graph_scorers(outputs: List[ModelOutput]) -> List[Scorer]:
 
 
 def check_cluster_config(cfg: EvalConfig) -> None:
-    from_dict(EvalConfig, to_dict(cfg))
-    if submission_kind(cfg.data.format, cfg.submission, cfg.task) != CLUSTERS:
+    """check_run_config, and the clusterer's arguments."""
+    if check_run_config(cfg) != CLUSTERS:
         raise ConfigError(f"task=cluster writes the {CLUSTERS} submission, not {cfg.submission}")
-    check_output_dir(Path(cfg.output_dir))
     CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)  # unknown arguments stop here
-    for spec in cfg.models:
-        if looks_like_path(spec) and not Path(spec).expanduser().exists():
-            raise DataError(f"no model at {spec}: run `python train.py` first or pass models=[...]")
 
 
 def _calibrate_without_tuning(cfg: EvalConfig, scorers: List[Scorer], space: MatchSpace, n_gallery: int) -> str:
@@ -92,26 +74,18 @@ def _names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray
     return np.array([f"{cluster_prefix(dataset)}{r}" for r in rank[inverse]], dtype=object)
 
 
-def run_clustering(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
-    """Cluster the query images of cfg.data with cfg.models and write the outputs into cfg.output_dir.
-    Returns {"output_dir", "submission", "clusters", "metrics" (or None), "report" (or None),
-    "thresholds"} on the main process, {} on the others."""
+def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
+    """Cluster the query images of cfg.data with cfg.models and write the outputs into cfg.output_dir;
+    the main process returns where they are, the other processes None."""
     check_cluster_config(cfg)
-    table = dataset_table(cfg.data)
-    require_query(table)
-    gallery, query = gallery_and_query(table)
-    rows = pd.concat([gallery, query], ignore_index=True)
+    data = load_run_data(cfg)
+    table, gallery, query, rows = data.table, data.gallery, data.query, data.rows
     n_gallery = len(gallery)
-    outputs = all_model_outputs(cfg, rows, set(gallery["identity"]), accelerator)
-    scorers = graph_scorers(outputs)
-    matcher = None
-    if cfg.rerank.matcher != "none":
-        from engine.matching.scorer import build_matcher_scorer
-
-        matcher = build_matcher_scorer(cfg, rows, accelerator)
-        scorers.append(matcher)
-    elif accelerator is not None and not accelerator.is_main_process:
-        return {}
+    inputs = prepare_run(cfg, data, accelerator)
+    outputs, matcher = inputs.outputs, inputs.matcher
+    scorers = graph_scorers(outputs) + ([matcher] if matcher is not None else [])
+    if matcher is None and accelerator is not None and not accelerator.is_main_process:
+        return None
     labels = np.concatenate([gallery["identity"].to_numpy(dtype=object), np.full(len(query), None, dtype=object)])
     datasets = rows["dataset"].to_numpy(dtype=object)
     space = MatchSpace(labels, datasets, True, cfg.retrieval)  # a cluster never spans two datasets
@@ -165,33 +139,32 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         identity_of = {c: labels[m] for c, m in zip(found[~is_query], members[~is_query], strict=True)}
         joined[members[is_query] - n_gallery] = [identity_of.get(c) for c in found[is_query]]
     if accelerator is not None and not accelerator.is_main_process:
-        return {}
+        return None
     truth = query["identity"].to_numpy(dtype=object)
     metrics = None
     if query["identity"].notna().any():
         metrics = finite({**clustering_report(truth, names, query["dataset"].tolist()), "thresholds": thresholds})
-    final = Path(cfg.output_dir)
-    with staged_directory(final) as staging:
-        write_submission(staging / "submission.csv", CLUSTERS, table, dict(zip(query["image_id"].astype(str), names, strict=True)))
-        pd.DataFrame({"image_id": query["image_id"].astype(str), "dataset": query["dataset"], "cluster": names,
-                      "joined_identity": joined}).to_csv(staging / CLUSTERS_FILE, index=False)
-        if metrics is not None:
-            write_json(staging / "metrics.json", metrics)
-        write_json(staging / MANIFEST, finite({
-            "tool": "reidzoo eval (task=cluster)", "config": to_dict(cfg), "submission_kind": CLUSTERS,
-            "models": [{k: v for k, v in o.info.items() if k != "training_identities"} | {"weight": o.weight} for o in outputs],
-            "data": {"format": cfg.data.format, "root": cfg.data.root, "images": len(table), "train": n_gallery,
-                     "test": len(query), "fingerprint": image_list_fingerprint(table)},
-            "thresholds": thresholds, "graph": {"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
-            "scorers": {s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
-                                 "calibrator": s.calibrator.to_dict()} for s in scorers},
-            "versions": installed_versions(PACKAGES), "git": git_commit()}))
-        save_config(cfg, staging / "config.yaml")
-        if cfg.report:
-            from engine.clustering.report import write_cluster_report
+    manifest = _cluster_manifest(cfg, data, outputs, scorers, thresholds, graph)
 
-            write_cluster_report(staging / "report.html", cfg=cfg, rows=rows, query=query, names=names, joined=joined,
-                                 metrics=metrics, thresholds=thresholds)
-    final = final.expanduser().absolute()
-    return {"output_dir": str(final), "submission": str(final / "submission.csv"), "clusters": str(final / CLUSTERS_FILE),
-            "metrics": metrics, "report": str(final / "report.html") if cfg.report else None, "thresholds": thresholds}
+    def write_report(path):
+        from engine.cluster.report import write_cluster_report
+
+        write_cluster_report(path, cfg=cfg, rows=rows, query=query, names=names, joined=joined, metrics=metrics,
+                             thresholds=thresholds)
+
+    clusters = pd.DataFrame({"image_id": query["image_id"].astype(str), "dataset": query["dataset"], "cluster": names,
+                             "joined_identity": joined})
+    return write_run(cfg, table, RunOutputs(
+        CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
+        lambda path: clusters.to_csv(path, index=False), metrics, manifest, write_report, thresholds))
+
+
+def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],
+                      thresholds: Dict[str, Any], graph) -> Dict[str, Any]:
+    return run_manifest(
+        "reidzoo eval (task=cluster)", cfg, CLUSTERS, outputs,
+        {"images": len(data.table), "train": len(data.gallery), "test": len(data.query),
+         "fingerprint": image_list_fingerprint(data.table)},
+        thresholds=thresholds, graph={"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
+        scorers={s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight, "calibrator": s.calibrator.to_dict()}
+                 for s in scorers})

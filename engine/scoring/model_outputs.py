@@ -25,12 +25,12 @@ import torch
 from core.errors import DataError, list_some
 from core.schema import EvalConfig
 from engine.accel import say
-from engine.cached_outputs import ImageViews, cached_outputs
-from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
-from engine.evaluation.lazy_model import LazyModel
-from engine.evaluation.scorers import ModelOutput
 from engine.extraction import EMBEDDING, LOGITS
-from engine.member_features import fused_embeddings, load_recorded_members, member_features
+from engine.scoring.cached_outputs import ImageViews, cached_outputs
+from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
+from engine.scoring.lazy_model import LazyModel
+from engine.scoring.member_features import fused_embeddings, load_recorded_members, member_features
+from engine.scoring.scorers import ModelInfo, ModelOutput
 
 
 def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],
@@ -55,7 +55,7 @@ def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],
 def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: set,
                   cache: EmbeddingCache, images_fingerprint: str, accelerator=None) -> ModelOutput:
     """One model's outputs for `rows`, read from the cache or extracted (the model is built only then,
-    or for its pair head: engine.evaluation.lazy_model)."""
+    or for its pair head: engine.scoring.lazy_model)."""
     device = accelerator.device if accelerator is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     handle = LazyModel(spec, device, cache)
     meta = handle.meta
@@ -70,12 +70,10 @@ def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame,
         say(accelerator, f"{spec}: its classes are none of the database identities; it votes with its embedding")
     heads = (EMBEDDING, LOGITS) if label_map is not None else (EMBEDDING,)
     arrays, keys = cached_outputs(handle.model, spec, meta, checksum, heads, views, rows, cache, images_fingerprint, accelerator)
-    info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"), "input_size": size,
-            "mean": list(mean), "std": list(std), "embed_dim": probed["embed_dim"], "classes": probed["classes"],
-            "votes_with": "softmax" if label_map is not None else "embedding", "cache_keys": keys,
-            "training_identities": meta.get("label_map") or None}
     pair_head = _pair_head(handle.model) if probed["pair_head"] else None
-    info["pair_head"] = pair_head is not None
+    info = ModelInfo(spec, checksum, meta.get("architecture"), probed["embed_dim"], probed["classes"],
+                     "softmax" if label_map is not None else "embedding", pair_head is not None,
+                     meta.get("label_map") or None, input_size=size, mean=list(mean), std=list(std), cache_keys=keys)
     return ModelOutput(spec, arrays[EMBEDDING], arrays.get(LOGITS), label_map, weight, info, pair_head)
 
 
@@ -101,15 +99,13 @@ def _fused_outputs(spec: str, weight: float, model, meta: Dict[str, Any], checks
     blocks = member_features(members, views, rows, cache, fingerprint, accelerator)
     embeddings = fused_embeddings(model, np.concatenate(blocks, axis=1), batch_size=max(256, views.batch_size),
                                   accelerator=accelerator)
-    # The members' own embeddings, for the eval-time choice (engine.evaluation.choice).
-    alone = [ModelOutput(m.spec, block, info={"spec": m.spec, "checksum": m.checksum, "architecture": m.meta.get("architecture"),
-                                              "embed_dim": int(block.shape[1]), "classes": None, "votes_with": "embedding",
-                                              "training_identities": m.meta.get("label_map") or None, "pair_head": False})
+    # The members' own embeddings, for the eval-time choice (engine.scoring.choice).
+    alone = [ModelOutput(m.spec, block, info=ModelInfo(m.spec, m.checksum, m.meta.get("architecture"), int(block.shape[1]),
+                                                       training_identities=m.meta.get("label_map") or None))
              for m, block in zip(members, blocks, strict=True)]
-    info = {"spec": spec, "checksum": checksum, "architecture": meta.get("architecture"),
-            "members": [{"spec": m.spec, "checksum": m.checksum} for m in members], "embed_dim": model.embed_dim,
-            "classes": None, "votes_with": "embedding", "training_identities": meta.get("label_map") or None,
-            "pair_head": model.has_pair_head}
+    info = ModelInfo(spec, checksum, meta.get("architecture"), model.embed_dim, pair_head=model.has_pair_head,
+                     training_identities=meta.get("label_map") or None,
+                     members=[{"spec": m.spec, "checksum": m.checksum} for m in members])
     return ModelOutput(spec, embeddings, None, None, weight, info, _pair_head(lambda: model) if model.has_pair_head else None,
                        members=alone)
 

@@ -31,7 +31,7 @@ from scipy.sparse.csgraph import connected_components
 
 from core.errors import ConfigError
 from core.registry import Registry
-from engine.clustering.graph import Graph
+from engine.cluster.graph import Graph
 
 CLUSTERERS = Registry("clusterer", name_attribute="name")
 

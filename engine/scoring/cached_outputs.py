@@ -1,7 +1,7 @@
 """A model's outputs for a table's rows, through the embedding cache: what eval.py and the training of
 models over other models' embeddings (fusion) share, so that equal settings share cache entries.
 
-The key is engine.embed_cache's: the model's checksum, the rows (files, boxes, order), the
+The key is engine.scoring.embed_cache's: the model's checksum, the rows (files, boxes, order), the
 preprocessing (the model's own input size and normalisation, TTA views, orientation and crop
 settings) and the runtime (device type and the precision extraction runs in).
 """
@@ -19,8 +19,8 @@ from core.schema import DataConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from data.transforms import build_tta_transform
-from engine.embed_cache import EmbeddingCache, cache_key, transform_description
 from engine.extraction import extract
+from engine.scoring.embed_cache import EmbeddingCache, cache_key, transform_description
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,21 @@
-"""What eval.py writes besides the submission: the output folder (replaced whole, never half-written),
-manifest.json (config, models, data fingerprint, threshold, calibrators, versions, git commit)."""
+"""What every eval.py task writes besides its submission: the output folder (replaced whole, never
+half-written) and manifest.json's shared parts (config, models, data, versions, git commit)."""
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional, Sequence
 
-import pandas as pd
+import numpy as np
 
 from core.config import to_dict
 from core.errors import ConfigError
 from core.files import atomic_folder, atomic_write_text
 from core.schema import EvalConfig
 from core.versions import installed_versions
-from engine.embed_cache import image_list_fingerprint
-from engine.evaluation.decision import Evaluation
-from engine.evaluation.query_metrics import finite
-from engine.evaluation.scorers import ModelOutput
+from engine.scoring.scorers import ModelOutput
 
 MANIFEST = "manifest.json"
 PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "faiss-gpu", "numpy", "pandas", "scikit-learn",
@@ -62,30 +60,33 @@ def git_commit() -> Optional[Dict[str, Any]]:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput], ev: Evaluation,
-             kind: str, matcher=None) -> Dict[str, Any]:
-    """What made the submission; `matcher` is the re-ranking MatcherScorer, if any."""
-
+def run_manifest(tool: str, cfg: EvalConfig, kind: str, outputs: Sequence[ModelOutput], data: Dict[str, Any],
+                 **task: Any) -> Dict[str, Any]:
+    """manifest.json: what made the submission. The parts every task records, and `task`'s own between
+    the data and the versions."""
     return finite({
-        "tool": "reidzoo eval",
+        "tool": tool,
         "config": to_dict(cfg),
         "submission_kind": kind,
-        "models": [{**{k: v for k, v in o.info.items() if k != "training_identities"}, "weight": o.weight,
-                    "training_identities": len(o.info.get("training_identities") or {})} for o in outputs],
-        "data": {"format": cfg.data.format, "root": cfg.data.root, "images": len(table),
-                 "database": int((table["split"] == "database").sum()), "query": int((table["split"] == "query").sum()),
-                 "fingerprint": image_list_fingerprint(table)},
-        "threshold": ev.threshold,
-        "scorers": ev.scorers,
-        "rerank": None if matcher is None else {**matcher.describe(), "shortlist": cfg.rerank.shortlist,
-                                                "pairs_matched": matcher.pairs.matched,
-                                                "pairs_verified": matcher.pairs.verified,
-                                                "pairs_rejected_early": matcher.pairs.rejected,
-                                                "images_extracted": matcher.pairs.store.extracted},
-        "tuning_split": None if ev.tuning is None else {k: ev.tuning[k] for k in ("queries", "identities", "new_identities")},
+        "models": [o.info.manifest(o.weight) for o in outputs],
+        "data": {"format": cfg.data.format, "root": cfg.data.root, **data},
+        **task,
         "versions": installed_versions(PACKAGES),
         "git": git_commit(),
     })
+
+
+def finite(value: Any) -> Any:
+    """JSON has no NaN: undefined metrics become null."""
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return None if math.isnan(value) or math.isinf(value) else float(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
 
 
 def write_json(path: Path, payload: Any) -> None:

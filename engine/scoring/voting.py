@@ -16,10 +16,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from engine.evaluation.adaptive import certain, mixed
-from engine.evaluation.calibration import fit_calibrator, soft_vote
-from engine.evaluation.scorers import GlobalScorer, ImageRanking, MatchSpace, Scorer
 from engine.retrieval import Candidates
+from engine.scoring.adaptive import certain, mixed
+from engine.scoring.calibration import fit_calibrator, soft_vote
+from engine.scoring.scorers import GlobalScorer, ImageRanking, MatchSpace, Scorer
 
 SHORTLIST = 25  # gallery images per query re-scored by shortlist scorers (rerank.shortlist)
 MAX_SHORTLIST_CALIBRATION_QUERIES = 2000  # database images used to calibrate shortlist scorers
@@ -122,7 +122,7 @@ def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_row
     """Fused candidates of `q_rows` against `g_rows` (scorers' calibrators already fitted); shortlist
     scorers re-score `size` gallery images per query. With a `margin` (rerank.adaptive), the queries
     certain at their thresholds `limits` on the global vote alone keep it, and none of their pairs is
-    re-scored (engine.evaluation.adaptive)."""
+    re-scored (engine.scoring.adaptive)."""
     raw: Dict[str, Candidates] = {}
     calibrated: List[Candidates] = []
     rankings: Dict[str, ImageRanking] = {}

@@ -3,7 +3,7 @@
 Every scorer offers the same two things:
 * `pair_scores(space, q_rows, g_rows)`: a raw score for any (query row, gallery row) pairs, and
 * `calibration_pairs(...)`: labelled database pairs (raw score, same individual?) drawn the way
-  queries are matched, on which its own calibrator is fitted (engine.evaluation.calibration).
+  queries are matched, on which its own calibrator is fitted (engine.scoring.calibration).
 A **global** scorer also proposes candidates from the whole gallery (`candidates`, `propose`); a
 **shortlist** scorer only re-scores the pairs the global stage shortlisted (a Siamese pair head
 here, the keypoint matcher in engine.matching.scorer), because it is too slow or too narrow to
@@ -21,12 +21,37 @@ import numpy as np
 
 from core.registry import Registry
 from core.schema import RetrievalConfig
-from engine.evaluation.calibration import Calibrator, pair_scores_for_calibration
 from engine.retrieval import Candidates, retrieve, to_candidates
+from engine.scoring.calibration import Calibrator, pair_scores_for_calibration
 
 SCORERS = Registry("scorer", name_attribute="kind")
 CANDIDATES = 20  # identities per query and scorer entering the vote: enough for the decision and top-5
 PAIR_NEIGHBOURS = 10  # calibration pairs of a global scorer: each database image against its top-k
+
+
+@dataclass
+class ModelInfo:
+    """What the manifest records of a model, and which identities it was trained on."""
+
+    spec: str
+    checksum: str
+    architecture: Optional[str]
+    embed_dim: int
+    classes: Optional[int] = None  # a classifier's number of classes
+    votes_with: str = "embedding"  # or "softmax"
+    pair_head: bool = False
+    training_identities: Optional[Dict[str, int]] = None  # its label map, when it records one
+    input_size: Optional[int] = None  # preprocessing, for a model that reads images
+    mean: Optional[List[float]] = None
+    std: Optional[List[float]] = None
+    cache_keys: Optional[Dict[str, str]] = None  # its outputs' keys in the embedding cache
+    members: Optional[List[Dict[str, str]]] = None  # a fusion model's members: spec and checksum
+
+    def manifest(self, weight: float) -> Dict[str, Any]:
+        """The manifest's entry: the training identities counted, not listed; fields that do not apply left out."""
+        fields = {k: v for k, v in vars(self).items() if k != "training_identities"}
+        kept = {k: v for k, v in fields.items() if v is not None or k in ("architecture", "classes")}
+        return {**kept, "weight": weight, "training_identities": len(self.training_identities or {})}
 
 
 @dataclass
@@ -38,7 +63,7 @@ class ModelOutput:
     logits: Optional[np.ndarray] = None
     label_map: Optional[Dict[str, int]] = None  # set when the model votes with its softmax
     weight: float = 1.0
-    info: Dict[str, Any] = field(default_factory=dict)
+    info: Optional[ModelInfo] = None
     pair_head: Optional[Callable[[np.ndarray, np.ndarray], np.ndarray]] = None  # (N, D) x (N, D) -> (N,) logits
     members: List[ModelOutput] = field(default_factory=list)  # a fusion model's members, for the eval-time choice
 

@@ -5,7 +5,7 @@ it, it can score below its own members (see zoo/fusion.py and MODEL_ZOO.md). Its
 are extracted anyway (the fusion reads them), so the ensemble as given is set against the other ways
 of scoring with the same members: each member alone, their static blend (raw cosine, equal
 weights) and their calibrated soft vote. Every scoring is calibrated and its threshold tuned on the
-same held-out database split (engine.evaluation.decision); per dataset, the scoring with the best
+same held-out database split (engine.identify.decision); per dataset, the scoring with the best
 validation open-set score decides that dataset's queries, the ensemble as given winning ties.
 
 A scoring is one class registered in SCORINGS: given the ensemble's outputs and the configured
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from typing import Dict, List, Sequence
 
 from core.registry import Registry
-from engine.evaluation.scorers import ModelOutput
+from engine.scoring.scorers import ModelOutput
 
 SCORINGS = Registry("scoring")
 AS_GIVEN = "ensemble as given"

@@ -23,8 +23,8 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from core.schema_rules import NEIGHBOUR_RERANKERS
-from engine.evaluation.scorers import SCORERS, MatchSpace, ModelOutput, Scorer
 from engine.neighbourhood import expanded, k_reciprocal_distance, k_reciprocal_encoding
+from engine.scoring.scorers import SCORERS, MatchSpace, ModelOutput, Scorer
 
 NEIGHBOUR_KINDS = NEIGHBOUR_RERANKERS  # rerank.neighbours: the kinds registered below
 PREPARED_SETS = 12  # sets kept prepared: up to threshold.max_splits held-out splits (many only for small databases), the calibration set and the queries

@@ -21,7 +21,7 @@ import pandas as pd
 from core.files import atomic_write_text
 from core.schema import EvalConfig
 from data.table import NEW_INDIVIDUAL
-from engine.evaluation.decision import Evaluation
+from engine.identify.decision import Evaluation
 
 PREDICTIONS = "predictions.csv"
 TOP = 5

@@ -2,7 +2,6 @@
 in hindsight (an upper bound, never a result), and retrieval metrics per scorer and for the ensemble."""
 from __future__ import annotations
 
-import math
 from typing import Any, Dict
 
 import numpy as np
@@ -10,22 +9,10 @@ import pandas as pd
 
 from core.errors import DataError
 from core.schema import EvalConfig
-from engine.evaluation.decision import Evaluation
-from engine.evaluation.openset import decide, humpback_guesses, thresholds_for, tune_threshold
+from engine.identify.decision import Evaluation
 from engine.metrics import animalclef_score, cmc, map_at_5, mean_average_precision
-
-
-def finite(value: Any) -> Any:
-    """JSON has no NaN: undefined metrics become null."""
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    if isinstance(value, (float, np.floating)):
-        return None if math.isnan(value) or math.isinf(value) else float(value)
-    if isinstance(value, np.integer):
-        return int(value)
-    return value
+from engine.openset import decide, humpback_guesses, thresholds_for, tune_threshold
+from engine.outputs.artifacts import finite
 
 
 def has_query_labels(query: pd.DataFrame) -> bool:

@@ -2,7 +2,7 @@
 for a table's rows, and the fused embeddings.
 
 Members are frozen models named like eval.py's (export folders, zoo names, timm / `hf-hub:` names).
-Their features are the L2-normalised embeddings eval.py extracts (engine.cached_outputs, in eval.py's
+Their features are the L2-normalised embeddings eval.py extracts (engine.scoring.cached_outputs, in eval.py's
 precision), concatenated member after member: training reads them from the cache eval.py fills and
 the other way round. A trained fusion model records each member's checksum; loading a member whose
 weights changed since is refused, because the PCA and the MLP were fitted to the old one's features.
@@ -19,9 +19,9 @@ from torch.utils.data import Dataset
 
 from core.errors import DataError
 from data.dataset import ReIDDataset
-from engine.cached_outputs import ImageViews, cached_outputs
-from engine.embed_cache import EmbeddingCache
 from engine.extraction import EMBEDDING, extract_embeddings
+from engine.scoring.cached_outputs import ImageViews, cached_outputs
+from engine.scoring.embed_cache import EmbeddingCache
 from zoo.loading import load_for_eval
 
 

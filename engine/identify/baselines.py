@@ -15,10 +15,10 @@ from tqdm import tqdm
 from core.schema import EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
-from engine.evaluation.decision import evaluate_outputs
-from engine.evaluation.pipeline import load_evaluation_data
-from engine.evaluation.query_metrics import query_metrics
-from engine.evaluation.scorers import ModelOutput
+from engine.identify.decision import evaluate_outputs
+from engine.identify.pipeline import load_identify_data
+from engine.identify.query_metrics import query_metrics
+from engine.scoring.scorers import ModelOutput
 
 PIXEL_SIZE = 32
 
@@ -40,7 +40,7 @@ def pixel_embeddings(table: pd.DataFrame, size: int = PIXEL_SIZE, crop_to_bbox: 
 
 def pixel_baseline(cfg: EvalConfig, size: int = PIXEL_SIZE) -> Dict[str, Any]:
     """Query metrics (as in metrics.json) of raw-pixel nearest neighbours on cfg.data."""
-    data = load_evaluation_data(cfg)
+    data = load_identify_data(cfg)
     embeddings = pixel_embeddings(data.rows, size, cfg.data.crop_to_bbox, cfg.data.bbox_padding,
                                   cfg.data.orientation_rules)
     evaluation = evaluate_outputs(cfg, data.gallery, data.query, [ModelOutput("raw pixels", embeddings)], data.kind)
