@@ -1,5 +1,5 @@
 """SIFT + Lowe's ratio test (OpenCV): the weight-free matcher, for machines without the LightGlue
-weights and as a fast baseline (about 10x the pairs per second of ALIKED + LightGlue on a CPU).
+weights and as a fast baseline (many times the pairs per second of ALIKED + LightGlue on a CPU).
 
 `match` is OpenCV's brute-force matcher, one pair at a time. `match_many` matches one image against
 many in one pass (matchers.batched_nn: one exact matrix product per chunk of partners, in torch on the
@@ -9,13 +9,11 @@ integers, kept as bytes, so every squared distance is an exact integer on both p
 
 The product itself, on a CPU, is whichever of two exact ways ran faster in a short trial when the
 process first matched (matchers.byte_distances): the bytes less 128 as int8 with int32 sums
-(`torch._int_mm`), or float32. int8 won on both CPUs measured (3.4x on an AMD EPYC with
-AVX512-VNNI; 1.6x on an Intel Xeon with AMX); float32 stays for a build or CPU whose int8 kernel is
-missing or slow. On a GPU the product is float32. float32 with bfloat16 inputs (oneDNN, exact here
-too) was a third candidate and won a trial of one repeated shape on the Intel Xeon, but lost in
-eval.py: every hub brings a new shape, and oneDNN compiles a kernel per shape (about 3 ms, as long
-as the product), so eval.py on the DogFaceNet-dev test part took 39 s with it and 32.5 s with int8,
-the same matches (docs/results.md).
+(`torch._int_mm`), faster than float32 on CPUs with VNNI or AMX, or float32, for a build or CPU
+whose int8 kernel is missing or slow. On a GPU the product is float32. float32 with bfloat16 inputs
+(oneDNN, exact here too) is not a candidate: it can win a trial of one repeated shape, but every hub
+brings a new shape and oneDNN compiles a kernel per shape, which made eval.py slower than with int8
+(docs/results.md has the figures).
 """
 from __future__ import annotations
 
@@ -46,8 +44,8 @@ class SiftMatcher(Matcher):
         if threads < 1:
             raise ConfigError(f"sift threads must be at least 1, got {threads}")
         self.ratio = float(ratio)
-        # torch threads of the batched products on a CPU: one is 2-3x faster than two when the cores are
-        # shared with other work (OpenMP threads wait on each other); matches do not depend on it.
+        # torch threads of the batched products on a CPU: one beats two when the cores are shared with
+        # other work (OpenMP threads wait on each other); matches do not depend on it.
         self.threads = int(threads)
         # batched=False: match_many loops over `match` (OpenCV, one pair at a time), the path before
         # batching; the same matches, kept to measure against (rerank.matcher_args={batched: false}).
