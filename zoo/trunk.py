@@ -16,8 +16,8 @@ class Trunk(nn.Module):
     """images -> (pooled features (B, num_features), [intermediate maps (B, C_l, H_l, W_l)])."""
 
     def __init__(self, cfg: TrunkConfig):
-        # timm (with the torchvision and torch._dynamo it pulls in, ~1.5 s) is imported when a model is
-        # built, not when zoo is: eval.py reads cached embeddings without building any model.
+        # timm (with the torchvision and torch._dynamo it pulls in, a slow import) is imported when a
+        # model is built, not when zoo is: eval.py reads cached embeddings without building any model.
         import timm.data
 
         from zoo.backbones import create_backbone, freeze_stages, resolve_hub_name
