@@ -1,0 +1,158 @@
+"""Files from other people run no code and are used as paths only once checked (issue 39): detector and
+model exports, the zoo index, recipes' `base:` chains, fusion members; and commands replace or skip
+only what they made themselves (the open-set protocol folder, reproduce's stage records)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from conftest import REPO
+
+from core.errors import ConfigError, UserError
+from core.store import published_folder
+from detectors import build_detector, load_detector, save_detector
+from zoo.__main__ import main as zoo_cli
+
+
+class Exploit:
+    """Unpickling it writes a file: whether anything unpickled it is then plain to see."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (Path(self.path).write_text, ("unpickled",))
+
+
+def pickle_with_side_effect(folder: Path) -> tuple:
+    """(a torch file that writes `marker` when unpickled, marker)."""
+    marker = folder / "ran"
+    pickled = folder / "weights.pt"
+    torch.save({"state_dict": Exploit(marker)}, pickled)
+    return pickled, marker
+
+
+def one_error_line(result, *expected: str) -> None:
+    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1, result.stderr[-2000:]
+    for text in expected:
+        assert text in result.stderr, result.stderr
+
+
+def script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ----------------------------------------------------------------------------- detector exports
+
+
+@pytest.fixture(scope="module")
+def detector_export(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    return save_detector(build_detector("yolo", {"cfg": "yolov8n.yaml", "imgsz": 64}),
+                         tmp_path_factory.mktemp("detector") / "export")
+
+
+def crafted(source: Path, folder: Path, edit) -> Path:
+    """A copy of the export `source` whose config.json `edit` (config -> None) changed."""
+    shutil.copytree(source, folder)
+    config = json.loads((folder / "config.json").read_text())
+    edit(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+def code_writing(marker: Path) -> str:
+    """Python that writes `marker` and gives a valid activation, so that a build that evaluates it succeeds."""
+    return f"__import__('pathlib').Path({str(marker)!r}).write_text('ran') and nn.SiLU()"
+
+
+def set_activation(code: str):
+    def edit(config):
+        config["detector_args"]["cfg"]["activation"] = code
+    return edit
+
+
+def detector_edits(marker: Path, pickled: Path) -> dict:
+    """Ways a detector export could make reidzoo run code or read a file, each refused."""
+    def trust_pickle(config):
+        config["detector_args"].update(weights=str(pickled), trust_pickle=True)
+
+    def layer_is_a_loader(config):  # ultralytics looks layer names up among its tasks module's names
+        config["detector_args"]["cfg"]["backbone"][0] = [-1, 1, "torch_safe_load", [str(pickled)]]
+
+    def cfg_is_a_file(config):
+        config["detector_args"]["cfg"] = str(pickled)
+
+    def argument_names_a_local(config):  # a string argument is read as a local name or a literal
+        config["detector_args"]["cfg"]["backbone"][0][3][0] = "d"
+
+    return {"activation": set_activation(code_writing(marker)),
+            "trust_pickle": trust_pickle, "layer": layer_is_a_loader, "cfg_file": cfg_is_a_file,
+            "local_name": argument_names_a_local}
+
+
+@pytest.mark.parametrize("variant", ["activation", "trust_pickle", "layer", "cfg_file", "local_name"])
+def test_a_crafted_detector_export_runs_nothing_and_is_refused(detector_export, tmp_path, variant):
+    pickled, marker = pickle_with_side_effect(tmp_path)
+    export = crafted(detector_export, tmp_path / "export", detector_edits(tmp_path / "ran", pickled)[variant])
+    with pytest.raises(UserError, match="detector_args"):
+        load_detector(export)
+    assert not marker.exists()
+
+
+def test_publishing_a_detector_export_whose_activation_is_code_exits_2(detector_export, tmp_path, run_here, monkeypatch):
+    marker = tmp_path / "ran"
+    export = crafted(detector_export, tmp_path / "export", set_activation(code_writing(marker)))
+    monkeypatch.setenv("REIDZOO_ZOO", str(tmp_path / "zoo"))
+    result = run_here(sys.modules["zoo.__main__"], ["publish", export, "--name", "det"], tmp_path / "cache")
+    one_error_line(result, "activation must be one of nn.SiLU()")
+    assert not marker.exists() and not (tmp_path / "zoo" / "zoo.json").exists()
+
+
+def test_cropping_with_a_detector_export_that_names_a_pickle_exits_2(detector_export, tmp_path, run_here):
+    pickled, marker = pickle_with_side_effect(tmp_path)
+    export = crafted(detector_export, tmp_path / "export", detector_edits(marker, pickled)["trust_pickle"])
+    photos = tmp_path / "photos" / "a"
+    photos.mkdir(parents=True)
+    cv2.imwrite(str(photos / "1.jpg"), np.zeros((32, 32, 3), np.uint8))
+    result = run_here(script("crop"), ["--detector", export, "--root", photos.parent, "--out", tmp_path / "crops.csv",
+                                       "--cache", "none"], tmp_path / "cache")
+    one_error_line(result, "'weights' is not read from an export")
+    assert not marker.exists() and not (tmp_path / "crops.csv").exists()
+
+
+def test_a_published_detector_is_checked_again_when_loaded_by_name(detector_export, tmp_path, monkeypatch):
+    """The zoo's sha256 only proves a file unchanged since someone published it, not that it is safe."""
+    monkeypatch.setenv("REIDZOO_ZOO", str(tmp_path / "zoo"))
+    zoo_cli(["publish", str(detector_export), "--name", "det"])
+    folder = published_folder("det")
+    marker = tmp_path / "ran"
+    config = json.loads((folder / "config.json").read_text())
+    set_activation(code_writing(marker))(config)
+    (folder / "config.json").write_text(json.dumps(config))
+    index = json.loads((tmp_path / "zoo" / "zoo.json").read_text())  # whoever edits the file can edit the index
+    from core.files import file_sha256
+    index["models"]["det"]["files"]["config.json"] = file_sha256(folder / "config.json")
+    (tmp_path / "zoo" / "zoo.json").write_text(json.dumps(index))
+    with pytest.raises(ConfigError, match="activation"):
+        load_detector("det")
+    assert not marker.exists()
+
+
+def test_a_checked_activation_is_built_from_the_table(detector_export, tmp_path):
+    export = crafted(detector_export, tmp_path / "export", set_activation("nn.ReLU()"))
+    detector, _ = load_detector(export)
+    activations = {type(m.act).__name__ for m in detector.module.modules() if hasattr(m, "act") and hasattr(m, "conv")}
+    assert activations == {"ReLU"} and detector.rebuild_args()["cfg"]["activation"] == "nn.ReLU()"
