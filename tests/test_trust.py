@@ -13,11 +13,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from conftest import REPO
+from conftest import REPO, TINY_BACKBONE
 
 from core.errors import ConfigError, UserError
 from core.store import published_folder
 from detectors import build_detector, load_detector, save_detector
+from zoo import build_model, load_export, save_export
 from zoo.__main__ import main as zoo_cli
 
 
@@ -156,3 +157,53 @@ def test_a_checked_activation_is_built_from_the_table(detector_export, tmp_path)
     detector, _ = load_detector(export)
     activations = {type(m.act).__name__ for m in detector.module.modules() if hasattr(m, "act") and hasattr(m, "conv")}
     assert activations == {"ReLU"} and detector.rebuild_args()["cfg"]["activation"] == "nn.ReLU()"
+
+
+# ----------------------------------------------------------------------------- model exports
+
+
+@pytest.fixture(scope="module")
+def model_export(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "embed_dim": 8}}, num_classes=0)
+    model.input_size = 32
+    return save_export(model, tmp_path_factory.mktemp("model") / "export")
+
+
+def set_backbone_args(args: dict):
+    def edit(config):
+        config["model_args"]["trunk"]["backbone_args"] = args
+    return edit
+
+
+def test_publishing_a_model_export_whose_backbone_args_name_a_pickle_runs_nothing_and_exits_2(
+        model_export, tmp_path, run_here, monkeypatch):
+    pickled, marker = pickle_with_side_effect(tmp_path)
+    export = crafted(model_export, tmp_path / "export", set_backbone_args({"checkpoint_path": str(pickled)}))
+    monkeypatch.setenv("REIDZOO_ZOO", str(tmp_path / "zoo"))
+    result = run_here(sys.modules["zoo.__main__"], ["publish", export, "--name", "m1"], tmp_path / "cache")
+    one_error_line(result, "backbone_args.checkpoint_path is not passed to timm")
+    assert not marker.exists() and not (tmp_path / "zoo" / "zoo.json").exists()
+
+
+@pytest.mark.parametrize("edit, message", [
+    (set_backbone_args({"pretrained_cfg_overlay": {"file": "/etc/passwd"}}), "pretrained_cfg_overlay is not passed"),
+    (set_backbone_args({"cache_dir": "/tmp"}), "cache_dir is not passed"),
+    (set_backbone_args({"act_layer": "../../gelu"}), "act_layer must be a number"),
+    (set_backbone_args({"drop_path_rte": 0.1}), "did you mean 'drop_path_rate'"),
+    (lambda config: config["model_args"]["trunk"].update(backbone="local-dir:/tmp/x"), "timm architecture name"),
+    (lambda config: config.update(input_size="32"), "input_size must be an integer"),
+])
+def test_a_model_export_holds_only_architecture_settings(model_export, tmp_path, edit, message):
+    export = crafted(model_export, tmp_path / "export", edit)
+    with pytest.raises(UserError, match=message):
+        load_export(export)
+
+
+def test_allowed_backbone_args_still_build_and_reload(model_export, tmp_path):
+    export = crafted(model_export, tmp_path / "export", set_backbone_args({"drop_path_rate": 0.1, "act_layer": "relu"}))
+    model, meta = load_export(export)
+    assert meta["model_args"]["trunk"]["backbone_args"] == {"drop_path_rate": 0.1, "act_layer": "relu"}
+    with pytest.raises(ConfigError, match="checkpoint_path is not passed to timm"):
+        build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "backbone_args": {"checkpoint_path": "x"}}},
+                    num_classes=0)
