@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
 
-from core.errors import ConfigError, UserError
+from core.errors import ConfigError, DataError, UserError
 from core.store import published_folder
 from detectors import build_detector, load_detector, save_detector
 from zoo import build_model, load_export, save_export
@@ -207,3 +207,87 @@ def test_allowed_backbone_args_still_build_and_reload(model_export, tmp_path):
     with pytest.raises(ConfigError, match="checkpoint_path is not passed to timm"):
         build_model({"name": "embedder", "args": {"backbone": TINY_BACKBONE, "backbone_args": {"checkpoint_path": "x"}}},
                     num_classes=0)
+
+
+# ----------------------------------------------------------------------------- the zoo index
+
+
+@pytest.fixture
+def zoo_with_m1(model_export, tmp_path, monkeypatch) -> Path:
+    root = tmp_path / "zoo"
+    monkeypatch.setenv("REIDZOO_ZOO", str(root))
+    zoo_cli(["publish", str(model_export), "--name", "m1"])
+    return root
+
+
+def edit_index(root: Path, edit) -> str:
+    index = json.loads((root / "zoo.json").read_text())
+    edit(index["models"]["m1"])
+    text = json.dumps(index)
+    (root / "zoo.json").write_text(text)
+    return text
+
+
+@pytest.mark.parametrize("folder", ["../victim", "", "victim-absolute"])
+def test_publish_force_never_removes_a_folder_the_index_names_outside_the_store(
+        zoo_with_m1, model_export, tmp_path, run_here, folder):
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "precious").write_text("keep")
+    text = edit_index(zoo_with_m1, lambda entry: entry.update(folder=str(victim) if folder == "victim-absolute" else folder))
+    result = run_here(sys.modules["zoo.__main__"], ["publish", model_export, "--name", "m1", "--force"], tmp_path / "c")
+    one_error_line(result, "entry 'm1' names the folder")
+    assert (victim / "precious").read_text() == "keep"
+    assert (zoo_with_m1 / "zoo.json").read_text() == text  # the zoo itself untouched too
+
+
+def test_loading_never_reads_outside_the_store(zoo_with_m1, tmp_path):
+    entry = json.loads((zoo_with_m1 / "zoo.json").read_text())["models"]["m1"]
+    outside = tmp_path / "outside"
+    shutil.copytree(zoo_with_m1 / entry["folder"], outside)  # every hash would match
+    edit_index(zoo_with_m1, lambda e: e.update(folder="../outside"))
+    with pytest.raises(DataError, match="not a version folder of this store"):
+        published_folder("m1")
+    edit_index(zoo_with_m1, lambda e: e.update(folder=entry["folder"],
+                                               files={**entry["files"], "../../outside/config.json": "0" * 64}))
+    with pytest.raises(DataError, match="lists the file '../../outside/config.json'"):
+        published_folder("m1")
+
+
+def test_a_hub_manifest_naming_files_outside_its_folder_is_refused_before_any_download(zoo_with_m1, monkeypatch):
+    import huggingface_hub
+
+    from zoo.huggingface import load_from_hub
+
+    folder = published_folder("m1")
+    manifest = json.loads((folder / "reidzoo.json").read_text())
+    manifest["files"]["../../../.ssh/id_rsa"] = "0" * 64
+    (folder / "reidzoo.json").write_text(json.dumps(manifest))
+    downloads: list = []
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda repo, name: str(folder / name))
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda repo, name: str(folder / name))
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", lambda repo, allow_patterns: downloads.append(allow_patterns))
+    with pytest.raises(DataError, match="hf-hub:org/m1: its manifest lists the file '../../../.ssh/id_rsa'"):
+        load_from_hub("org/m1")
+    assert downloads == []
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda entry: entry.pop("files"), "has no 'files'"),
+    (lambda entry: entry.update(input_size="32"), "has input_size '32', which must be an integer"),
+    (lambda entry: entry.update(name="m2"), "is named 'm2'"),
+])
+def test_a_malformed_index_entry_is_one_error_line(zoo_with_m1, tmp_path, run_here, edit, message):
+    edit_index(zoo_with_m1, edit)
+    one_error_line(run_here(sys.modules["zoo.__main__"], ["list"], tmp_path / "c"), f"entry 'm1' {message}")
+
+
+def test_publish_force_leaves_a_listed_folder_it_did_not_write(zoo_with_m1, model_export, tmp_path):
+    entry = json.loads((zoo_with_m1 / "zoo.json").read_text())["models"]["m1"]
+    foreign = zoo_with_m1 / "m1@aaaaaaaaaaaa"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    edit_index(zoo_with_m1, lambda e: e.update(folder=foreign.name))
+    zoo_cli(["publish", str(model_export), "--name", "m1", "--force"])
+    assert (foreign / "notes.txt").read_text() == "mine"  # no reidzoo.json of its own: not the store's to remove
+    assert (zoo_with_m1 / entry["folder"]).is_dir()
