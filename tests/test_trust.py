@@ -15,8 +15,11 @@ import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
 
+from core.config import load_config
 from core.errors import ConfigError, DataError, UserError
+from core.schema import DataConfig
 from core.store import published_folder
+from data.formats import load_table
 from detectors import build_detector, load_detector, save_detector
 from zoo import build_model, load_export, save_export
 from zoo.__main__ import main as zoo_cli
@@ -291,3 +294,32 @@ def test_publish_force_leaves_a_listed_folder_it_did_not_write(zoo_with_m1, mode
     zoo_cli(["publish", str(model_export), "--name", "m1", "--force"])
     assert (foreign / "notes.txt").read_text() == "mine"  # no reidzoo.json of its own: not the store's to remove
     assert (zoo_with_m1 / entry["folder"]).is_dir()
+
+
+# ----------------------------------------------------------------------------- the open-set protocol folder
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("protocol") / "Animals"
+    for identity in range(8):
+        (root / f"id{identity}").mkdir(parents=True)
+        for k in range(2):
+            cv2.imwrite(str(root / f"id{identity}" / f"{k}.jpg"), np.full((8, 8, 3), identity * 20 + k, np.uint8))
+    return root
+
+
+def test_the_protocol_replaces_only_a_folder_it_made(photos, tmp_path):
+    protocol = script("make_openset_protocol")
+    table = load_table(load_config(DataConfig, None, ["format=folders", f"root={photos}"]))
+    dataset = tmp_path / "dataset"  # someone's own data laid out as train/metadata.csv
+    (dataset / "train").mkdir(parents=True)
+    (dataset / "train" / "metadata.csv").write_text("path,identity\nx.jpg,a\n")
+    with pytest.raises(ConfigError, match="not a protocol folder this script made"):
+        protocol.build_protocol(table, photos, dataset)
+    assert (dataset / "train" / "metadata.csv").read_text() == "path,identity\nx.jpg,a\n"
+    out = tmp_path / "proto"
+    protocol.build_protocol(table, photos, out, seed=1)
+    assert (out / protocol.MARKER).is_file()
+    protocol.build_protocol(table, photos, out, seed=2)  # its own folder: replaced
+    assert json.loads((out / protocol.PROTOCOL_FILE).read_text())["arguments"]["seed"] == 2
