@@ -15,9 +15,10 @@ import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
 
+import train
 from core.config import load_config
 from core.errors import ConfigError, DataError, UserError
-from core.schema import DataConfig
+from core.schema import DataConfig, TrainConfig
 from core.store import published_folder
 from data.formats import load_table
 from detectors import build_detector, load_detector, save_detector
@@ -323,3 +324,14 @@ def test_the_protocol_replaces_only_a_folder_it_made(photos, tmp_path):
     assert (out / protocol.MARKER).is_file()
     protocol.build_protocol(table, photos, out, seed=2)  # its own folder: replaced
     assert json.loads((out / protocol.PROTOCOL_FILE).read_text())["arguments"]["seed"] == 2
+
+
+# ----------------------------------------------------------------------------- recipes
+
+
+def test_a_base_loop_is_one_error_line(tmp_path, run_here):
+    (tmp_path / "a.yaml").write_text("base: b.yaml\ntrain: {epochs: 1}\n")
+    (tmp_path / "b.yaml").write_text("base: a.yaml\n")
+    with pytest.raises(ConfigError, match="base in a loop: .*a.yaml -> .*b.yaml -> .*a.yaml"):
+        load_config(TrainConfig, tmp_path / "a.yaml")
+    one_error_line(run_here(train, ["--config", tmp_path / "a.yaml", "--print-config"], tmp_path / "c"), "in a loop")
