@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
+from test_reproduce import fakes, ran, write_recipe  # noqa: F401  (fakes is a fixture)
 
 import train
 from core.config import load_config
@@ -22,6 +23,7 @@ from core.schema import DataConfig, TrainConfig
 from core.store import published_folder
 from data.formats import load_table
 from detectors import build_detector, load_detector, save_detector
+from engine.reproduce.pipeline import reproduce
 from zoo import build_model, load_export, save_export
 from zoo.__main__ import main as zoo_cli
 
@@ -335,3 +337,34 @@ def test_a_base_loop_is_one_error_line(tmp_path, run_here):
     with pytest.raises(ConfigError, match="base in a loop: .*a.yaml -> .*b.yaml -> .*a.yaml"):
         load_config(TrainConfig, tmp_path / "a.yaml")
     one_error_line(run_here(train, ["--config", tmp_path / "a.yaml", "--print-config"], tmp_path / "c"), "in a loop")
+
+
+# ----------------------------------------------------------------------------- reproduce
+
+
+def test_reproduce_runs_a_stage_again_when_its_export_was_edited_or_deleted(tmp_path, tiny_synthetic, fakes):  # noqa: F811
+    scripts, runs = fakes
+    recipe = write_recipe(tmp_path / "r", "- {name: a, script: train, config: train.yaml}\n"
+                                          "- {name: c, script: eval, config: eval.yaml, overrides: [\"models=[{stages.a}/export]\"]}\n")
+    said: list = []
+
+    def run():
+        said.clear()
+        return reproduce(recipe, out=tmp_path / "out", data_root=str(tiny_synthetic), scripts=scripts, echo=False,
+                         say=said.append)
+
+    run()
+    run()
+    assert ran(runs) == ["a", "c"]  # the second run skipped both
+    config = tmp_path / "out" / "a" / "export" / "config.json"
+    config.write_text(config.read_text() + " ")
+    manifest = run()
+    assert ran(runs) == ["a", "c", "a"]
+    assert any("a: running" in line and "export/config.json edited" in line for line in said)
+    assert manifest["stages"][0]["ran"] and config.read_text().endswith("]")  # made again by its stage
+    shutil.rmtree(tmp_path / "out" / "a" / "export")
+    run()
+    assert ran(runs) == ["a", "c", "a", "a"] and any("export/config.json deleted" in line for line in said)
+    (tmp_path / "out" / "c" / "submission.csv").write_text("image_id,identity\n")
+    run()
+    assert ran(runs)[-1] == "c" and any("submission.csv edited" in line for line in said)
