@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -23,8 +24,10 @@ from core.schema import DataConfig, TrainConfig
 from core.store import published_folder
 from data.formats import load_table
 from detectors import build_detector, load_detector, save_detector
+from engine.cached_outputs import ImageViews
+from engine.member_features import Member, load_recorded_members
 from engine.reproduce.pipeline import reproduce
-from zoo import build_model, load_export, save_export
+from zoo import build_model, load_export, model_checksum, save_export
 from zoo.__main__ import main as zoo_cli
 
 
@@ -368,3 +371,23 @@ def test_reproduce_runs_a_stage_again_when_its_export_was_edited_or_deleted(tmp_
     (tmp_path / "out" / "c" / "submission.csv").write_text("image_id,identity\n")
     run()
     assert ran(runs)[-1] == "c" and any("submission.csv edited" in line for line in said)
+
+
+# ----------------------------------------------------------------------------- fusion members
+
+
+def test_fusion_members_are_found_from_any_working_folder(model_export, tmp_path, monkeypatch):
+    tree = tmp_path / "runs"
+    shutil.copytree(model_export, tree / "a" / "export")
+    (tree / "fusion" / "export").mkdir(parents=True)
+    model, meta = load_export(tree / "a" / "export")
+    monkeypatch.chdir(tmp_path)
+    member = Member("runs/a/export", model, meta, model_checksum(model))  # as a user names it, from the working folder
+    record = member.record(8, ImageViews(DataConfig(), ["identity"], 8), Path("runs/fusion/export"))
+    assert record["spec"] == os.path.join("..", "..", "a", "export")
+
+    moved = tmp_path / "elsewhere" / "runs"
+    shutil.move(tree, moved)
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    loaded = load_recorded_members([record], str(moved / "fusion" / "export"), torch.device("cpu"))
+    assert loaded[0].checksum == record["checksum"] and Path(loaded[0].spec) == (moved / "a" / "export").resolve()

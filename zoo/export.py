@@ -24,6 +24,7 @@ from zoo.registry import MODELS, block_args
 from zoo.trunk_config import TRUNK
 
 FORMAT_VERSION = 1
+RUN_EXPORT = "export"  # the export folder train.py writes under its output_dir
 ONNX_FILE = "model.onnx"  # written by zoo.onnx (`python -m zoo export-onnx EXPORT`), never read back
 
 
