@@ -10,6 +10,7 @@ weights changed since is refused, because the PCA and the MLP were fitted to the
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
@@ -23,6 +24,7 @@ from engine.extraction import EMBEDDING, extract_embeddings
 from engine.scoring.cached_outputs import ImageViews, cached_outputs
 from engine.scoring.embed_cache import EmbeddingCache
 from zoo.loading import load_for_eval
+from zoo.spec import member_spec, recorded_member
 
 
 @dataclass
@@ -32,9 +34,10 @@ class Member:
     meta: Dict[str, Any]
     checksum: str
 
-    def record(self, dim: int, views: ImageViews) -> Dict[str, Any]:
-        """What a fusion model stores about this member (zoo.fusion.MEMBER_KEYS)."""
-        return {"spec": self.spec, "checksum": self.checksum, "dim": int(dim), "input_size": views.model_input(self.meta)[0]}
+    def record(self, dim: int, views: ImageViews, export: Path) -> Dict[str, Any]:
+        """What the fusion model exported to `export` stores about this member (zoo.fusion.MEMBER_KEYS)."""
+        return {"spec": member_spec(self.spec, export), "checksum": self.checksum, "dim": int(dim),
+                "input_size": views.model_input(self.meta)[0]}
 
 
 def load_members(specs: Sequence[str], device: torch.device) -> List[Member]:
@@ -50,8 +53,11 @@ def load_members(specs: Sequence[str], device: torch.device) -> List[Member]:
 
 
 def load_recorded_members(recorded: Sequence[Mapping[str, Any]], owner: str, device: torch.device) -> List[Member]:
-    """The members a trained fusion model names, each checked against the checksum it was trained with."""
-    members = load_members([m["spec"] for m in recorded], device)
+    """The members a trained fusion model names, each checked against the checksum it was trained with.
+    `owner`: the fusion model's spec; when it is its export folder, members recorded relative to it
+    are found from there."""
+    export = Path(owner).expanduser() if Path(owner).expanduser().is_dir() else None
+    members = load_members([recorded_member(m["spec"], export) for m in recorded], device)
     for member, record in zip(members, recorded, strict=True):
         if member.checksum != record["checksum"]:
             raise DataError(f"fusion model {owner}: its member {member.spec} has changed since it was trained "
