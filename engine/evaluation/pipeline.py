@@ -22,7 +22,14 @@ from core.schema import EvalConfig
 from data.splits import gallery_and_query
 from data.validate import require_query
 from engine.accel import say
-from engine.evaluation.artifacts import MANIFEST, check_output_dir, manifest, staged_directory, write_json
+from engine.evaluation.artifacts import (
+    MANIFEST,
+    check_output_dir,
+    eval_reads,
+    manifest,
+    staged_directory,
+    write_json,
+)
 from engine.evaluation.choice import describe_choice
 from engine.evaluation.decision import evaluate_outputs
 from engine.evaluation.model_outputs import all_model_outputs
@@ -38,7 +45,7 @@ def check_eval_config(cfg: EvalConfig) -> None:
     (again here, for configs built in code rather than read by load_config)."""
     from_dict(EvalConfig, to_dict(cfg))
     submission_kind(cfg.data.format, cfg.submission, cfg.task)
-    check_output_dir(Path(cfg.output_dir))
+    check_output_dir(Path(cfg.output_dir), eval_reads(cfg))
     for spec in cfg.models:
         if looks_like_path(spec) and not Path(spec).expanduser().exists():
             raise DataError(f"no model at {spec}: run `python train.py` first or pass models=[...]")
