@@ -1,23 +1,32 @@
 """Output folders: a command replaces or clears only what carries its own marker, never the working
-or home folder nor a folder holding what it reads."""
+or home folder nor a folder holding what it reads; train.py refuses an earlier run's folder without
+--resume or --overwrite and locks its folder."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
-from conftest import REPO, TINY_BACKBONE
+from conftest import REPO, TINY_BACKBONE, tiny_train_overrides
 from test_bad_inputs import assert_refused
+from test_checkpoint import Run
 
 import eval as eval_program
+import train
 from core.config import load_config
-from core.errors import ConfigError
-from core.ownership import EVAL, REPRODUCE, check_output_folder, may_replace, run_marker
+from core.errors import ConfigError, UserError
+from core.folder_lock import folder_lock
+from core.ownership import EVAL, REPRODUCE, TRAIN, check_output_folder, may_replace, run_marker
 from core.schema import EvalConfig
 from engine.evaluation.artifacts import check_output_dir, eval_reads, staged_directory
 from engine.reproduce.manifest import write_manifest
-from engine.training.checkpoint import claim_run_dir
+from engine.training import checkpoint
+from engine.training.run_folder import LOCK_FILE, RUN_MARKER, claim_run_dir
 from zoo import build_model, save_export
+
+TINY = ["model.args.backbone=test_resnet", "data.image_size=32", "model.args.embed_dim=16",
+        "train.mixed_precision=no", "train.max_steps=2", "val.enabled=false"]
 
 def tree(folder: Path) -> dict:
     """Every file under `folder` and its bytes."""
@@ -125,3 +134,75 @@ def test_reproduce_does_not_overwrite_a_manifest_it_did_not_write(tmp_path):
     with pytest.raises(ConfigError, match="holds a manifest.json that reidzoo reproduce did not write"):
         reproduce(REPO / "recipes" / "does-not-matter", out=out)
     assert tree(out) == before
+
+
+# ----------------------------------------------------------------------------- finding 5: train.py's folder
+
+
+@pytest.fixture
+def finished_run(tmp_path) -> Path:
+    """A run folder as a finished train.py run leaves it: marker, checkpoints, best/, loss log."""
+    out = tmp_path / "run"
+    claim_run_dir(out, fresh=True)
+    run = Run()
+    checkpoint.write_best(out, run.module, step=1, metrics={"rank1": 0.5})
+    run.save(out / "checkpoints", 1)
+    (out / "loss.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    return out
+
+
+def test_a_fresh_train_in_an_earlier_runs_folder_is_refused_and_deletes_nothing(finished_run, tiny_synthetic,
+                                                                                tmp_path, run_here):
+    before = tree(finished_run)
+    args = tiny_train_overrides(tiny_synthetic, finished_run, tmp_path / "cache") + TINY
+    result = run_here(train, args, tmp_path / "cache")
+    assert_refused(result, "holds an earlier run's checkpoints, best, loss.jsonl: continue it with --resume, "
+                           "start afresh there with --overwrite")
+    assert tree(finished_run) == before
+    assert_refused(run_here(train, args + ["--resume", "--overwrite"], tmp_path / "cache"), "give one of them")
+
+
+def test_a_held_lock_refuses_a_second_run(tiny_synthetic, tmp_path, run_here):
+    out = tmp_path / "run"
+    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + TINY
+    with folder_lock(out, LOCK_FILE, what="train.py run"):
+        held = json.loads((out / LOCK_FILE).read_text())
+        result = run_here(train, args, tmp_path / "cache")
+    assert_refused(result, f"is in use by another train.py run (process {held['pid']} on {held['host']}")
+    assert not out.exists()  # the lock's folder is gone with the lock: nothing else was written
+
+
+def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / LOCK_FILE).write_text(json.dumps({"pid": 4242, "host": "elsewhere", "started": "2024-05-01T10:00:00"}))
+    said = []
+    with folder_lock(out, LOCK_FILE, what="train.py run", say=said.append):
+        assert json.loads((out / LOCK_FILE).read_text())["pid"] == os.getpid()
+        with pytest.raises(UserError, match=f"in use by another train.py run .process {os.getpid()}"):
+            with folder_lock(out, LOCK_FILE, what="train.py run"):
+                pass
+    assert said == [f"{out}: taking over the lock of process 4242 on elsewhere, started 2024-05-01T10:00:00, "
+                    "which is no longer running"]
+    assert not (out / LOCK_FILE).exists() and out.is_dir()
+
+
+def test_train_markers_name_the_tool_and_the_run(finished_run):
+    marker = json.loads((finished_run / RUN_MARKER).read_text())
+    assert marker["tool"] == TRAIN and len(marker["run"]["id"]) == 32
+    assert not may_replace(finished_run, EVAL)
+
+
+# ----------------------------------------------------------------------------- end to end (slow: real runs)
+
+
+@pytest.mark.slow
+def test_train_twice_into_one_folder_then_overwrite(tiny_synthetic, tmp_path, run_here):
+    out = tmp_path / "run"
+    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + TINY
+    assert run_here(train, args, tmp_path / "cache").returncode == 0
+    before = tree(out)
+    assert_refused(run_here(train, args, tmp_path / "cache"), "holds an earlier run's checkpoints")
+    assert tree(out) == before
+    again = run_here(train, args + ["--overwrite"], tmp_path / "cache")
+    assert again.returncode == 0 and "the previous run's checkpoints, loss.jsonl are removed" in again.stdout
