@@ -1,16 +1,28 @@
 """Output folders: a command replaces or clears only what carries its own marker, never the working
 or home folder nor a folder holding what it reads; train.py refuses an earlier run's folder without
---resume or --overwrite and locks its folder."""
+--resume or --overwrite and locks its folder; a disk that refuses writes (read-only, full, no
+permission) stops eval.py and train.py with one error line, before the long work where it can.
+
+Tests run as root, where chmod does not stop writes: `refuse_writes` makes the disk refuse them."""
 from __future__ import annotations
 
+import builtins
+import errno
+import io
 import json
 import os
+import warnings
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
+import torch
 from conftest import REPO, TINY_BACKBONE, tiny_train_overrides
+from PIL import Image
+from safetensors import SafetensorError
 from test_bad_inputs import assert_refused
-from test_checkpoint import Run
+from test_checkpoint import FILES, Run
 
 import eval as eval_program
 import train
@@ -18,19 +30,65 @@ from core.config import load_config
 from core.errors import ConfigError, UserError
 from core.folder_lock import folder_lock
 from core.ownership import EVAL, REPRODUCE, TRAIN, check_output_folder, may_replace, run_marker
-from core.schema import EvalConfig
+from core.schema import CropConfig, EvalConfig
+from core.writable import OutputError, disk_errors
+from detectors.base import Detections
+from engine.detection.crops import crop_with_manifest
+from engine.evaluation import pipeline as eval_pipeline
 from engine.evaluation.artifacts import check_output_dir, eval_reads, staged_directory
 from engine.reproduce.manifest import write_manifest
 from engine.training import checkpoint
+from engine.training.checkpoint import find_checkpoint
 from engine.training.run_folder import LOCK_FILE, RUN_MARKER, claim_run_dir
 from zoo import build_model, save_export
 
 TINY = ["model.args.backbone=test_resnet", "data.image_size=32", "model.args.embed_dim=16",
         "train.mixed_precision=no", "train.max_steps=2", "val.enabled=false"]
+FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"  # what safetensors raises
+
 
 def tree(folder: Path) -> dict:
     """Every file under `folder` and its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def refuse_writes(monkeypatch):
+    """refuse(folder, code): from now on, creating or writing anything under `folder` fails with
+    OSError(code), as a read-only (EROFS), full (ENOSPC) or forbidden (EACCES) disk does."""
+    real_open, real_os_open, real_mkdir = builtins.open, os.open, os.mkdir
+    refused = {}
+
+    def check(path) -> None:
+        if isinstance(path, int):
+            return
+        real = os.path.realpath(os.fsdecode(path))
+        for folder, code in refused.items():
+            if real == folder or real.startswith(folder + os.sep):
+                raise OSError(code, os.strerror(code), os.fsdecode(path))
+
+    def fake_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            check(file)
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            check(path)
+        return real_os_open(path, flags, *args, **kwargs)
+
+    def fake_mkdir(path, *args, **kwargs):
+        check(path)
+        return real_mkdir(path, *args, **kwargs)
+
+    for module, name, fake in ((builtins, "open", fake_open), (io, "open", fake_open), (os, "open", fake_os_open),
+                               (os, "mkdir", fake_mkdir)):
+        monkeypatch.setattr(module, name, fake)
+
+    def refuse(folder: Path, code: int) -> None:
+        refused[os.path.realpath(folder)] = code
+
+    return refuse
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +251,132 @@ def test_train_markers_name_the_tool_and_the_run(finished_run):
     assert not may_replace(finished_run, EVAL)
 
 
+# ----------------------------------------------------------------------------- finding 8: disks that refuse writes
+
+
+def test_eval_output_under_a_regular_file_is_one_line(tiny_synthetic, tiny_export, tmp_path, run_here):
+    (tmp_path / "file").write_text("")
+    result = run_here(eval_program, eval_args(tiny_synthetic, tiny_export, tmp_path / "file" / "out", tmp_path / "cache"),
+                      tmp_path / "cache")
+    assert_refused(result, f"{tmp_path / 'file'} is a file, not a folder", only_line=False)
+
+
+@pytest.mark.parametrize("code, reason", [(errno.EROFS, "Read-only file system"), (errno.ENOSPC, "No space left"),
+                                          (errno.EACCES, "Permission denied")])
+def test_eval_into_a_folder_that_refuses_writes_stops_before_the_work(tiny_synthetic, tiny_export, tmp_path,
+                                                                       run_here, refuse_writes, monkeypatch, code, reason):
+    (tmp_path / "outputs").mkdir()
+    refuse_writes(tmp_path / "outputs", code)
+    monkeypatch.setattr(eval_pipeline, "load_evaluation_data", lambda cfg: pytest.fail("the work began"))
+    result = run_here(eval_program, eval_args(tiny_synthetic, tiny_export, tmp_path / "outputs" / "eval",
+                                              tmp_path / "cache"), tmp_path / "cache")
+    assert_refused(result, f"output_dir {tmp_path / 'outputs' / 'eval'}: cannot write in {tmp_path / 'outputs'}: "
+                           f"{reason}", only_line=False)
+    assert list((tmp_path / "outputs").iterdir()) == []
+
+
+def test_a_disk_that_fills_while_eval_writes_keeps_the_previous_output(tmp_path, refuse_writes):
+    out = eval_output(tmp_path / "out")
+    before = tree(out)
+    with pytest.raises(OutputError, match=f"writing output_dir {out}: No space left on device"):
+        with staged_directory(out) as staging:
+            (staging / "submission.csv").write_text("image_id,identity\n")
+            refuse_writes(tmp_path, errno.ENOSPC)
+            pd.DataFrame({"a": [1]}).to_csv(staging / "predictions.csv")
+    assert tree(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no staging folder left
+
+
+def test_train_into_a_read_only_folder_stops_before_the_work(tiny_synthetic, tmp_path, run_here, refuse_writes):
+    (tmp_path / "runs").mkdir()
+    refuse_writes(tmp_path / "runs", errno.EROFS)
+    out = tmp_path / "runs" / "a"
+    result = run_here(train, tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + TINY, tmp_path / "cache")
+    assert_refused(result, f"output_dir {out}: cannot write in {tmp_path / 'runs'}: Read-only file system")
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+@pytest.mark.parametrize("writer", ["safetensors", "torch.save"])
+def test_a_full_disk_at_a_checkpoint_keeps_the_last_complete_one(tmp_path, monkeypatch, writer):
+    run = Run()
+    root = tmp_path / "run" / "checkpoints"
+    first = run.save(root, 1)
+    kept = tree(first)
+    run.step()
+    if writer == "safetensors":  # its Rust writer raises a SafetensorError naming the OS error
+        def full(*args, **kwargs):
+            raise SafetensorError(FULL_DISK)
+        monkeypatch.setattr(checkpoint, "save_model", full)
+    else:  # torch.save: the disk fills after its first kilobyte
+        class Filling:
+            def __init__(self, handle):
+                self.handle, self.written = handle, 0
+
+            def __getattr__(self, name):
+                return getattr(self.handle, name)
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                self.handle.close()
+
+            def write(self, data):
+                self.written += len(data)
+                if self.written > 1024:
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return self.handle.write(data)
+
+        monkeypatch.setattr(checkpoint, "open", lambda path, mode: Filling(builtins.open(path, mode)), raising=False)
+    with pytest.raises(OutputError, match=f"writing the run in {tmp_path / 'run'}: No space left on device; "
+                                          "checkpoints already written are kept"):
+        with disk_errors(f"writing the run in {tmp_path / 'run'}", "; checkpoints already written are kept",
+                         within=tmp_path / "run"):
+            run.save(root, 2)
+    assert find_checkpoint(root.parent, "latest") == first and tree(first) == kept
+    assert sorted(p.name for p in root.iterdir()) == ["step-000001"]  # the half-written step 2 is gone
+    assert sorted(p.name for p in first.iterdir()) == sorted(FILES)
+
+
+def test_an_error_about_a_file_elsewhere_is_not_blamed_on_the_output_folder(tmp_path):
+    with pytest.raises(PermissionError):
+        with disk_errors("writing the run", within=tmp_path / "run"):
+            raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "data" / "photo.jpg"))
+
+
+class StandInDetector:
+    """What cropping reads of a detector: one box in the middle of every image."""
+
+    name, imgsz = "stand-in", 32
+
+    def __init__(self):
+        self.module = torch.nn.Linear(1, 1)
+
+    def rebuild_args(self):
+        return {}
+
+    def detect(self, images, conf):
+        return [Detections(np.array([[4.0, 4.0, 20.0, 20.0]]), np.array([0.9])) for _ in images]
+
+
+def test_a_read_only_detection_cache_warns_once_and_crops(tmp_path, refuse_writes):
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.new("RGB", (32, 32), (i * 40, 90, 200)).save(paths[-1])
+    table = pd.DataFrame({"image_id": ["0", "1", "2"], "path": paths, "bbox": [None] * 3})
+    (tmp_path / "cache").mkdir()
+    refuse_writes(tmp_path / "cache", errno.EROFS)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cropped, manifest = crop_with_manifest(table, CropConfig(detector="stand-in", cache=str(tmp_path / "cache")),
+                                               show=False, detector=StandInDetector())
+    said = [str(w.message) for w in caught if "cache" in str(w.message)]
+    assert len(said) == 1 and said[0].startswith(f"detection cache {tmp_path / 'cache'} cannot be written "
+                                                 "(Read-only file system"), said
+    assert not manifest["fallback"].any() and list((tmp_path / "cache").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- end to end (slow: real runs)
 
 
@@ -206,3 +390,38 @@ def test_train_twice_into_one_folder_then_overwrite(tiny_synthetic, tmp_path, ru
     assert tree(out) == before
     again = run_here(train, args + ["--overwrite"], tmp_path / "cache")
     assert again.returncode == 0 and "the previous run's checkpoints, loss.jsonl are removed" in again.stdout
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_at_a_checkpoint_ends_training_with_one_line(tiny_synthetic, tmp_path, run_here, monkeypatch):
+    out = tmp_path / "run"
+    real = checkpoint.save_model
+
+    def fills_at_step_2(module, path, *args, **kwargs):
+        if ".step-000002." in path:
+            raise SafetensorError(FULL_DISK)
+        return real(module, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save_model", fills_at_step_2)
+    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + TINY + ["train.checkpoint_every=1"]
+    assert_refused(run_here(train, args, tmp_path / "cache"), f"writing the run in {out}: No space left on device",
+                   only_line=False)
+    assert find_checkpoint(out, "latest").name == "step-000001"
+    assert not (out / LOCK_FILE).exists()
+
+
+@pytest.mark.slow
+def test_a_disk_that_fills_while_eval_writes_is_one_line(tiny_synthetic, tiny_export, tmp_path, run_here, monkeypatch,
+                                                          refuse_writes):
+    real = eval_pipeline.write_submission
+
+    def fills(path, *args, **kwargs):
+        refuse_writes(tmp_path / "outputs", errno.ENOSPC)
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(eval_pipeline, "write_submission", fills)
+    (tmp_path / "outputs").mkdir()
+    result = run_here(eval_program, eval_args(tiny_synthetic, tiny_export, tmp_path / "outputs" / "eval",
+                                              tmp_path / "cache"), tmp_path / "cache")
+    assert_refused(result, "No space left on device", only_line=False)
+    assert list((tmp_path / "outputs").iterdir()) == []

@@ -14,6 +14,7 @@ from core.files import atomic_folder, atomic_write_text
 from core.ownership import EVAL, MARKER_FILES, check_replaceable, may_replace, run_marker
 from core.schema import EvalConfig
 from core.versions import installed_versions
+from core.writable import disk_errors, probe_folder
 from engine.embed_cache import image_list_fingerprint
 from engine.evaluation.decision import Evaluation
 from engine.evaluation.query_metrics import finite
@@ -33,15 +34,18 @@ def eval_reads(cfg: EvalConfig) -> Dict[str, str]:
 
 def check_output_dir(final: Path, reads: Optional[Mapping[str, str]] = None) -> None:
     """The output folder is replaced as a whole, so it must be new, empty or an earlier eval output
-    (core/ownership.py)."""
+    (core/ownership.py), and the folder it is made in must take files."""
     check_replaceable(final, EVAL, reads)
+    probe_folder(final.expanduser().absolute().parent, f"output_dir {final}")  # the staging folder's place
 
 
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """A temporary folder next to `final` that replaces it when the block completes; removed on error."""
     check_output_dir(final)
-    with atomic_folder(final, may_replace=lambda folder: may_replace(folder, EVAL)) as staging:
+    beside = final.expanduser().absolute().parent  # where the staging folder is made
+    with disk_errors(f"writing output_dir {final}", within=beside), \
+            atomic_folder(final, may_replace=lambda folder: may_replace(folder, EVAL)) as staging:
         yield staging
 
 

@@ -98,6 +98,35 @@ def find_checkpoint(output_dir: Path, which: str, warn: Callable[[str], None] = 
     return path
 
 
+class _KeepsWriteError:
+    """The file torch.save writes through: torch reports a failed write as a RuntimeError without
+    the OSError behind it, which would hide a full or read-only disk; this keeps that OSError."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as handle:
+        target = _KeepsWriteError(handle)
+        try:
+            torch.save(obj, target)
+        except RuntimeError as err:
+            if target.error is None:
+                raise
+            raise target.error from err
+
+
 def _write_file(path: Path, write: Callable[[Path], None]) -> Dict[str, Any]:
     """Write one checkpoint file; returns the identity trainer_state.json records for it."""
     write(path)
@@ -147,14 +176,14 @@ def save_checkpoint(
                 files[name] = _write_file(staging / name, write)
 
             for rank, rng in enumerate(rng_states):
-                add(f"rng-rank{rank}.pt", lambda p, rng=rng: torch.save(rng, p))
+                add(f"rng-rank{rank}.pt", lambda p, rng=rng: _torch_save(rng, p))
             add("model.safetensors", lambda p: save_model(module, str(p)))
             if ema is not None:
                 add("ema.safetensors", lambda p: save_model(ema, str(p)))
             scaler = getattr(accelerator, "scaler", None)
-            add("optimizer.pt", lambda p: torch.save(
+            add("optimizer.pt", lambda p: _torch_save(
                 {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None}, p))
-            add("scheduler.pt", lambda p: torch.save(scheduler.state_dict(), p))
+            add("scheduler.pt", lambda p: _torch_save(scheduler.state_dict(), p))
             if best_weights is not None:
                 add(BEST_FILE, lambda p: shutil.copyfile(best_weights, p))
             # Written last: it is what makes the folder a checkpoint.

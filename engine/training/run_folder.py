@@ -5,6 +5,9 @@ refuses a folder holding an earlier run's checkpoints, best weights or loss log 
 `--overwrite` (then they are removed) or `--resume` (then they are continued); a folder holding
 those names without the marker is someone else's and refused either way. While a run lasts it
 holds the folder's lock (core/folder_lock.py), so two runs never prune each other's checkpoints.
+The folder is probed before anything is built, and a disk that refuses a write later (full,
+read-only, no permission) ends the run with one error line; checkpoints are written under a
+temporary name and renamed, so the last complete one is kept.
 """
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from core.files import atomic_write_text
 from core.folder_lock import folder_lock
 from core.ownership import MARKER_FILES, TRAIN, check_output_folder, marker_tool, run_marker
 from core.schema import ComponentConfig, DataConfig
+from core.writable import disk_errors, probe_folder
 from engine.training.checkpoint import BEST_DIR
 
 RUN_MARKER = MARKER_FILES[TRAIN]
@@ -94,14 +98,16 @@ def claim_run_dir(output_dir: Path, *, fresh: bool, overwrite: bool = False, say
 @contextlib.contextmanager
 def holding_run_dir(output_dir: str, data: DataConfig, model: ComponentConfig, *, resume: Optional[str],
                     overwrite: bool, say: Callable[[str], None] = print) -> Iterator[None]:
-    """train.py's hold on its folder for a whole run: checked before anything is built, and locked
-    by the main process."""
+    """train.py's hold on its folder for a whole run: checked and probed before anything is built,
+    locked by the main process, and a disk refusal while the run writes becomes one error line."""
     if resume is not None and overwrite:
         raise ConfigError("--resume continues the run in output_dir and --overwrite deletes it: give one of them")
     folder = Path(output_dir)
     check_run_dir(folder, fresh=resume is None, overwrite=overwrite, reads=training_reads(data, model))
+    probe_folder(folder, f"output_dir {folder}")
     # The global rank `accelerate launch` and torchrun set; before the Accelerator exists, the only sign of it.
     is_main = os.environ.get("RANK", "0") == "0"
     lock: Any = folder_lock(folder, LOCK_FILE, what="train.py run", say=say) if is_main else contextlib.nullcontext()
-    with lock:
+    after = "; checkpoints already written are kept (continue from the last one with --resume once this is fixed)"
+    with disk_errors(f"writing the run in {folder}", after, within=folder), lock:
         yield
