@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Optional, Tuple
@@ -96,8 +97,15 @@ def _one_process_at_a_time(directory: Optional[Path]) -> Iterator[None]:
     if directory is None or fcntl is None:
         yield
         return
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / ".lock", "a+") as handle:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        handle = open(directory / ".lock", "a+")
+    except OSError as err:
+        warnings.warn(f"detection cache {directory}: no lock ({err}), processes may detect the same images twice",
+                      stacklevel=3)
+        yield
+        return
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -144,10 +152,10 @@ def crop_with_manifest(table: pd.DataFrame, cfg: CropConfig, *, show: bool = Tru
         detector = load_detector(cfg.detector)[0]
     detector.module.to("cuda" if torch.cuda.is_available() else "cpu")
     directory = detections_dir(cfg.cache)
+    cache = ArrayCache(directory, what="detection")  # a cache that cannot be written warns here and only reads
     paths = table["path"].tolist()
-    with _one_process_at_a_time(directory):
-        found = detect_all(detector, paths, cache=ArrayCache(directory, what="detection"),
-                           batch_size=cfg.batch_size, show=show)
+    with _one_process_at_a_time(directory if cache.writable else None):
+        found = detect_all(detector, paths, cache=cache, batch_size=cfg.batch_size, show=show)
     boxes, records = [], []
     for image_id, path, annotated, detections in zip(table["image_id"], paths, table["bbox"], found):
         width, height = displayed_size(path)

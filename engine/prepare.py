@@ -14,7 +14,7 @@ from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import gallery_and_query
 from data.validate import require_query
-from engine.outputs.artifacts import check_output_dir
+from engine.outputs.artifacts import check_output_dir, eval_reads
 from engine.outputs.submission import submission_kind
 from engine.scoring.model_outputs import all_model_outputs
 from engine.scoring.scorers import ModelOutput, Scorer
@@ -43,7 +43,7 @@ def check_run_config(cfg: EvalConfig) -> str:
     checked by the schema's rules (again here, for configs built in code rather than read by load_config)."""
     from_dict(EvalConfig, to_dict(cfg))
     kind = submission_kind(cfg.data.format, cfg.submission, cfg.task)
-    check_output_dir(Path(cfg.output_dir))
+    check_output_dir(Path(cfg.output_dir), eval_reads(cfg))
     for spec in cfg.models:
         if looks_like_path(spec) and not Path(spec).expanduser().exists():
             raise DataError(f"no model at {spec}: run `python train.py` first or pass models=[...]")

@@ -208,7 +208,7 @@ def test_invalid_submission_leaves_the_previous_output_untouched(world, first_ru
 
 def test_an_output_dir_holding_other_files_is_refused(world, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not an eval output folder"):
+    with pytest.raises(ConfigError, match="is not a reidzoo eval output folder .it holds other files"):
         run_identification(config(world, "x", f"output_dir={tmp_path}"))
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 

@@ -24,9 +24,9 @@ from core.schema import DataConfig, TrainConfig
 from core.store import published_folder
 from data.formats import load_table
 from detectors import build_detector, load_detector, save_detector
-from engine.cached_outputs import ImageViews
-from engine.member_features import Member, load_recorded_members
 from engine.reproduce.pipeline import reproduce
+from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.member_features import Member, load_recorded_members
 from zoo import build_model, load_export, model_checksum, save_export
 from zoo.__main__ import main as zoo_cli
 

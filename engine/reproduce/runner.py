@@ -236,7 +236,9 @@ def run_stages(recipe: Recipe, plans: List[StagePlan], out: Path, *, data_sha: s
         say(f"{head}: running {stage.script}.py --config {stage.config.name} ({reason})")
         _clear_own_files(folder)
         staged_log = out / LOG_STAGING / f"{stage.name}.log"
-        command = [sys.executable, str(scripts[stage.script]), "--config", str(stage.config), *plan.arguments]
+        # A stage runs from its start: the train run an earlier reproduce left in the stage's folder is replaced.
+        fresh = ["--overwrite"] if stage.script == "train" else []
+        command = [sys.executable, str(scripts[stage.script]), "--config", str(stage.config), *fresh, *plan.arguments]
         start = time.perf_counter()
         status = _run_script(command, staged_log, env, echo)
         seconds = time.perf_counter() - start
