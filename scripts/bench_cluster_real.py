@@ -82,7 +82,7 @@ def _rows(part: pd.DataFrame, name: str, root: Path, out: Path, split_map: Dict[
 
 
 def build_protocol(args) -> Path:
-    from scripts.make_openset_protocol import split_protocol
+    from data.protocol import split_protocol
 
     out = Path(args.out) / "protocol"
     if (out / "protocol.json").is_file():

@@ -159,7 +159,7 @@ def ensure_protocol(args, dataset: str, seed: int) -> Dict:
     from core.config import load_config
     from core.schema import DataConfig
     from data.formats import load_table
-    from scripts.make_openset_protocol import PROTOCOL_FILE, SPLIT_DEFAULTS, build_protocol
+    from data.protocol import PROTOCOL_FILE, SPLIT_DEFAULTS, build_protocol
 
     out = protocol_dir(args, dataset, seed)
     overrides, root = _source(args, dataset)
