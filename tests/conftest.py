@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset generated once per test session."""
 from __future__ import annotations
 
+import os
 import subprocess
 from pathlib import Path
 
@@ -18,6 +19,15 @@ TINY_BACKBONE = "test_resnet"
 # Models that read images (the fusion model reads other models' embeddings: tests/test_fusion.py).
 IMAGE_MODELS = [name for name in MODELS.names() if model_inputs(name) == "images"]
 
+
+
+def script_env() -> dict:
+    """The environment of a script run in its own process: this checkout first on PYTHONPATH. Scripts
+    import reidzoo as installed (they leave sys.path alone), so without it they would run whichever copy
+    is installed, not the code this test process imports (pytest's `pythonpath = .`)."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
+    return env
 
 @pytest.fixture
 def run_here(capsys, monkeypatch):

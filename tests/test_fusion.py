@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_BACKBONE, tiny_train_overrides
+from conftest import REPO, TINY_BACKBONE, script_env, tiny_train_overrides
 
 from core.config import load_config
 from core.errors import ConfigError, DataError
@@ -323,7 +323,7 @@ def test_fusion_trains_exports_and_votes_in_an_eval_ensemble(tiny_synthetic, mem
     submission = pd.read_csv(eval_out / "submission.csv")
     checked = subprocess.run([sys.executable, str(REPO / "scripts" / "validate_submission.py"),
                               str(eval_out / "submission.csv"), "--format", "animalclef2025", "--root",
-                              str(tiny_synthetic)], capture_output=True, text=True, cwd=REPO)
+                              str(tiny_synthetic)], capture_output=True, text=True, cwd=REPO, env=script_env())
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert len(submission) == (load_table(load_config(TrainConfig, None, [
         "data.format=animalclef2025", f"data.root={tiny_synthetic}"]).data)["split"] == "query").sum()
