@@ -7,7 +7,7 @@ component's signature; the defaults here name the arguments the default recipe s
 The defaults ARE the default recipe: `python train.py` trains them (configs/train/default.yaml
 only names the output folder and data format), and every other recipe states what it changes.
 They are sized for a CPU, trained from scratch, and chosen on the validation parts of
-scripts/bench_recipes.py's protocols (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set;
+scripts/bench/bench_recipes.py's protocols (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set;
 3 minutes on 2 cores), never on the test parts docs/results.md reports:
   * a wall-clock budget is the stopping rule (train.max_minutes, 5 minutes; train.epochs is only
     a cap): a run ends in predictable time on any dataset size, and the cosine schedule anneals
@@ -197,7 +197,7 @@ class ThresholdConfig:
 
 @dataclass
 class RerankConfig:
-    # SIFT by default: on the validation parts of scripts/bench_recipes.py it raised the mean open-set
+    # SIFT by default: on the validation parts of scripts/bench/bench_recipes.py it raised the mean open-set
     # score (most on the synthetic set, the real sets about level), is cheap on a CPU, and needs no
     # weights; its tuned weight falls to 0 where matching does not help (figures: docs/results.md).
     matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift

@@ -1,4 +1,4 @@
-"""scripts/bench_recipes.py and the protocol it builds (data/protocol.py, the library of
+"""scripts/bench/bench_recipes.py and the protocol it builds (data/protocol.py, the library of
 scripts/make_openset_protocol.py): identity-disjoint train/validation/test parts, clear errors, the
 summary's arithmetic, and one tiny benchmark end to end."""
 from __future__ import annotations
@@ -9,6 +9,7 @@ import math
 import shlex
 import sys
 
+import bench_recipes as bench
 import cv2
 import numpy as np
 import pandas as pd
@@ -30,7 +31,6 @@ def _script(name: str):
     return module
 
 
-bench = _script("bench_recipes")
 protocol_tool = _script("make_openset_protocol")
 
 
@@ -179,7 +179,7 @@ def test_steps_are_read_from_either_trainer():
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch):
+def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, scripts_run_this_checkout):
     monkeypatch.setenv("REIDZOO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
     results = bench.main(["--datasets", "synthetic", "--synthetic-individuals", "24", "--synthetic-images", "5",
