@@ -19,7 +19,15 @@ from core.files import atomic_write_text
 from core.schema import EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
-from engine.outputs.html import CSS, THUMBNAIL, svg_histogram, table, thumbnail_uri
+from engine.outputs.html import (
+    CSS,
+    THUMBNAIL,
+    models_row,
+    short_model_names,
+    svg_histogram,
+    table,
+    thumbnail_uri,
+)
 from engine.visual import CORRECT, NEUTRAL, WRONG
 
 SAMPLE_CLUSTERS = 8  # per dataset: the largest ones
@@ -142,7 +150,7 @@ def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.Data
     thumbs = _Thumbs(rows, cfg, len(rows) - len(query))
     labelled = metrics is not None
     summary = table(["", ""], [
-        ["models", ", ".join(cfg.models)], ["data", f"{cfg.data.format} {cfg.data.root} {cfg.data.query_root}".strip()],
+        models_row(cfg.models, short_model_names(cfg.models)), ["data", f"{cfg.data.format} {cfg.data.root} {cfg.data.query_root}".strip()],
         ["train images (anchors)", len(rows) - len(query)], ["test images (clustered)", len(query)],
         ["method", f"{cfg.cluster.method} {cfg.cluster.args or ''}".strip()],
         ["graph", f"{cfg.cluster.neighbours} nearest neighbours per image and global scorer"
