@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from core.files import atomic_write_text
-from core.schema import EvalConfig
+from core.schema import DataConfig, EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from engine.outputs.html import (
@@ -40,9 +40,9 @@ def _tile(uri: str, caption: str, colour: str) -> str:
 
 
 class _Thumbs:
-    def __init__(self, rows: pd.DataFrame, cfg: EvalConfig, n_gallery: int):
-        self.dataset = ReIDDataset(rows, ImageLoader(THUMBNAIL, None, cfg.data.crop_to_bbox, cfg.data.bbox_padding),
-                                   transform=lambda image: image, orientation_rules=cfg.data.orientation_rules)
+    def __init__(self, rows: pd.DataFrame, data: DataConfig, n_gallery: int):
+        self.dataset = ReIDDataset(rows, ImageLoader(THUMBNAIL, None, data.crop_to_bbox, data.bbox_padding),
+                                   transform=lambda image: image, orientation_rules=data.orientation_rules)
         self.n_gallery = n_gallery
 
     def query(self, q: int) -> str:
@@ -147,7 +147,7 @@ def _dataset_section(thumbs: _Thumbs, query: pd.DataFrame, names: np.ndarray, da
 
 def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.DataFrame, names: np.ndarray,
                           joined: np.ndarray, metrics: Optional[dict], thresholds: Dict[str, Any]) -> str:
-    thumbs = _Thumbs(rows, cfg, len(rows) - len(query))
+    thumbs = _Thumbs(rows, cfg.data, len(rows) - len(query))
     labelled = metrics is not None
     summary = table(["", ""], [
         models_row(cfg.models, short_model_names(cfg.models)), ["data", f"{cfg.data.format} {cfg.data.root} {cfg.data.query_root}".strip()],

@@ -16,7 +16,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 import pandas as pd
 
-from core.schema import EvalConfig
+from core.schema import EvalConfig, RerankConfig
 from engine.identify.heldout import TuningRecord, best_of, training_identities, tune
 from engine.openset import decide, humpback_guesses, thresholds_for
 from engine.retrieval import Candidates
@@ -76,11 +76,11 @@ def _seen_identities(outputs: Sequence[ModelOutput]) -> Optional[set]:
     return training_identities([o.info.training_identities if o.info else None for o in everyone])
 
 
-def _ensemble(cfg: EvalConfig, outputs: Sequence[ModelOutput], extra_scorers: List[Scorer]) -> List[Scorer]:
+def _ensemble(rerank: RerankConfig, outputs: Sequence[ModelOutput], extra_scorers: List[Scorer]) -> List[Scorer]:
     """The models' own scorers, the extra ones (a keypoint matcher) and the re-rankers of
     rerank.neighbours (weight 0 until tuned; 1 with rerank.tune_weight=false)."""
-    neighbours = neighbour_scorers(outputs, cfg.rerank.neighbours)
-    if not cfg.rerank.tune_weight:
+    neighbours = neighbour_scorers(outputs, rerank.neighbours)
+    if not rerank.tune_weight:
         for scorer in neighbours:
             scorer.weight = 1.0
     return scorers_for(outputs) + extra_scorers + neighbours
@@ -95,7 +95,7 @@ def _tune_scorings(cfg: EvalConfig, outputs: Sequence[ModelOutput], extra_scorer
     scorings = scorings_for(outputs, cfg.calibration, alternatives=cfg.choose_scoring)
     tuned = []
     for scoring in scorings:
-        scorers = _ensemble(cfg, scoring.outputs, [copy.copy(s) for s in extra_scorers])
+        scorers = _ensemble(cfg.rerank, scoring.outputs, [copy.copy(s) for s in extra_scorers])
         tuned.append(_Tuned(scoring.name, scorers, *tune(cfg, scorers, space, gallery, kind, seen, scoring.calibration)))
     return tuned
 
@@ -197,7 +197,7 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         if len(tuned) > 1:
             threshold["scoring_choice"] = _choice_record(list(tuned.values()), chosen, per_dataset)
     else:
-        scorers = _ensemble(cfg, outputs, list(extra_scorers))
+        scorers = _ensemble(cfg.rerank, outputs, list(extra_scorers))
         fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
         threshold = {"source": "threshold.value", "global": float(cfg.threshold.value), "per_dataset": {}}
         tuned, chosen = {AS_GIVEN: _Tuned(AS_GIVEN, scorers, threshold, None)}, {"all": AS_GIVEN}

@@ -205,7 +205,7 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     if pooled is None:
         pooled = pooled_vote(cfg, scorers, space, passes)
     if cfg.rerank.adaptive and any(s.stage == "shortlist" for s in scorers):
-        records["adaptive"] = adaptive_margin(cfg, scorers, space, passes, pooled)
+        records["adaptive"] = adaptive_margin(cfg.threshold.per_dataset, scorers, space, passes, pooled)
     threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned, **records}
     if not cfg.threshold.per_dataset:
         threshold["per_dataset"] = {}
@@ -217,13 +217,12 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     return threshold, tuning
 
 
-def adaptive_margin(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[HeldOutSplit],
+def adaptive_margin(per_dataset: bool, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[HeldOutSplit],
                      pooled: Pooled) -> Dict[str, Any]:
     """rerank.adaptive: the certainty margin chosen on the validation queries at the tuned threshold
     (engine.scoring.adaptive); the global scorers' vote matches nothing."""
     global_scorers = [s for s in scorers if s.stage == "global"]
     global_vote = [c for p in passes for c in vote(global_scorers, space, p.queries, p.database).candidates]
-    per_dataset = cfg.threshold.per_dataset
     limits = thresholds_for(pooled.datasets, pooled.tuned if per_dataset else pooled.tuned["global"], len(pooled.truth))
     groups = np.concatenate([[f"{i}/{t}" for t in p.truth] for i, p in enumerate(passes)]).astype(object)
 

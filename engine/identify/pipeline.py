@@ -47,7 +47,7 @@ def run_identification(cfg: EvalConfig, accelerator=None) -> RunResult | None:
         return None
     for line in _decision_lines(cfg, ev, inputs):
         say(accelerator, line)
-    metrics = query_metrics(cfg, data.gallery, data.query, ev) if has_query_labels(data.query) else None
+    metrics = query_metrics(cfg.threshold, data.gallery, data.query, ev) if has_query_labels(data.query) else None
 
     def write_report(path):
         from engine.identify.report import write_report
@@ -56,7 +56,7 @@ def run_identification(cfg: EvalConfig, accelerator=None) -> RunResult | None:
                      rows=data.rows, matcher=matcher)
 
     return write_run(cfg, data.table, RunOutputs(
-        data.kind, ev.predictions, PREDICTIONS, lambda path: write_predictions(path, cfg, data.query, ev), metrics,
+        data.kind, ev.predictions, PREDICTIONS, lambda path: write_predictions(path, cfg.data, data.query, ev), metrics,
         identify_manifest(cfg, data, inputs, ev), write_report, ev.threshold))
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from core.errors import DataError
-from core.schema import EvalConfig
+from core.schema import ThresholdConfig
 from engine.identify.decision import Evaluation
 from engine.metrics import animalclef_score, cmc, map_at_5, mean_average_precision
 from engine.openset import decide, humpback_guesses, thresholds_for, tune_threshold
@@ -20,7 +20,7 @@ def has_query_labels(query: pd.DataFrame) -> bool:
     return bool(query["identity"].notna().any())
 
 
-def query_metrics(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, ev: Evaluation) -> Dict[str, Any]:
+def query_metrics(threshold: ThresholdConfig, gallery: pd.DataFrame, query: pd.DataFrame, ev: Evaluation) -> Dict[str, Any]:
     """Scores against the query labels: with the tuned threshold, and with the best one in hindsight."""
     truth = query["identity"].to_numpy(dtype=object)
     datasets = query["dataset"].tolist()
@@ -40,12 +40,12 @@ def query_metrics(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame, e
                   **scored(ev.decided, limits)},
     }
     try:
-        best = tune_threshold(ev.best_scores, ev.best_ids, truth, known, datasets, per_dataset=cfg.threshold.per_dataset)
-        chosen = best if cfg.threshold.per_dataset else best["global"]
+        best = tune_threshold(ev.best_scores, ev.best_ids, truth, known, datasets, per_dataset=threshold.per_dataset)
+        chosen = best if threshold.per_dataset else best["global"]
         hindsight_limits = thresholds_for(datasets, chosen, len(query))
         result["hindsight"] = {
             "note": "threshold chosen WITH the query labels: an upper bound for this model, not a result",
-            "threshold": {"global": best["global"], "per_dataset": best["per_dataset"] if cfg.threshold.per_dataset else {}},
+            "threshold": {"global": best["global"], "per_dataset": best["per_dataset"] if threshold.per_dataset else {}},
             **scored(decide(ev.best_ids, ev.best_scores, chosen, datasets), hindsight_limits)}
     except DataError as err:
         result["hindsight"] = {"note": f"not computed: {err}"}
