@@ -166,5 +166,4 @@ def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput]
         {"images": len(data.table), "train": len(data.gallery), "test": len(data.query),
          "fingerprint": image_list_fingerprint(data.table)},
         thresholds=thresholds, graph={"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
-        scorers={s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight, "calibrator": s.calibrator.to_dict()}
-                 for s in scorers})
+        scorers={s.name: s.summary().to_dict() for s in scorers})
