@@ -18,6 +18,7 @@ from engine.identify.baselines import pixel_baseline
 from engine.identify.decision import evaluate_outputs
 from engine.identify.heldout import tuning_split
 from engine.identify.pipeline import run_identification
+from engine.outputs.html import models_row, short_model_names, shortened
 from engine.outputs.submission import check_submission, read_submission
 from engine.scoring import cached_outputs, lazy_model
 from engine.scoring.model_outputs import voting_classes
@@ -78,6 +79,8 @@ def test_end_to_end_writes_valid_outputs(world, first_run):
     report = (out / "report.html").read_text()
     assert report.count("<svg") >= 3 and "data:image/jpeg;base64," in report
     assert 'src="http' not in report and "<script" not in report, "the report must be self-contained"
+    # The model by its short name on every caption, its full path once in the header.
+    assert report.count(str(world["export"])) == 1 and report.count("eval0: ") > 1
     assert first_run.metrics == metrics
     assert not [p for p in world["base"].iterdir() if p.name.startswith(".out.")], "no staging folder left"
 
@@ -240,7 +243,7 @@ def test_threshold_and_decisions_never_depend_on_query_labels():
     second = evaluate_outputs(cfg, gallery, hidden, [ModelOutput("m", vectors)])
     assert first.threshold == second.threshold
     assert list(first.decided) == list(second.decided)
-    assert set(first.threshold["per_dataset"]) == {"A", "B"}
+    assert set(first.threshold.threshold.per_dataset) == {"A", "B"}
 
 
 def test_tuning_split_holds_out_database_identities_preferring_unseen_ones():
@@ -268,3 +271,11 @@ def test_queries_are_matched_within_their_own_dataset_when_identities_are_namesp
     ev = evaluate_outputs(cfg, shared, query, [ModelOutput("m", vectors)])
     assert any(not identity.startswith(dataset) for dataset, candidates in zip(query["dataset"], ev.candidates)
                for identity, _ in candidates)
+
+
+def test_reports_name_models_shortly_and_tell_equal_names_apart():
+    names = short_model_names(["runs/a/export", "runs/b/export", "zoo-model", "other/a/export", "weights/m1"])
+    assert names == {"runs/a/export": "a", "runs/b/export": "b", "zoo-model": "zoo-model", "other/a/export": "a (2)",
+                     "weights/m1": "m1"}
+    assert shortened("runs/a/export #2 [pair_head]", names) == "a #2 [pair_head]"
+    assert models_row(["runs/a/export", "zoo-model"], names) == ["models", "a = runs/a/export; zoo-model"]

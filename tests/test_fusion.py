@@ -20,7 +20,7 @@ from core.schema import TrainConfig
 from data.formats import load_table
 from data.splits import identity_part
 from engine.accel import eval_precision
-from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.cached_outputs import CachedRows, ImageViews
 from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint
 from engine.scoring.member_features import Member, load_members, load_recorded_members, member_features
 from engine.training.data import build_train_data, training_rows
@@ -93,8 +93,8 @@ def test_pca_is_fitted_on_training_rows_only(tiny_synthetic, members, tmp_path):
     rows = evaluation_rows(load_table(cfg.data))
     views = ImageViews(cfg.data, cfg.features.tta, 32)
     cache = EmbeddingCache(tmp_path / "embeddings")
-    features = member_features(load_members(members, torch.device("cpu")), views, rows, cache,
-                               image_list_fingerprint(rows), None, eval_precision())
+    features = member_features(load_members(members, torch.device("cpu")), views,
+                               CachedRows(rows, cache, image_list_fingerprint(rows)), None, eval_precision())
     train_rows = data.train_table[ROW].to_numpy()
     assert set(rows.iloc[train_rows]["split"]) == {"database"}
     assert not set(data.train_table["identity"]) & set(data.val_table["identity"])

@@ -186,7 +186,7 @@ def test_predictions_list_top_identities_and_leave_missing_ranks_empty(tmp_path)
     ev = SimpleNamespace(decided=np.array(["Bo", "new_individual"], dtype=object),
                          candidates=[[("Bo", 0.91234), ("Rex", np.float32(0.2))], [("Rex", 0.3), ("Bo", 0.1)]])
     cfg = EvalConfig(data=DataConfig(format="folders", root=str(tmp_path), query_root=str(tmp_path / "new")))
-    frame = predictions_frame(cfg, query, ev)
+    frame = predictions_frame(cfg.data, query, ev)
     frame.to_csv(tmp_path / "p.csv", index=False)
     back = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False)
     assert list(back.columns) == columns() == [
@@ -200,8 +200,8 @@ def test_predictions_list_top_identities_and_leave_missing_ranks_empty(tmp_path)
 def test_predictions_name_files_relative_to_the_dataset_root(tmp_path):
     query = pd.DataFrame({"image_id": ["7", "8"], "path": [str(tmp_path / "images" / "q.jpg"), "/elsewhere/r.jpg"]})
     cfg = EvalConfig(data=DataConfig(format="animalclef2025", root=str(tmp_path)))
-    assert query_files(cfg, query) == ["images/q.jpg", "/elsewhere/r.jpg"]
-    assert query_files(EvalConfig(), query) == list(query["path"])  # generated synthetic set: absolute
+    assert query_files(cfg.data, query) == ["images/q.jpg", "/elsewhere/r.jpg"]
+    assert query_files(EvalConfig().data, query) == list(query["path"])  # generated synthetic set: absolute
 
 
 def test_captions_say_unknown_for_a_query_without_identity():

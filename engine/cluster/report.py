@@ -10,16 +10,25 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import pandas as pd
 
 from core.files import atomic_write_text
-from core.schema import EvalConfig
+from core.schema import DataConfig, EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
-from engine.outputs.html import CSS, THUMBNAIL, svg_histogram, table, thumbnail_uri
+from engine.cluster.tuning import ClusterThresholds
+from engine.outputs.html import (
+    CSS,
+    THUMBNAIL,
+    models_row,
+    short_model_names,
+    svg_histogram,
+    table,
+    thumbnail_uri,
+)
 from engine.visual import CORRECT, NEUTRAL, WRONG
 
 SAMPLE_CLUSTERS = 8  # per dataset: the largest ones
@@ -32,9 +41,9 @@ def _tile(uri: str, caption: str, colour: str) -> str:
 
 
 class _Thumbs:
-    def __init__(self, rows: pd.DataFrame, cfg: EvalConfig, n_gallery: int):
-        self.dataset = ReIDDataset(rows, ImageLoader(THUMBNAIL, None, cfg.data.crop_to_bbox, cfg.data.bbox_padding),
-                                   transform=lambda image: image, orientation_rules=cfg.data.orientation_rules)
+    def __init__(self, rows: pd.DataFrame, data: DataConfig, n_gallery: int):
+        self.dataset = ReIDDataset(rows, ImageLoader(THUMBNAIL, None, data.crop_to_bbox, data.bbox_padding),
+                                   transform=lambda image: image, orientation_rules=data.orientation_rules)
         self.n_gallery = n_gallery
 
     def query(self, q: int) -> str:
@@ -71,13 +80,12 @@ def _scores(metrics: Optional[dict]) -> str:
     return table(["dataset", *keys], rows) + '<p class="note">docs/metrics.md explains each score.</p>'
 
 
-def _thresholds(thresholds: Dict[str, Any]) -> str:
-    rows = [[d, t, "transferred (no train images to tune on)" if d in thresholds.get("transferred", []) else ""]
-            for d, t in sorted(thresholds["per_dataset"].items())]
-    out = table(["dataset", "threshold", ""], rows) + f'<p class="note">{html.escape(str(thresholds.get("source", "")))}</p>'
-    grid = thresholds.get("grid")
-    for dataset, curve in sorted((thresholds.get("validation_ari") or {}).items()):
-        out += (f'<div class="hist">{_curve(grid, curve, dataset)}</div>')
+def _thresholds(thresholds: ClusterThresholds) -> str:
+    rows = [[d, t, "transferred (no train images to tune on)" if d in thresholds.transferred else ""]
+            for d, t in sorted(thresholds.per_dataset.items())]
+    out = table(["dataset", "threshold", ""], rows) + f'<p class="note">{html.escape(thresholds.source)}</p>'
+    for dataset, curve in sorted((thresholds.validation_ari or {}).items()):
+        out += (f'<div class="hist">{_curve(thresholds.grid, curve, dataset)}</div>')
     return out
 
 
@@ -138,11 +146,11 @@ def _dataset_section(thumbs: _Thumbs, query: pd.DataFrame, names: np.ndarray, da
 
 
 def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.DataFrame, names: np.ndarray,
-                          joined: np.ndarray, metrics: Optional[dict], thresholds: Dict[str, Any]) -> str:
-    thumbs = _Thumbs(rows, cfg, len(rows) - len(query))
+                          joined: np.ndarray, metrics: Optional[dict], thresholds: ClusterThresholds) -> str:
+    thumbs = _Thumbs(rows, cfg.data, len(rows) - len(query))
     labelled = metrics is not None
     summary = table(["", ""], [
-        ["models", ", ".join(cfg.models)], ["data", f"{cfg.data.format} {cfg.data.root} {cfg.data.query_root}".strip()],
+        models_row(cfg.models, short_model_names(cfg.models)), ["data", f"{cfg.data.format} {cfg.data.root} {cfg.data.query_root}".strip()],
         ["train images (anchors)", len(rows) - len(query)], ["test images (clustered)", len(query)],
         ["method", f"{cfg.cluster.method} {cfg.cluster.args or ''}".strip()],
         ["graph", f"{cfg.cluster.neighbours} nearest neighbours per image and global scorer"

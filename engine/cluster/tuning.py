@@ -17,7 +17,7 @@ its edges' scores are computed once: every further weight only re-votes and re-c
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -25,7 +25,7 @@ import pandas as pd
 from sklearn.metrics import adjusted_rand_score
 
 from core.errors import DataError
-from core.schema import EvalConfig
+from core.schema import ClusterConfig, EvalConfig
 from data.splits import open_set_split
 from engine.cluster.graph import Graph, edge_scores, fused_probabilities, graph_edges
 from engine.cluster.methods import Clusterer
@@ -55,19 +55,43 @@ def anchor_codes(labels: np.ndarray) -> np.ndarray:
     return codes.astype(np.int64)
 
 
-def held_out_split(gallery: pd.DataFrame, cfg: EvalConfig, seed: int) -> np.ndarray:
+@dataclass
+class ClusterThresholds:
+    """The threshold each dataset is clustered at, and where it comes from (the report and the files show it)."""
+
+    method: str  # cluster.method
+    source: str
+    overall: float
+    per_dataset: Dict[str, float] = field(default_factory=dict)
+    validation_ari: Optional[Dict[str, List[float]]] = None  # per dataset (and "all"): ARI along the grid
+    grid: Optional[List[float]] = None
+    matcher_weight: Optional[Dict[str, Any]] = None  # chosen, and the validation ARI of each weight
+    transferred: List[str] = field(default_factory=list)  # datasets that took the overall threshold
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"method": self.method, "per_dataset": self.per_dataset, "source": self.source,
+                               "overall": self.overall}
+        if self.validation_ari is not None:
+            out.update(validation_ari=self.validation_ari, grid=self.grid)
+        if self.matcher_weight is not None:
+            out["matcher_weight"] = self.matcher_weight
+        out["transferred"] = self.transferred
+        return out
+
+
+def held_out_split(gallery: pd.DataFrame, cluster: ClusterConfig, seed: int) -> np.ndarray:
     """Positions (in `gallery`) of the validation images of one simulated test."""
     held = []
     for dataset, part in gallery.groupby("dataset", sort=True):
         identities = sorted(part["identity"].unique())
         if len(identities) < MIN_HELD_IDENTITIES:
             continue
-        wanted = min(max(MIN_HELD_IDENTITIES, round(cfg.cluster.holdout_fraction * len(identities))), len(identities))
+        wanted = min(max(MIN_HELD_IDENTITIES, round(cluster.holdout_fraction * len(identities))), len(identities))
         rng = np.random.default_rng([seed, zlib.crc32(str(dataset).encode())])
         held.append(part[part["identity"].isin(set(rng.permutation(identities)[:wanted]))])
     if not held:
         raise DataError("no dataset has two train identities to simulate the test on: set cluster.threshold")
-    split = open_set_split(pd.concat(held), unknown_fraction=cfg.cluster.unknown_fraction, query_fraction=0.5, seed=seed)
+    split = open_set_split(pd.concat(held), unknown_fraction=cluster.unknown_fraction, query_fraction=0.5, seed=seed)
     queries = set(split.loc[split["split"] == "query", "image_id"])
     return np.flatnonzero(gallery["image_id"].isin(queries).to_numpy())
 
@@ -90,7 +114,7 @@ def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpac
     weights: they are computed once."""
     grid = sorted(cfg.cluster.grid)
     n_gallery = len(gallery)
-    splits = [held_out_split(gallery, cfg, cfg.seed + s) for s in range(cfg.cluster.splits)]
+    splits = [held_out_split(gallery, cfg.cluster, cfg.seed + s) for s in range(cfg.cluster.splits)]
     fit_calibrators(scorers, space, np.setdiff1d(np.arange(n_gallery), splits[0]), cfg.calibration, cfg.seed,
                     cfg.rerank.shortlist)
     a, b = graph_edges(scorers, space, np.arange(n_gallery), cfg.cluster.neighbours)

@@ -44,4 +44,4 @@ def pixel_baseline(cfg: EvalConfig, size: int = PIXEL_SIZE) -> Dict[str, Any]:
     embeddings = pixel_embeddings(data.rows, size, cfg.data.crop_to_bbox, cfg.data.bbox_padding,
                                   cfg.data.orientation_rules)
     evaluation = evaluate_outputs(cfg, data.gallery, data.query, [ModelOutput("raw pixels", embeddings)], data.kind)
-    return query_metrics(cfg, data.gallery, data.query, evaluation)
+    return query_metrics(cfg.threshold, data.gallery, data.query, evaluation)

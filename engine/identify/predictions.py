@@ -19,7 +19,7 @@ from typing import List, Union
 import pandas as pd
 
 from core.files import atomic_write_text
-from core.schema import EvalConfig
+from core.schema import DataConfig
 from data.table import NEW_INDIVIDUAL
 from engine.identify.decision import Evaluation
 
@@ -32,19 +32,19 @@ def columns(top: int = TOP) -> List[str]:
     return ["file", "prediction", "known"] + [f"top{i}_{part}" for i in range(1, top + 1) for part in ("identity", "score")]
 
 
-def _images_root(cfg: EvalConfig) -> str:
+def _images_root(data: DataConfig) -> str:
     """The folder the user's image paths are relative to ('' when there is none: a generated set)."""
-    if not cfg.data.root or cfg.data.format == "synthetic":
+    if not data.root or data.format == "synthetic":
         return ""
-    root = Path(cfg.data.root).expanduser()
+    root = Path(data.root).expanduser()
     return os.path.abspath(root if root.is_dir() else root.parent)
 
 
-def query_files(cfg: EvalConfig, query: pd.DataFrame) -> List[str]:
+def query_files(data: DataConfig, query: pd.DataFrame) -> List[str]:
     """Each query's file as the user knows it (see the module docstring)."""
-    if cfg.data.query_root:
+    if data.query_root:
         return query["image_id"].astype(str).tolist()
-    root = _images_root(cfg)
+    root = _images_root(data)
     files = []
     for path in query["path"]:
         relative = os.path.relpath(path, root) if root else ""
@@ -52,9 +52,9 @@ def query_files(cfg: EvalConfig, query: pd.DataFrame) -> List[str]:
     return files
 
 
-def predictions_frame(cfg: EvalConfig, query: pd.DataFrame, ev: Evaluation, top: int = TOP) -> pd.DataFrame:
+def predictions_frame(data: DataConfig, query: pd.DataFrame, ev: Evaluation, top: int = TOP) -> pd.DataFrame:
     rows = []
-    for file, decided, candidates in zip(query_files(cfg, query), ev.decided, ev.candidates, strict=True):
+    for file, decided, candidates in zip(query_files(data, query), ev.decided, ev.candidates, strict=True):
         row = {"file": file, "prediction": str(decided), "known": "false" if decided == NEW_INDIVIDUAL else "true"}
         for rank in range(1, top + 1):
             identity, score = candidates[rank - 1] if rank <= len(candidates) else ("", None)
@@ -64,8 +64,8 @@ def predictions_frame(cfg: EvalConfig, query: pd.DataFrame, ev: Evaluation, top:
     return pd.DataFrame(rows, columns=columns(top))
 
 
-def write_predictions(path: Union[str, os.PathLike], cfg: EvalConfig, query: pd.DataFrame, ev: Evaluation) -> Path:
+def write_predictions(path: Union[str, os.PathLike], data: DataConfig, query: pd.DataFrame, ev: Evaluation) -> Path:
     """Write predictions.csv atomically; returns its path."""
     path = Path(path)
-    atomic_write_text(path, predictions_frame(cfg, query, ev).to_csv(index=False))
+    atomic_write_text(path, predictions_frame(data, query, ev).to_csv(index=False))
     return path

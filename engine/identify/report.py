@@ -19,12 +19,23 @@ import numpy as np
 import pandas as pd
 
 from core.files import atomic_write_text
-from core.schema import EvalConfig
+from core.schema import DataConfig, EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from data.table import NEW_INDIVIDUAL
 from engine.identify.report_rerank import rerank_section
-from engine.outputs.html import CSS, THUMBNAIL, fmt, svg_histogram, table, thumbnail_uri, tile
+from engine.outputs.html import (
+    CSS,
+    THUMBNAIL,
+    fmt,
+    models_row,
+    short_model_names,
+    shortened,
+    svg_histogram,
+    table,
+    thumbnail_uri,
+    tile,
+)
 from engine.scoring.calibration import Calibrator
 from engine.visual import CORRECT, NEUTRAL, WRONG, truth_caption
 
@@ -35,6 +46,7 @@ KNOWN_COLOUR, UNKNOWN_COLOUR, ALL_COLOUR = "#2b7bb9", "#e07b39", "#7a7a7a"
 
 
 def _threshold_of(threshold: Dict[str, Any], dataset: str) -> float:
+    """A dataset's threshold in a threshold record as metrics.json and manifest.json hold it."""
     return float(threshold.get("per_dataset", {}).get(dataset, threshold.get("global", math.nan)))
 
 
@@ -53,7 +65,7 @@ def _histograms(query: pd.DataFrame, gallery_ids: set, ev, metrics: Optional[dic
                       ("new individuals", scores[~known[rows]], UNKNOWN_COLOUR)]
         else:
             series = [("all queries (labels unknown)", scores, ALL_COLOUR)]
-        lines = [("tuned threshold" if ev.tuning is not None else "threshold", _threshold_of(ev.threshold, name), "#222")]
+        lines = [("tuned threshold" if ev.tuning is not None else "threshold", _threshold_of(ev.threshold.to_dict(), name), "#222")]
         if hindsight:
             lines.append(("hindsight", _threshold_of(hindsight, name), "#b02"))
         blocks.append(f'<div class="hist">{svg_histogram(series, lines, f"{name}: best score per query")}</div>')
@@ -80,10 +92,10 @@ def _best_images(ev, gallery: pd.DataFrame) -> Dict[Tuple[int, str], int]:
     return best
 
 
-def _grid(rows: pd.DataFrame, gallery: pd.DataFrame, query: pd.DataFrame, ev, cfg: EvalConfig,
-          gallery_ids: set) -> str:
-    dataset = ReIDDataset(rows, ImageLoader(THUMBNAIL, None, cfg.data.crop_to_bbox, cfg.data.bbox_padding),
-                          transform=lambda image: image, orientation_rules=cfg.data.orientation_rules)
+def _grid(rows: pd.DataFrame, gallery: pd.DataFrame, query: pd.DataFrame, ev, data: DataConfig,
+          gallery_ids: set, names: Dict[str, str]) -> str:
+    dataset = ReIDDataset(rows, ImageLoader(THUMBNAIL, None, data.crop_to_bbox, data.bbox_padding),
+                          transform=lambda image: image, orientation_rules=data.orientation_rules)
     first_image = {identity: i for i, identity in reversed(list(enumerate(gallery["identity"])))}
     best = _best_images(ev, gallery)
     n_gallery = len(gallery)
@@ -99,31 +111,31 @@ def _grid(rows: pd.DataFrame, gallery: pd.DataFrame, query: pd.DataFrame, ev, cf
             if row is None:
                 continue
             colour = NEUTRAL if truth is None else (CORRECT if identity == truth else WRONG)
-            raw = _raw_scores(ev, q, identity)
+            raw = _raw_scores(ev, q, identity, names)
             tiles.append(tile(thumbnail_uri(dataset.load_image(row)),
                                f"{html.escape(str(identity))}<br>{score:.3f}<br><small>{raw}</small>", colour))
         out.append(f'<div class="row">{"".join(tiles)}</div>')
     return "".join(out)
 
 
-def _raw_scores(ev, q: int, identity: str) -> str:
+def _raw_scores(ev, q: int, identity: str, names: Dict[str, str]) -> str:
     """Each scorer's raw score for (query q, identity), '-' where it did not list the identity."""
     parts = []
     for name, candidates in ev.raw.items():
         found = dict(candidates[q]).get(identity)
-        parts.append(f"{html.escape(name)}: {'-' if found is None else f'{found:.3f}'}")
+        parts.append(f"{html.escape(shortened(name, names))}: {'-' if found is None else f'{found:.3f}'}")
     return "raw " + "; ".join(parts)
 
 
-def _scorers_section(ev) -> str:
+def _scorers_section(ev, names: Dict[str, str]) -> str:
     """Per scorer: kind, weight, and what its calibrator makes of the queries' best raw scores."""
     rows = []
     for name, info in ev.scorers.items():
         best_raw = np.array([c[0][1] for c in ev.raw[name] if c], dtype=np.float64)
-        calibrator = Calibrator.from_dict(info["calibrator"])
+        calibrator = Calibrator.from_dict(info.calibrator)
         quantiles = np.quantile(best_raw, QUANTILES) if len(best_raw) else np.full(len(QUANTILES), np.nan)
         mapped = calibrator(quantiles) if len(best_raw) else quantiles
-        rows.append([name, info["kind"], info["stage"], info["weight"], info["calibrator"]["method"],
+        rows.append([shortened(name, names), info.kind, info.stage, info.weight, info.calibrator["method"],
                      " / ".join(f"{r:.3f} -> {c:.3f}" for r, c in zip(quantiles, mapped, strict=True))])
     return (table(["scorer", "kind", "stage", "weight", "calibration",
                     "best raw score -> calibrated (10th / 50th / 90th percentile of queries)"], rows)
@@ -131,19 +143,18 @@ def _scorers_section(ev) -> str:
               "threshold is tuned and applied on the soft vote of calibrated scores.</p>")
 
 
-def _metrics_section(metrics: Optional[dict]) -> str:
+def _metrics_section(metrics: Optional[dict], names: Dict[str, str]) -> str:
     if metrics is None:
         return '<p class="note">The query images carry no identities, so no metrics can be computed.</p>'
     tuned, hindsight = metrics["tuned"], metrics.get("hindsight", {})
     rows = []
-    names = sorted(tuned["per_dataset"])
-    for name in names:
+    for name in sorted(tuned["per_dataset"]):
         t, h = tuned["per_dataset"][name], hindsight.get("per_dataset", {}).get(name, {})
         rows.append([name, t["queries"], t["BAKS"], t["BAUS"], t["score"], h.get("BAKS"), h.get("BAUS"), h.get("score")])
     rows.append(["all (mean over datasets)", metrics["queries"], tuned["BAKS"], tuned["BAUS"], tuned["score"],
                  hindsight.get("BAKS"), hindsight.get("BAUS"), hindsight.get("score")])
     header = ["dataset", "queries", "BAKS", "BAUS", "score", "BAKS (hindsight)", "BAUS (hindsight)", "score (hindsight)"]
-    retrieval = [[name, m.get("rank1"), m.get("rank5"), m.get("mAP")] for name, m in metrics["retrieval"].items()]
+    retrieval = [[shortened(name, names), m.get("rank1"), m.get("rank5"), m.get("mAP")] for name, m in metrics["retrieval"].items()]
     return (table(header, rows)
             + f'<p class="note">score = AnimalCLEF 2025 (per dataset sqrt(BAKS x BAUS), then the mean). MAP@5 with '
               f'the tuned threshold: {fmt(tuned.get("MAP@5"))}. <b>Hindsight</b>: '
@@ -158,9 +169,11 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     """The page; `matcher` (a re-ranking MatcherScorer) adds the re-ranking section."""
     ev = evaluation
     gallery_ids = set(gallery["identity"])
-    threshold_rows = [["global", ev.threshold.get("global")]] + [[d, t] for d, t in sorted(ev.threshold.get("per_dataset", {}).items())]
+    names = short_model_names(cfg.models)
+    tuned = ev.threshold.threshold
+    threshold_rows = [["global", tuned.overall]] + [[d, t] for d, t in sorted(tuned.per_dataset.items())]
     summary = table(["", ""], [
-        ["models", ", ".join(cfg.models)], ["data", f"{cfg.data.format} {cfg.data.root}".strip()],
+        models_row(cfg.models, names), ["data", f"{cfg.data.format} {cfg.data.root}".strip()],
         *([["query photos (unlabelled)", cfg.data.query_root]] if cfg.data.query_root else []),
         ["database images (labelled)", len(gallery)], ["query images", len(query)],
         ["test-time augmentation", ", ".join(cfg.tta)], ["calibration", cfg.calibration],
@@ -171,14 +184,14 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>reidzoo evaluation</title>",
         f"<style>{CSS}</style></head><body><h1>reidzoo evaluation</h1>", summary,
         "<h2>Thresholds</h2>", table(["dataset", "threshold"], threshold_rows),
-        f'<p class="note">{html.escape(str(ev.threshold.get("source", "")))}. A query whose best score is below '
+        f'<p class="note">{html.escape(ev.threshold.source)}. A query whose best score is below '
         "its dataset's threshold is predicted as a new individual.</p>",
-        "<h2>Metrics</h2>", _metrics_section(metrics),
-        "<h2>Scorers</h2>", _scorers_section(ev),
+        "<h2>Metrics</h2>", _metrics_section(metrics, names),
+        "<h2>Scorers</h2>", _scorers_section(ev, names),
         "<h2>Best score per query</h2>", _histograms(query, gallery_ids, ev, metrics),
         f"<h2>Queries and their top-{TOP} identities</h2>",
         '<p class="note">Frames: green = correct identity, red = wrong, grey = query identity unknown.</p>',
-        _grid(rows, gallery, query, ev, cfg, gallery_ids), rerank_section(matcher, ev, gallery, query),
+        _grid(rows, gallery, query, ev, cfg.data, gallery_ids, names), rerank_section(matcher, ev, gallery, query),
         "</body></html>",
     ])
 

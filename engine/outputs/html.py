@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any, Sequence, Tuple
+from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from engine.scoring.cached_outputs import model_label
 from engine.visual import jpeg_data_uri
 
 THUMBNAIL = 96  # px, longer side
@@ -103,3 +104,29 @@ def thumbnail_uri(image: np.ndarray) -> str:
 def tile(uri: str, caption: str, colour: str, extra_class: str = "") -> str:
     return (f'<div class="tile {extra_class}"><img src="{uri}" style="border-color:{colour}" alt="">'
             f"{caption}</div>")
+
+
+def short_model_names(specs: Sequence[str]) -> Dict[str, str]:
+    """A short name for each model a report names: an export folder by its run folder's name (runs/a/export
+    -> a) or its own, a zoo or timm name as it is; told apart by number where two would read the same."""
+    names: Dict[str, str] = {}
+    for spec in dict.fromkeys(specs):
+        short = model_label(spec)
+        taken = set(names.values())
+        candidate, n = short, 2
+        while candidate in taken:
+            candidate, n = f"{short} ({n})", n + 1
+        names[spec] = candidate
+    return names
+
+
+def shortened(text: str, names: Dict[str, str]) -> str:
+    """`text` with each model spec of `names` (the longest first) replaced by its short name."""
+    for spec in sorted(names, key=len, reverse=True):
+        text = text.replace(spec, names[spec])
+    return text
+
+
+def models_row(specs: Sequence[str], names: Dict[str, str]) -> List[str]:
+    """The report header's models row: each short name with its full path, once."""
+    return ["models", "; ".join(names[s] if names[s] == s else f"{names[s]} = {s}" for s in dict.fromkeys(specs))]

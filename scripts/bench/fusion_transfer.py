@@ -23,7 +23,7 @@ from core.errors import ConfigError, cli_entry
 from core.schema import DataConfig
 from data.formats import load_table
 from data.splits import gallery_and_query
-from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.cached_outputs import CachedRows, ImageViews
 from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint
 from engine.scoring.member_features import load_recorded_members, member_features
 from zoo.loading import load_for_eval
@@ -111,7 +111,7 @@ def part_stats(model, members, cache: EmbeddingCache, gains: np.ndarray, vt: np.
     gallery, query = gallery_and_query(table)
     rows = pd.concat([gallery, query], ignore_index=True)
     views = ImageViews(cfg, ["identity", "hflip"], 64)
-    blocks = member_features(members, views, rows, cache, image_list_fingerprint(rows), None)
+    blocks = member_features(members, views, CachedRows(rows, cache, image_list_fingerprint(rows)), None)
     n = len(gallery)
     labels = gallery["identity"].to_numpy(dtype=object)
     if which == "part1":  # the fusion's own training identities
