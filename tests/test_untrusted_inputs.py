@@ -2,11 +2,33 @@
 numbers, photos reidzoo cannot decode, spreadsheet formulas in names, a rank whose cache read missed."""
 from __future__ import annotations
 
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
 import pytest
+import torch
+from conftest import REPO, tiny_train_overrides
+from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from core.config import load_config
-from core.errors import ConfigError
-from core.schema import EvalConfig, TrainConfig
+from core.errors import ConfigError, DataError, UserError
+from core.schema import ComponentConfig, DataConfig, EvalConfig, TrainConfig
+from data.dataset import ReIDDataset
+from data.images import ImageLoader
+from data.table import make_table
+from data.transforms import build_tta_transform
+from engine.accel import make_accelerator
+from engine.cached_outputs import ImageViews, cached_outputs
+from engine.embed_cache import EmbeddingCache
+from engine.training.checkpoint import checkpoint_dirs
+from engine.training.epochs import EpochLoop
+from engine.training.loop import Trainer
+from engine.training.validation import METRICS, improves, undefined_metrics, validate
+from zoo import build_model, load_export, save_export
 
 # --------------------------------------------------------------------------- overrides kept as typed
 
@@ -37,3 +59,181 @@ def test_a_quoted_override_is_unquoted_and_typed_keys_still_parse():
     assert cfg.model.args["embed_dim"] == 128
     with pytest.raises(ConfigError, match="'train.lr' must be a number, got '12:30'"):
         load_config(TrainConfig, None, ["train.lr=12:30"])
+
+
+# --------------------------------------------------------------------------- non-finite numbers
+
+# A model small enough for a few steps in a test (as tests/test_train_crash.py's runs).
+TINY = ["model.args.backbone=test_resnet", "data.image_size=32", "model.args.embed_dim=16",
+        "train.deterministic=true", "train.mixed_precision=no"]
+
+
+@pytest.fixture
+def tiny_config(tiny_synthetic, tmp_path):
+    def make(*overrides: str) -> TrainConfig:
+        args = tiny_train_overrides(tiny_synthetic, tmp_path / "run", tmp_path / "cache") + TINY + list(overrides)
+        return load_config(TrainConfig, REPO / "configs/train/default.yaml", args)
+
+    return make
+
+
+def nan_from_step(monkeypatch, first_bad_step: int) -> None:
+    """The loss of every micro-batch of optimizer step `first_bad_step` and after is NaN."""
+    original = Trainer._forward_loss
+
+    def forward_loss(trainer, batch):
+        loss, parts = original(trainer, batch)
+        if trainer.state["step"] + 1 >= first_bad_step:
+            return loss * float("nan"), {name: float("nan") for name in parts}
+        return loss, parts
+
+    monkeypatch.setattr(Trainer, "_forward_loss", forward_loss)
+
+
+class TinyLoop(EpochLoop):
+    """The shared epoch loop around one linear layer; `loss(step, layer)` is the loss of each step."""
+
+    def __init__(self, out: Path, loss, clip_grad: float = 1.0):
+        self.cfg = SimpleNamespace(train=SimpleNamespace(grad_accum=1, clip_grad=clip_grad, log_every=1))
+        self.acc = make_accelerator("no")
+        self.state = {"step": 0, "epoch": 0}
+        self.trained_module = self.ema_source = torch.nn.Linear(2, 1)
+        self.optimizer = torch.optim.SGD(self.trained_module.parameters(), lr=0.1)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda step: 1.0)
+        self.ema, self.writer, self.out, self._step_loss = None, None, out, 0.0
+        self.loss, self.position = loss, 0
+
+    def _forward_loss(self, batch):
+        value = self.loss(self.state["step"] + 1, self.trained_module)
+        return value, {"test": float(value.detach())}
+
+    def _validate(self):
+        return {}
+
+    def _checkpoint(self):
+        pass
+
+    def steps(self, n: int) -> None:
+        for _ in range(n):
+            self._micro_step(None, self.position, 100)
+            self.position += 1
+
+
+def test_a_nan_loss_stops_before_its_optimizer_step_naming_the_step(tmp_path):
+    loop = TinyLoop(tmp_path, lambda step, layer: layer(torch.ones(1, 2)).sum() * (math.nan if step >= 3 else 1.0))
+    loop.steps(2)
+    before = [p.detach().clone() for p in loop.trained_module.parameters()]
+    with pytest.raises(UserError, match=r"the loss is nan \(test=nan\) at step 3 \(epoch 1, batch 3\): training "
+                                        r"stopped before that step changed the weights; no checkpoint had been "
+                                        r"written yet. To go on: lower train.lr"):
+        loop.steps(1)
+    assert loop.state["step"] == 2
+    assert all(torch.equal(a, b) for a, b in zip(before, loop.trained_module.parameters(), strict=True))
+
+
+def test_finite_loss_with_nan_gradients_stops_before_the_step_too(tmp_path):
+    # d sqrt(x) / dx at 0 is infinite, times 0: a loss of 0 with NaN gradients.
+    loop = TinyLoop(tmp_path, lambda step, layer: torch.sqrt(layer.weight.sum() * 0.0))
+    before = loop.trained_module.weight.detach().clone()
+    with pytest.raises(UserError, match=r"the gradients are nan at step 1 \(their norm; the loss was finite\)"):
+        loop.steps(1)
+    assert torch.equal(before, loop.trained_module.weight)
+
+
+@pytest.mark.slow
+def test_a_nan_loss_stops_training_at_its_step_and_keeps_the_last_checkpoint(tiny_config, monkeypatch):
+    cfg = tiny_config("train.max_steps=6", "train.checkpoint_every=2", "val.enabled=false")
+    nan_from_step(monkeypatch, 4)
+    with pytest.raises(UserError, match=r"the loss is nan \(arcface=nan\) at step 4 \(epoch 1, batch 4\)") as stop:
+        Trainer(cfg).fit()
+    out = Path(cfg.output_dir)
+    assert "step-000002" in str(stop.value) and "train.lr" in str(stop.value)
+    assert [p.name for p in checkpoint_dirs(out / "checkpoints")] == ["step-000002"]
+    weights = load_file(str(out / "checkpoints" / "step-000002" / "model.safetensors"))
+    assert all(torch.isfinite(t).all() for t in weights.values())
+    assert not (out / "export").exists(), "nothing exported from a diverged run"
+
+
+@pytest.mark.slow
+def test_non_finite_weights_are_never_written_to_a_checkpoint_or_an_export(tiny_config, monkeypatch, tmp_path):
+    cfg = tiny_config("train.max_steps=3", "train.checkpoint_every=2", "val.enabled=false")
+    trainer = Trainer(cfg)
+    original = trainer.optimizer.step
+
+    def poisoning_step(*args, **kwargs):  # a finite loss, weights that overflow anyway
+        original(*args, **kwargs)
+        if trainer.state["step"] + 1 == 2:
+            with torch.no_grad():
+                next(trainer.model.parameters()).fill_(float("inf"))
+
+    monkeypatch.setattr(trainer.optimizer, "step", poisoning_step)
+    with pytest.raises(UserError, match="after step 2 the model weights are not finite: 1 of .* weight tensors hold "
+                                        "NaN or infinite values .*no checkpoint had been written yet"):
+        trainer.fit()
+    assert not checkpoint_dirs(Path(cfg.output_dir) / "checkpoints")
+    with pytest.raises(UserError, match=r"refusing to export to .*export: 1 of \d+ weight tensors hold NaN"):
+        save_export(trainer.model, tmp_path / "export")
+    assert not (tmp_path / "export").exists()
+
+
+def test_nan_weights_in_an_export_are_refused_at_load(tmp_path):
+    model = build_model(ComponentConfig("embedder", {"backbone": "test_resnet", "pretrained": False, "embed_dim": 8}),
+                        num_classes=0)
+    save_export(model, tmp_path / "export")
+    weights = load_file(str(tmp_path / "export" / "model.safetensors"))
+    name = sorted(weights)[0]
+    weights[name] = torch.full_like(weights[name], float("nan"))
+    save_file(weights, str(tmp_path / "export" / "model.safetensors"))
+    with pytest.raises(DataError, match=f"model.safetensors cannot be used: 1 of .* hold NaN or infinite values \\({name}\\)"):
+        load_export(tmp_path / "export")
+
+
+def test_nan_validation_embeddings_give_nan_metrics_that_never_count_as_the_best(tiny_synthetic, capsys):
+    table = pd.read_csv(tiny_synthetic / "metadata.csv").head(12)
+    table = make_table([{"image_id": r.image_id, "identity": r.identity, "path": str(tiny_synthetic / r.path),
+                         "split": "database" if i % 2 else "query", "dataset": "d"} for i, r in enumerate(table.itertuples())])
+    dataset = ReIDDataset(table, ImageLoader(32, None), build_tta_transform(["identity"], 32, [0.5] * 3, [0.5] * 3))
+    metrics, grid = validate(AlwaysNan(), dataset, table, make_accelerator("no"), batch_size=4)
+    assert set(metrics) == set(METRICS) and all(math.isnan(v) for v in metrics.values()) and grid is None
+    assert "12 of 12 validation embeddings are NaN or infinite" in capsys.readouterr().out
+    assert undefined_metrics(metrics) == list(METRICS)
+    assert not improves(math.nan, None) and not improves(math.nan, 0.5)
+    assert improves(0.1, math.nan) and improves(0.1, None) and not improves(0.1, 0.2)
+
+
+class AlwaysNan(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def embed(self, images):
+        return images.flatten(1)[:, :8] * self.scale * float("nan")
+
+
+class FlatIsNan(torch.nn.Module):
+    """Embeds an image by its first pixels; an image of one colour gives NaN (0 / 0), as a broken
+    layer would for some inputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.nn.Parameter(torch.ones(1))
+
+    def embed(self, images):
+        flat = images[:, 0].flatten(1)
+        spread = flat.std(dim=1, keepdim=True)
+        return (flat[:, :8] - flat.mean(dim=1, keepdim=True)) * self.scale / torch.where(spread > 0, spread, 0.0)
+
+
+def test_nan_embeddings_stop_evaluation_naming_the_images(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = []
+    for name in ("a.png", "flat.png", "b.png", "flat2.png"):
+        pixels = np.full((40, 40, 3), 90, np.uint8) if name.startswith("flat") else rng.integers(0, 255, (40, 40, 3), np.uint8)
+        Image.fromarray(pixels).save(tmp_path / name)
+        rows.append({"image_id": name, "identity": None, "path": str(tmp_path / name), "split": "query", "dataset": "d"})
+    table = make_table(rows)
+    views = ImageViews(DataConfig(cache_dir="none", num_workers=0), ["identity"], batch_size=2)
+    with pytest.raises(DataError, match=r"model flat-is-nan gives NaN or infinite embedding values for 2 of 4 images "
+                                        r"\(flat.png, flat2.png\)"):
+        cached_outputs(FlatIsNan, "flat-is-nan", {"input_size": 32}, "0" * 64, ["embedding"], views, table,
+                       EmbeddingCache(None), "f" * 64, None)
