@@ -17,8 +17,11 @@ from safetensors.torch import load_file, save_file
 from core.config import load_config
 from core.errors import ConfigError, DataError, UserError
 from core.schema import ComponentConfig, DataConfig, EvalConfig, TrainConfig
+from data import readable
 from data.dataset import ReIDDataset
+from data.formats import load_table
 from data.images import ImageLoader
+from data.readable import decode_problem
 from data.table import make_table
 from data.transforms import build_tta_transform
 from engine.accel import make_accelerator
@@ -237,3 +240,77 @@ def test_nan_embeddings_stop_evaluation_naming_the_images(tmp_path):
                                         r"\(flat.png, flat2.png\)"):
         cached_outputs(FlatIsNan, "flat-is-nan", {"input_size": 32}, "0" * 64, ["embedding"], views, table,
                        EmbeddingCache(None), "f" * 64, None)
+
+
+# --------------------------------------------------------------------------- photos reidzoo cannot read
+
+
+def photo(path: Path, shade: int, fmt: str = "PNG") -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (40, 30), (shade, 30, 200)).save(path, format=fmt)
+    return path
+
+
+def truncated_jpeg(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pixels = np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG", quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])  # the header is whole: only a decode finds the cut
+    return path
+
+
+def odd_photos(tmp_path: Path) -> tuple:
+    """A gallery of two identities and a query folder with good photos (a GIF PIL reads among them),
+    a HEIC file PIL has no decoder for, a GIF that is not one and a truncated JPEG."""
+    gallery, new = tmp_path / "Dogs", tmp_path / "new"
+    photo(gallery / "Bo" / "b1.png", 1)
+    photo(gallery / "Rex" / "r1.png", 2)
+    photo(new / "good.png", 10)
+    photo(new / "anim.gif", 11, "GIF")
+    (new / "odd.heic").write_bytes(b"\x00\x00\x00\x18ftypheic" + bytes(64))
+    (new / "odd.gif").write_bytes(b"GIF89a" + bytes(40))
+    truncated_jpeg(new / "trip" / "cut.jpg")
+    return gallery, new
+
+
+def test_photos_that_cannot_be_read_are_named_together_before_extraction(tmp_path):
+    gallery, new = odd_photos(tmp_path)
+    with pytest.raises(DataError, match=r"3 photos under .*new cannot be read: ") as refused:
+        load_table(DataConfig(format="folders", root=str(gallery), query_root=str(new)))
+    message = str(refused.value)
+    for name in ("odd.heic (this PIL has no decoder for .heic files)", "odd.gif (", "trip/cut.jpg (OSError: image file is truncated"):
+        assert name in message
+    assert "good.png" not in message and "anim.gif" not in message and "data.skip_unreadable=true" in message
+
+
+def test_skip_unreadable_leaves_them_out_and_names_them_in_a_warning(tmp_path):
+    gallery, new = odd_photos(tmp_path)
+    with pytest.warns(UserWarning, match=r"leaving out 3 photos under .*new that cannot be read") as warned:
+        df = load_table(DataConfig(format="folders", root=str(gallery), query_root=str(new), skip_unreadable=True))
+    assert all(name in str(warned[0].message) for name in ("odd.heic", "odd.gif", "trip/cut.jpg"))
+    assert sorted(df.loc[df["split"] == "query", "image_id"]) == ["anim.gif", "good.png"]
+
+
+def test_a_folders_dataset_lists_them_too_and_each_photo_is_decoded_once(tmp_path, monkeypatch):
+    root = tmp_path / "Dogs"
+    for i in range(3):
+        photo(root / "Bo" / f"b{i}.png", i)
+    truncated_jpeg(root / "Rex" / "cut.jpg")
+    (root / "Rex" / "r.heic").write_bytes(bytes(32))
+    cfg = DataConfig(format="folders", root=str(root), cache_dir=str(tmp_path / "cache"))
+    decoded = []
+
+    def counting(path):
+        decoded.append(Path(path).name)
+        return decode_problem(path)
+
+    monkeypatch.setattr(readable, "decode_problem", counting)
+    with pytest.raises(DataError, match=r"2 photos under .*Dogs cannot be read: Rex/r.heic .*, Rex/cut.jpg "):
+        load_table(cfg)
+    assert sorted(decoded) == ["b0.png", "b1.png", "b2.png", "cut.jpg"]
+    decoded.clear()
+    with pytest.warns(UserWarning, match="leaving out 2 photos"):
+        df = load_table(DataConfig(**{**cfg.__dict__, "skip_unreadable": True}))
+    assert decoded == ["cut.jpg"], "the good photos' verdicts come from the cache; the broken one is checked again"
+    assert sorted(df["image_id"]) == ["Bo/b0.png", "Bo/b1.png", "Bo/b2.png"]
