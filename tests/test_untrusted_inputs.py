@@ -13,8 +13,10 @@ import torch
 from conftest import REPO, tiny_train_overrides
 from PIL import Image
 from safetensors.torch import load_file, save_file
+from test_detector_annotations import hand_made_items
 
 from core.config import load_config
+from core.csv_cells import plain_cell, plain_cells, safe_cell, safe_cells
 from core.errors import ConfigError, DataError, UserError
 from core.schema import ComponentConfig, DataConfig, EvalConfig, TrainConfig
 from data import readable
@@ -26,6 +28,7 @@ from data.table import make_table
 from data.transforms import build_tta_transform
 from engine.accel import make_accelerator
 from engine.cached_outputs import ImageViews, cached_outputs
+from engine.detection.annotations import write_yolo_dataset
 from engine.embed_cache import EmbeddingCache
 from engine.training.checkpoint import checkpoint_dirs
 from engine.training.epochs import EpochLoop
@@ -314,3 +317,29 @@ def test_a_folders_dataset_lists_them_too_and_each_photo_is_decoded_once(tmp_pat
         df = load_table(DataConfig(**{**cfg.__dict__, "skip_unreadable": True}))
     assert decoded == ["cut.jpg"], "the good photos' verdicts come from the cache; the broken one is checked again"
     assert sorted(df["image_id"]) == ["Bo/b0.png", "Bo/b1.png", "Bo/b2.png"]
+
+
+# --------------------------------------------------------------------------- names that look like formulas
+
+
+@pytest.mark.parametrize("text, written", [
+    ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"), ("+1+1", "'+1+1"), ("-rex", "'-rex"),
+    ("@SUM(A1)", "'@SUM(A1)"), ("\tcmd", "'\tcmd"), ("'=x", "''=x"),
+    ("-1", "-1"), ("+0.5", "+0.5"), ("-2e-3", "-2e-3"), ("new_individual", "new_individual"),
+    ("LynxID2025_lynx_37", "LynxID2025_lynx_37"), ("w_f48451c new_whale", "w_f48451c new_whale"), ("'abc", "'abc"), ("", ""),
+])
+def test_cells_a_spreadsheet_would_run_get_a_quote_that_reading_back_removes(text, written):
+    assert safe_cell(text) == written and plain_cell(written) == text
+    frame = pd.DataFrame({"identity": [text], "score": [-0.5]})
+    assert safe_cells(frame)["identity"].tolist() == [written] and safe_cells(frame)["score"].tolist() == [-0.5]
+    assert plain_cells(safe_cells(frame)).equals(frame)
+
+
+def test_the_detector_split_file_quotes_identity_names_that_look_like_formulas(tmp_path):
+    items = hand_made_items(tmp_path, ["=cmd|' /C calc'!A0", "=cmd|' /C calc'!A0", "-1", "@x", "b"])
+    write_yolo_dataset(items, tmp_path / "out", val_fraction=0.4, seed=0)
+    text = (tmp_path / "out" / "split.csv").read_text()
+    assert "\n=" not in text and ",=" not in text and ",@" not in text
+    split = pd.read_csv(tmp_path / "out" / "split.csv", dtype=str, keep_default_na=False)
+    assert sorted(split["identity"]) == sorted(["'=cmd|' /C calc'!A0"] * 2 + ["-1", "'@x", "b"])
+    assert sorted(plain_cells(split)["identity"]) == sorted(item.identity for item in items)
