@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import accelerate.utils
 import numpy as np
 import pandas as pd
 import pytest
@@ -15,10 +16,11 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from test_detector_annotations import hand_made_items
 
+from core.array_cache import ArrayCache
 from core.config import load_config
 from core.csv_cells import plain_cell, plain_cells, safe_cell, safe_cells
 from core.errors import ConfigError, DataError, UserError
-from core.schema import ComponentConfig, DataConfig, EvalConfig, TrainConfig
+from core.schema import ComponentConfig, DataConfig, EvalConfig, RerankConfig, TrainConfig
 from data import readable
 from data.dataset import ReIDDataset
 from data.formats import load_table
@@ -30,6 +32,7 @@ from engine.accel import make_accelerator
 from engine.cached_outputs import ImageViews, cached_outputs
 from engine.detection.annotations import write_yolo_dataset
 from engine.embed_cache import EmbeddingCache
+from engine.matching.pairs import PairMatcher
 from engine.training.checkpoint import checkpoint_dirs
 from engine.training.epochs import EpochLoop
 from engine.training.loop import Trainer
@@ -343,3 +346,76 @@ def test_the_detector_split_file_quotes_identity_names_that_look_like_formulas(t
     split = pd.read_csv(tmp_path / "out" / "split.csv", dtype=str, keep_default_na=False)
     assert sorted(split["identity"]) == sorted(["'=cmd|' /C calc'!A0"] * 2 + ["-1", "'@x", "b"])
     assert sorted(plain_cells(split)["identity"]) == sorted(item.identity for item in items)
+
+
+# --------------------------------------------------------------------------- a rank whose cache read missed
+
+
+class CountingMatcher:
+    """A matcher stand-in: pair (a, b) gets (a + b) % 5 tentative matches (too few for RANSAC)."""
+
+    name = "counting"
+
+    def match_settings(self):
+        return {"name": self.name}
+
+    def match_many(self, hub, others, flipped=False):
+        out = []
+        for other in others:
+            first, second = (other, hub) if flipped else (hub, other)
+            n = int(first["row"][0] + second["row"][0]) % 5
+            out.append((np.stack([np.arange(n), np.arange(n)[::-1]], axis=1), np.ones(n, np.float32)))
+        return out
+
+
+class RowStore:
+    matcher = CountingMatcher()
+
+    def features(self, row):
+        points = np.zeros((5, 2), np.float32)
+        return {"row": np.array([row]), "keypoints": points, "descriptors": points, "image_size": np.array([9.0, 9.0])}
+
+    def key(self, row):
+        return f"row{row}"
+
+    def prepare(self, rows, accelerator=None):
+        pass
+
+
+class SecondProcess:
+    """Rank 1 of 2, as Accelerate shows it to that process."""
+
+    process_index, num_processes, is_main_process = 1, 2, False
+
+    def wait_for_everyone(self):
+        pass
+
+
+PAIRS = [(0, 1), (0, 2), (1, 3), (2, 3), (0, 4), (3, 4)]
+
+
+def as_lists(records):
+    return [(r.first.tolist(), r.second.tolist(), r.inlier.tolist()) for r in records]
+
+
+@pytest.mark.parametrize("first_process_lacks", [[], [(0, 2), (3, 4)]])
+def test_a_process_whose_cache_read_missed_gets_the_records_from_the_others(tmp_path, monkeypatch, first_process_lacks):
+    cache = ArrayCache(tmp_path / "keypoints")
+    q_rows, g_rows = np.array([a for a, _ in PAIRS]), np.array([b for _, b in PAIRS])
+    reference = PairMatcher(RowStore(), RerankConfig(), cache, show_progress=False)
+    want = as_lists(reference.records(q_rows, g_rows))  # matched once: every record is now on disk
+    reference.stored.close()
+
+    # The other process read every record but `first_process_lacks`; this one's read timed out.
+    rank0 = PairMatcher(RowStore(), RerankConfig(), ArrayCache(None), show_progress=False)
+    rank0_holds = {p: r for p, r in zip(PAIRS, reference.records(q_rows, g_rows), strict=True) if p not in first_process_lacks}
+    nobody_has = sorted(first_process_lacks)
+    rank0_matched = {p: rank0._match_hub(p[0], [p[1]], False)[p] for p in nobody_has[0::2]}
+    sent = iter([[sorted(first_process_lacks)], [{**rank0_holds, **rank0_matched}]])
+    monkeypatch.setattr(accelerate.utils, "gather_object", lambda mine: next(sent) + mine)
+    monkeypatch.setattr(accelerate.utils, "broadcast_object_list", lambda objects: [sorted(first_process_lacks)])
+
+    engine = PairMatcher(RowStore(), RerankConfig(), cache, accelerator=SecondProcess(), show_progress=False)
+    monkeypatch.setattr(engine.stored, "load_many", lambda keys: {})
+    assert as_lists(engine.records(q_rows, g_rows)) == want
+    assert engine.matched == len(nobody_has[1::2]), "only pairs no process held are matched, each by one process"
