@@ -30,23 +30,21 @@ from core.schema import EvalConfig
 DEFAULT_RECIPE = "configs/eval/default.yaml"  # relative to this file, so it is found from any folder
 
 
-def _files(result: dict, *names: str) -> list:
-    """The output files' lines: the submission, then `names` that the run wrote, metrics, manifest, report."""
-    out = result["output_dir"]
-    lines = [f"submission: {result['submission']}"]
-    lines += [f"{name}: {result[name]}" for name in names if result.get(name)]
-    if result.get("metrics"):
-        lines.append(f"metrics: {out}/metrics.json")
-    lines.append(f"manifest: {out}/manifest.json")
-    if result.get("report"):
-        lines.append(f"report: {result['report']}")
+def _files(result, table: str) -> list:
+    """The output files' lines: the submission, the task's table, metrics, manifest, report."""
+    lines = [f"submission: {result.submission}", f"{table}: {result.table}"]
+    if result.metrics:
+        lines.append(f"metrics: {result.output_dir / 'metrics.json'}")
+    lines.append(f"manifest: {result.output_dir / 'manifest.json'}")
+    if result.report:
+        lines.append(f"report: {result.report}")
     return lines
 
 
-def cluster_summary(result: dict) -> str:
+def cluster_summary(result) -> str:
     """task=cluster: the mean ARI (and the population estimate) where the test images carry labels."""
     lines = []
-    metrics = result.get("metrics")
+    metrics = result.metrics
     if metrics:
         lines.append(f"mean ARI {metrics['ARI']:.4f}  AMI {metrics['AMI']:.4f}  B-cubed F1 {metrics['bcubed_F1']:.4f}  "
                      f"({metrics['images']} labelled test images)")
@@ -55,11 +53,9 @@ def cluster_summary(result: dict) -> str:
     return "\n".join(lines + _files(result, "clusters"))
 
 
-def summary(result: dict) -> str:
-    if "clusters" in result:
-        return cluster_summary(result)
+def identify_summary(result) -> str:
     lines = []
-    metrics = result.get("metrics")
+    metrics = result.metrics
     if metrics:
         tuned = metrics["tuned"]
         lines.append(f"score {tuned['score']:.4f}  BAKS {tuned['BAKS']:.4f}  BAUS {tuned['BAUS']:.4f}  "
@@ -72,21 +68,27 @@ def summary(result: dict) -> str:
 
 
 @cli_entry
-def main(argv=None) -> dict:
+def main(argv=None):
+    """The run's RunResult (engine.outputs.writer) on the main process, None on the others and with --print-config."""
     import engine.components  # noqa: F401  (the built-in names a config may use, registered)
 
     args, cfg = parse_config(EvalConfig, config_parser(__doc__, DEFAULT_RECIPE, "models=[runs/x/export]"), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
-        return {}
-    from engine.accel import (  # heavy imports only once the config is known to be valid
-        eval_precision,
-        make_accelerator,
-    )
-    from engine.evaluation.pipeline import run_evaluation
+        return None
+    # Heavy imports only once the config is known to be valid.
+    from engine.accel import eval_precision, make_accelerator
 
+    if cfg.task == "cluster":
+        from engine.cluster.pipeline import run_clustering as run
+
+        summary = cluster_summary
+    else:
+        from engine.identify.pipeline import run_identification as run
+
+        summary = identify_summary
     accelerator = make_accelerator(eval_precision())
-    result = run_evaluation(cfg, accelerator)
-    if accelerator.is_main_process:
+    result = run(cfg, accelerator)
+    if result is not None:
         print(summary(result))
     return result
 

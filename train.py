@@ -7,8 +7,9 @@
     python train.py --config configs/train/detector_yolo.yaml            # a crop detector (task: detector)
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
-The run's folder (output_dir) is marked with reidzoo-run.json: a new run there replaces that run's
-checkpoints, and a folder train.py did not create is refused rather than overwritten.
+The run's folder (output_dir) is marked with reidzoo-run.json and locked while the run lasts. A new
+run in a folder holding an earlier run's checkpoints needs --resume or --overwrite; a folder
+train.py did not create is refused rather than overwritten.
 """
 from __future__ import annotations
 
@@ -35,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="?",
         const="latest",
         help="continue training: the run's latest complete checkpoint, or a checkpoint folder",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an output_dir holding an earlier run: its checkpoints, best/ and loss log are deleted",
     )
     return parser
 
@@ -70,7 +76,7 @@ def main(argv=None) -> dict:
             return {}
         from engine.training.loop import train as run
 
-    result = run(cfg, resume=args.resume)
+    result = run(cfg, resume=args.resume, overwrite=args.overwrite)
     summary = "  ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result["metrics"].items())
     if os.environ.get("RANK", "0") == "0":  # once, not per process of `accelerate launch`
         print(f"done: {result['steps']} steps; exported model's validation: {summary or 'n/a'}; "

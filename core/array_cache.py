@@ -5,7 +5,9 @@ An entry is one array (`<dir>/<key[:2]>/<key>.npy`) or a group of named arrays
 (`<dir>/<key[:2]>/<key>.npz`). Writes go through a temporary file and an atomic rename, so a crash
 or a concurrent writer never leaves half an entry; an entry that cannot be read back (damaged,
 truncated, of another shape than expected) is a miss, computed again and overwritten. A disk
-that refuses writes costs speed, never the run: one warning, then the cache only reads.
+that refuses writes costs speed, never the run: one warning, then the cache only reads. The
+folder is probed when the cache is made, before the work that fills it, so that the warning
+comes first.
 """
 from __future__ import annotations
 
@@ -18,11 +20,32 @@ import numpy as np
 from numpy.lib.npyio import NpzFile
 
 from core.files import save_npy_atomic, save_npz_atomic
+from core.writable import nearest_existing, probe, reason
 
 # What np.load raises on a missing, truncated or foreign file.
 _READ_ERRORS = (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile)
 Arrays = Dict[str, np.ndarray]
 Entry = TypeVar("Entry")
+# Cache folders probed by this process: folder -> whether it takes files (one probe and warning each).
+_PROBED: Dict[Path, bool] = {}
+
+
+def _writable(directory: Path, what: str) -> bool:
+    """Whether `directory` (or, while it does not exist, the folder it would be made in) takes
+    files; warns the first time one does not."""
+    key = directory.expanduser().absolute()
+    if key not in _PROBED:
+        existing = nearest_existing(key)
+        try:
+            if not existing.is_dir():
+                raise NotADirectoryError(f"{existing} is a file")
+            probe(existing)
+            _PROBED[key] = True
+        except OSError as err:
+            _PROBED[key] = False
+            warnings.warn(f"{what} cache {directory} cannot be written ({reason(err)}): this run only reads it",
+                          stacklevel=3)
+    return _PROBED[key]
 
 
 class ArrayCache:
@@ -34,11 +57,16 @@ class ArrayCache:
     def __init__(self, directory: Optional[Union[str, Path]], *, what: str = "array"):
         self.directory = Path(directory) if directory is not None else None
         self.what = what
-        self._write_failed = False
+        self._write_failed = self.directory is not None and not _writable(self.directory, what)
 
     @property
     def enabled(self) -> bool:
         return self.directory is not None
+
+    @property
+    def writable(self) -> bool:
+        """On, and no write refused so far."""
+        return self.directory is not None and not self._write_failed
 
     def path(self, key: str, *, group: bool = False) -> Optional[Path]:
         """Where the entry of `key` lives; two-level fan-out keeps folders small at 100k+ entries."""

@@ -234,9 +234,18 @@ def _merge(base: Dict[str, Any], update: Mapping[str, Any]) -> Dict[str, Any]:
 
 
 def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
-    path = Path(path)
+    """A recipe's mapping, the files it names as `base:` merged under it."""
+    return _read_recipe(Path(path), ())
+
+
+def _read_recipe(path: Path, chain: Tuple[Path, ...]) -> Dict[str, Any]:
+    """`chain`: the files that named this one as base, so that a loop is one error, not a recursion."""
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (the base of {chain[-1]})" if chain else ""))
+    here = path.resolve()
+    if here in chain:
+        loop = " -> ".join(str(p) for p in (*chain[chain.index(here):], here))
+        raise ConfigError(f"config files name each other as base in a loop: {loop}")
     try:
         data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as err:
@@ -246,7 +255,7 @@ def read_yaml(path: Union[str, Path]) -> Dict[str, Any]:
     # A recipe may build on another: `base: ../other.yaml`, resolved relative to this file.
     base = data.pop("base", None)
     if base:
-        data = _merge(read_yaml(path.parent / base), data)
+        data = _merge(_read_recipe(path.parent / str(base), (*chain, here)), data)
     return data
 
 

@@ -2,8 +2,8 @@
 
 `ArrayCache` writes one file per entry, which suits embeddings and keypoints (one per image) but not
 the keypoint matches of every re-scored pair: tens of thousands of entries of a few hundred bytes,
-where creating, syncing and renaming a file per entry cost more than matching the pair (measured on
-a 2-core machine: 1.5 ms per pair written, about as long as the batched match itself). Here a batch
+where creating, syncing and renaming a file per entry cost as much as matching the pair
+(docs/results.md). Here a batch
 of entries is one transaction and a batch of lookups one query.
 
 An entry is a header (names, dtypes, shapes, as JSON) and the arrays' raw bytes: nothing is ever

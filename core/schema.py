@@ -15,14 +15,15 @@ scripts/bench_recipes.py's protocols (DogFaceNet-dev, LionData, ZebraStripes, th
   * ArcFace at scale 30 (margin 0.5 rad): at scale 64 a few hundred steps over hundreds of
     identities left the loss high (under-trained), and random resized crops (70-100 % of the
     area, aspect 3:4 to 4:3) with batches of 64, as photos that are not aligned faces need: on the
-    validation parts, lions 0.46 -> 0.66 and aligned dog faces unchanged (0.58 / 0.57).
-  * 96 px: 128 px gave fewer steps and a lower rank-1 (0.49 against 0.55) in the same time.
+    validation parts the lions gained much and aligned dog faces kept their score.
+  * 96 px: 128 px gave fewer steps and a lower rank-1 in the same time.
   * channels-last, and bf16 autocast where the CPU has the instructions (mixed_precision auto):
-    1.5x the steps of float32 (1363 against 913).
+    more steps than float32 in the same time.
   * regularised against memorising few individuals: colour jitter/CLAHE, rotation up to 10
     degrees, weight decay 0.05; AdamW at 1e-3 with the class centres at the same lr.
   * the last weights are exported: the schedule ends annealed, and the best validation step,
-    picked on a few dozen held-out queries, scored lower on new dogs (rank-1 0.52 against 0.55).
+    picked on a few dozen held-out queries, scored lower on new dogs.
+The figures behind each choice are in docs/results.md ("How the defaults were chosen").
 
 core/schema_rules.py says what values each key accepts; core/config.py applies it whenever a
 config is built, so a bad value stops before any data is read or model built.
@@ -197,10 +198,9 @@ class ThresholdConfig:
 
 @dataclass
 class RerankConfig:
-    # SIFT by default: on the validation parts of scripts/bench_recipes.py (default recipe, 8 min) it
-    # raised the mean open-set score 0.718 -> 0.799 (synthetic 0.615 -> 0.940; dogs, lions, zebras
-    # within 0.02), costs about 45 s per 1,000 queries on 2 CPU cores (docs/results.md), and needs no weights; its
-    # tuned weight falls to 0 where matching does not help.
+    # SIFT by default: on the validation parts of scripts/bench_recipes.py it raised the mean open-set
+    # score (most on the synthetic set, the real sets about level), is cheap on a CPU, and needs no
+    # weights; its tuned weight falls to 0 where matching does not help (figures: docs/results.md).
     matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift
     matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, batched (lightglue: null = on a GPU), ratio, threads (sift)
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads

@@ -9,7 +9,10 @@ Layout under the store root (`--zoo`, else $REIDZOO_ZOO, else ~/.cache/reidzoo/z
 Publishing writes a new version folder first and then the index (one atomic rename: the commit
 point), and only then removes the folder the name pointed to before. A publish interrupted at any
 point leaves the index and the folders it names as they were; an unlisted folder is ignored.
-Nothing is ever unpickled: weights are safetensors, metadata JSON.
+Nothing is ever unpickled: weights are safetensors, metadata JSON. An index may come from someone
+else (a shared cache, a copied zoo): every entry must name a version folder by the store's own
+naming, directly under the store, and only the store's own file names, before anything is read
+or removed; publishing removes only a version folder that carries its reidzoo.json.
 
 The store knows files, names and hashes, not what an export holds: each kind of export (`model`
 for re-identification models in zoo/, `detector` in detectors/) registers a `PublishedKind` in
@@ -40,6 +43,16 @@ WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 INDEX_VERSION = 1
 NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
+VERSION_FOLDER = re.compile(r"(?P<name>[a-z0-9][a-z0-9._-]{0,63})@[0-9a-f]{12}(-[0-9]{14})?")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+STORE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD)  # what a version folder's `files` may list
+# An index entry's fields and what each must be (as _stage writes them); `kind` came later.
+TEXT, MAPPING, INTEGER, COUNT = (str,), (dict,), (int,), (int, type(None))
+ENTRY_FIELDS = {"name": TEXT, "folder": TEXT, "files": MAPPING, "architecture": TEXT, "embed_dim": COUNT,
+                "num_classes": COUNT, "input_size": INTEGER, "licence": TEXT, "source": TEXT, "published": TEXT,
+                "model_checksum": TEXT}
+OPTIONAL_FIELDS = {"kind": TEXT}
+TYPE_WORDS = {TEXT: "text", MAPPING: "a mapping", INTEGER: "an integer", COUNT: "an integer or null"}
 
 # (name, files) -> the model card's text, once the weights and config are in the version folder.
 CardWriter = Callable[[str, Dict[str, str]], str]
@@ -80,7 +93,46 @@ def read_index(root: Optional[str | Path] = None) -> Dict[str, Dict[str, Any]]:
         raise DataError(f"the zoo index {path} is not valid JSON: {err}") from err
     if not isinstance(index, dict) or not isinstance(index.get("models"), dict):
         raise DataError(f"the zoo index {path} is not a reidzoo zoo index (no 'models' mapping)")
+    for name, entry in index["models"].items():
+        problem = _entry_problem(name, entry)
+        if problem:
+            raise DataError(f"the zoo index {path}: entry {name!r} {problem}; nothing was read or changed "
+                            "(fix or remove that entry, or publish again into a new zoo)")
     return index["models"]
+
+
+def _entry_problem(name: Any, entry: Any) -> Optional[str]:
+    """What is wrong with one index entry (None when it is as _stage writes it)."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        return "is not a zoo name"
+    if not isinstance(entry, dict):
+        return "is not a mapping"
+    for field, types in {**ENTRY_FIELDS, **OPTIONAL_FIELDS}.items():
+        if field not in entry:
+            if field in ENTRY_FIELDS:
+                return f"has no '{field}'"
+        elif isinstance(entry[field], bool) or not isinstance(entry[field], types):
+            return f"has {field} {entry[field]!r}, which must be {TYPE_WORDS[types]}"
+    if entry["name"] != name:
+        return f"is named {entry['name']!r}"
+    folder = VERSION_FOLDER.fullmatch(entry["folder"])
+    if folder is None or folder.group("name") != name:
+        return (f"names the folder {entry['folder']!r}, not a version folder of this store "
+                f"({name}@<12 hex digits>, directly under the store)")
+    return _files_problem(entry["files"])
+
+
+def _files_problem(files: Any) -> Optional[str]:
+    """What is wrong with a `files` listing (name -> sha256) of a version folder, if anything."""
+    if not isinstance(files, dict):
+        return "lists no files mapping"
+    for filename, digest in files.items():
+        if filename not in STORE_FILES:
+            return f"lists the file {filename!r}; a version folder holds only {', '.join(STORE_FILES)}"
+        if not isinstance(digest, str) or not SHA256.fullmatch(digest):
+            return f"gives {filename} the sha256 {digest!r}, not 64 hex digits"
+    missing = [filename for filename in (WEIGHTS_FILE, CONFIG_FILE) if filename not in files]
+    return f"lists no {' or '.join(missing)}" if missing else None
 
 
 def list_entries(root: Optional[str | Path] = None) -> List[Dict[str, Any]]:
@@ -96,9 +148,20 @@ def check_name(name: str) -> str:
     return name
 
 
+def check_files(files: Any, what: str) -> Dict[str, str]:
+    """`files` (name -> sha256, from an index or a Hub manifest), once it lists only the store's own
+    file names with well-formed hashes; else one DataError."""
+    problem = _files_problem(files)
+    if problem:
+        raise DataError(f"{what}: its manifest {problem}")
+    return dict(files)
+
+
 def verify_files(folder: Path, files: Dict[str, str], what: str) -> None:
-    """Every file of `files` (name -> sha256) is in `folder` with that hash; else one DataError naming it."""
-    for filename, expected in sorted(files.items()):
+    """Every file of `files` (name -> sha256) is in `folder` with that hash; else one DataError naming it.
+    `files` may come from someone else (an index, a Hub manifest): only the store's own file names
+    are looked up, so nothing outside `folder` is read."""
+    for filename, expected in sorted(check_files(files, what).items()):
         path = folder / filename
         if not path.is_file():
             raise DataError(f"{what}: {path} is missing; publish the model again")
@@ -158,8 +221,19 @@ def publish(export_dir: str | Path, name: str, *, root: Optional[str | Path] = N
     atomic_write_text(store / INDEX, json.dumps({"format_version": INDEX_VERSION, "models": index}, indent=2) + "\n")
     for key, entry in previous.items():
         if entry is not None and entry["folder"] != staged[key]["folder"]:
-            shutil.rmtree(store / entry["folder"], ignore_errors=True)
+            _remove_version(store / entry["folder"], key)
     return staged[name]
+
+
+def _remove_version(folder: Path, name: str) -> None:
+    """Remove a version folder the index no longer lists, only when it is one this store wrote (a real
+    folder carrying reidzoo.json with its name); anything else is left where it is, unlisted."""
+    try:
+        own = not folder.is_symlink() and json.loads((folder / MANIFEST).read_text()).get("name") == name
+    except (OSError, ValueError, AttributeError):
+        own = False
+    if own:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stage(source: Path, name: str, store: Path, index: Dict[str, Dict[str, Any]],

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 
 def _albumentations() -> ModuleType:
-    """albumentations, imported when a transform is built (0.25 s: eval.py whose embeddings are all
-    cached builds none). It asks PyPI for its latest version on every import, a 2-second wait and a
+    """albumentations, imported when a transform is built (an eval.py whose embeddings are all
+    cached builds none, and saves the import). It asks PyPI for its latest version on every import, a 2-second wait and a
     warning on every run of an offline machine (a GPU cluster node, say): told not to, unless the
     user set it."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")

@@ -2,7 +2,7 @@
 
 A detector finds animals (one class) in photos. The training loop (engine/detection) trains its
 `module` on batches the detector's own dataset builds, with the detector's own loss; the cropper
-(engine/detection/crops.py) calls `detect`. A new detector family is one class registered here
+(engine/crops.py) calls `detect`. A new detector family is one class registered here
 (`@DETECTORS.register("name")`), built from a `model: {name, args}` config block.
 """
 from __future__ import annotations
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from core.errors import ConfigError
 from core.registry import Registry
 
 DETECTORS = Registry("detector", name_attribute="name")
@@ -42,6 +43,15 @@ class Detector(ABC):
     name: str = ""  # the registered name, set by DETECTORS.register
     module: nn.Module
     imgsz: int
+
+    @classmethod
+    def export_args(cls, args: Mapping[str, Any], where: str) -> Dict[str, Any]:
+        """`args` of an export's `detector_args` (someone else's file), checked against what
+        `rebuild_args` writes: only architecture settings and the input size, no file, nothing
+        evaluated. A ConfigError naming `where` otherwise. A family that does not override this
+        loads no export."""
+        raise ConfigError(f"{where}: detector '{cls.name}' does not say which export arguments it accepts "
+                          "(its class overrides Detector.export_args to check them), so its exports are not loaded")
 
     @abstractmethod
     def rebuild_args(self) -> Dict[str, Any]:

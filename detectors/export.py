@@ -2,7 +2,10 @@
 
 config.json records `kind: detector`, the registered family and the arguments that rebuild its
 module (for YOLO the resolved model YAML), the input size, the training config, the validation
-metrics (mAP50, mAP50-95) and the library versions. Nothing is ever unpickled.
+metrics (mAP50, mAP50-95) and the library versions. Nothing is ever unpickled. An export may
+come from someone else: its rebuild arguments are checked by the detector family
+(`Detector.export_args`) before anything is built, and the weights are always its own
+model.safetensors.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ import torch
 from core.errors import ConfigError, DataError
 from core.files import atomic_folder, weights_checksum
 from core.store import CONFIG_FILE, WEIGHTS_FILE, published_folder
-from detectors.base import Detector, build_detector
+from detectors.base import DETECTORS, Detector, build_detector
 
 FORMAT_VERSION = 1
 KIND = "detector"
@@ -79,16 +82,32 @@ def load_detector(path: Union[str, Path]) -> Tuple[Detector, Dict[str, Any]]:
     if not isinstance(meta, dict) or meta.get("kind") != KIND:
         raise DataError(f"{root} is not a detector export (its {CONFIG_FILE} has no kind: {KIND}); "
                         "is it a re-identification model?")
-    if meta.get("format_version", 0) > FORMAT_VERSION:
-        raise ConfigError(f"{root / CONFIG_FILE} has format_version {meta['format_version']}; "
+    version = meta.get("format_version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise DataError(f"{root / CONFIG_FILE}: format_version must be an integer, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise ConfigError(f"{root / CONFIG_FILE} has format_version {version}; "
                           f"this reidzoo reads up to {FORMAT_VERSION}: upgrade it")
-    detector = build_detector(meta["architecture"], meta["detector_args"])
+    detector = build_detector(meta["architecture"], _checked_args(meta, root / CONFIG_FILE))
     try:
         safetensors.torch.load_model(detector.module, str(root / WEIGHTS_FILE), strict=True)
     except (RuntimeError, OSError, safetensors.SafetensorError) as err:
         raise DataError(f"{root / WEIGHTS_FILE} does not fit the detector in {CONFIG_FILE}: {err}") from err
     detector.module.eval()
     return detector, meta
+
+
+def _checked_args(meta: Mapping[str, Any], config: Path) -> Dict[str, Any]:
+    """The export's rebuild arguments, checked by its detector family before anything is built."""
+    architecture = meta.get("architecture")
+    if not isinstance(architecture, str) or architecture not in DETECTORS:
+        raise DataError(f"{config}: architecture {architecture!r} is not a detector family of this reidzoo "
+                        f"({', '.join(DETECTORS.names())})")
+    args = DETECTORS.get(architecture).export_args(meta.get("detector_args"), f"{config}: detector_args")
+    imgsz = meta.get("imgsz")
+    if isinstance(imgsz, bool) or not isinstance(imgsz, int) or imgsz != args.get("imgsz", imgsz):
+        raise DataError(f"{config}: imgsz {imgsz!r} must be the input size its detector_args give")
+    return args
 
 
 def detector_checksum(detector: Detector) -> str:

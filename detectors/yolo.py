@@ -2,11 +2,11 @@
 (AGPL-3.0; the `detect` extra installs it).
 
 The model is built from its YAML name (`yolov8n.yaml`, `yolo11s.yaml`: shipped inside the
-ultralytics package, so it works offline) or from a YAML dict stored in one of our exports;
-`weights` may name a safetensors file of a matching model, or a user's ultralytics `.pt` file,
-which is a pickle and is only read with `trust_pickle: true`. Training uses ultralytics' own
-dataset (mosaic, HSV, flips, affine), its loss (task-aligned assignment, DFL, CIoU) and NMS; our
-loop does the rest.
+ultralytics package, so it works offline) or from a YAML dict stored in one of our exports, checked
+first either way (detectors/yolo_cfg.py: ultralytics would evaluate parts of it); `weights` may name
+a safetensors file of a matching model. An ultralytics `.pt` file is a pickle and is never read.
+Training uses ultralytics' own dataset (mosaic, HSV, flips, affine), its loss (task-aligned
+assignment, DFL, CIoU) and NMS; our loop does the rest.
 """
 from __future__ import annotations
 
@@ -26,17 +26,20 @@ os.environ.setdefault("YOLO_OFFLINE", "1")
 _PROCESS_STATE = (cv2.getNumThreads(), Image.open, torch.save)
 
 import numpy as np  # noqa: E402
+import safetensors  # noqa: E402
 from safetensors.torch import load_file  # noqa: E402
 from ultralytics.cfg import get_cfg  # noqa: E402
 from ultralytics.data import build_yolo_dataset  # noqa: E402
 from ultralytics.data.augment import LetterBox  # noqa: E402
 from ultralytics.data.dataset import YOLODataset  # noqa: E402
-from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+from ultralytics.nn.modules import Conv  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel, yaml_model_load  # noqa: E402
 from ultralytics.utils import DEFAULT_CFG, DEFAULT_CFG_DICT, nms, ops  # noqa: E402
 
 from core.errors import ConfigError, DataError  # noqa: E402
 from core.suggest import did_you_mean  # noqa: E402
 from detectors.base import DETECTORS, Detections, Detector  # noqa: E402
+from detectors.yolo_cfg import activation_module, check_cfg, check_export_args  # noqa: E402
 
 cv2.setNumThreads(_PROCESS_STATE[0])
 Image.open, torch.save = _PROCESS_STATE[1:]
@@ -63,32 +66,49 @@ def hyperparameters(hyp: Mapping[str, Any], imgsz: int):
 
 
 def _model_yaml(cfg: Union[str, Dict[str, Any]]) -> DetectionModel:
+    """The model of a YAML name (or file) or of a model dict, the dict checked before it is built."""
+    if isinstance(cfg, str):
+        try:
+            loaded = yaml_model_load(cfg)
+        except FileNotFoundError as err:
+            raise ConfigError(
+                f"model.args.cfg: no ultralytics model YAML named {cfg!r} ({err}); use a name such as yolov8n.yaml, "
+                "yolo11n.yaml or yolo26n.yaml (sizes n, s, m, l, x)"
+            ) from None
+        loaded["yaml_file"] = Path(loaded["yaml_file"]).name  # recorded in exports: a name, not this machine's path
+        cfg = loaded
+    checked = check_cfg(cfg, "model.args.cfg")
+    activation = checked.pop("activation", None)
+    default = Conv.default_act
+    # ultralytics would eval() the string: the checked one is built from our table instead, the way
+    # parse_model sets it, as every Conv's activation, for this model only.
+    Conv.default_act = activation_module(activation) if activation else default
     try:
-        return DetectionModel(cfg, nc=len(CLASS_NAMES), ch=3, verbose=False)
-    except FileNotFoundError as err:
-        raise ConfigError(
-            f"model.args.cfg: no ultralytics model YAML named {cfg!r} ({err}); use a name such as yolov8n.yaml, "
-            "yolo11n.yaml or yolo26n.yaml (sizes n, s, m, l, x)"
-        ) from None
+        model = DetectionModel(checked, nc=len(CLASS_NAMES), ch=3, verbose=False)
+    except (TypeError, ValueError, IndexError, KeyError, RuntimeError, AttributeError) as err:
+        raise ConfigError(f"model.args.cfg does not describe a YOLO model ultralytics can build: "
+                          f"{type(err).__name__}: {err}") from None
+    finally:
+        Conv.default_act = default
+    if activation:
+        model.yaml["activation"] = activation
+    return model
 
 
-def _load_weights(model: DetectionModel, weights: str, trust_pickle: bool) -> None:
+def _load_weights(model: DetectionModel, weights: str) -> None:
     path = Path(weights).expanduser()
     if not path.is_file():
         raise DataError(f"model.args.weights: {path} not found (weights are never downloaded here: "
-                        "give a local .safetensors file, or an ultralytics .pt file with trust_pickle=true)")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    elif trust_pickle:
-        # An ultralytics checkpoint pickles the whole model object: only for files the user trusts.
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-        source = saved.get("ema") or saved.get("model") if isinstance(saved, dict) else saved
-        state = source.float().state_dict()
-    else:
+                        "give a local .safetensors file)")
+    if path.suffix != ".safetensors":
         raise ConfigError(
-            f"model.args.weights: {path} is a pickle (an ultralytics .pt file), which can run code when read; "
-            "set model.args.trust_pickle=true only for a file you trust, or convert it to .safetensors"
+            f"model.args.weights: {path} is not a .safetensors file; an ultralytics .pt file is a pickle, which can "
+            "run code when read, and reidzoo never reads one: convert it once (docs/detectors.md says how)"
         )
+    try:
+        state = load_file(str(path))
+    except (OSError, safetensors.SafetensorError) as err:
+        raise DataError(f"model.args.weights: {path} cannot be read as safetensors: {err}") from None
     own = model.state_dict()
     # A checkpoint of another class count has another head: load what fits, as ultralytics does.
     fitting = {k: v for k, v in state.items() if k in own and v.shape == own[k].shape}
@@ -99,14 +119,13 @@ def _load_weights(model: DetectionModel, weights: str, trust_pickle: bool) -> No
 
 @DETECTORS.register("yolo")
 class YoloDetector(Detector):
-    """args: cfg (YAML name or dict), weights (optional file), trust_pickle, imgsz (set by the run)."""
+    """args: cfg (YAML name or dict), weights (optional .safetensors file), imgsz (set by the run)."""
 
-    def __init__(self, cfg: Union[str, Dict[str, Any]] = "yolov8n.yaml", weights: str = "",
-                 trust_pickle: bool = False, imgsz: int = 320):
+    def __init__(self, cfg: Union[str, Dict[str, Any]] = "yolov8n.yaml", weights: str = "", imgsz: int = 320):
         self.module = _model_yaml(cfg)
         self.module.names = dict(CLASS_NAMES)
         if weights:
-            _load_weights(self.module, weights, trust_pickle)
+            _load_weights(self.module, weights)
         self.imgsz = int(imgsz)
         self.hyp = hyperparameters({}, self.imgsz)
         self.module.args = self.hyp  # the loss reads its gains (box, cls, dfl) from here
@@ -116,6 +135,10 @@ class YoloDetector(Detector):
         self.hyp = hyperparameters(hyp, self.imgsz)
         self.module.args = self.hyp
         self.module.criterion = None  # rebuilt with the new gains at the next loss
+
+    @classmethod
+    def export_args(cls, args: Mapping[str, Any], where: str) -> Dict[str, Any]:
+        return check_export_args(args, where)
 
     def rebuild_args(self) -> Dict[str, Any]:
         # The resolved YAML dict, so that rebuilding needs neither the YAML file nor its version.

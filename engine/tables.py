@@ -11,7 +11,7 @@ from data.formats import load_table
 def dataset_table(cfg: DataConfig) -> pd.DataFrame:
     table = load_table(cfg)
     if cfg.crop.detector:
-        from engine.detection.crops import crop_table  # loads the detector (ultralytics) only when asked
+        from engine.crops import crop_table  # loads the detector (ultralytics) only when asked
 
         table = crop_table(table, cfg.crop)
     return table

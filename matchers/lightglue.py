@@ -7,7 +7,7 @@ LightGlue try a download, and a damaged one fail deep inside torch; both stop he
 message naming the file and how to get it back. Files are read with `weights_only=True`.
 
 On CPU, LightGlue's adaptive depth and point pruning make one pair at a time the fastest way
-(0.2 s per pair at 512 keypoints on 2 cores; batching pairs padded to one length was slower). On a
+(batching pairs padded to one length was slower; docs/results.md). On a
 GPU `match_many` batches a hub's pairs by size (partners with the same number of keypoints, which
 ALIKED's fixed top-k makes the common case) up to BATCH_PAIRS per call. LightGlue decides its
 adaptive depth over a whole batch and its point pruning is only correct for one pair, so a batch

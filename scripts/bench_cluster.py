@@ -55,9 +55,9 @@ def one_size(n: int, methods: list, k: int) -> dict:
     from sklearn.metrics import adjusted_rand_score
 
     from core.schema import RetrievalConfig
-    from engine.clustering.graph import Graph, knn_pairs, unique_pairs
-    from engine.clustering.methods import CLUSTERERS
-    from engine.evaluation.calibration import fit_calibrator
+    from engine.cluster.graph import Graph, knn_pairs, unique_pairs
+    from engine.cluster.methods import CLUSTERERS
+    from engine.scoring.calibration import fit_calibrator
 
     times = {}
     start = time.perf_counter()

@@ -153,7 +153,7 @@ def dbscan_baseline(protocol: Path, part: str, export: Path, args, seed: int) ->
     from core.config import load_config
     from core.schema import EvalConfig
     from data.splits import gallery_and_query
-    from engine.evaluation.model_outputs import all_model_outputs
+    from engine.scoring.model_outputs import all_model_outputs
     from engine.tables import dataset_table
 
     cfg = load_config(EvalConfig, None, ["task=cluster", "data.format=animalclef2026", f"data.root={protocol / part}",

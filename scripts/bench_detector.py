@@ -45,8 +45,8 @@ from data.synthetic import ensure_synthetic  # noqa: E402
 from data.synthetic_scene import box_iou  # noqa: E402
 from detectors import load_detector  # noqa: E402
 from detectors.reference import ultralytics_batch_times  # noqa: E402
+from engine.crops import crop_with_manifest  # noqa: E402
 from engine.detection.annotations import load_annotations, write_yolo_dataset  # noqa: E402
-from engine.detection.crops import crop_with_manifest  # noqa: E402
 from engine.detection.loop import DetectorTrainer  # noqa: E402
 from engine.detection.validation import measure_map  # noqa: E402
 from scripts.benchmarking import cpu_line  # noqa: E402

@@ -40,12 +40,12 @@ import engine.components  # noqa: E402,F401  (the built-in names a config may us
 from core.array_cache import ArrayCache  # noqa: E402
 from core.errors import DataError, cli_entry  # noqa: E402
 from core.schema import RerankConfig, RetrievalConfig  # noqa: E402
-from engine.evaluation.calibration import fit_calibrator  # noqa: E402
-from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for  # noqa: E402
-from engine.evaluation.voting import vote  # noqa: E402
 from engine.matching.keypoints import KeypointStore  # noqa: E402
 from engine.matching.pairs import PairMatcher  # noqa: E402
 from engine.matching.scorer import MatcherScorer  # noqa: E402
+from engine.scoring.calibration import fit_calibrator  # noqa: E402
+from engine.scoring.scorers import MatchSpace, ModelOutput, scorers_for  # noqa: E402
+from engine.scoring.voting import vote  # noqa: E402
 from matchers import build_matcher  # noqa: E402
 from scripts.benchmarking import cpu_line  # noqa: E402
 

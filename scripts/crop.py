@@ -27,7 +27,7 @@ from core.schema import SYNTHETIC, CropConfig, DataConfig  # noqa: E402
 from core.schema_rules import BOX_CHOICES  # noqa: E402
 from data.formats import DATASETS, load_table_with_root  # noqa: E402
 from detectors import load_detector  # noqa: E402
-from engine.detection.crops import crop_with_manifest  # noqa: E402
+from engine.crops import crop_with_manifest  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from core.schema import DataConfig
 from data.formats import load_table
 from data.splits import gallery_and_query
-from engine.cached_outputs import ImageViews
-from engine.embed_cache import EmbeddingCache, image_list_fingerprint
-from engine.member_features import load_recorded_members, member_features
+from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint
+from engine.scoring.member_features import load_recorded_members, member_features
 from zoo.loading import load_for_eval
 
 fusion_dir, cache_dir = sys.argv[1], sys.argv[2]

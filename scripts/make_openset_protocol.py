@@ -17,6 +17,8 @@ the set on which recipe settings are chosen, so that the test part is never used
                            query (an identity with one image stays in the database); query rows
                            keep their true identity so eval.py can score them.
   OUT/protocol.json        the arguments and the counts of each part
+  OUT/.reidzoo-protocol    the mark of a folder this script made: only such a folder (or an empty
+                           one) is ever replaced, since --out could name anything
 Every folder links the source images (`OUT/*/images -> ROOT`), nothing is copied. Use them as
 `data.format=animalclef2025 data.root=OUT/train` (train.py) and `.../OUT/test` (eval.py).
 The same seed and fractions always give the same parts; with --val-fraction 0 the train and test
@@ -45,6 +47,9 @@ from data.splits import identity_split, open_set_split  # noqa: E402
 
 COLUMNS = ["image_id", "identity", "path", "split", "dataset", "species", "orientation", "date", "bbox"]
 PROTOCOL_FILE = "protocol.json"
+MARKER = ".reidzoo-protocol"
+MARKER_TEXT = "made by scripts/make_openset_protocol.py, which may replace this folder as a whole\n"
+RECORD_KEYS = {"source", "arguments", "parts"}  # protocol.json, as versions before the marker wrote it
 SPLIT_DEFAULTS = {"train_fraction": 0.5, "val_fraction": 0.0, "unknown_fraction": 0.2, "query_fraction": 0.2, "seed": 0}
 
 
@@ -91,24 +96,35 @@ def split_protocol(table: pd.DataFrame, *, train_fraction: float, val_fraction: 
 
 
 def _is_protocol_folder(folder: Path) -> bool:
-    """Only an empty folder or an earlier protocol may be replaced: --out could name anything."""
-    return not any(folder.iterdir()) or (folder / PROTOCOL_FILE).is_file() or (folder / "train" / "metadata.csv").is_file()
+    """Only an empty folder or one this script made may be replaced: --out could name anything (a
+    dataset's own train/metadata.csv says nothing about who made it)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return False
+    if not any(folder.iterdir()) or (folder / MARKER).is_file():
+        return True
+    try:
+        record = json.loads((folder / PROTOCOL_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and set(record) == RECORD_KEYS
 
 
 def build_protocol(table: pd.DataFrame, source_root: Path, out: Path, **split_args) -> Dict:
     """Write the parts of `split_protocol(table, **split_args)` under `out` (replaced as a whole, so an
     interrupted build leaves no half protocol) and return what protocol.json records."""
     out = Path(out)
-    if out.is_file() or (out.is_dir() and not _is_protocol_folder(out)):
-        raise ConfigError(f"{out} exists and is not a protocol folder: choose a new or empty folder")
+    if out.exists() and not _is_protocol_folder(out):
+        raise ConfigError(f"{out} exists and is not a protocol folder this script made: choose a new or empty "
+                          "folder; nothing was written")
     arguments = {**SPLIT_DEFAULTS, **split_args}
     parts = split_protocol(table, **arguments)
     record = {"source": str(Path(source_root).resolve()), "arguments": arguments,
               "parts": {name: describe_part(part) for name, part in parts.items()}}
-    with atomic_folder(out) as staging:
+    with atomic_folder(out, may_replace=_is_protocol_folder) as staging:
         for name, part in parts.items():
             write_part(part, Path(source_root), staging / name)
         atomic_write_text(staging / PROTOCOL_FILE, json.dumps(record, indent=2) + "\n")
+        (staging / MARKER).write_text(MARKER_TEXT)
     return record
 
 

@@ -16,7 +16,7 @@ import argparse  # noqa: E402
 import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
 from core.errors import cli_entry  # noqa: E402
 from core.schema import DataConfig  # noqa: E402
-from engine.evaluation.submission import (  # noqa: E402
+from engine.outputs.submission import (  # noqa: E402
     CLUSTERS,
     COLUMNS,
     NEW_LABEL,

@@ -7,7 +7,7 @@ import numpy as np
 
 from core.config import load_config
 from core.schema import EvalConfig
-from engine.evaluation.adaptive import MARGINS, certain, choose_margin
+from engine.scoring.adaptive import MARGINS, certain, choose_margin
 from tests.test_rerank import RECIPE
 
 
@@ -28,8 +28,8 @@ def test_the_smallest_margin_that_keeps_the_validation_score_is_chosen():
 
 
 def _evaluate(adaptive: bool):
-    from engine.evaluation.decision import evaluate_outputs
-    from engine.evaluation.scorers import ModelOutput
+    from engine.identify.decision import evaluate_outputs
+    from engine.scoring.scorers import ModelOutput
     from tests.embedding_worlds import clustered
 
     gallery, query, vectors = clustered(seed=1, identities=12, noise=0.05)  # tight identities: most queries certain

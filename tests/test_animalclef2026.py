@@ -9,7 +9,7 @@ from core.errors import ConfigError, DataError
 from core.schema import DataConfig
 from data.formats import load_table
 from data.synthetic_animalclef2026 import NO_TRAIN_DATASET, generate_animalclef2026
-from engine.evaluation.submission import build_submission, submission_kind, validate_submission
+from engine.outputs.submission import build_submission, submission_kind, validate_submission
 from scripts import validate_submission as validator
 
 

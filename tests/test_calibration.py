@@ -6,14 +6,14 @@ import pytest
 from sklearn.isotonic import IsotonicRegression
 
 from core.errors import ConfigError, DataError
-from engine.evaluation.calibration import (
+from engine.retrieval import l2_normalize
+from engine.scoring.calibration import (
     RAMP_SHARE,
     Calibrator,
     fit_calibrator,
     pair_scores_for_calibration,
     soft_vote,
 )
-from engine.retrieval import l2_normalize
 
 
 def _noisy_pairs(n=2000, seed=0):

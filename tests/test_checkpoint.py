@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from core.errors import ConfigError, UserError
-from engine.training import checkpoint
-from engine.training.checkpoint import RUN_MARKER, find_checkpoint, read_state
+from engine.training import checkpoint, run_folder
+from engine.training.checkpoint import find_checkpoint, read_state
+from engine.training.run_folder import RUN_MARKER
 from engine.training.schedule import build_scheduler
 
 CONFIG = {"model": {"name": "embedder", "args": {"backbone": "test_resnet", "embed_dim": 4, "pretrained": False}},
@@ -216,27 +217,30 @@ def test_someone_elses_folder_is_refused_and_left_alone(tmp_path):
     (out / "checkpoints" / "thesis.tex").write_text("years of work")
     for fresh in (True, False):
         with pytest.raises(ConfigError, match=f"holds checkpoints but is not a train.py run folder .no {RUN_MARKER}"):
-            checkpoint.claim_run_dir(out, fresh=fresh)
+            run_folder.claim_run_dir(out, fresh=fresh)
     assert (out / "checkpoints" / "thesis.tex").read_text() == "years of work"
     assert sorted(p.name for p in out.rglob("*")) == ["checkpoints", "thesis.tex"]
     (tmp_path / "file").write_text("")
     with pytest.raises(ConfigError, match="is a file"):
-        checkpoint.check_run_dir(tmp_path / "file")
+        run_folder.check_run_dir(tmp_path / "file")
 
 
 def test_a_run_folder_is_claimed_then_reused(tmp_path):
     out = tmp_path / "notes"
     out.mkdir()
     (out / "README.txt").write_text("mine")  # none of the names a run writes: the run may live here
-    checkpoint.claim_run_dir(out, fresh=True)
+    run_folder.claim_run_dir(out, fresh=True)
     assert (out / RUN_MARKER).is_file()
     (out / "checkpoints" / "step-000001").mkdir(parents=True)
     (out / "best").mkdir()
     (out / "loss.jsonl").write_text("{}\n")
     (out / "export").mkdir()
-    checkpoint.claim_run_dir(out, fresh=False)  # a resume keeps everything
+    run_folder.claim_run_dir(out, fresh=False)  # a resume keeps everything
+    assert (out / "checkpoints" / "step-000001").is_dir() and (out / "best").is_dir()
+    with pytest.raises(ConfigError, match="holds an earlier run's checkpoints, best, loss.jsonl: continue it with --resume"):
+        run_folder.claim_run_dir(out, fresh=True)  # a forgotten --resume deletes nothing
     assert (out / "checkpoints" / "step-000001").is_dir() and (out / "best").is_dir()
     said = []
-    checkpoint.claim_run_dir(out, fresh=True, say=said.append)
+    run_folder.claim_run_dir(out, fresh=True, overwrite=True, say=said.append)
     assert sorted(p.name for p in out.iterdir()) == ["README.txt", "export", RUN_MARKER]
     assert "checkpoints, best, loss.jsonl are removed" in said[0]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import adjusted_mutual_info_score, adjusted_rand_score
 
-from engine.cluster_metrics import bcubed_scores, cluster_scores, clustering_report, pairwise_scores
+from engine.cluster.metrics import bcubed_scores, cluster_scores, clustering_report, pairwise_scores
 
 TRUTH = ["a", "a", "a", "b", "b", "c"]
 CLUSTERS = [1, 1, 2, 2, 2, 3]

@@ -14,11 +14,11 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig, RetrievalConfig
 from data.synthetic_animalclef2026 import NO_TRAIN_DATASET, generate_animalclef2026
-from engine.clustering.graph import Graph, knn_pairs, unique_pairs
-from engine.clustering.methods import CLUSTERERS
-from engine.clustering.tuning import best_of_curve
-from engine.evaluation.pipeline import run_evaluation
-from engine.evaluation.submission import check_submission, read_submission
+from engine.cluster.graph import Graph, knn_pairs, unique_pairs
+from engine.cluster.methods import CLUSTERERS
+from engine.cluster.pipeline import run_clustering
+from engine.cluster.tuning import best_of_curve
+from engine.outputs.submission import check_submission, read_submission
 from zoo import build_model, save_export
 
 METHODS = ["agglomerative", "components", "leiden"]
@@ -111,7 +111,7 @@ def config(world, out: str, *overrides: str) -> EvalConfig:
 
 @pytest.fixture(scope="module")
 def first_run(world):
-    return run_evaluation(config(world, "out"))
+    return run_clustering(config(world, "out"))
 
 
 def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
@@ -144,19 +144,19 @@ def test_a_fixed_threshold_and_every_method_give_valid_submissions(world, first_
     from engine.tables import dataset_table
 
     for method in METHODS:
-        result = run_evaluation(config(world, f"fixed-{method}", f"cluster.method={method}", "cluster.threshold=0.5",
+        result = run_clustering(config(world, f"fixed-{method}", f"cluster.method={method}", "cluster.threshold=0.5",
                                        "report=false"))
-        assert result["thresholds"]["per_dataset"][NO_TRAIN_DATASET] == 0.5
-        check_submission(result["submission"], dataset_table(config(world, "x").data), "animalclef2026")
+        assert result.decisions["per_dataset"][NO_TRAIN_DATASET] == 0.5
+        check_submission(result.submission, dataset_table(config(world, "x").data), "animalclef2026")
 
 
 def test_cluster_config_errors(world):
     with pytest.raises(ConfigError, match="cluster.method"):
         load_config(EvalConfig, None, ["cluster.method=kmeans"])
     with pytest.raises(ConfigError, match="has no argument 'min_edge'"):
-        run_evaluation(config(world, "bad", "cluster.method=components", "cluster.args={min_edge: 2}"))
+        run_clustering(config(world, "bad", "cluster.method=components", "cluster.args={min_edge: 2}"))
     with pytest.raises(ConfigError, match="does not fit task=cluster"):
-        run_evaluation(config(world, "bad", "submission=animalclef"))
+        run_clustering(config(world, "bad", "submission=animalclef"))
 
 
 def test_eval_cli_prints_the_clustering_summary(world, first_run, capsys):
@@ -180,7 +180,7 @@ def test_two_processes_give_the_same_clusters_as_one(world, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     common = [o for o in config_overrides(world) if not o.startswith(("output_dir", "rerank.matcher"))]
     common += ["rerank.matcher=sift", "rerank.side=128", "rerank.max_keypoints=64", f"rerank.cache={tmp_path / 'k1'}"]
-    run_evaluation(load_config(EvalConfig, None, common + [f"output_dir={tmp_path / 'one'}"]))
+    run_clustering(load_config(EvalConfig, None, common + [f"output_dir={tmp_path / 'one'}"]))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -203,11 +203,11 @@ def test_a_plain_folder_of_photos_is_clustered_with_a_given_threshold(world, tmp
     plain = [o for o in config_overrides(world, "plain") if not o.startswith(("data.format", "data.root"))]
     plain += ["data.format=folders", f"data.query_root={photos}", "report=false"]
     with pytest.raises(DataError, match="set cluster.threshold"):
-        run_evaluation(load_config(EvalConfig, None, plain))
-    result = run_evaluation(load_config(EvalConfig, None, plain + ["cluster.threshold=0.9"]))
-    submission = read_submission(result["submission"])
+        run_clustering(load_config(EvalConfig, None, plain))
+    result = run_clustering(load_config(EvalConfig, None, plain + ["cluster.threshold=0.9"]))
+    submission = read_submission(result.submission)
     assert len(submission) == 12 and submission["cluster"].str.startswith("cluster_photos_").all()
-    assert result["metrics"] is None
+    assert result.metrics is None
 
 
 @pytest.mark.slow  # a fresh process per size (imports torch): about 10 s alone, 30 s on busy shared cores
@@ -220,9 +220,9 @@ def test_bench_cluster_scale_mode_prints_its_table(capsys):
 
 
 def test_the_matchers_weight_on_the_edges_is_chosen_by_ari_on_held_out_identities():
-    from engine.clustering.pipeline import graph_scorers
-    from engine.clustering.tuning import tune
-    from engine.evaluation.scorers import MatchSpace, ModelOutput
+    from engine.cluster.pipeline import graph_scorers
+    from engine.cluster.tuning import tune
+    from engine.scoring.scorers import MatchSpace, ModelOutput
     from tests.embedding_worlds import OracleMatcher, clustered
 
     # A weak model (noisy embeddings) and a matcher that knows the truth.

@@ -191,8 +191,8 @@ def test_the_names_the_schema_accepts_are_the_ones_the_code_knows():
 
     from data.transforms import TTA_VIEWS
     from engine import retrieval
-    from engine.evaluation.calibration import METHODS
-    from engine.evaluation.submission import COLUMNS
+    from engine.outputs.submission import COLUMNS
+    from engine.scoring.calibration import METHODS
     from engine.training.validation import open_set_metrics
     from matchers.geometry import GEOMETRIES
 

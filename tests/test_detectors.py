@@ -20,7 +20,7 @@ from core.schema import CropConfig, DataConfig
 from data.formats import load_table
 from data.synthetic import generate
 from detectors import build_detector, detector_checksum, load_detector, save_detector
-from engine.detection.crops import choose_box, crop_with_manifest
+from engine.crops import choose_box, crop_with_manifest
 from engine.tables import dataset_table
 
 TINY_RUN = ["imgsz=64", "train.batch_size=4", "train.max_minutes=0", "train.warmup_steps=0", "train.log_every=1",
@@ -87,12 +87,14 @@ def test_unknown_hyperparameters_and_model_yamls_are_refused_with_a_suggestion()
         build_detector("yolo", {"cfg": "yolov99z.yaml"})
 
 
-def test_a_pickled_weights_file_is_refused_unless_trusted(tmp_path):
+def test_a_pickled_weights_file_is_never_read(tmp_path):
     marker = tmp_path / "ran"
     pickled = tmp_path / "yolo.pt"
     torch.save({"model": _Exploit(str(marker))}, pickled)
-    with pytest.raises(ConfigError, match="is a pickle"):
+    with pytest.raises(ConfigError, match="not a .safetensors file"):
         build_detector("yolo", {"cfg": "yolov8n.yaml", "weights": str(pickled), "imgsz": 64})
+    with pytest.raises(ConfigError, match="no argument 'trust_pickle'"):
+        build_detector("yolo", {"cfg": "yolov8n.yaml", "weights": str(pickled), "trust_pickle": True, "imgsz": 64})
     assert not marker.exists()
     with pytest.raises(DataError, match="not found"):
         build_detector("yolo", {"cfg": "yolov8n.yaml", "weights": str(tmp_path / "absent.safetensors")})

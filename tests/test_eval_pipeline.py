@@ -13,14 +13,16 @@ import eval as eval_cli
 from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
-from engine import cached_outputs
-from engine.evaluation import lazy_model, pipeline
-from engine.evaluation.baselines import pixel_baseline
-from engine.evaluation.decision import evaluate_outputs, tuning_split
-from engine.evaluation.model_outputs import voting_classes
-from engine.evaluation.pipeline import run_evaluation
-from engine.evaluation.scorers import ModelOutput
-from engine.evaluation.submission import check_submission, read_submission
+from engine.identify import pipeline
+from engine.identify.baselines import pixel_baseline
+from engine.identify.decision import evaluate_outputs
+from engine.identify.heldout import tuning_split
+from engine.identify.pipeline import run_identification
+from engine.outputs.html import models_row, short_model_names, shortened
+from engine.outputs.submission import check_submission, read_submission
+from engine.scoring import cached_outputs, lazy_model
+from engine.scoring.model_outputs import voting_classes
+from engine.scoring.scorers import ModelOutput
 from tests.embedding_worlds import clustered
 from zoo import build_model, model_checksum, save_export
 
@@ -49,7 +51,7 @@ def config(world, out_name: str, *overrides: str) -> EvalConfig:
 
 @pytest.fixture(scope="module")
 def first_run(world):
-    return run_evaluation(config(world, "out"))
+    return run_identification(config(world, "out"))
 
 
 def test_end_to_end_writes_valid_outputs(world, first_run):
@@ -57,7 +59,7 @@ def test_end_to_end_writes_valid_outputs(world, first_run):
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "metrics.json", "predictions.csv",
                                                      "report.html", "submission.csv"]
     table = pd.read_csv(world["root"] / "metadata.csv", dtype=str)
-    check_submission(out / "submission.csv", pipeline.load_evaluation_data(config(world, "out")).table, "animalclef")
+    check_submission(out / "submission.csv", pipeline.load_identify_data(config(world, "out")).table, "animalclef")
     assert len(read_submission(out / "submission.csv")) == (table["split"] == "query").sum()
 
     metrics = json.loads((out / "metrics.json").read_text())
@@ -77,7 +79,9 @@ def test_end_to_end_writes_valid_outputs(world, first_run):
     report = (out / "report.html").read_text()
     assert report.count("<svg") >= 3 and "data:image/jpeg;base64," in report
     assert 'src="http' not in report and "<script" not in report, "the report must be self-contained"
-    assert first_run["metrics"] == metrics
+    # The model by its short name on every caption, its full path once in the header.
+    assert report.count(str(world["export"])) == 1 and report.count("eval0: ") > 1
+    assert first_run.metrics == metrics
     assert not [p for p in world["base"].iterdir() if p.name.startswith(".out.")], "no staging folder left"
 
 
@@ -90,44 +94,44 @@ def test_rerun_with_other_settings_reads_embeddings_from_the_cache(world, first_
 
     monkeypatch.setattr(cached_outputs, "extract", no_extraction)
     monkeypatch.setattr(lazy_model, "load_for_eval", not_built)
-    result = run_evaluation(config(world, "out2", "calibration=logistic", "threshold.value=0.5",
+    result = run_identification(config(world, "out2", "calibration=logistic", "threshold.value=0.5",
                                    "retrieval.aggregation=mean_top_m", "report=false"))
-    assert result["threshold"]["global"] == 0.5 and result["report"] is None
+    assert result.decisions["global"] == 0.5 and result.report is None
     assert not (world["base"] / "out2" / "report.html").exists()
 
 
 def test_humpback_submission_has_five_guesses(world, first_run):
-    run_evaluation(config(world, "hump", "submission=humpback", "threshold.per_dataset=false", "report=false"))
+    run_identification(config(world, "hump", "submission=humpback", "threshold.per_dataset=false", "report=false"))
     path = world["base"] / "hump" / "submission.csv"
-    check_submission(path, pipeline.load_evaluation_data(config(world, "x")).table, "humpback")
+    check_submission(path, pipeline.load_identify_data(config(world, "x")).table, "humpback")
     frame = read_submission(path)
     assert list(frame.columns) == ["Image", "Id"]
     assert frame["Id"].str.split().map(lambda guesses: len(set(guesses))).eq(5).all()
 
 
 def test_classifier_votes_with_its_softmax(world, first_run):
-    gallery = pipeline.load_evaluation_data(config(world, "x")).gallery
+    gallery = pipeline.load_identify_data(config(world, "x")).gallery
     label_map = {identity: i for i, identity in enumerate(sorted(set(gallery["identity"])))}
     model = build_model({"name": "classifier", "args": {"backbone": TINY_BACKBONE}}, num_classes=len(label_map))
     model.input_size = SIZE
     export = save_export(model, world["base"] / "classifier", label_map=label_map)
-    run_evaluation(config(world, "cls", f"models=[{export},{world['export']}]", "weights=[1,2]", "report=false"))
+    run_identification(config(world, "cls", f"models=[{export},{world['export']}]", "weights=[1,2]", "report=false"))
     manifest = json.loads((world["base"] / "cls" / "manifest.json").read_text())
     assert [m["votes_with"] for m in manifest["models"]] == ["softmax", "embedding"]
     assert [m["weight"] for m in manifest["models"]] == [1.0, 2.0]
 
 
 def test_embedder_classifier_and_siamese_pair_head_vote_in_one_submission(world, first_run):
-    gallery = pipeline.load_evaluation_data(config(world, "x")).gallery
+    gallery = pipeline.load_identify_data(config(world, "x")).gallery
     label_map = {identity: i for i, identity in enumerate(sorted(set(gallery["identity"])))}
     classifier = build_model({"name": "classifier", "args": {"backbone": TINY_BACKBONE}}, num_classes=len(label_map))
     siamese = build_model({"name": "siamese", "args": {"backbone": TINY_BACKBONE, "embed_dim": 16}}, num_classes=0)
     classifier.input_size = siamese.input_size = SIZE
     exports = [save_export(classifier, world["base"] / "cls3", label_map=label_map),
                save_export(siamese, world["base"] / "siamese"), world["export"]]
-    run_evaluation(config(world, "three", f"models=[{','.join(map(str, exports))}]"))
+    run_identification(config(world, "three", f"models=[{','.join(map(str, exports))}]"))
     out = world["base"] / "three"
-    check_submission(out / "submission.csv", pipeline.load_evaluation_data(config(world, "x")).table, "animalclef")
+    check_submission(out / "submission.csv", pipeline.load_identify_data(config(world, "x")).table, "animalclef")
     manifest = json.loads((out / "manifest.json").read_text())
     kinds = {name: s["kind"] for name, s in manifest["scorers"].items()}
     assert sorted(kinds.values()) == ["embedding", "embedding", "pair_head", "softmax"]  # keypoints: tests/test_rerank.py
@@ -183,7 +187,7 @@ def test_empty_query_set_is_refused(world, tmp_path):
     table = pd.read_csv(world["root"] / "metadata.csv", dtype=str)
     table.assign(split="database").to_csv(root / "metadata.csv", index=False)
     with pytest.raises(DataError, match="query set is empty"):
-        run_evaluation(config(world, "noquery", f"data.root={root}"))
+        run_identification(config(world, "noquery", f"data.root={root}"))
     assert not (world["base"] / "noquery").exists()
 
 
@@ -200,15 +204,15 @@ def test_invalid_submission_leaves_the_previous_output_untouched(world, first_ru
 
     monkeypatch.setattr(pipeline, "evaluate_outputs", corrupted)
     with pytest.raises(DataError, match="neither a database identity"):
-        run_evaluation(config(world, "kept"))
+        run_identification(config(world, "kept"))
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p for p in world["base"].iterdir() if p.name.startswith(".kept.")]
 
 
 def test_an_output_dir_holding_other_files_is_refused(world, tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
-    with pytest.raises(ConfigError, match="not an eval output folder"):
-        run_evaluation(config(world, "x", f"output_dir={tmp_path}"))
+    with pytest.raises(ConfigError, match="is not a reidzoo eval output folder .it holds other files"):
+        run_identification(config(world, "x", f"output_dir={tmp_path}"))
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
 
 
@@ -267,3 +271,11 @@ def test_queries_are_matched_within_their_own_dataset_when_identities_are_namesp
     ev = evaluate_outputs(cfg, shared, query, [ModelOutput("m", vectors)])
     assert any(not identity.startswith(dataset) for dataset, candidates in zip(query["dataset"], ev.candidates)
                for identity, _ in candidates)
+
+
+def test_reports_name_models_shortly_and_tell_equal_names_apart():
+    names = short_model_names(["runs/a/export", "runs/b/export", "zoo-model", "other/a/export", "weights/m1"])
+    assert names == {"runs/a/export": "a", "runs/b/export": "b", "zoo-model": "zoo-model", "other/a/export": "a (2)",
+                     "weights/m1": "m1"}
+    assert shortened("runs/a/export #2 [pair_head]", names) == "a #2 [pair_head]"
+    assert models_row(["runs/a/export", "zoo-model"], names) == ["models", "a = runs/a/export; zoo-model"]

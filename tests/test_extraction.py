@@ -10,13 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from engine.embed_cache import (
-    EmbeddingCache,
-    cache_key,
-    image_list_fingerprint,
-    resolve_embed_cache_dir,
-    transform_description,
-)
 from engine.extraction import (
     EMBEDDING,
     LOGITS,
@@ -24,6 +17,13 @@ from engine.extraction import (
     _share,
     extract,
     extract_embeddings,
+)
+from engine.scoring.embed_cache import (
+    EmbeddingCache,
+    cache_key,
+    image_list_fingerprint,
+    resolve_embed_cache_dir,
+    transform_description,
 )
 
 
@@ -208,7 +208,7 @@ import sys
 import numpy as np, torch
 sys.path.insert(0, {repo!r})
 from accelerate import Accelerator
-from engine.embed_cache import EmbeddingCache
+from engine.scoring.embed_cache import EmbeddingCache
 from engine.extraction import extract
 from tests.test_extraction import Items, TinyClassifier, distributed_views
 acc = Accelerator(cpu=True)

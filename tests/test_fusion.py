@@ -20,9 +20,9 @@ from core.schema import TrainConfig
 from data.formats import load_table
 from data.splits import identity_part
 from engine.accel import eval_precision
-from engine.cached_outputs import ImageViews
-from engine.embed_cache import EmbeddingCache, image_list_fingerprint
-from engine.member_features import Member, load_members, load_recorded_members, member_features
+from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint
+from engine.scoring.member_features import Member, load_members, load_recorded_members, member_features
 from engine.training.data import build_train_data, training_rows
 from engine.training.member_data import (
     ROW,
@@ -105,7 +105,9 @@ def test_pca_is_fitted_on_training_rows_only(tiny_synthetic, members, tmp_path):
         np.testing.assert_allclose(b, expected_b, atol=1e-5)
         # Fitting on every row (queries included) would give another centre: the test can fail.
         assert not np.allclose(b, fit_pca(block, 8, whiten=False)[1], atol=1e-5)
-    assert [m["spec"] for m in data.model_args["members"]] == members
+    # Recorded relative to the export that will name them (tests/test_trust.py moves one)
+    export = tmp_path / "run" / "export"
+    assert [os.path.normpath(export / m["spec"]) for m in data.model_args["members"]] == members
     assert data.model_args["pca_dims"] == [8, 8] and data.model_args["members"][1]["dim"] == 96  # test_resnet's pooled features
     reduced = np.concatenate([block[train_rows] @ a.T + b for block, (a, b) in zip(features, recorded, strict=True)], 1)
     expected = fit_learned_whitening(reduced, data.train_table["identity"].astype(str).to_numpy(), 16, 0.2)

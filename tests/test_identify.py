@@ -18,7 +18,7 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import DataConfig, EvalConfig
 from data.formats import load_table
-from engine.evaluation.predictions import columns, predictions_frame, query_files
+from engine.identify.predictions import columns, predictions_frame, query_files
 from engine.visual import truth_caption
 from zoo import build_model, save_export
 
@@ -186,7 +186,7 @@ def test_predictions_list_top_identities_and_leave_missing_ranks_empty(tmp_path)
     ev = SimpleNamespace(decided=np.array(["Bo", "new_individual"], dtype=object),
                          candidates=[[("Bo", 0.91234), ("Rex", np.float32(0.2))], [("Rex", 0.3), ("Bo", 0.1)]])
     cfg = EvalConfig(data=DataConfig(format="folders", root=str(tmp_path), query_root=str(tmp_path / "new")))
-    frame = predictions_frame(cfg, query, ev)
+    frame = predictions_frame(cfg.data, query, ev)
     frame.to_csv(tmp_path / "p.csv", index=False)
     back = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False)
     assert list(back.columns) == columns() == [
@@ -200,8 +200,8 @@ def test_predictions_list_top_identities_and_leave_missing_ranks_empty(tmp_path)
 def test_predictions_name_files_relative_to_the_dataset_root(tmp_path):
     query = pd.DataFrame({"image_id": ["7", "8"], "path": [str(tmp_path / "images" / "q.jpg"), "/elsewhere/r.jpg"]})
     cfg = EvalConfig(data=DataConfig(format="animalclef2025", root=str(tmp_path)))
-    assert query_files(cfg, query) == ["images/q.jpg", "/elsewhere/r.jpg"]
-    assert query_files(EvalConfig(), query) == list(query["path"])  # generated synthetic set: absolute
+    assert query_files(cfg.data, query) == ["images/q.jpg", "/elsewhere/r.jpg"]
+    assert query_files(EvalConfig().data, query) == list(query["path"])  # generated synthetic set: absolute
 
 
 def test_captions_say_unknown_for_a_query_without_identity():
@@ -212,7 +212,7 @@ def test_captions_say_unknown_for_a_query_without_identity():
 
 
 def test_re_ranking_captions_say_unknown_for_a_query_without_identity(monkeypatch):
-    from engine.evaluation import report_rerank
+    from engine.identify import report_rerank
 
     monkeypatch.setattr(report_rerank, "_panel", lambda *args: "")
     gallery = pd.DataFrame({"identity": ["Bo", "Rex"]})
@@ -256,7 +256,7 @@ def test_eval_identifies_a_folder_of_new_photos_against_identity_folders(photo_f
         "threshold.min_queries=20"])
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "predictions.csv",
                                                      "report.html", "submission.csv"]
-    assert result["metrics"] is None and result["predictions"] == str(out / "predictions.csv")
+    assert result.metrics is None and result.table == (out / "predictions.csv").absolute()
     printed = capsys.readouterr().out
     assert f"predictions: {out / 'predictions.csv'}" in printed and "BAKS" not in printed
 

@@ -2,7 +2,11 @@
 scripts/ (and the `python -m` programs, `__main__.py`). A module imports only from its own package and
 from lower layers; the middle layer's packages do not import each other; no module imports itself back
 through others. Every import counts: at the top, inside functions, and the module names given to
-`Registry.register_lazy`."""
+`Registry.register_lazy`.
+
+Inside engine the same rule holds between its rooms (ENGINE_ROOMS): the shared modules at its root <-
+scoring, reproduce <- matching, training, outputs <- prepare <- the tasks (identify, cluster) and detection
+<- components. A room imports only itself and lower rooms, never a sibling: a task never imports another."""
 from __future__ import annotations
 
 import ast
@@ -13,6 +17,9 @@ from conftest import REPO
 
 LAYERS = {"core": 0, "data": 1, "zoo": 1, "losses": 1, "matchers": 1, "detectors": 1, "engine": 2}
 PROGRAM = 3  # train.py, eval.py, scripts/*.py and every __main__.py
+# engine's rooms: its sub-packages and the root modules named here; every other root module is 0.
+ENGINE_ROOMS = {"scoring": 1, "reproduce": 1, "matching": 2, "training": 2, "outputs": 2, "prepare": 3,
+                "identify": 4, "cluster": 4, "detection": 4, "components": 5}
 
 
 def module_files() -> Dict[str, Path]:
@@ -55,11 +62,27 @@ def import_graph() -> Dict[str, Dict[str, int]]:
     return {m: dict(imported(path, set(modules))) for m, path in modules.items()}
 
 
+def engine_room(module: str) -> Tuple[str, int]:
+    """(room, level) of an engine module: `engine.scoring.voting` -> ("scoring", 1)."""
+    parts = module.split(".")
+    name = parts[1] if len(parts) > 1 else ""
+    return (name, ENGINE_ROOMS[name]) if name in ENGINE_ROOMS else ("", 0)
+
+
+def room_violation(module: str, target: str) -> bool:
+    (own, level), (other, target_level) = engine_room(module), engine_room(target)
+    return own != other and (target_level > level or (target_level == level and level > 0))
+
+
 def layer_violations(graph: Dict[str, Dict[str, int]]) -> List[str]:
     problems = []
     for module, targets in sorted(graph.items()):
         for target, line in sorted(targets.items()):
             own, other = module.split(".")[0], target.split(".")[0]
+            if own == other == "engine" and room_violation(module, target):
+                problems.append(f"{module} (line {line}) imports {target}: inside engine a room imports only "
+                                "itself and lower rooms (tests/test_layers.py ENGINE_ROOMS)")
+                continue
             if own == other and layer(module) != PROGRAM:
                 continue
             if layer(target) > layer(module) or (layer(target) == layer(module) and own != other):
@@ -113,8 +136,13 @@ def test_no_import_cycles_between_modules():
 
 def test_the_checks_catch_what_they_are_for(tmp_path):
     graph = {"data.images": {"engine.array_cache": 3}, "detectors.export": {"zoo.published": 7},
-             "zoo.published": {"detectors.export": 9}, "engine.x": {"core.y": 1}, "zoo.__main__": {"detectors": 2}}
-    assert [p.split(" ")[0] for p in layer_violations(graph)] == ["data.images", "detectors.export", "zoo.published"]
+             "zoo.published": {"detectors.export": 9}, "engine.x": {"core.y": 1}, "zoo.__main__": {"detectors": 2},
+             "engine.cluster.tuning": {"engine.identify.decision": 4, "engine.scoring.voting": 5},
+             "engine.scoring.voting": {"engine.matching.scorer": 6, "engine.retrieval": 7},
+             "engine.retrieval": {"engine.crops": 8, "engine.outputs.html": 9}}
+    assert [p.split(" ")[0] for p in layer_violations(graph)] == [
+        "data.images", "detectors.export", "engine.cluster.tuning", "engine.retrieval", "engine.scoring.voting",
+        "zoo.published"]
     assert cycles(graph) == [["detectors.export", "zoo.published"]]
     probe = tmp_path / "probe.py"
     probe.write_text('def f():\n    import engine.tables.x\nR.register_lazy("yolo", "detectors.yolo", requires="x")\n')

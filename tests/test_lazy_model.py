@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
 
-from engine.embed_cache import EmbeddingCache
-from engine.evaluation import lazy_model
-from engine.evaluation.lazy_model import LazyModel
+from engine.scoring import lazy_model
+from engine.scoring.embed_cache import EmbeddingCache
+from engine.scoring.lazy_model import LazyModel
 from zoo import build_model, model_checksum, probe, save_export
 
 CPU = torch.device("cpu")
@@ -89,7 +89,7 @@ def test_eval_imports_no_model_loss_or_augmentation_library_before_it_needs_them
     """eval.py's start: timm and torchvision (with torch._dynamo: 1.5 s) are imported when a model is
     built, pytorch-metric-learning when a loss is, albumentations when a transform is; not when the
     registries are filled, nor for the report."""
-    code = ("import sys, engine.components, engine.evaluation.pipeline, engine.evaluation.report; "
+    code = ("import sys, engine.components, engine.identify.pipeline, engine.identify.report; "
             "print(sorted(m for m in ('timm', 'torchvision', 'pytorch_metric_learning', 'albumentations')"
             " if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)

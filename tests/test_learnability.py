@@ -11,9 +11,9 @@ from conftest import REPO
 import data.synthetic
 from core.config import load_config
 from core.schema import EvalConfig
-from engine.evaluation.baselines import pixel_baseline
-from engine.evaluation.pipeline import load_evaluation_data, run_evaluation
-from engine.evaluation.submission import check_submission
+from engine.identify.baselines import pixel_baseline
+from engine.identify.pipeline import load_identify_data, run_identification
+from engine.outputs.submission import check_submission
 
 TRAIN_RECIPE = REPO / "configs" / "train" / "default.yaml"
 EVAL_RECIPE = REPO / "configs" / "eval" / "default.yaml"
@@ -43,8 +43,8 @@ def test_trained_tiny_model_beats_raw_pixel_matching(tmp_path):
         f"embed_cache={tmp_path / 'embeddings'}", f"models=[{run / 'export'}]", f"output_dir={tmp_path / 'eval'}",
         "rerank.matcher=none",  # the model's own embeddings against raw pixels, without keypoints' help
     ])
-    result = run_evaluation(cfg)
-    check_submission(tmp_path / "eval" / "submission.csv", load_evaluation_data(cfg).table, "animalclef")
+    result = run_identification(cfg)
+    check_submission(tmp_path / "eval" / "submission.csv", load_identify_data(cfg).table, "animalclef")
     pixels = pixel_baseline(cfg)
-    ours, theirs = result["metrics"]["tuned"]["score"], pixels["tuned"]["score"]
+    ours, theirs = result.metrics["tuned"]["score"], pixels["tuned"]["score"]
     assert ours > theirs + MARGIN, (ours, theirs)

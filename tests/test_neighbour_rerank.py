@@ -81,8 +81,9 @@ def test_unknown_neighbour_rerankers_are_refused_with_the_close_name():
 
 
 def test_neighbour_scorers_weights_are_chosen_on_the_held_out_split():
-    from engine.evaluation.decision import MATCHER_WEIGHTS, evaluate_outputs
-    from engine.evaluation.scorers import ModelOutput
+    from engine.identify.decision import evaluate_outputs
+    from engine.scoring.scorers import ModelOutput
+    from engine.scoring.weights import MATCHER_WEIGHTS
     from tests.embedding_worlds import clustered
 
     gallery, query, vectors = clustered(seed=1, identities=12, noise=1.5)
@@ -98,6 +99,6 @@ def test_neighbour_scorers_weights_are_chosen_on_the_held_out_split():
 
 def test_every_name_rerank_neighbours_accepts_is_a_registered_scorer():
     from core.schema_rules import NEIGHBOUR_RERANKERS
-    from engine.evaluation.scorers import SCORERS
+    from engine.scoring.scorers import SCORERS
 
     assert set(NEIGHBOUR_RERANKERS) <= set(SCORERS.names())

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from core.errors import ConfigError, DataError
-from engine.evaluation.openset import decide, humpback_guesses, tune_humpback_threshold, tune_threshold
 from engine.metrics import animalclef_score, map_at_5
+from engine.openset import decide, humpback_guesses, tune_humpback_threshold, tune_threshold
 
 NEW = "new_individual"
 

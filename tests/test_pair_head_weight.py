@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from core.schema import EvalConfig
-from engine.evaluation.decision import evaluate_outputs
-from engine.evaluation.scorers import ModelOutput
+from engine.identify.decision import evaluate_outputs
 from engine.metrics import animalclef_score
+from engine.scoring.scorers import ModelOutput
 from tests.embedding_worlds import clustered
 
 

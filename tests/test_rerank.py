@@ -6,6 +6,8 @@ import json
 import socket
 import subprocess
 import sys
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,13 +21,13 @@ from core.config import load_config
 from core.errors import ConfigError
 from core.schema import EvalConfig, RerankConfig
 from data.images import ImageLoader
-from engine.evaluation.pipeline import run_evaluation
-from engine.evaluation.scorers import MatchSpace, ModelOutput, scorers_for
-from engine.evaluation.voting import fit_calibrators, vote
+from engine.identify.pipeline import run_identification
 from engine.matching.keypoints import KeypointStore
 from engine.matching.pairs import PairMatcher, Record, central, hub_groups
 from engine.matching.scorer import MatcherScorer, pair_scores_of
-from matchers import Matcher, MatcherUnavailable, build_matcher
+from engine.scoring.scorers import MatchSpace, ModelOutput, scorers_for
+from engine.scoring.voting import fit_calibrators, vote
+from matchers import Matcher, MatcherUnavailable, batched_nn, build_matcher, byte_distances
 from matchers import lightglue as lightglue_module
 from matchers.geometry import ransac_inliers
 from zoo import build_model, save_export
@@ -169,10 +171,8 @@ def sift_features(tiny_synthetic):
 @pytest.mark.parametrize("products", ["int8", "float32"])
 def test_batched_sift_finds_the_same_matches_as_opencv_one_pair_at_a_time(sift_features, products, monkeypatch):
     matcher, features = sift_features
-    import matchers.sift as sift
-
-    chosen = sift._int8_products if products == "int8" else sift._float_products(True)
-    monkeypatch.setattr(sift, "_fastest_cpu_products", lambda threads, exact: chosen)
+    chosen = byte_distances.int8_products if products == "int8" else byte_distances.float_products(True)
+    monkeypatch.setattr(batched_nn.PROCESS_STATE, "cpu_products", lambda threads, exact: chosen)
     assert features[0]["descriptors"].dtype == np.uint8, "SIFT's descriptors are bytes"
     # A partner with one keypoint, and one read from a cache of an earlier version (float16 descriptors).
     hub, others = features[0], features[1:] + [{**features[1], "descriptors": features[1]["descriptors"][:1]},
@@ -255,44 +255,64 @@ def test_hub_groups_cover_every_pair_once_around_the_image_they_share():
 
 
 def test_the_cpu_product_is_the_faster_of_two_exact_ones_timed_once():
-    import matchers.sift as sift
-
-    chosen = sift._fastest_cpu_products(1, True)
-    assert chosen is sift._int8_products or chosen.__qualname__.startswith("_float_products")
-    assert sift._fastest_cpu_products(1, True) is chosen, "timed once per process"
+    state = batched_nn.ProcessState()
+    chosen = state.cpu_products(1, True)
+    assert chosen is byte_distances.int8_products or chosen.__qualname__.startswith("float_products")
+    assert state.cpu_products(1, True) is chosen, "timed once per process"
     rng = np.random.default_rng(1)
     rows, columns = rng.integers(0, 256, (7, 128), dtype=np.uint8), rng.integers(0, 256, (9, 128), dtype=np.uint8)
-    (_, row_sums), (norms, sums) = sift._norms_and_sums(rows), sift._norms_and_sums(columns)
+    (_, row_sums), (norms, sums) = byte_distances.norms_and_sums(rows), byte_distances.norms_and_sums(columns)
     want = (columns.astype(np.int64) ** 2).sum(1)[None] - 2 * rows.astype(np.int64) @ columns.astype(np.int64).T
-    for product in (sift._int8_products, sift._float_products(True)):
+    for product in (byte_distances.int8_products, byte_distances.float_products(True)):
         table, row_offsets = product(rows, row_sums, columns, norms, sums, torch.device("cpu"))
         np.testing.assert_array_equal(table.numpy().astype(np.int64) + row_offsets.astype(np.int64)[:, None], want)
 
 
-def test_the_product_trial_runs_once_when_the_pair_engines_threads_start_matching_together():
-    import matchers.sift as sift
+def test_the_product_trial_runs_once_when_the_pair_engines_threads_start_matching_together(monkeypatch):
+    trials = []
 
-    sift._timed_choice.cache_clear()
+    def slow_trial(exact):  # long enough that two threads without the lock would both time
+        trials.append(exact)
+        time.sleep(0.05)
+        return byte_distances.float_products(exact)
+
+    monkeypatch.setattr(batched_nn, "fastest_products", slow_trial)
+    state = batched_nn.ProcessState()
     with ThreadPoolExecutor(2) as pool:
-        chosen = list(pool.map(lambda _: sift._fastest_cpu_products(1, True), range(2)))
+        chosen = list(pool.map(lambda _: state.cpu_products(1, True), range(2)))
     assert chosen[0] is chosen[1]
-    assert sift._timed_choice.cache_info().misses == 1, "two trials side by side time each other's work"
+    assert len(trials) == 1, "two trials side by side time each other's work"
+
+
+def test_the_sift_kernels_process_wide_state_is_one_object():
+    import ast
+    import importlib
+
+    def mutable(value) -> bool:
+        return isinstance(value, (dict, list, set, type(threading.Lock()))) or hasattr(value, "cache_info")
+
+    for name in ("matchers.sift", "matchers.batched_nn", "matchers.byte_distances"):
+        module = importlib.import_module(name)
+        loose = [k for k, v in vars(module).items() if not k.startswith("__") and mutable(v)]
+        assert not loose, f"{name}: process-wide state outside PROCESS_STATE: {loose}"
+        rebinds = [node.names for node in ast.walk(ast.parse(Path(module.__file__).read_text()))
+                   if isinstance(node, ast.Global)]
+        assert not rebinds, f"{name}: functions rebinding module globals: {rebinds}"
+    assert isinstance(batched_nn.PROCESS_STATE, batched_nn.ProcessState)
 
 
 def test_descriptor_statistics_are_computed_once_per_array_and_dropped_with_it():
-    import matchers.sift as sift
-
+    state = batched_nn.ProcessState()
     descriptors = np.random.default_rng(2).integers(0, 256, (5, 128), dtype=np.uint8)
-    found = sift._statistics(descriptors)
-    assert sift._statistics(descriptors).norms is found.norms, "computed once"
+    found = state.statistics(descriptors)
+    assert state.statistics(descriptors).norms is found.norms, "computed once"
     wide = descriptors.astype(np.int64)
     np.testing.assert_array_equal(found.norms, (wide ** 2).sum(1))
     np.testing.assert_array_equal(found.sums, wide.sum(1))
-    assert sift._statistics(descriptors.copy()).norms is not found.norms, "another array: its own statistics"
-    key = id(descriptors)
+    assert state.statistics(descriptors.copy()).norms is not found.norms, "another array: its own statistics"
     del descriptors, found
     gc.collect()
-    assert key not in sift._known
+    assert len(state) == 0, "dropped with their arrays"
 
 
 def test_a_matcher_without_a_batch_path_matches_many_one_pair_at_a_time(sift_features):
@@ -305,7 +325,7 @@ def test_a_matcher_without_a_batch_path_matches_many_one_pair_at_a_time(sift_fea
 def test_sift_batched_false_matches_one_pair_at_a_time_with_opencv(sift_features, monkeypatch):
     _, features = sift_features
     one_pair = build_matcher("sift", {"batched": False}, max_keypoints=256)
-    monkeypatch.setattr("matchers.sift._mutual_ratio_batch", lambda *a, **k: pytest.fail("batched path used"))
+    monkeypatch.setattr("matchers.sift.mutual_ratio_matches", lambda *a, **k: pytest.fail("batched path used"))
     for flipped in (False, True):
         found = one_pair.match_many(features[0], features[1:4], flipped=flipped)
         for other, (pairs, _) in zip(features[1:4], found, strict=True):
@@ -412,12 +432,12 @@ def weak_export(tmp_path_factory):
 def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches(tiny_synthetic, weak_export):
     base, export = weak_export
     overrides = _eval_overrides(tiny_synthetic, base, export, "fused")
-    fused = run_evaluation(load_config(EvalConfig, RECIPE, overrides))
-    alone = run_evaluation(load_config(EvalConfig, RECIPE, overrides[:-1] + ["rerank.matcher=none",
+    fused = run_identification(load_config(EvalConfig, RECIPE, overrides))
+    alone = run_identification(load_config(EvalConfig, RECIPE, overrides[:-1] + ["rerank.matcher=none",
                                                                              f"output_dir={base / 'alone'}"]))
     ensemble = "ensemble (identity ranking)"
-    assert fused["metrics"]["retrieval"][ensemble]["rank1"] > alone["metrics"]["retrieval"][ensemble]["rank1"]
-    assert fused["metrics"]["tuned"]["score"] > alone["metrics"]["tuned"]["score"]
+    assert fused.metrics["retrieval"][ensemble]["rank1"] > alone.metrics["retrieval"][ensemble]["rank1"]
+    assert fused.metrics["tuned"]["score"] > alone.metrics["tuned"]["score"]
     manifest = json.loads((base / "fused" / "manifest.json").read_text())
     assert manifest["rerank"]["name"] == "sift" and manifest["rerank"]["shortlist"] == 8
     assert manifest["scorers"]["sift [matcher]"]["stage"] == "shortlist"
@@ -430,7 +450,7 @@ def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches
 def test_two_processes_give_the_same_submission_as_one(tiny_synthetic, weak_export, tmp_path):
     base, export = weak_export
     single = _eval_overrides(tiny_synthetic, base, export, "single")
-    run_evaluation(load_config(EvalConfig, RECIPE, single))
+    run_identification(load_config(EvalConfig, RECIPE, single))
     split = _eval_overrides(tiny_synthetic, base, export, "two") + [f"rerank.cache={tmp_path / 'fresh'}"]
     with socket.socket() as probe:  # a free port: other test runs may hold accelerate's default one
         probe.bind(("127.0.0.1", 0))
@@ -462,7 +482,7 @@ def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_
 
 @pytest.mark.parametrize("helpful", [True, False])
 def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
-    from engine.evaluation.decision import evaluate_outputs
+    from engine.identify.decision import evaluate_outputs
     from tests.embedding_worlds import OracleMatcher, clustered
 
     # A weak model (noisy embeddings) with a matcher that knows the truth, or a good model with one that guesses.

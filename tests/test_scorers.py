@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 
 from core.schema import EvalConfig
-from engine.evaluation import scorers as scorer_module
-from engine.evaluation.decision import evaluate_outputs
-from engine.evaluation.scorers import ModelOutput, scorer_kinds
-from engine.evaluation.voting import SHORTLIST
+from engine.identify.decision import evaluate_outputs
 from engine.retrieval import retrieve
+from engine.scoring import scorers as scorer_module
+from engine.scoring.scorers import ModelOutput, scorer_kinds
+from engine.scoring.voting import SHORTLIST
 from tests.embedding_worlds import clustered as world
 
 
@@ -136,6 +136,6 @@ def test_a_small_database_pools_several_held_out_splits_for_its_threshold():
     cfg = EvalConfig()
     cfg.threshold.min_queries = 1
     single = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)])
-    assert single.threshold["splits"] == 1 and single.tuning["queries"] < small.tuning["queries"]
+    assert single.threshold["splits"] == 1 and single.tuning.queries < small.tuning.queries
     cfg.threshold.max_splits, cfg.threshold.min_queries = 3, 10_000
     assert evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)]).threshold["splits"] == 3

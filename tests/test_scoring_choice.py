@@ -1,4 +1,4 @@
-"""Eval-time choice when an ensemble holds a fusion model (engine.evaluation.choice): the fusion,
+"""Eval-time choice when an ensemble holds a fusion model (engine.scoring.choice): the fusion,
 its members alone, their blend and soft vote are tuned on the held-out database split, and each
 dataset's queries are scored by the best; a fusion can only help."""
 from __future__ import annotations
@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 
 from core.schema import EvalConfig
-from engine.evaluation.choice import AS_GIVEN, SCORINGS, choose, describe_choice, scorings_for
-from engine.evaluation.decision import evaluate_outputs
-from engine.evaluation.scorers import ModelOutput
+from engine.identify.decision import evaluate_outputs
 from engine.metrics import animalclef_score
+from engine.scoring.choice import AS_GIVEN, SCORINGS, choose, describe_choice, scorings_for
+from engine.scoring.scorers import ModelOutput
 from tests.embedding_worlds import clustered
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from core.errors import DataError
 from data.table import make_table
-from engine.evaluation.submission import check_submission, validate_submission, write_submission
+from engine.outputs.submission import check_submission, validate_submission, write_submission
 
 REPO = Path(__file__).resolve().parents[1]
 

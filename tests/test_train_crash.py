@@ -17,8 +17,9 @@ from test_checkpoint import FILES, Killed, kill_checkpoint
 from core.config import load_config
 from core.schema import TrainConfig
 from engine.training import schedule
-from engine.training.checkpoint import RUN_MARKER, find_checkpoint, read_state
+from engine.training.checkpoint import find_checkpoint, read_state
 from engine.training.loop import Trainer
+from engine.training.run_folder import RUN_MARKER
 from engine.training.schedule import warmup_cosine_factor
 
 # A model small enough for a dozen runs in a test: a step takes a few milliseconds. float32, as the

@@ -29,10 +29,10 @@ from data.readable import decode_problem
 from data.table import make_table
 from data.transforms import build_tta_transform
 from engine.accel import make_accelerator
-from engine.cached_outputs import ImageViews, cached_outputs
 from engine.detection.annotations import write_yolo_dataset
-from engine.embed_cache import EmbeddingCache
 from engine.matching.pairs import PairMatcher
+from engine.scoring.cached_outputs import ImageViews, cached_outputs
+from engine.scoring.embed_cache import EmbeddingCache
 from engine.training.checkpoint import checkpoint_dirs
 from engine.training.epochs import EpochLoop
 from engine.training.loop import Trainer

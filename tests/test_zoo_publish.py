@@ -138,7 +138,7 @@ def test_a_reidzoo_model_on_the_hub_is_checked_and_loaded(export, root, monkeypa
 
 
 def test_a_fusion_model_publishes_with_its_members_and_loads_them_by_name(root, tmp_path):
-    from engine.member_features import load_recorded_members
+    from engine.scoring.member_features import load_recorded_members
     from zoo.fusion import Fusion
     from zoo.huggingface import push
 

@@ -19,14 +19,15 @@ from torch import nn
 from core.errors import ConfigError, DataError
 from core.files import atomic_folder
 from core.store import CONFIG_FILE, WEIGHTS_FILE
+from zoo.backbone_args import check_recorded_backbone
 from zoo.base import ReIDModel
 from zoo.finite import nonfinite_weights
 from zoo.registry import MODELS, block_args
 from zoo.trunk_config import TRUNK
 
 FORMAT_VERSION = 1
+RUN_EXPORT = "export"  # the export folder train.py writes under its output_dir
 ONNX_FILE = "model.onnx"  # written by zoo.onnx (`python -m zoo export-onnx EXPORT`), never read back
-REQUIRED_KEYS = ("format_version", "architecture", "model_args", "embed_dim", "num_classes", "input_size", "mean", "std")
 
 
 def inner_module(model: nn.Module) -> nn.Module:
@@ -137,6 +138,26 @@ def _replaceable(folder: Path) -> bool:
     return folder.is_dir() and set(p.name for p in folder.iterdir()) <= {WEIGHTS_FILE, CONFIG_FILE, ONNX_FILE}
 
 
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _numbers(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+
+
+# The fields load_export reads, as save_export writes them, with what each must be: an export may
+# come from someone else, so each is checked before it is used.
+_FIELDS = {
+    "format_version": (_integer, "an integer"), "architecture": (lambda v: isinstance(v, str), "a name"),
+    "model_args": (lambda v: isinstance(v, dict), "a mapping"), "embed_dim": (_integer, "an integer"),
+    "num_classes": (lambda v: v is None or _integer(v), "an integer or null"), "input_size": (_integer, "an integer"),
+    "mean": (_numbers, "a list of numbers"), "std": (_numbers, "a list of numbers"),
+}
+REQUIRED_KEYS = tuple(_FIELDS)
+
+
 def _export_files(path: Union[str, Path]) -> Tuple[Path, Path]:
     root = Path(path).expanduser()
     if root.is_file() and root.name in (CONFIG_FILE, WEIGHTS_FILE):
@@ -161,8 +182,9 @@ def read_export_config(path: Union[str, Path]) -> Dict[str, Any]:
     absent = [key for key in REQUIRED_KEYS if key not in meta] if isinstance(meta, dict) else list(REQUIRED_KEYS)
     if absent:
         raise DataError(f"{config_path} lacks {', '.join(absent)}: not a reidzoo export config")
-    if not isinstance(meta["model_args"], dict):
-        raise DataError(f"{config_path}: model_args must be a mapping, got {meta['model_args']!r}")
+    wrong = [key for key, (fits, _) in _FIELDS.items() if not fits(meta[key])]
+    if wrong:
+        raise DataError(f"{config_path}: {wrong[0]} must be {_FIELDS[wrong[0]][1]}, got {meta[wrong[0]]!r}")
     if meta["format_version"] > FORMAT_VERSION:
         raise ConfigError(
             f"{config_path} has format_version {meta['format_version']}; this reidzoo reads up to {FORMAT_VERSION}: upgrade it"
@@ -191,6 +213,8 @@ def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
     meta = export_meta(path)
     try:
         args = meta["model_args"]
+        if TRUNK in args:
+            check_recorded_backbone(args[TRUNK].get("backbone"), "trunk.backbone")
         # The weights come from the folder: never download (or look for) the pretrained ones again.
         rebuild = {**args, TRUNK: {**args[TRUNK], "pretrained": False}} if TRUNK in args else args
         model = MODELS.build(meta["architecture"], rebuild, num_classes=meta["num_classes"])

@@ -1,7 +1,7 @@
 """The `fusion` model: PCA-reduced embeddings of several frozen models (its members), fused.
 
 A fusion model does not read images. Its input is the concatenation of its members' L2-normalised
-embeddings, extracted once (engine/member_features.py, through the evaluation cache); each
+embeddings, extracted once (engine/scoring/member_features.py, through the evaluation cache); each
 member's block goes through its own PCA, fitted on the training images' features only and stored
 as buffers (so the export is self-contained), then the reduced blocks are concatenated. Two
 fitted stages follow, each optional:
@@ -32,7 +32,7 @@ from core.suggest import did_you_mean
 from zoo.base import PairScoring, ReIDModel
 from zoo.registry import MODELS
 
-# What a resolved member records (engine.member_features.resolve_members writes it).
+# What a resolved member records (engine.scoring.member_features.resolve_members writes it).
 MEMBER_KEYS = ("spec", "checksum", "dim", "input_size")
 
 

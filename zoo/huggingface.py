@@ -15,7 +15,7 @@ from typing import Any, Dict, Optional, Tuple
 from urllib.parse import urlparse
 
 from core.errors import DataError
-from core.store import MANIFEST, read_index, verify_files
+from core.store import MANIFEST, check_files, read_index, verify_files
 from zoo.base import ReIDModel
 from zoo.export import load_export
 from zoo.spec import looks_like_path
@@ -90,6 +90,7 @@ def load_from_hub(repo: str) -> Optional[Tuple[ReIDModel, Dict[str, Any]]]:
         files = dict(manifest["files"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         raise DataError(f"hf-hub:{repo}: {MANIFEST} is not a reidzoo manifest: {err}") from err
+    files = check_files(files, f"hf-hub:{repo}")  # its names become download patterns: the store's own only
     try:
         folder = Path(hub.snapshot_download(repo, allow_patterns=sorted(files) + [MANIFEST]))
     except Exception as err:  # noqa: BLE001

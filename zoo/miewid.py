@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError, DataError
+from zoo.backbone_args import check_recorded_backbone
 from zoo.base import ReIDModel
 from zoo.registry import MODELS
 from zoo.trunk import Trunk
@@ -110,7 +111,7 @@ def from_folder(folder: Path, *, source: str = "") -> Tuple[MiewID, Dict[str, An
     weights_path = folder / WEIGHTS
     if not weights_path.is_file():
         raise DataError(f"MiewID {name} has no {WEIGHTS}; pickled weights (.bin/.pth) are never loaded")
-    backbone = config.get("model_name") or BACKBONE
+    backbone = check_recorded_backbone(config.get("model_name") or BACKBONE, f"MiewID {name}: config.json model_name")
     try:
         # 440 px and ImageNet mean/std are MiewID's preprocessing whatever backbone config.json names
         model = MiewID(0, TrunkConfig(backbone=backbone, pretrained=False, pool="gem", input_size=INPUT_SIZE))

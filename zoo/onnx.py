@@ -16,8 +16,8 @@ folder replaces it with the rest); for a zoo name, `--out`, else `./<name>.onnx`
 directory (published folders are checksummed: nothing is written into them).
 
 The exporter is torch's TorchScript one (`dynamo=False`): with torch 2.14 it exports the timm
-backbones the zoo uses (ResNet, EfficientNet, ConvNeXt, ViT, Swin) offline, 2-3x faster than the
-torch.export-based one, and needs only `onnx` (plus `onnxruntime` for the check), not onnxscript.
+backbones the zoo uses (ResNet, EfficientNet, ConvNeXt, ViT, Swin) offline, faster than the
+torch.export-based one (docs/onnx.md), and needs only `onnx` (plus `onnxruntime` for the check), not onnxscript.
 """
 from __future__ import annotations
 

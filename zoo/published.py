@@ -18,6 +18,7 @@ from zoo.base import ReIDModel
 from zoo.checksum import model_checksum
 from zoo.export import load_export
 from zoo.registry import model_inputs
+from zoo.spec import recorded_member
 
 
 def load_published(name: str, root: Optional[str | Path] = None) -> Tuple[ReIDModel, Dict[str, Any]]:
@@ -58,9 +59,10 @@ class PublishedModel(PublishedKind):
     def prepare(self, source: Path, config: Dict[str, Any], name: str, stage_member: StageMember, licence: str):
         for i, member in enumerate((config.get("model_args") or {}).get("members") or []):
             spec = member.get("spec", "") if isinstance(member, dict) else ""
-            if Path(spec).expanduser().is_dir():  # a local export: it travels with the fusion model
+            folder = Path(recorded_member(spec, source)).expanduser() if isinstance(spec, str) and spec else None
+            if folder is not None and folder.is_dir():  # a local export: it travels with the fusion model
                 member["spec"] = f"{name}.member{i}"
-                stage_member(Path(spec).expanduser(), member["spec"])
+                stage_member(folder, member["spec"])
         model, meta = load_export(source)  # refuses anything that would not load back
         meta = {**meta, "model_args": config.get("model_args", meta["model_args"])}  # members as published
         summary = {"kind": "model", "architecture": meta["architecture"], "embed_dim": meta["embed_dim"],

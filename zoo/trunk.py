@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from core.errors import ConfigError
+from zoo.backbone_args import check_backbone_args
 from zoo.pooling import GeM
 from zoo.trunk_config import TrunkConfig
 
@@ -16,17 +17,22 @@ class Trunk(nn.Module):
     """images -> (pooled features (B, num_features), [intermediate maps (B, C_l, H_l, W_l)])."""
 
     def __init__(self, cfg: TrunkConfig):
-        # timm (with the torchvision and torch._dynamo it pulls in, ~1.5 s) is imported when a model is
-        # built, not when zoo is: eval.py reads cached embeddings without building any model.
+        # timm (with the torchvision and torch._dynamo it pulls in, a slow import) is imported when a
+        # model is built, not when zoo is: eval.py reads cached embeddings without building any model.
         import timm.data
 
         from zoo.backbones import create_backbone, freeze_stages, resolve_hub_name
 
         super().__init__()
         architecture, hub_args, hub_cfg = resolve_hub_name(cfg.backbone)
-        kwargs = {**hub_args, **(cfg.backbone_args or {})}
-        if cfg.img_size:
-            kwargs["img_size"] = cfg.img_size
+        hub_args = dict(hub_args)
+        hub_size = hub_args.pop("img_size", None)
+        # A hub model's own arguments are recorded with the user's, so they are held to the same list
+        # (or its export would not load back).
+        kwargs = {**check_backbone_args(hub_args, f"{cfg.backbone} model_args"),
+                  **check_backbone_args(cfg.backbone_args or {})}
+        if cfg.img_size or hub_size:
+            kwargs["img_size"] = cfg.img_size or hub_size
         if hub_cfg is not None:
             kwargs["pretrained_cfg"] = hub_cfg
         use_gem = cfg.pool == "gem"

@@ -28,7 +28,8 @@ class TrunkConfig:
       (resnet: 0 = stem, 1-4 = layer1-4; ViT: blocks).
     img_size: input size a ViT is built for; input_size/mean/std: override what timm knows of the
       weights (the trainer sets them from the data config before export).
-    backbone_args: further timm.create_model arguments, e.g. {drop_path_rate: 0.1}.
+    backbone_args: further timm architecture settings, e.g. {drop_path_rate: 0.1}; only those of
+      zoo/backbone_args.py's allowlist (never a path: an export may come from someone else).
     """
 
     backbone: str = "resnet18"

@@ -27,14 +27,13 @@ from engine.accel import make_accelerator
 from engine.detection.data import DetectorData, build_detector_data
 from engine.detection.validation import measure_map
 from engine.training.checkpoint import (
-    check_run_dir,
-    claim_run_dir,
     find_checkpoint,
     load_checkpoint,
     read_state,
     save_checkpoint,
 )
 from engine.training.epochs import EpochLoop, make_ema
+from engine.training.run_folder import check_run_dir, claim_run_dir, holding_run_dir, training_reads
 from engine.training.schedule import build_scheduler
 
 # ultralytics trains the last `close_mosaic` epochs (10) on whole images. Under a time budget the
@@ -52,7 +51,7 @@ def _optimizer(cfg: DetectorTrainConfig, module: torch.nn.Module) -> torch.optim
 
 
 class DetectorTrainer(EpochLoop):
-    def __init__(self, cfg: DetectorTrainConfig, resume: Optional[str] = None):
+    def __init__(self, cfg: DetectorTrainConfig, resume: Optional[str] = None, overwrite: bool = False):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         if "imgsz" in cfg.model.args:
@@ -61,11 +60,11 @@ class DetectorTrainer(EpochLoop):
         if cfg.train.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
-        check_run_dir(self.out)
+        check_run_dir(self.out, fresh=resume is None, overwrite=overwrite, reads=training_reads(cfg.data, cfg.model))
         self.detector: Detector = build_detector(cfg.model.name, {**cfg.model.args, "imgsz": cfg.imgsz})
         self.detector.configure(cfg.hyp)
         if self.acc.is_main_process:
-            claim_run_dir(self.out, fresh=resume is None, say=self.acc.print)
+            claim_run_dir(self.out, fresh=resume is None, overwrite=overwrite, say=self.acc.print)
             save_config(cfg, self.out / "config.yaml")
         self.acc.wait_for_everyone()
         self.data: DetectorData = build_detector_data(
@@ -181,5 +180,6 @@ class DetectorTrainer(EpochLoop):
         return export
 
 
-def train_detector(cfg: DetectorTrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
-    return DetectorTrainer(cfg, resume=resume).fit()
+def train_detector(cfg: DetectorTrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
+    with holding_run_dir(cfg.output_dir, cfg.data, cfg.model, resume=resume, overwrite=overwrite):
+        return DetectorTrainer(cfg, resume=resume, overwrite=overwrite).fit()

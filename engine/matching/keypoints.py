@@ -32,8 +32,8 @@ from matchers import Features, Matcher
 
 FEATURES_VERSION = 1
 # Features kept in memory: about 0.14 MB per image at 512 SIFT keypoints, so some 7,000 images. Reading
-# an evicted image back costs about 0.5 ms, as long as matching a pair: with 256 images (the earlier
-# bound) a 2,000-image gallery read its features from disk some 20,000 times per evaluation.
+# an evicted image back costs as long as matching a pair, and a much smaller bound made a large gallery
+# read its features from disk many times per evaluation (docs/results.md).
 IN_MEMORY_BYTES = 1 << 30
 
 

@@ -1,8 +1,8 @@
 """Threads for keypoint extraction and pair matching, for matchers whose work releases the GIL.
 
-OpenCV's SIFT parallelises one image poorly (measured on 224 px dog faces, 2 cores: 15.9 ms per
-image with 2 OpenCV threads, 17.7 ms with 1), and RANSAC not at all, but both release the GIL: two
-images extracted in two threads at once took 12.4 ms each on the same loaded machine. So the
+OpenCV's SIFT parallelises one image poorly (two OpenCV threads are barely faster than one), and
+RANSAC not at all, but both release the GIL: two images extracted in two threads at once each take
+less time than one image with two OpenCV threads (docs/results.md). So the
 keypoint store and the pair engine run a matcher that says it is `thread_safe` in a pool of one
 thread per core of this process (the cores shared out among the processes of a distributed run),
 with OpenCV's own threads off meanwhile so the pool's threads do not compete with them.

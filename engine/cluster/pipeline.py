@@ -1,0 +1,170 @@
+"""eval.py task=cluster: every query (test) image gets a cluster label, one cluster per individual.
+
+    models -> TTA extraction (cached) -> scorers (+ a keypoint matcher with rerank.matcher)
+           -> calibrators and thresholds tuned on held-out train identities (tuning.py)
+           -> sparse k-NN graph over train + test images, edges soft-voted P(same) (graph.py)
+           -> the configured method per dataset, train images anchoring their identity (methods.py)
+           -> submission.csv (AnimalCLEF 2026), clusters.csv, metrics.json, manifest.json, report.html
+
+The same models, TTA, embedding cache, scorers and calibration as task=identify. Under
+`accelerate launch` extraction and keypoint matching are split across processes; every process
+then runs the (deterministic) clustering, so that they can share the edges to match, and only the
+main process writes.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from core.errors import ConfigError, DataError
+from core.schema import EvalConfig
+from engine.accel import say
+from engine.cluster.graph import build_graph
+from engine.cluster.methods import CLUSTERERS
+from engine.cluster.metrics import clustering_report
+from engine.cluster.tuning import anchor_codes, tune
+from engine.outputs.artifacts import finite, run_manifest
+from engine.outputs.submission import CLUSTERS, cluster_prefix
+from engine.outputs.writer import RunOutputs, RunResult, write_run
+from engine.prepare import RunData, check_run_config, load_run_data, prepare_run
+from engine.scoring.calibration import fit_calibrator
+from engine.scoring.embed_cache import image_list_fingerprint
+from engine.scoring.scorers import SCORERS, MatchSpace, ModelOutput, Scorer
+from engine.scoring.voting import fit_calibrators
+
+CLUSTERS_FILE = "clusters.csv"
+
+
+def graph_scorers(outputs: List[ModelOutput]) -> List[Scorer]:
+    """Every model's embedding scorer (a classifier's too: a softmax cannot score two test images)
+    and its pair head if it has one; a model's weight is shared by its scorers."""
+    built = []
+    for output in outputs:
+        kinds = ["embedding"] + (["pair_head"] if output.pair_head is not None else [])
+        built.extend(SCORERS.build(kind, output=output, weight=output.weight / len(kinds)) for kind in kinds)
+    return built
+
+
+def check_cluster_config(cfg: EvalConfig) -> None:
+    """check_run_config, and the clusterer's arguments."""
+    if check_run_config(cfg) != CLUSTERS:
+        raise ConfigError(f"task=cluster writes the {CLUSTERS} submission, not {cfg.submission}")
+    CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)  # unknown arguments stop here
+
+
+def _calibrate_without_tuning(cfg: EvalConfig, scorers: List[Scorer], space: MatchSpace, n_gallery: int) -> str:
+    """Calibrators when cluster.threshold is given: on the train images, or none without any."""
+    if n_gallery:
+        fit_calibrators(scorers, space, np.arange(n_gallery), cfg.calibration, cfg.seed, cfg.rerank.shortlist)
+        return "cluster.threshold, on probabilities calibrated on the train images"
+    if len(scorers) > 1:
+        raise DataError(f"{len(scorers)} scorers cannot be calibrated without labelled images, so their scores cannot be "
+                        "averaged: cluster with one model (and rerank.matcher=none), or add labelled train images")
+    scorers[0].calibrator = fit_calibrator([], [], "none")
+    return "cluster.threshold, on the raw scores (no labelled images to calibrate on)"
+
+
+def _names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
+    """cluster_<dataset>_<n>, numbered in the order the query images first appear."""
+    query_labels = labels[is_query]
+    _, first, inverse = np.unique(query_labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first))
+    return np.array([f"{cluster_prefix(dataset)}{r}" for r in rank[inverse]], dtype=object)
+
+
+def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
+    """Cluster the query images of cfg.data with cfg.models and write the outputs into cfg.output_dir;
+    the main process returns where they are, the other processes None."""
+    check_cluster_config(cfg)
+    data = load_run_data(cfg)
+    table, gallery, query, rows = data.table, data.gallery, data.query, data.rows
+    n_gallery = len(gallery)
+    inputs = prepare_run(cfg, data, accelerator)
+    outputs, matcher = inputs.outputs, inputs.matcher
+    scorers = graph_scorers(outputs) + ([matcher] if matcher is not None else [])
+    if matcher is None and accelerator is not None and not accelerator.is_main_process:
+        return None
+    labels = np.concatenate([gallery["identity"].to_numpy(dtype=object), np.full(len(query), None, dtype=object)])
+    datasets = rows["dataset"].to_numpy(dtype=object)
+    space = MatchSpace(labels, datasets, True, cfg.retrieval)  # a cluster never spans two datasets
+    clusterer = CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)
+    trained = sorted(set(gallery["dataset"]))
+    thresholds: Dict[str, Any] = {"method": cfg.cluster.method, "per_dataset": {}}
+    if cfg.cluster.threshold is None:
+        if not n_gallery:
+            raise DataError("no labelled train images to tune the clustering threshold on: set cluster.threshold "
+                            "(with one model and no calibration, a cosine similarity)")
+        tuned, weight = tune(cfg, scorers, space, gallery, clusterer)
+        thresholds.update(source=f"tuned by ARI on held-out train identities ({cfg.cluster.splits} splits, "
+                                 f"{tuned.images} validation images)", overall=tuned.overall,
+                          validation_ari=tuned.curves, grid=sorted(cfg.cluster.grid))
+        if weight is not None:
+            thresholds["matcher_weight"] = weight
+            say(accelerator, f"{cfg.rerank.matcher} weight {weight['chosen']} chosen by ARI on the same held-out "
+                             "identities (validation ARI per weight: "
+                             + ", ".join(f"{w}: {v:.3f}" for w, v in weight["validation_ari"].items()) + ")")
+        own = tuned.per_dataset if cfg.cluster.per_dataset else {}
+    else:
+        thresholds.update(source=_calibrate_without_tuning(cfg, scorers, space, n_gallery), overall=cfg.cluster.threshold)
+        own = {}
+    transferred = []
+    for dataset in sorted(set(query["dataset"])):
+        if dataset in own:
+            thresholds["per_dataset"][dataset] = own[dataset]
+        else:
+            thresholds["per_dataset"][dataset] = thresholds["overall"]
+            if cfg.cluster.threshold is None and cfg.cluster.per_dataset:
+                transferred.append(dataset)
+    for dataset in transferred:
+        why = "has no train images" if dataset not in trained else "had too few train identities to tune on"
+        say(accelerator, f"{dataset} {why}: it takes the threshold {thresholds['overall']:.2f} tuned on "
+                         f"{', '.join(sorted(own)) or 'the other datasets'} (calibrated probabilities transfer across datasets)")
+    thresholds["transferred"] = transferred
+
+    nodes = np.arange(len(rows))
+    graph = build_graph(scorers, space, nodes, cfg.cluster.neighbours)
+    say(accelerator, f"clustering {len(query)} test images ({n_gallery} train images as anchors) with "
+                     f"{cfg.cluster.method}: {len(graph.p)} edges from {cfg.cluster.neighbours} neighbours per image"
+                     + (f", re-scored by {cfg.rerank.matcher}" if matcher else ""))
+    anchors = anchor_codes(labels) if cfg.cluster.anchors else np.full(len(rows), -1)
+    names = np.empty(len(query), dtype=object)
+    joined = np.full(len(query), None, dtype=object)
+    for dataset in sorted(set(query["dataset"])):
+        members = np.flatnonzero(datasets == dataset)
+        found = clusterer.labels(graph.subgraph(members), anchors[members], [thresholds["per_dataset"][dataset]])[0]
+        is_query = members >= n_gallery
+        names[members[is_query] - n_gallery] = _names(found, is_query, dataset)
+        identity_of = {c: labels[m] for c, m in zip(found[~is_query], members[~is_query], strict=True)}
+        joined[members[is_query] - n_gallery] = [identity_of.get(c) for c in found[is_query]]
+    if accelerator is not None and not accelerator.is_main_process:
+        return None
+    truth = query["identity"].to_numpy(dtype=object)
+    metrics = None
+    if query["identity"].notna().any():
+        metrics = finite({**clustering_report(truth, names, query["dataset"].tolist()), "thresholds": thresholds})
+    manifest = _cluster_manifest(cfg, data, outputs, scorers, thresholds, graph)
+
+    def write_report(path):
+        from engine.cluster.report import write_cluster_report
+
+        write_cluster_report(path, cfg=cfg, rows=rows, query=query, names=names, joined=joined, metrics=metrics,
+                             thresholds=thresholds)
+
+    clusters = pd.DataFrame({"image_id": query["image_id"].astype(str), "dataset": query["dataset"], "cluster": names,
+                             "joined_identity": joined})
+    return write_run(cfg, table, RunOutputs(
+        CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
+        lambda path: clusters.to_csv(path, index=False), metrics, manifest, write_report, thresholds))
+
+
+def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],
+                      thresholds: Dict[str, Any], graph) -> Dict[str, Any]:
+    return run_manifest(
+        cfg, CLUSTERS, outputs,
+        {"images": len(data.table), "train": len(data.gallery), "test": len(data.query),
+         "fingerprint": image_list_fingerprint(data.table)},
+        thresholds=thresholds, graph={"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
+        scorers={s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight, "calibrator": s.calibrator.to_dict()}
+                 for s in scorers})

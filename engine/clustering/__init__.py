@@ -1,1 +1,0 @@
-"""Clustering unlabelled images by individual (eval.py task=cluster): the sparse graph, the methods, the tuned threshold, the outputs."""

@@ -1,1 +1,0 @@
-"""Evaluation: scorers, calibration, soft voting, the open-set decision, submissions, metrics and the report."""
