@@ -30,7 +30,9 @@ from data.table import make_table
 from data.transforms import build_tta_transform
 from engine.accel import make_accelerator
 from engine.detection.annotations import write_yolo_dataset
+from engine.identify.predictions import write_predictions
 from engine.matching.pairs import PairMatcher
+from engine.outputs.submission import check_submission, read_submission, write_submission
 from engine.scoring.cached_outputs import ImageViews, cached_outputs
 from engine.scoring.embed_cache import EmbeddingCache
 from engine.training.checkpoint import checkpoint_dirs
@@ -419,3 +421,35 @@ def test_a_process_whose_cache_read_missed_gets_the_records_from_the_others(tmp_
     monkeypatch.setattr(engine.stored, "load_many", lambda keys: {})
     assert as_lists(engine.records(q_rows, g_rows)) == want
     assert engine.matched == len(nobody_has[1::2]), "only pairs no process held are matched, each by one process"
+
+
+def formula_table() -> pd.DataFrame:
+    rows = [{"image_id": f"db{i}", "identity": name, "path": f"/x/db{i}.jpg", "split": "database", "dataset": "d"}
+            for i, name in enumerate(["=cmd|' /C calc'!A0", "-1", "@x", "+y", "rex"])]
+    rows += [{"image_id": f"=q{i}", "identity": None, "path": f"/x/q{i}.jpg", "split": "query", "dataset": "d"}
+             for i in range(3)]
+    return make_table(rows)
+
+
+@pytest.mark.parametrize("kind, predictions", [
+    ("animalclef", ["=cmd|' /C calc'!A0", "-1", "@x"]),
+    ("humpback", [["+y", "new_whale", "-1", "rex", "@x"]] * 3),
+])
+def test_submissions_quote_formula_names_and_still_validate(tmp_path, kind, predictions):
+    path = write_submission(tmp_path / "submission.csv", kind, formula_table(), predictions)
+    lines = path.read_text().splitlines()[1:]
+    assert all(line.startswith("'=q") for line in lines), "image ids from file names are quoted too"
+    assert all(cell[:1] not in "=+@" for line in lines for cell in line.split(","))
+    check_submission(path, formula_table(), kind)  # what scripts/validate_submission.py runs
+    assert read_submission(path).iloc[:, 1].tolist() == [" ".join(p) if isinstance(p, list) else p for p in predictions]
+
+
+def test_predictions_csv_quotes_formula_names(tmp_path):
+    query = formula_table().query("split == 'query'")
+    ev = SimpleNamespace(decided=["=cmd|' /C calc'!A0", "new_individual", "-1"],
+                         candidates=[[("=cmd|' /C calc'!A0", 0.9), ("@x", 0.1)], [("+y", 0.4)], [("-1", 0.8)]])
+    path = write_predictions(tmp_path / "predictions.csv", DataConfig(format="folders", query_root="q"), query, ev)
+    written = pd.read_csv(path, dtype=str, keep_default_na=False)
+    assert written["file"].tolist() == ["'=q0", "'=q1", "'=q2"]
+    assert written["prediction"].tolist() == ["'=cmd|' /C calc'!A0", "new_individual", "-1"]
+    assert written["top2_identity"].tolist() == ["'@x", "", ""] and written["top1_identity"][1] == "'+y"
