@@ -96,9 +96,9 @@ def main(argv=None):
 def console() -> None:
     """The `reidzoo-eval` command (setup.cfg's console_scripts): main's result is for callers in Python."""
     main(sys.argv[1:])
-    # Python's last garbage collection at exit walks every object torch, pandas and the run made:
-    # 0.5 s of a 4 s run whose outputs are cached. The process ends now, and its files are written
-    # and closed, so nothing needs that collection's finalisers.
+    # Python's last garbage collection at exit walks every object torch, pandas and the run made, a
+    # large part of a run whose outputs are cached (docs/results.md). The process ends now, and its
+    # files are written and closed, so nothing needs that collection's finalisers.
     gc.freeze()
 
 

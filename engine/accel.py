@@ -20,7 +20,7 @@ def cpu_has_native_bf16() -> bool:
 
 def resolve_mixed_precision(value: str, cpu_bf16: bool = True) -> str:
     """'auto': bf16 where the GPU supports it, else fp16; on CPU bf16 where the instructions exist
-    (resnet18 at 96 px made 1.5x the training steps of float32 on an AVX512-BF16 EPYC) and
+    (there it makes more training steps in a time budget than float32: docs/results.md) and
     `cpu_bf16` allows it, else none."""
     if value != "auto":
         return value

@@ -80,9 +80,8 @@ def _one_thread() -> Iterator[None]:
 def _fetched(loader: DataLoader) -> Iterator:
     """The loader's batches. Without worker processes the main thread builds them, and their small
     tensor ops (stacking views, collating) gain nothing from intra-op threads while each parallel
-    region can stall on a busy CPU (measured on a loaded 2-core machine: collating 64 images of
-    128 px took 500 ms with 2 threads, 2 ms with 1): so batches are built with one thread and the
-    model gets all of them."""
+    region can stall on a busy CPU for far longer than the work itself (docs/results.md): so batches
+    are built with one thread and the model gets all of them."""
     iterator = iter(loader)
     while True:
         if loader.num_workers == 0:

@@ -8,7 +8,8 @@ individuals look.
 from __future__ import annotations
 
 import math
-from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pandas as pd
@@ -17,18 +18,50 @@ from core.errors import ConfigError, DataError
 from data.table import NEW_INDIVIDUAL, clean_identity
 from engine.metrics import HUMPBACK_NEW
 
-Threshold = Union[float, Mapping[str, object]]
 # Thresholds just outside the observed scores ("accept all", "reject all") sit this far away.
 END_MARGIN = 1e-6
 
 
+@dataclass
+class ValidationScores:
+    """The open-set score of the validation queries at the tuned thresholds."""
+
+    overall: float  # with the one threshold for all datasets
+    with_per_dataset: float  # with each dataset's own threshold
+    by_dataset: Dict[str, float]  # each dataset's own term, at the thresholds in use
+
+    def to_dict(self) -> Dict[str, object]:
+        return {"global": self.overall, "per_dataset": self.with_per_dataset, "by_dataset": self.by_dataset}
+
+
+@dataclass
+class TunedThreshold:
+    """A "new individual" threshold: one for every dataset, and each dataset's own where it has one."""
+
+    overall: float
+    per_dataset: Dict[str, float] = field(default_factory=dict)
+    validation: Optional[ValidationScores] = None
+
+    def to_dict(self) -> Dict[str, object]:
+        """As manifest.json and metrics.json record it."""
+        out: Dict[str, object] = {"global": self.overall, "per_dataset": dict(self.per_dataset)}
+        if self.validation is not None:
+            out["validation"] = self.validation.to_dict()
+        return out
+
+
+Threshold = Union[float, Mapping[str, float], TunedThreshold]
+
+
 def thresholds_for(datasets: Sequence[str] | None, threshold: Threshold, count: int) -> np.ndarray:
-    """One threshold per query from a float, {dataset: t}, or a `tune_threshold` result
-    ({"global": t, "per_dataset": {...}}: datasets it does not list use the global value)."""
-    if not isinstance(threshold, Mapping):
+    """One threshold per query from a float, {dataset: t}, or a TunedThreshold (datasets it does not
+    list use its overall value)."""
+    if isinstance(threshold, TunedThreshold):
+        per_dataset, fallback = threshold.per_dataset, threshold.overall
+    elif isinstance(threshold, Mapping):
+        per_dataset, fallback = threshold, None
+    else:
         return np.full(count, float(threshold))
-    per_dataset = threshold.get("per_dataset") or {} if "global" in threshold else threshold
-    fallback = threshold.get("global")
     if datasets is None:
         if fallback is None:
             raise ConfigError("per-dataset thresholds need the dataset of every query")
@@ -126,7 +159,7 @@ def _known_mask(truth: np.ndarray, known: Union[np.ndarray, Iterable[str]]) -> n
 
 def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: Sequence,
                    known: Union[np.ndarray, Iterable[str]], datasets: Sequence[str] | None = None,
-                   per_dataset: bool = True, grid: Sequence[float] | None = None) -> Dict:
+                   per_dataset: bool = True, grid: Sequence[float] | None = None) -> TunedThreshold:
     """Thresholds maximising the AnimalCLEF 2025 score on a labelled validation split.
 
     `known` is a boolean mask (query's identity is in the validation database) or the database
@@ -135,9 +168,8 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
     (midpoints of consecutive distinct scores) or the given `grid`; among equal optima the middle
     of the longest run wins (see _middle_of_best). A dataset whose split has no known or no unknown queries cannot
     be tuned and takes the global threshold.
-    Returns {"global": t, "per_dataset": {dataset: t}, "validation": {"global": score,
-    "per_dataset": score with the per-dataset thresholds, "by_dataset": {dataset: its own term, at
-    the thresholds `per_dataset` says}}}.
+    The validation scores are the mean over datasets with the one threshold, with the per-dataset
+    ones, and each dataset's own term at the thresholds `per_dataset` says.
     """
     scores = np.nan_to_num(np.asarray(best_scores, dtype=np.float64), nan=-np.inf)
     truth = np.array([clean_identity(v) for v in true_ids], dtype=object)
@@ -169,22 +201,21 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
         else:
             tuned[name] = global_t
     used = tuned if per_dataset else global_t
-    return {"global": global_t, "per_dataset": tuned,
-            "validation": {"global": _score_at(scores, correct, truth, known_mask, groups, names, global_t),
-                           "per_dataset": _score_at(scores, correct, truth, known_mask, groups, names, tuned),
-                           "by_dataset": {name: _score_at(scores, correct, truth, known_mask, groups, [name], used)
-                                          for name in names}}}
+    return TunedThreshold(global_t, tuned, ValidationScores(
+        _score_at(scores, correct, truth, known_mask, groups, names, global_t),
+        _score_at(scores, correct, truth, known_mask, groups, names, tuned),
+        {name: _score_at(scores, correct, truth, known_mask, groups, [name], used) for name in names}))
 
 
 def score_at(best_scores: Sequence[float], best_ids: Sequence, true_ids: Sequence, known: np.ndarray,
-             datasets: Sequence[str], threshold: Mapping[str, Any], per_dataset: bool) -> float:
+             datasets: Sequence[str], threshold: TunedThreshold, per_dataset: bool) -> float:
     """The validation score `tune_threshold` reports for these queries at the thresholds it chose."""
     scores = np.nan_to_num(np.asarray(best_scores, dtype=np.float64), nan=-np.inf)
     truth = np.array([clean_identity(v) for v in true_ids], dtype=object)
     correct = np.array([clean_identity(v) for v in best_ids], dtype=object) == truth
     groups = np.asarray(list(datasets), dtype=object)
     names = sorted(set(groups.tolist()))
-    used = dict(threshold["per_dataset"]) if per_dataset else float(threshold["global"])
+    used = dict(threshold.per_dataset) if per_dataset else float(threshold.overall)
     return _score_at(scores, correct, truth, _known_mask(truth, known), groups, names, used)
 
 

@@ -30,7 +30,7 @@ def match_grid(
     correct: List[List[Optional[bool]]],
 ) -> torch.Tensor:
     """One row per query: the query (grey frame) then its matches; returns (3, H, W) uint8."""
-    # Imported here, not at the top: torchvision pulls in torch._dynamo (1.5 s), and eval.py's report,
+    # Imported here, not at the top: torchvision pulls in torch._dynamo (slow to import), and eval.py's report,
     # which uses this module's other functions, draws no grid (training's validation does).
     from torchvision.utils import make_grid
 

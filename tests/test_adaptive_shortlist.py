@@ -23,8 +23,8 @@ def test_the_smallest_margin_that_keeps_the_validation_score_is_chosen():
     full_vote = [[("a", 0.9)], [("b", 0.2)]]  # matching turns the second query into a new individual
     limits = np.full(2, 0.5)
     record = choose_margin(global_vote, full_vote, limits, lambda c: -sum(x[0][1] > 0.5 for x in c if x))
-    assert record["margin"] == 0.2  # 0.15 keeps the second query unmatched and loses its decision
-    assert record["skipped_fraction"]["0.2"] == 0.5 and set(record["validation_score"]) == {str(m) for m in MARGINS}
+    assert record.margin == 0.2  # 0.15 keeps the second query unmatched and loses its decision
+    assert record.skipped_fraction["0.2"] == 0.5 and set(record.validation_score) == {str(m) for m in MARGINS}
 
 
 def _evaluate(adaptive: bool):
@@ -41,8 +41,8 @@ def _evaluate(adaptive: bool):
 def test_where_queries_are_certain_the_adaptive_shortlist_gives_the_same_submission_with_fewer_pairs():
     query, full = _evaluate(False)
     _, adaptive = _evaluate(True)
-    assert "adaptive" not in full.threshold and full.skipped == 0
-    assert adaptive.threshold["adaptive"]["margin"] is not None
+    assert full.threshold.adaptive is None and full.skipped == 0
+    assert adaptive.threshold.adaptive.margin is not None
     assert adaptive.skipped >= len(query) * 0.8  # 25 of 30: the others are matched as before
     assert list(adaptive.decided) == list(full.decided)
     sure = (adaptive.shortlist < 0).all(axis=1)

@@ -243,7 +243,7 @@ def test_threshold_and_decisions_never_depend_on_query_labels():
     second = evaluate_outputs(cfg, gallery, hidden, [ModelOutput("m", vectors)])
     assert first.threshold == second.threshold
     assert list(first.decided) == list(second.decided)
-    assert set(first.threshold["per_dataset"]) == {"A", "B"}
+    assert set(first.threshold.threshold.per_dataset) == {"A", "B"}
 
 
 def test_tuning_split_holds_out_database_identities_preferring_unseen_ones():

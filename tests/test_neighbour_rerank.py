@@ -91,9 +91,9 @@ def test_neighbour_scorers_weights_are_chosen_on_the_held_out_split():
                                            "rerank.neighbours=[kreciprocal,alpha_qe,dba]"])
     ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)])
     for kind in ("kreciprocal", "alpha_qe", "dba"):
-        record = ev.threshold[f"{kind}_weight"]
-        assert set(record["validation_score"]) == {str(w) for w in MATCHER_WEIGHTS}
-        assert ev.scorers[f"m [{kind}]"]["weight"] == record["chosen"] and ev.scorers[f"m [{kind}]"]["stage"] == "shortlist"
+        record = ev.threshold.weights[kind]
+        assert set(record.validation_score) == {str(w) for w in MATCHER_WEIGHTS}
+        assert ev.scorers[f"m [{kind}]"].weight == record.chosen and ev.scorers[f"m [{kind}]"].stage == "shortlist"
     assert len(ev.decided) == len(query)
 
 

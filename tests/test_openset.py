@@ -4,7 +4,7 @@ import pytest
 
 from core.errors import ConfigError, DataError
 from engine.metrics import animalclef_score, map_at_5
-from engine.openset import decide, humpback_guesses, tune_humpback_threshold, tune_threshold
+from engine.openset import TunedThreshold, decide, humpback_guesses, tune_humpback_threshold, tune_threshold
 
 NEW = "new_individual"
 
@@ -25,11 +25,11 @@ def _planted(threshold, n_known=60, n_unknown=40, gap=0.05, dataset="D", seed=0)
 def test_tuning_recovers_a_planted_threshold_in_the_middle_of_the_gap():
     scores, best, truth, known, datasets = _planted(0.6)
     result = tune_threshold(scores, best, truth, known, datasets)
-    assert result["global"] == pytest.approx(0.6)
-    assert result["per_dataset"] == {"D": pytest.approx(0.6)}
-    assert result["validation"]["global"] == pytest.approx(1.0)
+    assert result.overall == pytest.approx(0.6)
+    assert result.per_dataset == {"D": pytest.approx(0.6)}
+    assert result.validation.overall == pytest.approx(1.0)
     on_grid = tune_threshold(scores, best, truth, known, datasets, grid=np.linspace(0, 1, 101))
-    assert 0.55 < on_grid["global"] < 0.65
+    assert 0.55 < on_grid.overall < 0.65
 
 
 def test_per_dataset_thresholds_differ_when_planted_differently():
@@ -39,11 +39,11 @@ def test_per_dataset_thresholds_differ_when_planted_differently():
     scores, best, truth, datasets = np.array(joined[0]), joined[1], joined[2], joined[4]
     known = set(joined[3])
     result = tune_threshold(scores, best, truth, known, datasets)
-    assert result["per_dataset"] == {"A": pytest.approx(0.6), "B": pytest.approx(0.3)}
-    assert result["validation"]["per_dataset"] == pytest.approx(1.0)
-    assert result["validation"]["global"] < 1.0  # no single threshold separates both
+    assert result.per_dataset == {"A": pytest.approx(0.6), "B": pytest.approx(0.3)}
+    assert result.validation.with_per_dataset == pytest.approx(1.0)
+    assert result.validation.overall < 1.0  # no single threshold separates both
     single = tune_threshold(scores, best, truth, known, datasets, per_dataset=False)
-    assert set(single["per_dataset"].values()) == {single["global"]}
+    assert set(single.per_dataset.values()) == {single.overall}
     # The tuned thresholds give what the metric says when the decisions are scored for real.
     predicted = decide(best, scores, result, datasets)
     assert animalclef_score(truth, predicted, datasets, known)["score"] == pytest.approx(1.0)
@@ -60,8 +60,8 @@ def test_tuned_score_is_the_best_over_thresholds_by_the_metric_itself():
     result = tune_threshold(scores, best, truth, known, datasets)
     brute = max(animalclef_score(truth, decide(best, scores, t, datasets), datasets, known)["score"]
                 for t in np.append(np.sort(scores), 2.0))
-    assert result["validation"]["global"] == pytest.approx(brute)
-    tuned = animalclef_score(truth, decide(best, scores, result["global"], datasets), datasets, known)["score"]
+    assert result.validation.overall == pytest.approx(brute)
+    tuned = animalclef_score(truth, decide(best, scores, result.overall, datasets), datasets, known)["score"]
     assert tuned == pytest.approx(brute)
 
 
@@ -75,7 +75,7 @@ def test_decide_with_float_per_dataset_and_fallback():
     assert decide(ids, scores, 0.6).tolist() == [NEW, NEW, "c", NEW]  # no candidate -> new
     datasets = ["A", "B", "B", "B"]
     assert decide(ids, scores, {"A": 0.4, "B": 0.95}, datasets).tolist() == ["a", NEW, NEW, NEW]
-    tuned = {"global": 0.45, "per_dataset": {"B": 0.95}}
+    tuned = TunedThreshold(0.45, {"B": 0.95})
     assert decide(ids, scores, tuned, datasets).tolist() == ["a", NEW, NEW, NEW]
     with pytest.raises(ConfigError, match="no threshold for dataset"):
         decide(ids, scores, {"A": 0.4}, datasets)

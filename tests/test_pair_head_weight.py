@@ -48,9 +48,9 @@ def test_a_pair_head_that_ranks_by_chance_is_voted_down_on_the_held_out_split(se
     # Voting with its fixed share, the chance-level head costs open-set score (what the fix is for) ...
     assert fixed["score"] < embedding_only["score"] - 0.1
     # ... tuned on the held-out split its share falls (to 0 or a quarter) and the score is the embedding's.
-    record = tuned_ev.threshold["pair_head_weight"]
-    assert set(record["validation_score"]) == {"0.0", "0.25", "0.5", "1.0"}
-    assert record["chosen"] < 1.0
+    record = tuned_ev.threshold.weights["pair_head"]
+    assert set(record.validation_score) == {"0.0", "0.25", "0.5", "1.0"}
+    assert record.chosen < 1.0
     assert tuned["score"] >= embedding_only["score"] - 0.02
 
 
@@ -68,4 +68,4 @@ def test_an_informative_pair_head_keeps_its_vote():
         return 10.0 * np.einsum("ij,ij->i", ca, cb)
 
     tuned = evaluate_outputs(EvalConfig(), gallery, query, [ModelOutput("siamese", noisy, pair_head=head)])
-    assert tuned.threshold["pair_head_weight"]["chosen"] > 0.0
+    assert tuned.threshold.weights["pair_head"].chosen > 0.0

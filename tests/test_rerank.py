@@ -493,10 +493,10 @@ def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
     ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)], extra_scorers=[oracle])
     assert 0 < ev.tuning_pairs < oracle.pairs.matched, "pairs to tune, then the queries' own"
     assert oracle.pairs.matched - ev.tuning_pairs == len(query) * 10, "each query's shortlist of 10, once"
-    chosen = ev.threshold["matcher_weight"]["chosen"]
-    assert set(ev.threshold["matcher_weight"]["validation_score"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
-    assert chosen >= 1.0 if helpful else chosen <= 0.25, ev.threshold["matcher_weight"]
-    assert ev.scorers["sift [matcher]"]["weight"] == chosen
+    chosen = ev.threshold.weights["matcher"].chosen
+    assert set(ev.threshold.weights["matcher"].validation_score) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
+    assert chosen >= 1.0 if helpful else chosen <= 0.25, ev.threshold.weights["matcher"]
+    assert ev.scorers["sift [matcher]"].weight == chosen
 
 
 def test_compare_rerank_plans_the_largest_shortlist_first_and_tables_every_recorded_run(tmp_path):

@@ -57,8 +57,8 @@ def test_embedder_classifier_and_pair_head_vote_together_calibrated_on_database_
                ModelOutput("siamese", vectors, pair_head=spy_head)]
     ev = evaluate_outputs(EvalConfig(), gallery, query, outputs)
     assert set(ev.scorers) == {"embedder", "classifier", "siamese", "siamese [pair_head]"}
-    assert [s["kind"] for s in ev.scorers.values()] == ["embedding", "softmax", "embedding", "pair_head"]
-    assert all(s["calibrator"]["method"] == "isotonic" for s in ev.scorers.values())
+    assert [s.kind for s in ev.scorers.values()] == ["embedding", "softmax", "embedding", "pair_head"]
+    assert all(s.calibrator["method"] == "isotonic" for s in ev.scorers.values())
     assert seen_in_calibration and all((rows < n_gallery).all() for rows in seen_in_calibration)
     assert set(ev.raw) == set(ev.scorers)
     assert len(ev.predictions) == len(query)
@@ -132,10 +132,10 @@ def test_a_weak_models_threshold_calls_as_many_queries_new_as_its_raw_scores_wou
 def test_a_small_database_pools_several_held_out_splits_for_its_threshold():
     gallery, query, vectors = world(identities=16, per_identity=4, new=4)
     small = evaluate_outputs(EvalConfig(), gallery, query, [ModelOutput("m", vectors)])
-    assert small.threshold["splits"] > 1
+    assert small.threshold.splits > 1
     cfg = EvalConfig()
     cfg.threshold.min_queries = 1
     single = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)])
-    assert single.threshold["splits"] == 1 and single.tuning.queries < small.tuning.queries
+    assert single.threshold.splits == 1 and single.tuning.queries < small.tuning.queries
     cfg.threshold.max_splits, cfg.threshold.min_queries = 3, 10_000
-    assert evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)]).threshold["splits"] == 3
+    assert evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)]).threshold.splits == 3

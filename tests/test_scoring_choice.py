@@ -9,7 +9,7 @@ import pytest
 from core.schema import EvalConfig
 from engine.identify.decision import evaluate_outputs
 from engine.metrics import animalclef_score
-from engine.scoring.choice import AS_GIVEN, SCORINGS, choose, describe_choice, scorings_for
+from engine.scoring.choice import AS_GIVEN, SCORINGS, ScoringChoice, choose, describe_choice, scorings_for
 from engine.scoring.scorers import ModelOutput
 from tests.embedding_worlds import clustered
 
@@ -36,7 +36,7 @@ def test_only_an_ensemble_holding_a_fusion_model_has_alternatives():
 def test_ties_go_to_the_ensemble_as_given_and_each_dataset_chooses_its_own():
     validation = {AS_GIVEN: {"A": 0.5, "B": 0.7}, "member a alone": {"A": 0.5, "B": 0.9}, "blend": {"A": 0.4, "B": 0.2}}
     assert choose(validation, ["A", "B"]) == {"A": AS_GIVEN, "B": "member a alone"}
-    record = {"chosen": {"A": AS_GIVEN}, "validation_score": {AS_GIVEN: {"A": 0.5}, "member a alone": {"A": 0.5}}}
+    record = ScoringChoice({"A": AS_GIVEN}, True, {AS_GIVEN: {"A": 0.5}, "member a alone": {"A": 0.5}})
     assert "A: ensemble as given; ensemble as given: 0.500, member a alone: 0.500" in describe_choice(record)
 
 
@@ -60,16 +60,16 @@ def test_a_fusion_that_carries_no_identity_falls_back_to_its_members_per_dataset
     fused = np.where(on_a, noise, clean)
     cfg = EvalConfig()
     chosen = evaluate_outputs(cfg, gallery, query, [_fusion(None, members, fused)])
-    choice = chosen.threshold["scoring_choice"]
-    assert choice["chosen"]["B"] == AS_GIVEN
-    assert choice["chosen"]["A"] != AS_GIVEN
-    assert set(choice["validation_score"]) == {AS_GIVEN, "member m0 alone", "member m1 alone",
+    choice = chosen.threshold.scoring_choice
+    assert choice.chosen["B"] == AS_GIVEN
+    assert choice.chosen["A"] != AS_GIVEN
+    assert set(choice.validation_score) == {AS_GIVEN, "member m0 alone", "member m1 alone",
                                                "members' static blend (raw cosine, equal weights)",
                                                "members' calibrated soft vote"}
     from dataclasses import replace
 
     alone = evaluate_outputs(replace(cfg, choose_scoring=False), gallery, query, [_fusion(None, members, fused)])
-    assert "scoring_choice" not in alone.threshold
+    assert alone.threshold.scoring_choice is None
     assert _score(chosen, gallery, query) > _score(alone, gallery, query)
     # Queries of B are decided exactly as the fusion alone decides them.
     on_b = (query["dataset"] == "B").to_numpy()

@@ -25,7 +25,7 @@ from engine.accel import say
 from engine.cluster.graph import build_graph
 from engine.cluster.methods import CLUSTERERS
 from engine.cluster.metrics import clustering_report
-from engine.cluster.tuning import anchor_codes, tune
+from engine.cluster.tuning import ClusterThresholds, anchor_codes, tune
 from engine.outputs.artifacts import finite, run_manifest
 from engine.outputs.submission import CLUSTERS, cluster_prefix
 from engine.outputs.writer import RunOutputs, RunResult, write_run
@@ -92,37 +92,37 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
     space = MatchSpace(labels, datasets, True, cfg.retrieval)  # a cluster never spans two datasets
     clusterer = CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)
     trained = sorted(set(gallery["dataset"]))
-    thresholds: Dict[str, Any] = {"method": cfg.cluster.method, "per_dataset": {}}
     if cfg.cluster.threshold is None:
         if not n_gallery:
             raise DataError("no labelled train images to tune the clustering threshold on: set cluster.threshold "
                             "(with one model and no calibration, a cosine similarity)")
         tuned, weight = tune(cfg, scorers, space, gallery, clusterer)
-        thresholds.update(source=f"tuned by ARI on held-out train identities ({cfg.cluster.splits} splits, "
-                                 f"{tuned.images} validation images)", overall=tuned.overall,
-                          validation_ari=tuned.curves, grid=sorted(cfg.cluster.grid))
+        thresholds = ClusterThresholds(
+            cfg.cluster.method, f"tuned by ARI on held-out train identities ({cfg.cluster.splits} splits, "
+                                f"{tuned.images} validation images)", tuned.overall,
+            validation_ari=tuned.curves, grid=sorted(cfg.cluster.grid), matcher_weight=weight)
         if weight is not None:
-            thresholds["matcher_weight"] = weight
             say(accelerator, f"{cfg.rerank.matcher} weight {weight['chosen']} chosen by ARI on the same held-out "
                              "identities (validation ARI per weight: "
                              + ", ".join(f"{w}: {v:.3f}" for w, v in weight["validation_ari"].items()) + ")")
         own = tuned.per_dataset if cfg.cluster.per_dataset else {}
     else:
-        thresholds.update(source=_calibrate_without_tuning(cfg, scorers, space, n_gallery), overall=cfg.cluster.threshold)
+        thresholds = ClusterThresholds(cfg.cluster.method, _calibrate_without_tuning(cfg, scorers, space, n_gallery),
+                                       cfg.cluster.threshold)
         own = {}
     transferred = []
     for dataset in sorted(set(query["dataset"])):
         if dataset in own:
-            thresholds["per_dataset"][dataset] = own[dataset]
+            thresholds.per_dataset[dataset] = own[dataset]
         else:
-            thresholds["per_dataset"][dataset] = thresholds["overall"]
+            thresholds.per_dataset[dataset] = thresholds.overall
             if cfg.cluster.threshold is None and cfg.cluster.per_dataset:
                 transferred.append(dataset)
     for dataset in transferred:
         why = "has no train images" if dataset not in trained else "had too few train identities to tune on"
-        say(accelerator, f"{dataset} {why}: it takes the threshold {thresholds['overall']:.2f} tuned on "
+        say(accelerator, f"{dataset} {why}: it takes the threshold {thresholds.overall:.2f} tuned on "
                          f"{', '.join(sorted(own)) or 'the other datasets'} (calibrated probabilities transfer across datasets)")
-    thresholds["transferred"] = transferred
+    thresholds.transferred = transferred
 
     nodes = np.arange(len(rows))
     graph = build_graph(scorers, space, nodes, cfg.cluster.neighbours)
@@ -134,7 +134,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
     joined = np.full(len(query), None, dtype=object)
     for dataset in sorted(set(query["dataset"])):
         members = np.flatnonzero(datasets == dataset)
-        found = clusterer.labels(graph.subgraph(members), anchors[members], [thresholds["per_dataset"][dataset]])[0]
+        found = clusterer.labels(graph.subgraph(members), anchors[members], [thresholds.per_dataset[dataset]])[0]
         is_query = members >= n_gallery
         names[members[is_query] - n_gallery] = _names(found, is_query, dataset)
         identity_of = {c: labels[m] for c, m in zip(found[~is_query], members[~is_query], strict=True)}
@@ -144,7 +144,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
     truth = query["identity"].to_numpy(dtype=object)
     metrics = None
     if query["identity"].notna().any():
-        metrics = finite({**clustering_report(truth, names, query["dataset"].tolist()), "thresholds": thresholds})
+        metrics = finite({**clustering_report(truth, names, query["dataset"].tolist()), "thresholds": thresholds.to_dict()})
     manifest = _cluster_manifest(cfg, data, outputs, scorers, thresholds, graph)
 
     def write_report(path):
@@ -157,15 +157,15 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
                              "joined_identity": joined})
     return write_run(cfg, table, RunOutputs(
         CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
-        lambda path: safe_cells(clusters).to_csv(path, index=False), metrics, manifest, write_report, thresholds))
+        lambda path: safe_cells(clusters).to_csv(path, index=False), metrics, manifest, write_report,
+        thresholds.to_dict()))
 
 
 def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],
-                      thresholds: Dict[str, Any], graph) -> Dict[str, Any]:
+                      thresholds: ClusterThresholds, graph) -> Dict[str, Any]:
     return run_manifest(
         cfg, CLUSTERS, outputs,
         {"images": len(data.table), "train": len(data.gallery), "test": len(data.query),
          "fingerprint": image_list_fingerprint(data.table)},
-        thresholds=thresholds, graph={"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
-        scorers={s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight, "calibrator": s.calibrator.to_dict()}
-                 for s in scorers})
+        thresholds=thresholds.to_dict(), graph={"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
+        scorers={s.name: s.summary().to_dict() for s in scorers})

@@ -10,7 +10,7 @@ from __future__ import annotations
 import html
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import List, Optional
 
 import numpy as np
 import pandas as pd
@@ -19,6 +19,7 @@ from core.files import atomic_write_text
 from core.schema import DataConfig, EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
+from engine.cluster.tuning import ClusterThresholds
 from engine.outputs.html import (
     CSS,
     THUMBNAIL,
@@ -79,13 +80,12 @@ def _scores(metrics: Optional[dict]) -> str:
     return table(["dataset", *keys], rows) + '<p class="note">docs/metrics.md explains each score.</p>'
 
 
-def _thresholds(thresholds: Dict[str, Any]) -> str:
-    rows = [[d, t, "transferred (no train images to tune on)" if d in thresholds.get("transferred", []) else ""]
-            for d, t in sorted(thresholds["per_dataset"].items())]
-    out = table(["dataset", "threshold", ""], rows) + f'<p class="note">{html.escape(str(thresholds.get("source", "")))}</p>'
-    grid = thresholds.get("grid")
-    for dataset, curve in sorted((thresholds.get("validation_ari") or {}).items()):
-        out += (f'<div class="hist">{_curve(grid, curve, dataset)}</div>')
+def _thresholds(thresholds: ClusterThresholds) -> str:
+    rows = [[d, t, "transferred (no train images to tune on)" if d in thresholds.transferred else ""]
+            for d, t in sorted(thresholds.per_dataset.items())]
+    out = table(["dataset", "threshold", ""], rows) + f'<p class="note">{html.escape(thresholds.source)}</p>'
+    for dataset, curve in sorted((thresholds.validation_ari or {}).items()):
+        out += (f'<div class="hist">{_curve(thresholds.grid, curve, dataset)}</div>')
     return out
 
 
@@ -146,7 +146,7 @@ def _dataset_section(thumbs: _Thumbs, query: pd.DataFrame, names: np.ndarray, da
 
 
 def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.DataFrame, names: np.ndarray,
-                          joined: np.ndarray, metrics: Optional[dict], thresholds: Dict[str, Any]) -> str:
+                          joined: np.ndarray, metrics: Optional[dict], thresholds: ClusterThresholds) -> str:
     thumbs = _Thumbs(rows, cfg.data, len(rows) - len(query))
     labelled = metrics is not None
     summary = table(["", ""], [

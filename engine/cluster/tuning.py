@@ -17,7 +17,7 @@ its edges' scores are computed once: every further weight only re-votes and re-c
 from __future__ import annotations
 
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -53,6 +53,30 @@ def anchor_codes(labels: np.ndarray) -> np.ndarray:
     """Identity code per node, -1 where there is no identity."""
     codes, _ = pd.factorize(pd.Series(labels, dtype=object))
     return codes.astype(np.int64)
+
+
+@dataclass
+class ClusterThresholds:
+    """The threshold each dataset is clustered at, and where it comes from (the report and the files show it)."""
+
+    method: str  # cluster.method
+    source: str
+    overall: float
+    per_dataset: Dict[str, float] = field(default_factory=dict)
+    validation_ari: Optional[Dict[str, List[float]]] = None  # per dataset (and "all"): ARI along the grid
+    grid: Optional[List[float]] = None
+    matcher_weight: Optional[Dict[str, Any]] = None  # chosen, and the validation ARI of each weight
+    transferred: List[str] = field(default_factory=list)  # datasets that took the overall threshold
+
+    def to_dict(self) -> Dict[str, Any]:
+        out: Dict[str, Any] = {"method": self.method, "per_dataset": self.per_dataset, "source": self.source,
+                               "overall": self.overall}
+        if self.validation_ari is not None:
+            out.update(validation_ari=self.validation_ari, grid=self.grid)
+        if self.matcher_weight is not None:
+            out["matcher_weight"] = self.matcher_weight
+        out["transferred"] = self.transferred
+        return out
 
 
 def held_out_split(gallery: pd.DataFrame, cluster: ClusterConfig, seed: int) -> np.ndarray:

@@ -18,9 +18,10 @@ import pandas as pd
 
 from core.schema import EvalConfig, RerankConfig
 from engine.identify.heldout import TuningRecord, best_of, training_identities, tune
-from engine.openset import decide, humpback_guesses, thresholds_for
+from engine.identify.record import ThresholdRecord
+from engine.openset import TunedThreshold, decide, humpback_guesses, thresholds_for
 from engine.retrieval import Candidates
-from engine.scoring.choice import AS_GIVEN, choose, fusion_members, scorings_for
+from engine.scoring.choice import AS_GIVEN, ScoringChoice, choose, fusion_members, scorings_for
 from engine.scoring.neighbour_scorers import neighbour_scorers
 from engine.scoring.scorers import ImageRanking, MatchSpace, ModelOutput, Scorer, scorers_for
 from engine.scoring.voting import Vote, fit_calibrators, vote
@@ -33,7 +34,7 @@ class Evaluation:
     candidates: Candidates  # fused identity ranking per query, best first
     best_ids: np.ndarray
     best_scores: np.ndarray
-    threshold: Dict[str, Any]  # {"source", "global", "per_dataset", ...}
+    threshold: ThresholdRecord
     decided: np.ndarray  # identity or new_individual per query
     predictions: list  # what the submission holds (AnimalCLEF labels or Humpback guess lists)
     tuning: Optional[TuningRecord]  # what the held-out split's validation queries saw
@@ -57,13 +58,13 @@ class _Tuned:
 
     name: str
     scorers: List[Scorer]
-    threshold: Dict[str, Any]
+    threshold: ThresholdRecord
     tuning: Optional[TuningRecord]
 
     def validation(self, per_dataset: bool) -> Dict[str, float]:
         """Its validation score per dataset (with one global threshold, the mean over datasets as "all")."""
-        scores = self.threshold["validation"]
-        return dict(scores["by_dataset"]) if per_dataset else {"all": float(scores["global"])}
+        scores = self.threshold.threshold.validation
+        return dict(scores.by_dataset) if per_dataset else {"all": float(scores.overall)}
 
 
 def _seen_identities(outputs: Sequence[ModelOutput]) -> Optional[set]:
@@ -100,23 +101,20 @@ def _tune_scorings(cfg: EvalConfig, outputs: Sequence[ModelOutput], extra_scorer
     return tuned
 
 
-def _choice_record(tuned: Sequence[_Tuned], chosen: Dict[str, str], per_dataset: bool) -> Dict[str, Any]:
-    return {"chosen": chosen, "per_dataset": per_dataset,
-            "validation_score": {t.name: {d: round(v, 6) for d, v in t.validation(per_dataset).items()} for t in tuned},
-            "rule": "per dataset, the scoring with the best open-set score on the held-out database split; "
-                    "the ensemble as given wins ties"}
+def _choice_record(tuned: Sequence[_Tuned], chosen: Dict[str, str], per_dataset: bool) -> ScoringChoice:
+    return ScoringChoice(chosen, per_dataset, {t.name: {d: round(v, 6) for d, v in t.validation(per_dataset).items()}
+                                               for t in tuned})
 
 
-def _merged_threshold(tuned: Dict[str, _Tuned], chosen: Dict[str, str], per_dataset: bool) -> Dict[str, Any]:
+def _merged_threshold(tuned: Dict[str, _Tuned], chosen: Dict[str, str], per_dataset: bool) -> ThresholdRecord:
     """The ensemble's threshold record, with each dataset's threshold from the scoring it chose."""
-    base = dict(tuned[AS_GIVEN].threshold) if AS_GIVEN in tuned else dict(next(iter(tuned.values())).threshold)
     if not per_dataset:
-        return dict(tuned[chosen["all"]].threshold)
-    base["per_dataset"] = {d: tuned[name].threshold["per_dataset"][d] for d, name in chosen.items()}
-    scores = [tuned[name].threshold["validation"]["by_dataset"][d] for d, name in chosen.items()]
-    base["validation"] = {**base["validation"], "per_dataset": float(np.mean(scores)),
-                          "by_dataset": {d: tuned[name].threshold["validation"]["by_dataset"][d]
-                                         for d, name in chosen.items()}}
+        return copy.deepcopy(tuned[chosen["all"]].threshold)
+    base = copy.deepcopy(tuned[AS_GIVEN].threshold if AS_GIVEN in tuned else next(iter(tuned.values())).threshold)
+    by_dataset = {d: tuned[name].threshold.threshold.validation.by_dataset[d] for d, name in chosen.items()}
+    base.threshold.per_dataset = {d: tuned[name].threshold.threshold.per_dataset[d] for d, name in chosen.items()}
+    base.threshold.validation = replace(base.threshold.validation, with_per_dataset=float(np.mean(list(by_dataset.values()))),
+                                        by_dataset=by_dataset)
     return base
 
 
@@ -134,8 +132,8 @@ def _merged_tuning(tuned: Dict[str, _Tuned], chosen: Dict[str, str], per_dataset
 
 def _adaptive_vote(scoring: _Tuned, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray, size: int) -> Vote:
     """`vote` with the scoring's rerank.adaptive margin, if it chose one."""
-    margin = scoring.threshold.get("adaptive", {}).get("margin")
-    limits = None if margin is None else thresholds_for(space.datasets[q_rows], scoring.threshold, len(q_rows))
+    margin = None if scoring.threshold.adaptive is None else scoring.threshold.adaptive.margin
+    limits = None if margin is None else thresholds_for(space.datasets[q_rows], scoring.threshold.threshold, len(q_rows))
     return vote(scoring.scorers, space, q_rows, g_rows, size, limits, margin)
 
 
@@ -190,33 +188,32 @@ def evaluate_outputs(cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     if cfg.threshold.value is None:
         per_dataset = cfg.threshold.per_dataset
         tuned = {t.name: t for t in _tune_scorings(cfg, outputs, extra_scorers, space, gallery, kind)}
-        names = sorted(set(tuned[AS_GIVEN].threshold["validation"]["by_dataset"])) if per_dataset else ["all"]
+        names = sorted(set(tuned[AS_GIVEN].validation(per_dataset=True))) if per_dataset else ["all"]
         chosen = choose({n: t.validation(per_dataset) for n, t in tuned.items()}, names)
         threshold = _merged_threshold(tuned, chosen, per_dataset)
         tuning = _merged_tuning(tuned, chosen, per_dataset)
         if len(tuned) > 1:
-            threshold["scoring_choice"] = _choice_record(list(tuned.values()), chosen, per_dataset)
+            threshold.scoring_choice = _choice_record(list(tuned.values()), chosen, per_dataset)
     else:
         scorers = _ensemble(cfg.rerank, outputs, list(extra_scorers))
         fit_calibrators(scorers, space, all_gallery, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
-        threshold = {"source": "threshold.value", "global": float(cfg.threshold.value), "per_dataset": {}}
+        threshold = ThresholdRecord("threshold.value", TunedThreshold(float(cfg.threshold.value)))
         tuned, chosen = {AS_GIVEN: _Tuned(AS_GIVEN, scorers, threshold, None)}, {"all": AS_GIVEN}
     tuning_pairs = _pairs_matched(extra_scorers)
     # Queries are matched against the whole gallery with the calibrators fitted above.
     result, used = _vote_by_choice(tuned, chosen, space, q_rows, all_gallery, cfg.rerank.shortlist)
     best_ids, best_scores = best_of(result.candidates)
     datasets_q = query["dataset"].tolist()
-    decided = decide(best_ids, best_scores, threshold, datasets_q)
+    decided = decide(best_ids, best_scores, threshold.threshold, datasets_q)
     if kind == "humpback":
-        whale_threshold = threshold.get("new_whale", {}).get("global", threshold["global"])
+        whale_threshold = threshold.new_whale["global"] if threshold.new_whale else threshold.threshold.overall
         fallback = gallery["identity"].value_counts().index[:5].tolist()
         predictions = [humpback_guesses(c, whale_threshold, fallback) for c in result.candidates]
     else:
         predictions = list(decided)
     return Evaluation(candidates=result.candidates, best_ids=best_ids, best_scores=best_scores, threshold=threshold,
                       decided=decided, predictions=predictions, tuning=tuning, rankings=result.rankings, raw=result.raw,
-                      scorers={s.name: {"kind": s.kind, "stage": s.stage, "weight": s.weight,
-                                        "calibrator": s.calibrator.to_dict()} for s in used},
+                      scorers={s.name: s.summary() for s in used},
                       shortlist=result.shortlist, skipped=result.skipped, tuning_pairs=tuning_pairs)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, replace
-from typing import Any, Dict, Optional, Sequence
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -21,9 +21,10 @@ import pandas as pd
 from core.errors import DataError
 from core.schema import EvalConfig
 from data.splits import open_set_split
-from engine.openset import score_at, thresholds_for, tune_humpback_threshold, tune_threshold
+from engine.identify.record import ThresholdRecord, WeightChoice
+from engine.openset import TunedThreshold, score_at, thresholds_for, tune_humpback_threshold, tune_threshold
 from engine.retrieval import Candidates
-from engine.scoring.adaptive import choose_margin
+from engine.scoring.adaptive import MarginChoice, choose_margin
 from engine.scoring.neighbour_scorers import NEIGHBOUR_KINDS
 from engine.scoring.scorers import MatchSpace, Scorer
 from engine.scoring.voting import fit_calibrators, vote
@@ -125,13 +126,14 @@ class Pooled:
 
     candidates: Candidates
     best_scores: np.ndarray
-    tuned: Dict[str, Any]
+    tuned: TunedThreshold
     truth: np.ndarray  # identity of each validation query
     known: np.ndarray  # whether it is in its split's validation database
     datasets: np.ndarray
 
     def score(self, per_dataset: bool) -> float:
-        return float(self.tuned["validation"]["per_dataset" if per_dataset else "global"])
+        scores = self.tuned.validation
+        return float(scores.with_per_dataset if per_dataset else scores.overall)
 
 
 def pooled_vote(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[HeldOutSplit]) -> Pooled:
@@ -150,7 +152,7 @@ def pooled_vote(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, p
 
 
 def tune_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[HeldOutSplit], kind: str,
-                 options: Sequence[float], configured: float, scale: bool) -> tuple:
+                options: Sequence[float], configured: float, scale: bool) -> Tuple[Pooled, WeightChoice]:
     """The weight of the `kind` scorers (absolute, or with `scale` a factor of each one's own weight)
     of `options` whose vote scores best on the validation queries (`configured` among equals), set
     on them; returns (pooled vote, record). Scores of the pairs do not depend on the weight, so each
@@ -169,12 +171,11 @@ def tune_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, p
     per_dataset = cfg.threshold.per_dataset
     best = max(tried, key=lambda w: (round(tried[w].score(per_dataset), 9), w == configured))
     set_weight(best)
-    return tried[best], {"chosen": best, "validation_score": {str(w): round(p.score(per_dataset), 6)
-                                                              for w, p in tried.items()}}
+    return tried[best], WeightChoice(best, {str(w): round(p.score(per_dataset), 6) for w, p in tried.items()})
 
 
 def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame, kind: str,
-          seen: Optional[set], calibration: str) -> tuple:
+          seen: Optional[set], calibration: str) -> Tuple[ThresholdRecord, TuningRecord]:
     """Fit the calibrators and tune the threshold (and, with rerank.tune_pair_weight and
     rerank.tune_weight, the pair heads' and the matcher's weights) on held-out database identities.
 
@@ -187,30 +188,29 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     passes = [held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed, fit=True)]
     while sum(len(p.truth) for p in passes) < cfg.threshold.min_queries and len(passes) < cfg.threshold.max_splits:
         passes.append(held_out_pass(cfg, scorers, space, gallery, seen, cfg.seed + len(passes), fit=False))
-    pooled, records = None, {}
+    pooled, weights = None, {}
     kinds = {s.kind for s in scorers}
     # A pair head first (trained on other individuals, maybe another species, it may rank pairs no
     # better than chance here), then the matcher, then each re-ranker of rerank.neighbours, each on
     # the vote the previous one left.
     if cfg.rerank.tune_pair_weight and "pair_head" in kinds:
-        pooled, records["pair_head_weight"] = tune_weight(cfg, scorers, space, passes, "pair_head",
+        pooled, weights["pair_head"] = tune_weight(cfg, scorers, space, passes, "pair_head",
                                                            PAIR_HEAD_FACTORS, 1.0, scale=True)
     if cfg.rerank.tune_weight and "matcher" in kinds:
-        pooled, records["matcher_weight"] = tune_weight(cfg, scorers, space, passes, "matcher", MATCHER_WEIGHTS,
+        pooled, weights["matcher"] = tune_weight(cfg, scorers, space, passes, "matcher", MATCHER_WEIGHTS,
                                                          cfg.rerank.weight, scale=False)
     for neighbours in (k for k in NEIGHBOUR_KINDS if cfg.rerank.tune_weight and k in kinds):
         # 0 among equals: a re-ranker without pixels votes only where it helps.
-        pooled, records[f"{neighbours}_weight"] = tune_weight(cfg, scorers, space, passes, neighbours,
+        pooled, weights[neighbours] = tune_weight(cfg, scorers, space, passes, neighbours,
                                                                MATCHER_WEIGHTS, 0.0, scale=False)
     if pooled is None:
         pooled = pooled_vote(cfg, scorers, space, passes)
+    tuned = pooled.tuned if cfg.threshold.per_dataset else replace(pooled.tuned, per_dataset={})
+    threshold = ThresholdRecord("tuned on held-out database identities", tuned, len(passes), weights)
     if cfg.rerank.adaptive and any(s.stage == "shortlist" for s in scorers):
-        records["adaptive"] = adaptive_margin(cfg.threshold.per_dataset, scorers, space, passes, pooled)
-    threshold = {"source": "tuned on held-out database identities", "splits": len(passes), **pooled.tuned, **records}
-    if not cfg.threshold.per_dataset:
-        threshold["per_dataset"] = {}
+        threshold.adaptive = adaptive_margin(cfg.threshold.per_dataset, scorers, space, passes, pooled)
     if kind == "humpback":
-        threshold["new_whale"] = tune_humpback_threshold(pooled.candidates, pooled.truth, pooled.known)
+        threshold.new_whale = tune_humpback_threshold(pooled.candidates, pooled.truth, pooled.known)
     tuning = TuningRecord(pooled.best_scores, pooled.known, pooled.datasets, len(passes),
                           int(sum(p.identities for p in passes)),
                           int(sum(len(set(p.truth[~p.known])) for p in passes)))
@@ -218,12 +218,12 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
 
 
 def adaptive_margin(per_dataset: bool, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[HeldOutSplit],
-                     pooled: Pooled) -> Dict[str, Any]:
+                     pooled: Pooled) -> MarginChoice:
     """rerank.adaptive: the certainty margin chosen on the validation queries at the tuned threshold
     (engine.scoring.adaptive); the global scorers' vote matches nothing."""
     global_scorers = [s for s in scorers if s.stage == "global"]
     global_vote = [c for p in passes for c in vote(global_scorers, space, p.queries, p.database).candidates]
-    limits = thresholds_for(pooled.datasets, pooled.tuned if per_dataset else pooled.tuned["global"], len(pooled.truth))
+    limits = thresholds_for(pooled.datasets, pooled.tuned if per_dataset else pooled.tuned.overall, len(pooled.truth))
     groups = np.concatenate([[f"{i}/{t}" for t in p.truth] for i, p in enumerate(passes)]).astype(object)
 
     def score(candidates) -> float:

@@ -22,5 +22,5 @@ def identify_manifest(cfg: EvalConfig, data: RunData, inputs: RunInputs, ev: Eva
         cfg, data.kind, inputs.outputs,
         {"images": len(table), "database": int((table["split"] == "database").sum()),
          "query": int((table["split"] == "query").sum()), "fingerprint": image_list_fingerprint(table)},
-        threshold=ev.threshold, scorers=ev.scorers, rerank=rerank,
+        threshold=ev.threshold.to_dict(), scorers={name: s.to_dict() for name, s in ev.scorers.items()}, rerank=rerank,
         tuning_split=None if ev.tuning is None else ev.tuning.summary())

@@ -57,7 +57,7 @@ def run_identification(cfg: EvalConfig, accelerator=None) -> RunResult | None:
 
     return write_run(cfg, data.table, RunOutputs(
         data.kind, ev.predictions, PREDICTIONS, lambda path: write_predictions(path, cfg.data, data.query, ev), metrics,
-        identify_manifest(cfg, data, inputs, ev), write_report, ev.threshold))
+        identify_manifest(cfg, data, inputs, ev), write_report, ev.threshold.to_dict()))
 
 
 def _decision_lines(cfg: EvalConfig, ev: Evaluation, inputs: RunInputs) -> list:
@@ -66,21 +66,18 @@ def _decision_lines(cfg: EvalConfig, ev: Evaluation, inputs: RunInputs) -> list:
     if ev.tuning is not None:
         lines.append(f"threshold tuned on {ev.tuning.queries} validation queries from {ev.tuning.splits} "
                      f"held-out split(s) of the database (threshold.min_queries={cfg.threshold.min_queries})")
-    # Each weight tuned on the held-out split, in the order it was tuned (engine/identify/decision.py).
-    tuned_weights = [("pair_head_weight", "pair head weight x"), ("matcher_weight", f"{cfg.rerank.matcher} weight "),
-                     *((f"{kind}_weight", f"{kind} weight ") for kind in cfg.rerank.neighbours)]
-    for key, what in tuned_weights:
-        if key in ev.threshold:
-            tried = ev.threshold[key]["validation_score"]
-            lines.append(f"{what}{ev.threshold[key]['chosen']} chosen on the same split (validation score per "
-                         "value: " + ", ".join(f"{w}: {v:.3f}" for w, v in tried.items()) + ")")
-    if "scoring_choice" in ev.threshold:
-        lines.append(describe_choice(ev.threshold["scoring_choice"]))
-    if "adaptive" in ev.threshold:
-        chosen = ev.threshold["adaptive"]
-        lines.append(f"rerank.adaptive: margin {chosen['margin']} chosen on the same split (validation score "
-                     f"{chosen['full_score']:.3f} matching every query; per margin: "
-                     + ", ".join(f"{m}: {v:.3f}" for m, v in chosen["validation_score"].items()) + "); "
+    # Each weight tuned on the held-out split, in the order it was tuned (engine/identify/heldout.py).
+    what = {"pair_head": "pair head weight x", "matcher": f"{cfg.rerank.matcher} weight "}
+    for kind, choice in ev.threshold.weights.items():
+        lines.append(f"{what.get(kind, f'{kind} weight ')}{choice.chosen} chosen on the same split (validation score "
+                     "per value: " + ", ".join(f"{w}: {v:.3f}" for w, v in choice.validation_score.items()) + ")")
+    if ev.threshold.scoring_choice is not None:
+        lines.append(describe_choice(ev.threshold.scoring_choice))
+    if ev.threshold.adaptive is not None:
+        chosen = ev.threshold.adaptive
+        lines.append(f"rerank.adaptive: margin {chosen.margin} chosen on the same split (validation score "
+                     f"{chosen.full_score:.3f} matching every query; per margin: "
+                     + ", ".join(f"{m}: {v:.3f}" for m, v in chosen.validation_score.items()) + "); "
                      f"{ev.skipped} of {len(ev.decided)} queries certain without matching, "
                      f"{0 if ev.shortlist is None else int((ev.shortlist >= 0).sum())} query pairs re-scored")
     matcher = inputs.matcher

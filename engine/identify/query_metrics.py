@@ -25,9 +25,8 @@ def query_metrics(threshold: ThresholdConfig, gallery: pd.DataFrame, query: pd.D
     truth = query["identity"].to_numpy(dtype=object)
     datasets = query["dataset"].tolist()
     known = set(gallery["identity"])
-    limits = thresholds_for(datasets, ev.threshold, len(query))
-
-    whale = ev.threshold.get("new_whale", {}).get("global")
+    limits = thresholds_for(datasets, ev.threshold.threshold, len(query))
+    whale = ev.threshold.new_whale["global"] if ev.threshold.new_whale else None
 
     def scored(decided, limits_used) -> Dict[str, Any]:
         places = limits_used if whale is None else np.full(len(query), whale)
@@ -36,16 +35,16 @@ def query_metrics(threshold: ThresholdConfig, gallery: pd.DataFrame, query: pd.D
 
     result: Dict[str, Any] = {
         "queries": len(query), "known_queries": int(pd.Series(truth, dtype=object).isin(known).sum()),
-        "tuned": {"threshold": {k: v for k, v in ev.threshold.items() if k != "validation"},
+        "tuned": {"threshold": {k: v for k, v in ev.threshold.to_dict().items() if k != "validation"},
                   **scored(ev.decided, limits)},
     }
     try:
         best = tune_threshold(ev.best_scores, ev.best_ids, truth, known, datasets, per_dataset=threshold.per_dataset)
-        chosen = best if threshold.per_dataset else best["global"]
+        chosen = best if threshold.per_dataset else best.overall
         hindsight_limits = thresholds_for(datasets, chosen, len(query))
         result["hindsight"] = {
             "note": "threshold chosen WITH the query labels: an upper bound for this model, not a result",
-            "threshold": {"global": best["global"], "per_dataset": best["per_dataset"] if threshold.per_dataset else {}},
+            "threshold": {"global": best.overall, "per_dataset": best.per_dataset if threshold.per_dataset else {}},
             **scored(decide(ev.best_ids, ev.best_scores, chosen, datasets), hindsight_limits)}
     except DataError as err:
         result["hindsight"] = {"note": f"not computed: {err}"}

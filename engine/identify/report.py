@@ -46,6 +46,7 @@ KNOWN_COLOUR, UNKNOWN_COLOUR, ALL_COLOUR = "#2b7bb9", "#e07b39", "#7a7a7a"
 
 
 def _threshold_of(threshold: Dict[str, Any], dataset: str) -> float:
+    """A dataset's threshold in a threshold record as metrics.json and manifest.json hold it."""
     return float(threshold.get("per_dataset", {}).get(dataset, threshold.get("global", math.nan)))
 
 
@@ -64,7 +65,7 @@ def _histograms(query: pd.DataFrame, gallery_ids: set, ev, metrics: Optional[dic
                       ("new individuals", scores[~known[rows]], UNKNOWN_COLOUR)]
         else:
             series = [("all queries (labels unknown)", scores, ALL_COLOUR)]
-        lines = [("tuned threshold" if ev.tuning is not None else "threshold", _threshold_of(ev.threshold, name), "#222")]
+        lines = [("tuned threshold" if ev.tuning is not None else "threshold", _threshold_of(ev.threshold.to_dict(), name), "#222")]
         if hindsight:
             lines.append(("hindsight", _threshold_of(hindsight, name), "#b02"))
         blocks.append(f'<div class="hist">{svg_histogram(series, lines, f"{name}: best score per query")}</div>')
@@ -131,10 +132,10 @@ def _scorers_section(ev, names: Dict[str, str]) -> str:
     rows = []
     for name, info in ev.scorers.items():
         best_raw = np.array([c[0][1] for c in ev.raw[name] if c], dtype=np.float64)
-        calibrator = Calibrator.from_dict(info["calibrator"])
+        calibrator = Calibrator.from_dict(info.calibrator)
         quantiles = np.quantile(best_raw, QUANTILES) if len(best_raw) else np.full(len(QUANTILES), np.nan)
         mapped = calibrator(quantiles) if len(best_raw) else quantiles
-        rows.append([shortened(name, names), info["kind"], info["stage"], info["weight"], info["calibrator"]["method"],
+        rows.append([shortened(name, names), info.kind, info.stage, info.weight, info.calibrator["method"],
                      " / ".join(f"{r:.3f} -> {c:.3f}" for r, c in zip(quantiles, mapped, strict=True))])
     return (table(["scorer", "kind", "stage", "weight", "calibration",
                     "best raw score -> calibrated (10th / 50th / 90th percentile of queries)"], rows)
@@ -169,7 +170,8 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
     ev = evaluation
     gallery_ids = set(gallery["identity"])
     names = short_model_names(cfg.models)
-    threshold_rows = [["global", ev.threshold.get("global")]] + [[d, t] for d, t in sorted(ev.threshold.get("per_dataset", {}).items())]
+    tuned = ev.threshold.threshold
+    threshold_rows = [["global", tuned.overall]] + [[d, t] for d, t in sorted(tuned.per_dataset.items())]
     summary = table(["", ""], [
         models_row(cfg.models, names), ["data", f"{cfg.data.format} {cfg.data.root}".strip()],
         *([["query photos (unlabelled)", cfg.data.query_root]] if cfg.data.query_root else []),
@@ -182,7 +184,7 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>reidzoo evaluation</title>",
         f"<style>{CSS}</style></head><body><h1>reidzoo evaluation</h1>", summary,
         "<h2>Thresholds</h2>", table(["dataset", "threshold"], threshold_rows),
-        f'<p class="note">{html.escape(str(ev.threshold.get("source", "")))}. A query whose best score is below '
+        f'<p class="note">{html.escape(ev.threshold.source)}. A query whose best score is below '
         "its dataset's threshold is predicted as a new individual.</p>",
         "<h2>Metrics</h2>", _metrics_section(metrics, names),
         "<h2>Scorers</h2>", _scorers_section(ev, names),

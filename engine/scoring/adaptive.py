@@ -11,6 +11,7 @@ for the full vote, so choosing the margin matches nothing more.
 """
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Dict, Optional, Sequence
 
 import numpy as np
@@ -18,6 +19,19 @@ import numpy as np
 from engine.retrieval import Candidates
 
 MARGINS = (0.5, 0.4, 0.3, 0.25, 0.2, 0.15, 0.1, 0.05)  # calibrated probability, widest first
+
+
+@dataclass
+class MarginChoice:
+    """The margin chosen (None: every query is matched) and what each margin did on the validation queries."""
+
+    margin: Optional[float]
+    full_score: float  # matching every query
+    validation_score: Dict[str, float]  # per margin
+    skipped_fraction: Dict[str, float]  # per margin: queries left unmatched
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
 
 
 def certain(global_vote: Candidates, limits: np.ndarray, margin: Optional[float]) -> np.ndarray:
@@ -37,7 +51,7 @@ def mixed(global_vote: Candidates, full_vote: Candidates, sure: np.ndarray) -> C
 
 
 def choose_margin(global_vote: Candidates, full_vote: Candidates, limits: np.ndarray,
-                  score: Callable[[Candidates], float], margins: Sequence[float] = MARGINS) -> Dict[str, Any]:
+                  score: Callable[[Candidates], float], margins: Sequence[float] = MARGINS) -> MarginChoice:
     """The smallest margin whose mixed vote scores at least the full vote's `score`, with what each
     margin scored and the fraction of queries it left unmatched."""
     full = round(score(full_vote), 9)
@@ -48,4 +62,4 @@ def choose_margin(global_vote: Candidates, full_vote: Candidates, limits: np.nda
         skipped[str(margin)] = round(float(sure.mean()) if len(sure) else 0.0, 4)
     good = [m for m in margins if round(tried[str(m)], 6) >= round(full, 6)]
     chosen = min(good) if good else None
-    return {"margin": chosen, "full_score": round(full, 6), "validation_score": tried, "skipped_fraction": skipped}
+    return MarginChoice(chosen, round(full, 6), tried, skipped)

@@ -15,8 +15,8 @@ not apply (no fusion model among the outputs).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, replace
-from typing import Dict, List, Sequence
+from dataclasses import asdict, dataclass, replace
+from typing import Any, Dict, List, Sequence
 
 from core.registry import Registry
 from engine.scoring.scorers import ModelOutput
@@ -114,12 +114,26 @@ def choose(validation: Dict[str, Dict[str, float]], datasets: Sequence[str]) -> 
     return chosen
 
 
-def describe_choice(record: Dict) -> str:
+@dataclass
+class ScoringChoice:
+    """Per dataset (or "all"), the scoring chosen, and every scoring's validation score there."""
+
+    chosen: Dict[str, str]
+    per_dataset: bool
+    validation_score: Dict[str, Dict[str, float]]
+    rule: str = ("per dataset, the scoring with the best open-set score on the held-out database split; "
+                 "the ensemble as given wins ties")
+
+    def to_dict(self) -> Dict[str, Any]:
+        return asdict(self)
+
+
+def describe_choice(record: ScoringChoice) -> str:
     """What eval.py prints: per dataset, the scoring chosen and every scoring's validation score."""
     lines = ["scoring chosen on the threshold's held-out database split (open-set score per scoring; "
              "the ensemble as given wins ties):"]
-    for dataset, name in record["chosen"].items():
-        tried = ", ".join(f"{n}: {scores[dataset]:.3f}" for n, scores in record["validation_score"].items()
+    for dataset, name in record.chosen.items():
+        tried = ", ".join(f"{n}: {scores[dataset]:.3f}" for n, scores in record.validation_score.items()
                           if dataset in scores)
         why = "" if name == AS_GIVEN else " (it scores above the ensemble as given here: the pipeline falls back)"
         lines.append(f"  {dataset}: {name}{why}; {tried}")

@@ -6,8 +6,8 @@ outputs), its meta (input size, normalisation, label map) and what one forward p
 and the checksum and probe are remembered in the embedding cache, keyed by the export's two files
 as they are on disk (path, size, modification time: the same identity the cache keeps of each
 image). A later run whose outputs are all cached then builds no model, so it neither loads the
-weights nor imports timm (with the torchvision and torch._dynamo it pulls in, 1.5 s of a small
-set's 9 s). Rewriting either file (a new training run) changes its identity, and the model is built,
+weights nor imports timm (with the torchvision and torch._dynamo it pulls in, a large share of a
+small set's run: docs/results.md). Rewriting either file (a new training run) changes its identity, and the model is built,
 checksummed and probed again.
 
 Anything else (a zoo name, a timm or `hf-hub:` name, a fusion model, which runs on its members'

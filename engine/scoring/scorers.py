@@ -103,6 +103,19 @@ class ImageRanking:
         return names[np.where(self.indices >= 0, self.indices, len(gallery_labels))]
 
 
+@dataclass
+class ScorerSummary:
+    """What a scorer voted with, as the report and manifest.json show it."""
+
+    kind: str
+    stage: str
+    weight: float
+    calibrator: Dict[str, Any]  # Calibrator.to_dict()
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"kind": self.kind, "stage": self.stage, "weight": self.weight, "calibrator": self.calibrator}
+
+
 class Scorer(ABC):
     """Base class: a name, a voting weight, a calibrator fitted by the caller, raw pair scores."""
 
@@ -118,6 +131,9 @@ class Scorer(ABC):
     def name(self) -> str:
         """The model's name for its global scorer, with the kind added for the others."""
         return self.output.name if self.stage == "global" else f"{self.output.name} [{self.kind}]"
+
+    def summary(self) -> ScorerSummary:
+        return ScorerSummary(self.kind, self.stage, self.weight, self.calibrator.to_dict())
 
     @abstractmethod
     def pair_scores(self, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray) -> np.ndarray:

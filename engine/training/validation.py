@@ -34,7 +34,7 @@ def open_set_metrics(
     result = retrieve(q_emb, db_emb, db_ids, RetrievalConfig(k=min(k, len(db_ids)), index="flat", use_gpu=False))
     best_ids, best_scores = result.best()
     known = set(db_ids.tolist())
-    threshold = tune_threshold(best_scores, best_ids, q_ids, known, per_dataset=False)["global"]
+    threshold = tune_threshold(best_scores, best_ids, q_ids, known, per_dataset=False).overall
     predicted = decide(best_ids, best_scores, threshold)
     known_part, unknown_part = baks(q_ids, predicted, known), baus(q_ids, predicted, known)
     metrics = {  # in the order of METRICS
