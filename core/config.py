@@ -40,7 +40,7 @@ _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?
 
 class _Loader(yaml.SafeLoader):
     """YAML 1.2 core scalars: booleans are only true/false (YAML 1.1 also reads yes/no/on/off, which
-    would turn `train.mixed_precision=no` into False), numbers are plain decimal (or 0x hex) and
+    would turn `train.mixed_precision=no` into False), numbers are plain decimal (or hexadecimal) and
     there are no implicit dates."""
 
 
