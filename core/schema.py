@@ -70,7 +70,8 @@ class DataConfig:
     bbox_padding: float = 0.1  # (float) padding around the bbox (annotated or detected), as a fraction of its size
     cache_dir: str = ""  # (str) resized-image cache; "" = ~/.cache/reidzoo/images, "none" = off
     num_workers: int = 2  # (int) DataLoader worker processes
-    verify_images: bool = True  # (bool) open every image header once before training/evaluation
+    verify_images: bool = True  # (bool) open every image header once before training/evaluation (format folders and data.query_root: decode every photo once, the verdict cached)
+    skip_unreadable: bool = False  # (bool) format folders and data.query_root: leave out photos that cannot be decoded or are in a format PIL cannot open (named in a warning); false = refuse them, all named at once
     orientation_rules: Dict[str, Dict[str, float]] = field(default_factory=dict)  # (dict) dataset -> {orientation: degrees}
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # (list) normalisation mean
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))  # (list) normalisation std

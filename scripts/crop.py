@@ -17,6 +17,7 @@ import time
 
 import engine.components  # noqa: F401  (the built-in names a config may use, registered)
 from core.config import load_config
+from core.csv_cells import safe_cells
 from core.errors import cli_entry
 from core.files import atomic_write_text
 from core.schema import SYNTHETIC, CropConfig, DataConfig
@@ -53,7 +54,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     _, manifest = crop_with_manifest(table, crop, detector=detector)
     seconds = time.perf_counter() - start
-    atomic_write_text(args.out, manifest.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(args.out, safe_cells(manifest).to_csv(index=False, lineterminator="\n"))
     fallback = int(manifest["fallback"].sum())
     print(f"{len(manifest)} images in {seconds:.1f} s ({len(manifest) / max(seconds, 1e-9):.1f} img/s, cache included): "
           f"{len(manifest) - fallback} cropped, {fallback} kept their full frame; manifest {args.out}")

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from core.csv_cells import safe_cells
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
 from engine.accel import say
@@ -156,7 +157,8 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
                              "joined_identity": joined})
     return write_run(cfg, table, RunOutputs(
         CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
-        lambda path: clusters.to_csv(path, index=False), metrics, manifest, write_report, thresholds.to_dict()))
+        lambda path: safe_cells(clusters).to_csv(path, index=False), metrics, manifest, write_report,
+        thresholds.to_dict()))
 
 
 def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],

@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.errors import DataError, list_some
 from core.schema import DataConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from data.transforms import build_tta_transform
-from engine.extraction import extract
+from engine.extraction import extract, nonfinite_rows
 from engine.scoring.embed_cache import EmbeddingCache, cache_key, transform_description
 
 
@@ -78,7 +79,19 @@ def cached_outputs(model: CachedModel, heads: Sequence[str], views: ImageViews, 
         return extract(model.build(), dataset, heads=heads, batch_size=views.batch_size, accelerator=accelerator,
                        num_workers=data.num_workers, desc=f"embedding {model_label(model.spec)}", precision=precision)
 
-    return rows.cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows.rows)), keys
+    arrays = rows.cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows.rows))
+    for head, array in arrays.items():
+        _require_finite(array, head, model.spec, rows.rows)
+    return arrays, keys
+
+
+def _require_finite(array: np.ndarray, head: str, spec: str, rows: pd.DataFrame) -> None:
+    """Stop on NaN or infinite outputs: retrieval and clustering would turn them into arbitrary answers."""
+    bad = nonfinite_rows(array)
+    if len(bad):
+        names = rows["image_id"].iloc[bad].astype(str).tolist()
+        raise DataError(f"model {spec} gives NaN or infinite {head} values for {len(bad)} of {len(rows)} images "
+                        f"({list_some(names, 5)}): its weights or these images are broken")
 
 
 def model_label(spec: str) -> str:
