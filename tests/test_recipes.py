@@ -103,8 +103,9 @@ def test_the_humpback_twin_data_is_humpback_format_and_deterministic(tmp_path):
 
 # The twin reproduced a second time to check byte-identity: the one with the most kinds of stage (a
 # detector, crops by its export, classifiers, a Siamese embedder, the Humpback evaluation with SIFT).
-# Every other twin runs once; determinism of the embedder, the fusion and the clustering submission is
-# checked by their own tests (test_train.py, test_fusion.py, test_clustering.py).
+# The other twins run once (a second run of each doubled the slow set's longest file); bitwise
+# repeatable training and submissions are also checked by test_train.py, test_train_crash.py,
+# test_detectors.py (resumes), test_rerank.py and test_clustering.py (one process against two).
 TWICE = ["humpback/siamese_classifiers"]
 
 
