@@ -84,3 +84,24 @@ def tiny_train_overrides(root: Path, out: Path, cache: Path) -> list:
         "train.warmup_steps=2",
         "train.max_minutes=0",  # stop by steps or epochs, not by the clock, so runs are reproducible
     ]
+
+
+def run_train(args, timeout=300, launcher=None, env=None) -> subprocess.CompletedProcess:
+    """train.py in a fresh process (or under `launcher`), as a user runs it."""
+    cmd = (launcher or [sys.executable]) + [str(REPO / "train.py")] + [str(a) for a in args]
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+TINY_RUN_OVERRIDES = ["train.epochs=2", "val.fraction=0.4", "val.export=last"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_synthetic, tmp_path_factory) -> tuple:
+    """One finished train.py run of the tiny model (tiny_train_overrides + TINY_RUN_OVERRIDES): its folder
+    and the completed process. Shared by every test that needs a trained run or its export, so the model
+    is trained once per session; a test that writes into a run copies the folder first."""
+    base = tmp_path_factory.mktemp("tiny_run")
+    out = base / "run"
+    result = run_train(tiny_train_overrides(tiny_synthetic, out, base / "cache") + TINY_RUN_OVERRIDES)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
