@@ -1,0 +1,154 @@
+"""The review page: its application's refusals (through Starlette's test client), and a real
+headless Chromium answering with the keyboard (Debian's chromium and chromium-driver, Selenium)."""
+from __future__ import annotations
+
+import shutil
+import socket
+import threading
+import time
+
+import pytest
+from review_worlds import cluster_run
+
+from engine.outputs.review_file import ANSWERS_FILE
+from engine.review.run import open_run
+from engine.review.session import ReviewOptions, ReviewSession
+from engine.review.store import AnswerStore
+
+fastapi = pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from engine.review.app import create_app  # noqa: E402
+
+
+def new_session(run_dir) -> ReviewSession:
+    run = open_run(run_dir)
+    return ReviewSession(run, AnswerStore(run.folder / ANSWERS_FILE), ReviewOptions())
+
+
+@pytest.fixture
+def client(tmp_path):
+    return TestClient(create_app(new_session(cluster_run(tmp_path))))
+
+
+def started(client: TestClient, name: str = "ann") -> dict:
+    token = client.post("/api/session").json()["session"]
+    headers = {"X-Review-Session": token}
+    assert client.post("/api/reviewer", json={"name": name}, headers=headers).status_code == 200
+    return headers
+
+
+def test_images_are_served_by_their_number_and_nothing_else(client):
+    found = client.get("/image/0?size=thumb")
+    assert found.status_code == 200 and found.headers["content-type"] == "image/jpeg" and found.content[:2] == b"\xff\xd8"
+    for url in ("/image/999", "/image/-1", "/image/0x1", "/image/..%2F..%2Fetc%2Fpasswd", "/image/%2Fetc%2Fpasswd",
+                "/image/0?size=huge", "/static/..%2Freview.py", "/static/index.html", "/images/0", "/review.npz"):
+        refused = client.get(url)
+        assert refused.status_code == 404 and refused.json() == {"error": "not found"}, url
+    page = client.get("/")
+    assert page.status_code == 200 and "script-src 'self'" in page.headers["content-security-policy"]
+    assert "http" not in page.text.replace("http-equiv", "")  # no asset from elsewhere
+
+
+def test_changes_need_the_pages_session_token_and_json(client):
+    assert client.post("/api/next").status_code == 403
+    assert client.post("/api/answer", data={"pair": 0, "answer": "same"}).status_code == 403  # a cross-site form
+    token = client.post("/api/session").json()["session"]
+    headers = {"X-Review-Session": token}
+    assert client.post("/api/next", headers=headers).json() == {"error": "give your name first"}
+    assert client.post("/api/reviewer", content="name=ann", headers={**headers, "Content-Type": "text/plain"}).status_code == 415
+    assert client.post("/api/reviewer", json={"name": ""}, headers=headers).status_code == 400
+    headers = started(client)
+    shown = client.post("/api/next", headers=headers).json()
+    pair = shown["pair"]["pair"]
+    for bad, status in (({"pair": pair, "answer": "maybe"}, 400), ({"pair": "0", "answer": "same"}, 400),
+                        ({"pair": 10**6, "answer": "same"}, 404), ([1, 2], 400)):
+        refused = client.post("/api/answer", json=bad, headers=headers)
+        assert refused.status_code == status and set(refused.json()) == {"error"}, bad
+    broken = client.post("/api/answer", content="{not json", headers={**headers, "Content-Type": "application/json"})
+    assert broken.status_code == 400 and "Traceback" not in broken.text
+    stored = client.post("/api/answer", json={"pair": pair, "answer": "same"}, headers=headers).json()
+    assert stored["stored"] == 1 and stored["progress"]["answers"] == 1
+
+
+def test_off_loopback_every_request_needs_the_access_token(tmp_path):
+    client = TestClient(create_app(new_session(cluster_run(tmp_path)), token="s3cret"))
+    assert client.get("/").status_code == 401 and client.get("/image/0").status_code == 401
+    assert client.get("/?token=wrong").status_code == 401
+    assert client.get("/?token=s3cret").status_code == 200  # sets the cookie the page's requests carry
+    assert client.get("/image/0").status_code == 200 and client.post("/api/session").status_code == 200
+    other = TestClient(client.app)
+    assert other.get("/image/0", headers={"X-Review-Token": "s3cret"}).status_code == 200
+    assert other.get("/image/0?token=s3cret").status_code == 401  # the address carries it only to the page
+
+
+# ----------------------------------------------------------------------------- a real browser
+
+
+def _browser():
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    driver = shutil.which("chromedriver")
+    if not chromium or not driver:
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
+
+
+@pytest.fixture
+def served(tmp_path):
+    import uvicorn
+
+    session = new_session(cluster_run(tmp_path))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    server = uvicorn.Server(uvicorn.Config(create_app(session), log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.02)
+    yield f"http://127.0.0.1:{listener.getsockname()[1]}/", session
+    server.should_exit = True
+    thread.join(10)
+
+
+def test_a_reviewer_answers_with_the_keyboard_undoes_and_finds_it_all_after_a_reload(served):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, session = served
+    browser = _browser()
+    try:
+        wait = WebDriverWait(browser, 20)
+        browser.get(url)
+        name = wait.until(lambda b: b.find_element(By.ID, "name") if b.find_element(By.ID, "name").is_displayed() else None)
+        name.send_keys("Ann Reviewer\n")
+
+        def progress_says(text):
+            return lambda b: text in b.find_element(By.ID, "progress").text
+
+        wait.until(progress_says("0 answers"))
+        shown = []
+        for key in ("s", "d", "n"):
+            pair = wait.until(lambda b: b.find_element(By.ID, "review").get_attribute("data-pair"))
+            shown.append(pair)
+            browser.find_element(By.TAG_NAME, "body").send_keys(key)
+            wait.until(lambda b, seen=len(shown): f"{seen} answers" in b.find_element(By.ID, "progress").text)
+        browser.find_element(By.TAG_NAME, "body").send_keys("z")
+        wait.until(progress_says("2 answers"))
+        assert browser.find_element(By.ID, "review").get_attribute("data-pair") == shown[-1]  # asked again
+        browser.refresh()
+        wait.until(progress_says("2 answers"))  # the name was remembered, the answers kept by the server
+        assert [a.verdict for a in session.store.active()] == ["same", "different"]
+        assert {a.reviewer for a in session.store.everything()} == {"Ann Reviewer"}
+        assert [a.status for a in session.store.everything()] == ["active", "active", "undone"]
+        image = browser.find_element(By.ID, "left")
+        assert wait.until(lambda b: b.execute_script("return arguments[0].naturalWidth", image) > 0)
+        browser.get(url + "image/..%2F..%2Fetc%2Fpasswd")
+        assert "not found" in browser.page_source
+    finally:
+        browser.quit()
