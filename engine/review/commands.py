@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
+import numpy as np
+
 from core.errors import ConfigError, DataError
 from engine.outputs.review_file import ANSWERS_FILE
 from engine.review.export import export_gallery
@@ -79,7 +81,7 @@ def simulate_into(run_dir, *, truth: str, answers: int, out: str, options: Revie
     with tempfile.TemporaryDirectory(prefix=".review-", dir=Path(out).expanduser().absolute().parent) as scratch:
         store = AnswerStore(Path(scratch) / ANSWERS_FILE)
         session = ReviewSession(run, store, options)
-        done = simulate(session, truth_rows, answers, error_rate, seed)
+        done = simulate(session, truth_rows, answers, error_rate, np.random.default_rng(seed))
         summary = {**review_summary(session), "asked": done.asked, "wrong_on_purpose": done.wrong,
                    "contradictions": done.conflicts, "error_rate": error_rate}
         decisions = session.decide()

@@ -57,14 +57,18 @@ class Simulated:
 
 
 def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate: float = 0.0,
-             seed: int = 0, datasets: Optional[List[str]] = None) -> Simulated:
-    """Answer up to `answers` pairs per dataset from `truth` (see the module doc)."""
+             rng: Optional[np.random.Generator] = None, datasets: Optional[List[str]] = None) -> Simulated:
+    """Answer pairs from `truth` until every dataset holds `answers` of the oracle's answers (those
+    stored before count, so a session can be taken further step by step, as the benchmark does)."""
     if not 0 <= error_rate < 1:
         raise DataError(f"--error-rate must be at least 0 and below 1, got {error_rate}")
-    rng = np.random.default_rng(seed)
+    rng = rng if rng is not None else np.random.default_rng(0)
     data = session.run.data
     pending = list(datasets or session.datasets())
     asked = {d: 0 for d in pending}
+    for stored in session.store.everything():
+        if stored.client == ORACLE and stored.dataset in asked:
+            asked[stored.dataset] += 1
     wrong = conflicts = 0
     while pending:
         for dataset in list(pending):
