@@ -71,6 +71,24 @@ def test_changes_need_the_pages_session_token_and_json(client):
     assert stored["stored"] == 1 and stored["progress"]["answers"] == 1
 
 
+def test_the_runs_keypoint_matcher_draws_the_pairs_correspondences(tmp_path):
+    from core.config import save_config
+    from core.schema import EvalConfig
+
+    run_dir = cluster_run(tmp_path)
+    plain = TestClient(create_app(new_session(run_dir)))
+    assert plain.get("/matches/0").status_code == 404  # the run had no matcher
+    cfg = EvalConfig()
+    cfg.rerank.matcher, cfg.rerank.cache = "sift", str(tmp_path / "keypoints")
+    save_config(cfg, run_dir / "config.yaml")
+    client = TestClient(create_app(new_session(run_dir)))
+    headers = started(client)
+    assert client.post("/api/next", headers=headers).json()["pair"]["matches"] is True
+    drawn = client.get("/matches/0")
+    assert drawn.status_code == 200 and drawn.content[:2] == b"\xff\xd8"
+    assert client.get("/matches/99999").status_code == 404 and client.get("/matches/..%2F0").status_code == 404
+
+
 def test_off_loopback_every_request_needs_the_access_token(tmp_path):
     client = TestClient(create_app(new_session(cluster_run(tmp_path)), token="s3cret"))
     assert client.get("/").status_code == 401 and client.get("/image/0").status_code == 401

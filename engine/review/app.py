@@ -2,7 +2,8 @@
 
 Routes: `/` and `/static/<file>` (the page, its script and style, from this package: no asset
 comes from anywhere else), `/image/<id>?size=thumb|screen|full` (a photo by its number in the run;
-anything else is a 404: no path ever appears in a URL), and the JSON API under `/api/`.
+anything else is a 404: no path ever appears in a URL), `/matches/<pair>` (the pair's keypoint
+correspondences, where the run had a matcher), and the JSON API under `/api/`.
 
 Who may do what:
 * An **access token** (`--token`, required off loopback) guards every route: the page's address
@@ -31,7 +32,7 @@ from starlette.middleware.base import BaseHTTPMiddleware
 
 from engine.review.outputs import review_summary, write_reviewed
 from engine.review.session import ReviewRefused, ReviewSession
-from engine.review.views import SIZES, image_bytes, pair_view
+from engine.review.views import SIZES, MatchDrawer, image_bytes, matches_bytes, pair_view
 
 STATIC = Path(__file__).resolve().parent / "static"
 ASSETS = {"review.js": "text/javascript", "review.css": "text/css"}
@@ -84,6 +85,7 @@ def create_app(session: ReviewSession, token: Optional[str] = None, reviewed_dir
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(_Guard, token=token)
     clients: Dict[str, str] = {}  # session token -> reviewer name ('' until given)
+    drawer = MatchDrawer(session.run)
     reviewed_dir = reviewed_dir or session.run.folder / "reviewed"
 
     @app.exception_handler(Refused)
@@ -132,7 +134,7 @@ def create_app(session: ReviewSession, token: Optional[str] = None, reviewed_dir
         return name
 
     def shown(pair: Optional[int]) -> Dict[str, Any]:
-        return {"pair": None if pair is None else pair_view(session, pair), "progress": session.progress()}
+        return {"pair": None if pair is None else pair_view(session, pair, drawer.available), "progress": session.progress()}
 
     @app.get("/")
     async def page():
@@ -149,6 +151,12 @@ def create_app(session: ReviewSession, token: Optional[str] = None, reviewed_dir
         if not image.isdigit() or int(image) >= len(session.run.images) or size not in SIZES:
             raise Refused(404, "not found")
         return Response(image_bytes(session, int(image), size), media_type="image/jpeg")
+
+    @app.get("/matches/{pair}")
+    def matches(pair: str):
+        if not drawer.available or not pair.isdigit() or int(pair) >= len(session.run.data.pair_a):
+            raise Refused(404, "not found")
+        return Response(matches_bytes(drawer, session, int(pair)), media_type="image/jpeg")
 
     @app.post("/api/session")
     async def new_session():
@@ -186,7 +194,7 @@ def create_app(session: ReviewSession, token: Optional[str] = None, reviewed_dir
     def answered(token: str, name: str, pair: int, verdict: str, keep: Optional[str]):
         outcome = session.answer(token, name, pair, verdict, keep)
         if outcome.conflict is not None:
-            return JSONResponse({"conflict": outcome.conflict.to_dict(), "pair": pair_view(session, pair)}, status_code=409)
+            return JSONResponse({"conflict": outcome.conflict.to_dict(), "pair": pair_view(session, pair, drawer.available)}, status_code=409)
         return {"stored": outcome.answer_id, "refit": outcome.refit, **shown(session.next_pair(token))}
 
     @app.post("/api/undo")

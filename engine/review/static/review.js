@@ -70,6 +70,9 @@ function render(data) {
     $(side + "-meta").textContent = metaText(view[side]);
     fillStrip(side + "-context", view[side + "_context"]);
   }
+  $("toggle-matches").classList.toggle("hidden", !view.matches);
+  $("matches-panel").classList.add("hidden");
+  $("matches").removeAttribute("src");
   const scorers = view.scorers.map((s) => `${s.name} ${s.probability.toFixed(2)}`).join(", ");
   $("scores").textContent = `${view.dataset}: P(same) ${view.probability.toFixed(2)} (threshold `
     + `${view.threshold.toFixed(2)}); ${view.decision}` + (scorers ? `; scorers: ${scorers}` : "");
@@ -130,6 +133,15 @@ async function apply() {
   say(status === 200 ? `reviewed files written to ${data.folder}` : data.error);
 }
 
+function toggleMatches() {
+  if (!state.pair || !state.pair.matches) return;
+  const panel = $("matches-panel");
+  if (panel.classList.contains("hidden") && !$("matches").getAttribute("src")) {
+    $("matches").src = `/matches/${state.pair.pair}`;
+  }
+  panel.classList.toggle("hidden");
+}
+
 function zoom(image) {
   $("zoomed").src = `/image/${image}?size=full`;
   $("zoom").classList.remove("hidden");
@@ -163,6 +175,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("who").addEventListener("submit", (event) => { event.preventDefault(); setName($("name").value); });
   for (const verdict of Object.values(KEYS)) $(verdict).addEventListener("click", () => answer(verdict));
   $("undo").addEventListener("click", undo);
+  $("toggle-matches").addEventListener("click", toggleMatches);
   $("apply").addEventListener("click", apply);
   $("keep-new").addEventListener("click", () => settle("new"));
   $("keep-earlier").addEventListener("click", () => settle("earlier"));
@@ -183,6 +196,7 @@ document.addEventListener("DOMContentLoaded", () => {
     }
     if (KEYS[key]) answer(KEYS[key]);
     else if (key === "z") undo();
+    else if (key === "m") toggleMatches();
   });
   start();
 });
