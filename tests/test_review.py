@@ -256,3 +256,38 @@ def test_damaged_or_foreign_run_folders_are_refused_in_one_line(clustered, tmp_p
     (clustered / "review.npz").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="cannot be reviewed"):
         open_run(clustered)
+
+
+def test_a_refit_in_the_background_ends_where_the_simulator_ends(clustered, tmp_path):
+    import time
+
+    from engine.cluster.constraints import canonical
+
+    from engine.outputs.review_file import save_review
+
+    data = load_review(clustered / "review.npz")
+    data.settings.thresholds["A"] = 0.9  # far too high: the answers pull it down
+    save_review(clustered / "review.npz", data)
+    truth = truth_of(clustered)
+    sessions = []
+    for background in (False, True):
+        run = open_run(clustered)
+        store = AnswerStore(tmp_path / f"bg-{background}.sqlite")
+        session = ReviewSession(run, store, ReviewOptions(refit="always", min_answers=10, background=background))
+        ids = run.images["image_id"].tolist()
+        labels = {i: truth.get(i, run.images["identity"].iloc[k]) for k, i in enumerate(ids)}
+        answered = 0
+        for pair in range(len(run.data.pair_a)):
+            a, b = ids[run.data.pair_a[pair]], ids[run.data.pair_b[pair]]
+            if session.closure.known(int(run.data.pair_a[pair]), int(run.data.pair_b[pair])) is None:
+                outcome = session.answer("c", "ann", pair, SAME if labels[a] == labels[b] else DIFFERENT)
+                answered += outcome.answer_id is not None
+            if answered == 14:
+                break
+        deadline = time.monotonic() + 20
+        while session.redoing and time.monotonic() < deadline:
+            time.sleep(0.02)
+        sessions.append(session)
+    plain, threaded = sessions
+    assert plain.refits and plain.refits == threaded.refits  # the threshold was re-fitted, the same in both
+    assert np.array_equal(canonical(plain.state.labels), canonical(threaded.state.labels))

@@ -6,6 +6,7 @@ import ipaddress
 import secrets
 import socket
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Dict, Optional
 
@@ -50,7 +51,7 @@ def serve(run_dir, *, host: str, port: int, token: Optional[str], answers: Optio
     if not is_loopback(host) and not token:
         token = secrets.token_urlsafe(18)
         say(f"{host} is not a loopback address: every request needs the access token {token}")
-    session = session_for(run_dir, answers, options)
+    session = session_for(run_dir, answers, replace(options, background=True))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

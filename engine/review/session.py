@@ -13,6 +13,9 @@ this class, so a simulated reviewer chooses, answers and applies exactly as a pe
   committed before the state changes and the call returns (the acknowledgement).
 * **Threshold**: once a dataset has enough *same* / *different* answers, every `REFIT_EVERY`
   answers its threshold is re-fitted from them (engine/review/refit.py) and its decisions redone.
+  With `background` (the server) a dataset's re-clustering runs in a thread outside the lock, so
+  the next pair does not wait for it; the answers given meanwhile are replayed on its result. The
+  simulator redoes it at once, so that its runs repeat exactly.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class ReviewOptions:
     min_answers: int = MIN_ANSWERS
     seed: int = 0
     lease_s: float = LEASE_S
+    background: bool = False  # re-decide a dataset after a re-fit in a thread (the server)
 
     def __post_init__(self):
         SELECTORS.get(self.selector)  # an unknown name stops here, with the closest one
@@ -83,6 +87,7 @@ class ReviewSession:
         self.thresholds = dict(data.settings.thresholds)
         self.refits: Dict[str, Dict[str, float]] = {}
         self.ignored = 0  # stored answers naming images this run does not hold
+        self.redoing: Dict[str, Tuple[object, List[Answer]]] = {}  # dataset -> (token, answers since)
         self.state = REVIEW_TASKS.get(run.task)(run, self.thresholds)
         self._rebuild()
 
@@ -102,6 +107,7 @@ class ReviewSession:
     def _rebuild(self) -> None:
         """Closure, thresholds and decisions from the stored answers (at start, after undo or overrule)."""
         answers = self._answers()
+        self.redoing.clear()  # a re-clustering under way belongs to the state being replaced
         self.closure = Closure(self.run.anchors(), [a for _, a in answers])
         self.passed = {self.pair_of[k] for s, a in answers if s.verdict in (NOT_SURE, SKIP)
                        for k in [(min(a.a, a.b), max(a.a, a.b))] if k in self.pair_of}
@@ -210,13 +216,37 @@ class ReviewSession:
             self.closure.add(answer)
             if verdict in LINKS:
                 self.state.after(self.closure, answer)
+                if dataset in self.redoing:
+                    self.redoing[dataset][1].append(answer)
                 changed = self._refit(dataset)
                 if changed is not None:
-                    self.state.reset(self.closure, [dataset])
+                    self._redo(dataset)
                     outcome.refit[dataset] = changed
             else:
                 self.passed.add(pair)
             return outcome
+
+    def _redo(self, dataset: str) -> None:
+        """Re-decide `dataset` under the current constraints and threshold (see the module doc)."""
+        constraints = self.closure.pair_constraints(self.state.rows(dataset))
+        threshold = self.thresholds[dataset]
+        if not self.options.background:
+            self.state.install(dataset, self.state.recompute(constraints, dataset, threshold))
+            return
+        token: object = object()
+        self.redoing[dataset] = (token, [])
+
+        def work() -> None:
+            found = self.state.recompute(constraints, dataset, threshold)
+            with self.lock:
+                if self.redoing.get(dataset, (None,))[0] is not token:
+                    return  # a later re-fit or a rebuild replaced this one
+                _, since = self.redoing.pop(dataset)
+                self.state.install(dataset, found)
+                for answer in since:
+                    self.state.after(self.closure, answer)
+
+        threading.Thread(target=work, name=f"review-redo-{dataset}", daemon=True).start()
 
     def _to_overrule(self, a: int, b: int, verdict: str) -> List[int]:
         """Every earlier answer to overrule so that the new one holds (several chains may join two images)."""

@@ -24,7 +24,7 @@ import pandas as pd
 
 from core.registry import Registry
 from data.table import NEW_INDIVIDUAL
-from engine.cluster.constraints import canonical
+from engine.cluster.constraints import PairConstraints, canonical
 from engine.cluster.graph import Graph
 from engine.cluster.methods import CLUSTERERS
 from engine.cluster.pipeline import cluster_names
@@ -55,9 +55,26 @@ class TaskState(ABC):
         self.queries = np.flatnonzero(data.images["is_query"].to_numpy(bool))
         self.pair_dataset = self.datasets[self.pair_a] if len(self.pair_a) else np.zeros(0, object)
 
-    @abstractmethod
     def reset(self, closure: Closure, datasets: Optional[List[str]] = None) -> None:
         """Recompute the decisions of `datasets` (all: None) from scratch under `closure`."""
+        for dataset in datasets or self.decided_datasets():
+            self.install(dataset, self.recompute(closure.pair_constraints(self.rows(dataset)), dataset,
+                                                 self.thresholds[dataset]))
+
+    def decided_datasets(self) -> List[str]:
+        return sorted(set(self.datasets[self.queries].tolist()))
+
+    def rows(self, dataset: str) -> np.ndarray:
+        return np.flatnonzero(self.datasets == dataset)
+
+    def recompute(self, constraints: PairConstraints, dataset: str, threshold: float):
+        """The heavy part of reset for one dataset, reading nothing that answers change (so that it may
+        run outside the session's lock); None where the decisions need no recomputing."""
+        return None
+
+    def install(self, dataset: str, result) -> None:
+        """Take what recompute found as the dataset's decisions."""
+        return None
 
     @abstractmethod
     def after(self, closure: Closure, answer: Answer) -> None:
@@ -131,9 +148,6 @@ class IdentifyState(TaskState):
             values[q] = str(self.code_identity[int(confirmed[q])])
         return values, (confirmed >= 0) | touched, open_
 
-    def reset(self, closure, datasets=None):
-        return None  # decisions are recomputed from the closure whenever they are needed
-
     def after(self, closure, answer):
         return None
 
@@ -196,16 +210,20 @@ class ClusterState(TaskState):
         constraints = closure.pair_constraints(rows) if closure is not None else None
         return self.clusterer.labels(graph, self.anchors[rows], [self.thresholds[dataset]], constraints)[0]
 
-    def reset(self, closure, datasets=None):
-        untouched = not closure.same and not closure.different
-        for dataset in datasets or list(self.members):
-            rows = self.members[dataset]
-            if untouched and self.thresholds[dataset] == self.run.data.settings.thresholds[dataset]:
-                found = self.model[rows]  # what the run's clusterer gave for these very inputs
-            else:
-                found = self._cluster(closure, rows, dataset, self.subgraphs[dataset])
-            self.labels[rows] = canonical(found) + self.labels.max() + 1
-        self.apart.clear()
+    def rows(self, dataset):
+        return self.members[dataset]
+
+    def recompute(self, constraints, dataset, threshold):
+        rows = self.members[dataset]
+        if not constraints and threshold == self.run.data.settings.thresholds[dataset]:
+            return self.model[rows]  # what the run's clusterer gave for these very inputs
+        return self.clusterer.labels(self.subgraphs[dataset], self.anchors[rows], [threshold], constraints)[0]
+
+    def install(self, dataset, result):
+        rows = self.members[dataset]
+        stale = set(self.labels[rows].tolist())
+        self.labels[rows] = canonical(result) + self.labels.max() + 1
+        self.apart = {pair for pair in self.apart if not (set(pair) & stale)}
 
     def after(self, closure, answer):
         a, b = answer.a, answer.b

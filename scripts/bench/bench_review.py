@@ -271,7 +271,9 @@ def speed_main(args) -> None:
         (folder / "run" / "manifest.json").write_text(json.dumps(run_marker(EVAL)))
         save_review(folder / "run" / REVIEW_FILE, ReviewData(settings, image_frame(rows, 0), a, b, p, p[:, None], clusters))
         run = open_run(folder / "run")
-        session = ReviewSession(run, AnswerStore(folder / "answers.sqlite"), ReviewOptions(selector=args.selector))
+        # as the server runs it: a re-fit's re-clustering in the background
+        session = ReviewSession(run, AnswerStore(folder / "answers.sqlite"),
+                                ReviewOptions(selector=args.selector, background=True))
         answer_ms, next_ms = [], []
         pair = session.next_pair(ORACLE)
         for _ in range(args.answers):
