@@ -291,3 +291,14 @@ def test_a_refit_in_the_background_ends_where_the_simulator_ends(clustered, tmp_
     plain, threaded = sessions
     assert plain.refits and plain.refits == threaded.refits  # the threshold was re-fitted, the same in both
     assert np.array_equal(canonical(plain.state.labels), canonical(threaded.state.labels))
+
+
+def test_photos_reached_through_a_link_to_another_folder_are_served(tmp_path):
+    import os
+    import shutil
+
+    run_dir = cluster_run(tmp_path / "linked")
+    elsewhere = tmp_path / "photos-elsewhere"
+    shutil.move(str(tmp_path / "linked" / "images"), elsewhere)
+    os.symlink(elsewhere, tmp_path / "linked" / "images", target_is_directory=True)
+    assert len(open_run(run_dir).images) == 16

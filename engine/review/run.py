@@ -50,11 +50,13 @@ class ReviewRun:
 
 
 def _check_paths(data: ReviewData, where: Path) -> None:
-    roots = [os.path.realpath(r) for r in data.settings.image_roots]
+    # Compared as written, '..' folded away: a dataset's own symbolic links (a folder of links to the
+    # photos) are its owner's choice, a path that climbs out of the folder is not.
+    roots = [os.path.normpath(os.path.abspath(r)) for r in data.settings.image_roots]
     for path in data.images["path"]:
-        real = os.path.realpath(path)
-        inside = any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
-        if not inside or Path(real).suffix.lower() not in IMAGE_EXTENSIONS:
+        plain = os.path.normpath(os.path.abspath(path))
+        inside = any(plain == r or plain.startswith(r.rstrip(os.sep) + os.sep) for r in roots)
+        if not inside or Path(plain).suffix.lower() not in IMAGE_EXTENSIONS:
             raise DataError(f"{where} names an image outside the folder its run read images from, or not an "
                             f"image file: {path}")
 
