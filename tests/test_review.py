@@ -301,4 +301,9 @@ def test_photos_reached_through_a_link_to_another_folder_are_served(tmp_path):
     elsewhere = tmp_path / "photos-elsewhere"
     shutil.move(str(tmp_path / "linked" / "images"), elsewhere)
     os.symlink(elsewhere, tmp_path / "linked" / "images", target_is_directory=True)
+    data = load_review(run_dir / "review.npz")
+    data.settings.image_roots = [str(tmp_path / "linked")]  # the data's folder, holding the link
+    from engine.outputs.review_file import save_review
+
+    save_review(run_dir / "review.npz", data)
     assert len(open_run(run_dir).images) == 16
