@@ -307,3 +307,17 @@ def test_photos_reached_through_a_link_to_another_folder_are_served(tmp_path):
 
     save_review(run_dir / "review.npz", data)
     assert len(open_run(run_dir).images) == 16
+
+
+def test_a_clusters_weight_in_the_choice_is_its_test_images_not_its_anchors(clustered):
+    session = session_of(clustered)
+    state = session.state
+    found = state.candidates(session.closure)
+    tested = np.bincount(state.labels[state.queries], minlength=int(state.labels.max()) + 1)
+    a, b = state.pair_a[found.pair], state.pair_b[found.pair]
+    la, lb = state.labels[a], state.labels[b]
+    apart = la != lb
+    expected = np.maximum(tested[la], 1) * np.maximum(tested[lb], 1)
+    assert apart.any() and np.array_equal(found.impact[apart], expected[apart])
+    anchored = state.labels[np.flatnonzero(~state.is_query)]
+    assert (np.bincount(state.labels, minlength=len(tested))[anchored] > tested[anchored]).all()  # anchors left out

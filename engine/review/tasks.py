@@ -253,11 +253,14 @@ class ClusterState(TaskState):
             wide = int(self.labels.max()) + 1
             open_ &= ~np.isin(keys, [x * wide + y for x, y in self.apart])
         at = np.flatnonzero(open_ & self.open_edge)
-        sizes = np.bincount(self.labels[self.labels >= 0], minlength=int(self.labels.max()) + 1)
+        # the output is the test images' clusters: a cluster counts by its test images (train images
+        # only anchor it), one at least, so that joining a test image to a known individual counts
+        tested = self.labels[self.queries]
+        sizes = np.maximum(np.bincount(tested[tested >= 0], minlength=int(self.labels.max()) + 1), 1)
         la, lb, p = la[at], lb[at], self.pair_p[at]
         joined = la == lb
         flip = np.where(joined, 1 - p, p)
-        impact = np.where(joined, sizes[la] - 1, sizes[la] * sizes[lb]).astype(np.float64)
+        impact = np.where(joined, np.maximum(sizes[la] - 1, 1), sizes[la] * sizes[lb]).astype(np.float64)
         return Candidates(at, p, flip, impact, self.disagreement[at])
 
     def changes(self, closure):
