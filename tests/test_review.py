@@ -14,7 +14,7 @@ from sklearn.metrics import adjusted_rand_score
 
 import review
 from core.errors import DataError
-from engine.outputs.review_file import ANSWERS_FILE, load_review
+from engine.outputs.review_file import ANSWERS_FILE, load_review, save_review
 from engine.review.constraints import DIFFERENT, SAME, Answer, Closure
 from engine.review.refit import best_threshold, refitted
 from engine.review.run import open_run
@@ -187,8 +187,6 @@ def test_identification_takes_confirmed_identities_and_calls_rejected_queries_ne
 def test_simulated_answers_repair_the_planted_clusters_with_every_clusterer(clustered, method, tmp_path):
     data = load_review(clustered / "review.npz")
     data.settings.method = method
-    from engine.outputs.review_file import save_review
-
     save_review(clustered / "review.npz", data)
     out = tmp_path / f"sim-{method}"
     summary = review.main(["simulate", str(clustered), "--truth", str(clustered.parent / "truth.csv"), "--answers", "30",
@@ -248,8 +246,6 @@ def test_damaged_or_foreign_run_folders_are_refused_in_one_line(clustered, tmp_p
         assert done.returncode == 2 and words in done.stderr and "Traceback" not in done.stderr
     data = load_review(clustered / "review.npz")
     data.images.loc[0, "path"] = "/etc/passwd"
-    from engine.outputs.review_file import save_review
-
     save_review(clustered / "review.npz", data)
     with pytest.raises(DataError, match="outside the folder"):
         open_run(clustered)
@@ -262,8 +258,6 @@ def test_a_refit_in_the_background_ends_where_the_simulator_ends(clustered, tmp_
     import time
 
     from engine.cluster.constraints import canonical
-
-    from engine.outputs.review_file import save_review
 
     data = load_review(clustered / "review.npz")
     data.settings.thresholds["A"] = 0.9  # far too high: the answers pull it down
@@ -303,8 +297,6 @@ def test_photos_reached_through_a_link_to_another_folder_are_served(tmp_path):
     os.symlink(elsewhere, tmp_path / "linked" / "images", target_is_directory=True)
     data = load_review(run_dir / "review.npz")
     data.settings.image_roots = [str(tmp_path / "linked")]  # the data's folder, holding the link
-    from engine.outputs.review_file import save_review
-
     save_review(run_dir / "review.npz", data)
     assert len(open_run(run_dir).images) == 16
 

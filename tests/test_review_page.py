@@ -170,3 +170,46 @@ def test_a_reviewer_answers_with_the_keyboard_undoes_and_finds_it_all_after_a_re
         assert "not found" in browser.page_source
     finally:
         browser.quit()
+
+
+def test_serving_off_loopback_makes_an_access_token_and_says_it(tmp_path, monkeypatch):
+    import uvicorn
+
+    from engine.review import commands
+
+    class Listener:  # stands in for the socket: no address of this machine is really taken
+        def __init__(self, *args):
+            self.bound = None
+
+        def setsockopt(self, *args):
+            pass
+
+        def bind(self, address):
+            self.bound = address
+
+        def listen(self, backlog):
+            pass
+
+        def getsockname(self):
+            return (self.bound[0], 9999)
+
+    served = {}
+    import socket as real
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(commands, "socket", SimpleNamespace(socket=Listener, AF_INET=real.AF_INET, AF_INET6=real.AF_INET6,
+                                                             SOCK_STREAM=real.SOCK_STREAM, SOL_SOCKET=real.SOL_SOCKET,
+                                                             SO_REUSEADDR=real.SO_REUSEADDR))
+    monkeypatch.setattr(uvicorn.Server, "run", lambda self, sockets: served.update(app=self.config.app))
+    assert commands.is_loopback("127.0.0.1") and commands.is_loopback("::1") and commands.is_loopback("localhost")
+    assert not commands.is_loopback("0.0.0.0") and not commands.is_loopback("192.168.1.7")
+    lines = []
+    commands.serve(cluster_run(tmp_path / "a"), host="192.168.1.7", port=0, token=None, answers=None,
+                   options=ReviewOptions(), say=lines.append)
+    token = lines[0].rsplit(" ", 1)[1]
+    assert "not a loopback address" in lines[0] and lines[-1] == f"review page: http://192.168.1.7:9999/?token={token}"
+    assert TestClient(served["app"]).get("/").status_code == 401
+    lines.clear()
+    commands.serve(cluster_run(tmp_path / "b"), host="127.0.0.1", port=0, token=None, answers=None,
+                   options=ReviewOptions(), say=lines.append)
+    assert lines[-1] == "review page: http://127.0.0.1:9999/" and TestClient(served["app"]).get("/").status_code == 200
