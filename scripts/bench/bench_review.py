@@ -3,6 +3,7 @@ code path), and the runs' scores are read after 0, 25, 50, 100 and 200 answers p
 
     python scripts/bench/bench_review.py real --data-root /work/shared/data --out OUT --seeds 0,1 --minutes 5
     python scripts/bench/bench_review.py speed --images 10000
+    python scripts/bench/bench_review.py table --out OUT        # the tables again, from OUT/review-results.json
 
 **real**: the development sets in the AnimalCLEF 2026 layout of scripts/bench_cluster_real.py
 (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set: identity-disjoint train, validation and
@@ -201,13 +202,16 @@ def print_tables(results: Dict[str, dict], steps: List[int]) -> None:
     for (task, part), rows in sorted(groups.items()):
         measure = "mean ARI" if task == "cluster" else "open-set score"
         print(f"\n{task}, {part} part ({measure} after N answers per dataset)\n")
-        print("| selector | wrong answers | seed | " + " | ".join(f"N={n}" for n in steps) + " | gain at 100 |")
-        print("|---|---|---|" + "---|" * len(steps) + "---|")
+        extra = "bcubed_F1" if task == "cluster" else "BAUS"
+        print("| selector | wrong answers | seed | " + " | ".join(f"N={n}" for n in steps)
+              + f" | gain at 100 | {extra} at 0 / {steps[-1]} |")
+        print("|---|---|---|" + "---|" * len(steps) + "---|---|")
         for (selector, error, seed), by_step in sorted(rows.items()):
             values = [by_step.get(str(n), by_step.get(n))["score"] for n in steps]
             gain = (by_step.get("100", by_step.get(100))["score"] - values[0]) if 100 in steps else float("nan")
+            first, last = (by_step.get(str(n), by_step.get(n))[extra] for n in (steps[0], steps[-1]))
             print(f"| {selector} | {float(error[1:]):.0%} | {seed[1:]} | " + " | ".join(f"{v:.4f}" for v in values)
-                  + f" | {gain:+.4f} |")
+                  + f" | {gain:+.4f} | {first:.4f} / {last:.4f} |")
         means = {}
         for (selector, error, _), by_step in rows.items():
             if 100 in steps:
@@ -310,12 +314,19 @@ def main(argv=None) -> None:
     real.add_argument("--error-rates", default="0,0.05")
     real.add_argument("--steps", default="0,25,50,100,200")
     real.add_argument("--eval-overrides", default="", help="extra eval.py key=value for every clustering run")
+    table = modes.add_parser("table")
+    table.add_argument("--out", required=True)
+    table.add_argument("--steps", default="0,25,50,100,200")
     speed = modes.add_parser("speed")
     speed.add_argument("--images", type=int, default=10000)
     speed.add_argument("--neighbours", type=int, default=10)
     speed.add_argument("--answers", type=int, default=200)
     speed.add_argument("--selector", default="default")
     args = parser.parse_args(argv)
+    if args.mode == "table":
+        print_tables(json.loads((Path(args.out) / "review-results.json").read_text()),
+                     [int(s) for s in comma_list(args.steps)])
+        return
     (real_main if args.mode == "real" else speed_main)(args)
 
 
