@@ -249,6 +249,11 @@ def test_damaged_or_foreign_run_folders_are_refused_in_one_line(clustered, tmp_p
     save_review(clustered / "review.npz", data)
     with pytest.raises(DataError, match="outside the folder"):
         open_run(clustered)
+    data.images.loc[0, "path"] = str(clustered.parent / "images" / "img000.jpg")
+    data.settings.kind = "humpback"
+    save_review(clustered / "review.npz", data)
+    with pytest.raises(DataError, match="review works on animalclef and animalclef2026 runs"):
+        open_run(clustered)
     (clustered / "review.npz").write_bytes(b"PK\x03\x04 not really")
     with pytest.raises(DataError, match="cannot be reviewed"):
         open_run(clustered)
