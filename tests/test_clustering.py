@@ -253,8 +253,8 @@ def test_a_plain_folder_of_photos_is_clustered_with_a_given_threshold(world, tmp
 
 
 @pytest.mark.slow  # a fresh process per size (imports torch): about 10 s alone, 30 s on busy shared cores
-def test_bench_cluster_scale_mode_prints_its_table(capsys):
-    from scripts import bench_cluster
+def test_bench_cluster_scale_mode_prints_its_table(capsys, scripts_run_this_checkout):
+    import bench_cluster
 
     bench_cluster.main(["scale", "--sizes", "600", "--methods", "agglomerative,components", "--k", "5"])
     printed = capsys.readouterr().out

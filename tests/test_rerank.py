@@ -466,8 +466,9 @@ def test_two_processes_give_the_same_submission_as_one(tiny_synthetic, weak_expo
 
 
 @pytest.mark.slow
-def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_synthetic, capsys):
-    from scripts import bench_rerank
+def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_synthetic, capsys,
+                                                                           scripts_run_this_checkout):
+    import bench_rerank
 
     bench_rerank.main(["--images", str(tiny_synthetic / "images"), "--matchers", "sift", "--extract", "4",
                        "--pairs", "4", "--galleries", "20,40", "--queries", "2", "--shortlist", "3"])
@@ -500,7 +501,7 @@ def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
 
 
 def test_compare_rerank_plans_the_largest_shortlist_first_and_tables_every_recorded_run(tmp_path):
-    from scripts import compare_rerank
+    import compare_rerank
 
     with pytest.raises(ConfigError, match="NAME=MODEL:ROOT"):
         compare_rerank.parse_set("zebra=only-a-model")

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from core.csv_cells import safe_cells
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
 from engine.accel import say
@@ -159,8 +160,8 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
                              "joined_identity": joined})
     return write_run(cfg, table, RunOutputs(
         CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
-        lambda path: clusters.to_csv(path, index=False), metrics, manifest, write_report, thresholds.to_dict(),
-        _review_data(cfg, rows, n_gallery, scorers, thresholds, graph, codes)))
+        lambda path: safe_cells(clusters).to_csv(path, index=False), metrics, manifest, write_report,
+        thresholds.to_dict(), _review_data(cfg, rows, n_gallery, scorers, thresholds, graph, codes)))
 
 
 def _review_data(cfg: EvalConfig, rows: pd.DataFrame, n_gallery: int, scorers: List[Scorer],

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import html
 import math
-from pathlib import PurePath
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from engine.scoring.cached_outputs import model_label
 from engine.visual import jpeg_data_uri
 
 THUMBNAIL = 96  # px, longer side
@@ -111,8 +111,7 @@ def short_model_names(specs: Sequence[str]) -> Dict[str, str]:
     -> a) or its own, a zoo or timm name as it is; told apart by number where two would read the same."""
     names: Dict[str, str] = {}
     for spec in dict.fromkeys(specs):
-        path = PurePath(spec)
-        short = path.parent.name if path.name == "export" and path.parent.name else path.name or spec
+        short = model_label(spec)
         taken = set(names.values())
         candidate, n = short, 2
         while candidate in taken:

@@ -16,6 +16,7 @@ from typing import Any, Dict, Optional
 
 import pandas as pd
 
+from core.csv_cells import plain_cells, safe_cells
 from core.errors import DataError
 from core.files import atomic_folder, atomic_write_text
 from core.ownership import MARKER_FILES, REVIEW, check_output_folder, may_replace, run_marker
@@ -47,7 +48,7 @@ def task_table(run: ReviewRun, decisions: Decisions) -> pd.DataFrame:
         return frame_with_decisions(frame, decisions, column)
     path = run.folder / name
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+        frame = plain_cells(pd.read_csv(path, dtype=str, keep_default_na=False))
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as err:
         raise DataError(f"cannot read {path}, which the review rewrites: {err}") from err
     if len(frame) != len(queries) or "known" not in frame.columns:
@@ -80,7 +81,7 @@ def _write(folder: Path, run: ReviewRun, decisions: Decisions, summary: Dict[str
     queries = run.images.loc[run.images["is_query"], "image_id"].tolist()
     write_submission(folder / "submission.csv", run.data.settings.kind, submission_table(run),
                      dict(zip(queries, decisions.values, strict=True)))
-    atomic_write_text(folder / name, task_table(run, decisions).to_csv(index=False))
+    atomic_write_text(folder / name, safe_cells(task_table(run, decisions)).to_csv(index=False))
     summary = {**summary, "decided_by_person": int(decisions.by_person.sum())}
     atomic_write_text(folder / SUMMARY, json.dumps(summary, indent=2) + "\n")
     atomic_write_text(folder / PAGE, _page(run, decisions, summary))

@@ -34,12 +34,10 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from benchmarking import comma_list, cpu_line, execute
 
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import cli_entry  # noqa: E402
-from scripts.benchmarking import comma_list, cpu_line, execute  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import cli_entry
 
 TASKS = ("cluster", "identify")
 
@@ -48,7 +46,7 @@ TASKS = ("cluster", "identify")
 
 
 def _cluster_runs(args, protocol: Path, seed: int, export: Path) -> Dict[str, Path]:
-    from scripts.bench_cluster_real import cluster_run
+    from bench_cluster_real import cluster_run
 
     out = Path(args.out)
     val = {m: cluster_run(args, protocol, "val", export, m, seed, [f"cluster.method={m}", "rerank.matcher=none",
@@ -163,7 +161,7 @@ def _truths(args, protocol: Path, runs: Dict[str, Dict[str, Path]]) -> Dict[str,
 
 
 def real_main(args) -> None:
-    from scripts.bench_cluster_real import build_protocol, train
+    from bench_cluster_real import build_protocol, train
 
     print(f"CPU: {cpu_line()}", flush=True)
     protocol = build_protocol(args)
@@ -241,6 +239,7 @@ def _speed_graph(x, labels, k: int) -> tuple:
 def speed_main(args) -> None:
     import numpy as np
     import pandas as pd
+    from bench_cluster import generated
 
     from core.ownership import EVAL, run_marker
     from engine.cluster.graph import Graph
@@ -250,7 +249,6 @@ def speed_main(args) -> None:
     from engine.review.session import ReviewOptions, ReviewSession
     from engine.review.simulate import ORACLE
     from engine.review.store import AnswerStore
-    from scripts.bench_cluster import generated
 
     print(f"CPU: {cpu_line()}", flush=True)
     n = args.images

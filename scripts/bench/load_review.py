@@ -29,11 +29,9 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from benchmarking import REPO, cpu_line
 
-from core.errors import cli_entry  # noqa: E402
-from scripts.benchmarking import cpu_line  # noqa: E402
+from core.errors import cli_entry
 
 
 def _free_port() -> int:
@@ -46,14 +44,14 @@ def _make_run(folder: Path, images: int) -> tuple:
     """A run folder for `images` generated test images; (run folder, true label per image row)."""
     import numpy as np
     import pandas as pd
+    from bench_cluster import generated
+    from bench_review import _speed_graph
     from PIL import Image
 
     from core.ownership import EVAL, run_marker
     from engine.cluster.graph import Graph
     from engine.cluster.methods import CLUSTERERS
     from engine.outputs.review_file import REVIEW_FILE, ReviewData, ReviewSettings, image_frame, save_review
-    from scripts.bench.bench_review import _speed_graph
-    from scripts.bench_cluster import generated
 
     x, labels = generated(images, seed=1)
     a, b, p = _speed_graph(x, labels, 10)

@@ -1,8 +1,8 @@
 """k-reciprocal re-ranking at scale, in bounded memory: time and peak memory of each step on
 generated embeddings (identities as directions plus noise), never a dense N x N matrix.
 
-    python scripts/bench_neighbours.py                               # 100,000 queries x 100,000 database images
-    python scripts/bench_neighbours.py --queries 20000 --database 20000 --dim 128 --index hnsw
+    python scripts/bench/bench_neighbours.py                               # 100,000 queries x 100,000 database images
+    python scripts/bench/bench_neighbours.py --queries 20000 --database 20000 --dim 128 --index hnsw
 
 Steps: the faiss top-(k1 + 1) graph over queries and database together and the sparse encoding V
 (k_reciprocal_encoding), each query's `--shortlist` nearest database images (faiss), and the
@@ -16,18 +16,14 @@ import argparse
 import resource
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from benchmarking import cpu_line
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from core.errors import cli_entry  # noqa: E402
-from core.schema import RetrievalConfig  # noqa: E402
-from engine.neighbourhood import k_reciprocal_distance, k_reciprocal_encoding  # noqa: E402
-from engine.retrieval import exact_search  # noqa: E402
-from scripts.benchmarking import cpu_line  # noqa: E402
+from core.errors import cli_entry
+from core.schema import RetrievalConfig
+from engine.neighbourhood import k_reciprocal_distance, k_reciprocal_encoding
+from engine.retrieval import exact_search
 
 
 def peak_mb() -> float:

@@ -1,7 +1,7 @@
 """Open-set score and wall time of eval.py under each re-ranking option (issue 25), per test part.
 
-    python scripts/bench_eval_rerank.py --set dogs=runs/dogs/export:runs/protocols/dogs/test --out runs/bench_eval_rerank
-    python scripts/bench_eval_rerank.py --set zebra=EXPORT:ROOT --variants none sift sift-min15
+    python scripts/bench/bench_eval_rerank.py --set dogs=runs/dogs/export:runs/protocols/dogs/test --out runs/bench_eval_rerank
+    python scripts/bench/bench_eval_rerank.py --set zebra=EXPORT:ROOT --variants none sift sift-min15
 
 Each `--set NAME=MODEL:ROOT` is a model (export folder) and an AnimalCLEF-format open-set part
 (e.g. the test part of scripts/make_openset_protocol.py). Per set, eval.py first runs once with
@@ -27,12 +27,10 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarking import REPO, cpu_line, parse_set
 
-from core.errors import ConfigError, cli_entry  # noqa: E402
-from core.files import atomic_write_text  # noqa: E402
-from scripts.benchmarking import cpu_line, parse_set  # noqa: E402
+from core.errors import ConfigError, cli_entry
+from core.files import atomic_write_text
 
 VARIANTS: Dict[str, List[str]] = {
     "before": ["rerank.matcher=sift", "rerank.matcher_args={batched: false}"],  # with --before DIR's eval.py

@@ -1,11 +1,11 @@
 """The trained fusion model against its members alone, their static blend and their calibrated soft vote.
 
     # held out (the recommended protocol): members train on half of the identities, the fusion on the other half
-    python scripts/bench_fusion.py --train PARTS/train --test PARTS/val,PARTS/test \
+    python scripts/bench/bench_fusion.py --train PARTS/train --test PARTS/val,PARTS/test \
         --member-configs configs/train/default.yaml,configs/train/classifier_cpu.yaml --member-epochs 75 --out OUT
     # given members (trained elsewhere): the fusion trains on --train as its recipe says (fusion_cpu.yaml: part 1)
-    python scripts/bench_fusion.py --train PARTS/train --test PARTS/test --members A_EXPORT,B_EXPORT --out OUT
-    python scripts/bench_fusion.py ... --overrides "model.args.pca_dim=128"      # fusion recipe overrides
+    python scripts/bench/bench_fusion.py --train PARTS/train --test PARTS/test --members A_EXPORT,B_EXPORT --out OUT
+    python scripts/bench/bench_fusion.py ... --overrides "model.args.pca_dim=128"      # fusion recipe overrides
 
 With `--member-configs`, both members are trained by train.py on identity part 0 of `--train`
 (`data.identity_parts=2`), by epochs so that the budget does not depend on the machine, and the
@@ -23,7 +23,7 @@ the global scorers differ:
 Cross-species: list other species' open-set parts in --test (members and fusion train on --train's
 species only), and train the members as a user would with --member-minutes 5; both protocols share
 the members and the fusion when their --train, seed and --out are the same:
-    python scripts/bench_fusion.py --train DOGS/train --test DOGS/test,LIONS/test,ZEBRAS/test \
+    python scripts/bench/bench_fusion.py --train DOGS/train --test DOGS/test,LIONS/test,ZEBRAS/test \
         --member-configs configs/train/default.yaml,configs/train/classifier_cpu.yaml --member-minutes 5 --out OUT
 Writes OUT/results.md and OUT/results.json: rank-1, BAKS, BAUS, open-set score (threshold tuned on
 the database), the time of each training stage, and per part the eval-time choice's score minus
@@ -40,16 +40,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+import pandas as pd
+from benchmarking import comma_list, execute, hardware_line, parse_steps, read_metrics, reused
 
-import pandas as pd  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import ConfigError, DataError, cli_entry  # noqa: E402
-from core.files import atomic_write_text  # noqa: E402
-from engine.metrics import score_difference_interval  # noqa: E402
-from scripts.benchmarking import comma_list, execute, hardware_line, parse_steps, read_metrics, reused  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import ConfigError, DataError, cli_entry
+from core.files import atomic_write_text
+from engine.metrics import score_difference_interval
 
 GLOBAL_ONLY = ["rerank.matcher=none"]
 HELD_OUT = ["data.identity_parts=2"]  # members on part 0, the fusion on part 1

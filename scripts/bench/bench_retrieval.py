@@ -1,6 +1,6 @@
 """Retrieval benchmark: our path vs bare faiss vs a dense matrix product; an approximate index at scale.
 
-    python scripts/bench_retrieval.py [--queries 10000] [--gallery 100000] [--dim 512] [--k 10]
+    python scripts/bench/bench_retrieval.py [--queries 10000] [--gallery 100000] [--dim 512] [--k 10]
                                       [--identities 20000] [--large 1000000] [--large-queries 1000]
 
 Data are random unit vectors (--data clustered: identity clusters, like real embeddings). Every
@@ -21,19 +21,18 @@ queries measure recall to about +-0.005.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import subprocess
 import sys
+import tempfile
+import threading
+import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import threading  # noqa: E402
-import time  # noqa: E402
-
-import numpy as np  # noqa: E402
+from core.errors import cli_entry
 
 CHUNK = 65536
 
@@ -236,6 +235,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+@cli_entry
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.child:
@@ -308,4 +308,4 @@ def print_large(large: dict, args: argparse.Namespace) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

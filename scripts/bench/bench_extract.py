@@ -1,6 +1,6 @@
 """Images/s of our embedding extraction against a bare `model(x)` loop over tensors in memory.
 
-    python scripts/bench_extract.py [--images 512] [--size 128] [--batch 64] [--workers 0]
+    python scripts/bench/bench_extract.py [--images 512] [--size 128] [--batch 64] [--workers 0]
 
 Same model (a resnet18 embedder), same images, same batch size, in one run. Ours reads the images
 from disk through the resized-image cache (warmed first), applies the eval transform and calls
@@ -15,31 +15,29 @@ import argparse
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import cli_entry
+from core.schema import IMAGENET_MEAN, IMAGENET_STD
+from data.dataset import ReIDDataset
+from data.formats import DATASETS
+from data.images import ImageLoader
+from data.synthetic import ensure_synthetic
+from data.transforms import build_tta_transform
+from engine.extraction import extract_embeddings
+from zoo import build_model
 
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.schema import IMAGENET_MEAN, IMAGENET_STD  # noqa: E402
-from data.dataset import ReIDDataset  # noqa: E402
-from data.formats import DATASETS  # noqa: E402
-from data.images import ImageLoader  # noqa: E402
-from data.synthetic import ensure_synthetic  # noqa: E402
-from data.transforms import build_tta_transform  # noqa: E402
-from engine.extraction import extract_embeddings  # noqa: E402
-from zoo import build_model  # noqa: E402
 
-
-def parse_args() -> argparse.Namespace:
+def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512, help="images embedded per round")
     parser.add_argument("--size", type=int, default=128, help="input size in pixels")
     parser.add_argument("--batch", type=int, default=64, help="batch size")
     parser.add_argument("--workers", type=int, default=0, help="DataLoader workers of our extraction")
     parser.add_argument("--rounds", type=int, default=2, help="timed rounds of each side (best counts)")
-    return parser.parse_args()
+    return parser.parse_args(argv)
 
 
 def bare_loop(model: torch.nn.Module, tensors: torch.Tensor, batch: int) -> None:
@@ -48,8 +46,9 @@ def bare_loop(model: torch.nn.Module, tensors: torch.Tensor, batch: int) -> None
             model(tensors[start:start + batch])
 
 
-def main() -> None:
-    args = parse_args()
+@cli_entry
+def main(argv=None) -> None:
+    args = parse_args(argv)
     torch.manual_seed(0)
     per_individual = 8
     root = ensure_synthetic(individuals=-(-args.images // per_individual), images_per_individual=per_individual)
@@ -78,4 +77,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -3,9 +3,9 @@ pair, one thread) against the batched pair engine (one matrix product per hub im
 partners, hubs in a pool of threads), with and without early rejection, on the same pairs of the
 same images, in one process.
 
-    python scripts/bench_pair_engine.py --images DATA/ZebraStripes DATA/DogFaceNet-dev DATA/LionData
-    python scripts/bench_pair_engine.py --hubs 8 --partners 25 --min-matches 15 --threads 2
-    python scripts/bench_pair_engine.py --images DATA/ZebraStripes --matcher aliked_lightglue   # on a GPU
+    python scripts/bench/bench_pair_engine.py --images DATA/ZebraStripes DATA/DogFaceNet-dev DATA/LionData
+    python scripts/bench/bench_pair_engine.py --hubs 8 --partners 25 --min-matches 15 --threads 2
+    python scripts/bench/bench_pair_engine.py --images DATA/ZebraStripes --matcher aliked_lightglue   # on a GPU
 
 Per folder: `--hubs` images, each paired with `--partners` others drawn at random (a query and its
 shortlist), SIFT features extracted once at `--side` px (not timed). The three paths run in turn,
@@ -23,18 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from benchmarking import cpu_line
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.array_cache import ArrayCache  # noqa: E402
-from core.errors import DataError, cli_entry  # noqa: E402
-from core.schema import RerankConfig  # noqa: E402
-from data.images import ImageLoader  # noqa: E402
-from engine.matching.pairs import PairMatcher  # noqa: E402
-from matchers import Matcher, build_matcher  # noqa: E402
-from scripts.benchmarking import cpu_line  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.array_cache import ArrayCache
+from core.errors import DataError, cli_entry
+from core.schema import RerankConfig
+from data.images import ImageLoader
+from engine.matching.pairs import PairMatcher
+from matchers import Matcher, build_matcher
 
 SUFFIXES = {".jpg", ".jpeg", ".png"}
 

@@ -1,12 +1,12 @@
 """Benchmark training recipes against the plain loop on the same wall-clock budget, across datasets.
 
-    python scripts/bench_recipes.py --data-root DATA --minutes 8                  # default vs plain loop
-    python scripts/bench_recipes.py --data-root DATA --recipes default,triplet_cpu --split test
-    python scripts/bench_recipes.py --datasets synthetic --minutes 2 --overrides "train.lr=3e-4"
-    python scripts/bench_recipes.py --data-root DATA --dry-run                     # print the commands
+    python scripts/bench/bench_recipes.py --data-root DATA --minutes 8                  # default vs plain loop
+    python scripts/bench/bench_recipes.py --data-root DATA --recipes default,triplet_cpu --split test
+    python scripts/bench/bench_recipes.py --datasets synthetic --minutes 2 --overrides "train.lr=3e-4"
+    python scripts/bench/bench_recipes.py --data-root DATA --dry-run                     # print the commands
 
 Each run trains one recipe (`python train.py --config configs/train/<recipe>.yaml`, with
-train.max_minutes set and epochs left to the budget) or the plain loop (scripts/reference_loop.py,
+train.max_minutes set and epochs left to the budget) or the plain loop (scripts/bench/reference_loop.py,
 `--baseline reference`) on a protocol's train part, then scores the export with eval.py on the
 protocol's validation or test part (`--split`). The plain loop is scored as its users score it
 (`--baseline-eval plain`: nearest neighbour on the raw cosine, one view, no re-ranking), or exactly
@@ -50,14 +50,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarking import REPO, comma_list, cpu_info, execute, parse_steps, read_metrics, reused
 
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import ConfigError, DataError, cli_entry  # noqa: E402
-from core.files import atomic_write_text  # noqa: E402
-from core.suggest import did_you_mean  # noqa: E402
-from scripts.benchmarking import comma_list, cpu_info, execute, parse_steps, read_metrics, reused  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import ConfigError, DataError, cli_entry
+from core.files import atomic_write_text
+from core.suggest import did_you_mean
 
 BASELINE = "reference"
 SPLITS = {"validation": "val", "test": "test"}
@@ -159,7 +157,7 @@ def ensure_protocol(args, dataset: str, seed: int) -> Dict:
     from core.config import load_config
     from core.schema import DataConfig
     from data.formats import load_table
-    from scripts.make_openset_protocol import PROTOCOL_FILE, SPLIT_DEFAULTS, build_protocol
+    from data.protocol import PROTOCOL_FILE, SPLIT_DEFAULTS, build_protocol
 
     out = protocol_dir(args, dataset, seed)
     overrides, root = _source(args, dataset)
@@ -186,7 +184,7 @@ def run_dir(args, run: Run) -> Path:
 def train_command(args, run: Run) -> List[str]:
     part = protocol_dir(args, run.dataset, run.protocol_seed) / "train"
     if run.trainer == BASELINE:
-        return [sys.executable, "scripts/reference_loop.py", "--format", "animalclef2025", "--root", str(part),
+        return [sys.executable, "scripts/bench/reference_loop.py", "--format", "animalclef2025", "--root", str(part),
                 "--minutes", str(args.minutes), "--seed", str(run.seed), "--out", str(run_dir(args, run)),
                 *(TINY_REFERENCE if args.tiny else [])]
     return [sys.executable, "train.py", "--config", f"configs/train/{run.trainer}.yaml", "data.format=animalclef2025",
@@ -341,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--recipes", type=comma_list, default=["default"], help="configs/train/*.yaml names (default: default)")
     parser.add_argument("--baseline", choices=[BASELINE, "none"], default=BASELINE,
-                        help="the plain loop, scripts/reference_loop.py (default) or none")
+                        help="the plain loop, scripts/bench/reference_loop.py (default) or none")
     parser.add_argument("--datasets", type=comma_list, default=DATASET_NAMES, help=f"default: {','.join(DATASET_NAMES)}")
     parser.add_argument("--data-root", default=None, help="folder holding DogFaceNet-dev/, LionData/, ZebraStripes/")
     parser.add_argument("--minutes", type=float, default=8.0, help="training budget of every run (default 8)")

@@ -1,8 +1,8 @@
 """Throughput, scaling, caching and memory of keypoint re-ranking, per matcher.
 
-    python scripts/bench_rerank.py --images DATA/ZebraStripes     # any folder of real photos
-    python scripts/bench_rerank.py                                             # the synthetic set
-    python scripts/bench_rerank.py --matchers sift --galleries 60,180 --queries 8 --shortlist 10
+    python scripts/bench/bench_rerank.py --images DATA/ZebraStripes     # any folder of real photos
+    python scripts/bench/bench_rerank.py                                             # the synthetic set
+    python scripts/bench/bench_rerank.py --matchers sift --galleries 60,180 --queries 8 --shortlist 10
 
 `--images` takes any folder of photos (searched recursively); DATA/ZebraStripes stands for a copy
 of the ZebraStripes photos (camera photos of plains zebras, about 1,500-2,600 px), the set the
@@ -32,22 +32,19 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from benchmarking import cpu_line
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.array_cache import ArrayCache  # noqa: E402
-from core.errors import DataError, cli_entry  # noqa: E402
-from core.schema import RerankConfig, RetrievalConfig  # noqa: E402
-from engine.matching.keypoints import KeypointStore  # noqa: E402
-from engine.matching.pairs import PairMatcher  # noqa: E402
-from engine.matching.scorer import MatcherScorer  # noqa: E402
-from engine.scoring.calibration import fit_calibrator  # noqa: E402
-from engine.scoring.scorers import MatchSpace, ModelOutput, scorers_for  # noqa: E402
-from engine.scoring.voting import vote  # noqa: E402
-from matchers import build_matcher  # noqa: E402
-from scripts.benchmarking import cpu_line  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.array_cache import ArrayCache
+from core.errors import DataError, cli_entry
+from core.schema import RerankConfig, RetrievalConfig
+from engine.matching.keypoints import KeypointStore
+from engine.matching.pairs import PairMatcher
+from engine.matching.scorer import MatcherScorer
+from engine.scoring.calibration import fit_calibrator
+from engine.scoring.scorers import MatchSpace, ModelOutput, scorers_for
+from engine.scoring.voting import vote
+from matchers import build_matcher
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 

@@ -1,7 +1,7 @@
 """bench_cluster.py real: clustering ARI on the development sets laid out as AnimalCLEF 2026.
 
 Protocol (built once under OUT/protocol): every dataset (DogFaceNet-dev, LionData, ZebraStripes,
-the synthetic set) is split by identity as scripts/bench_recipes.py does (make_openset_protocol:
+the synthetic set) is split by identity as scripts/bench/bench_recipes.py does (make_openset_protocol:
 half the identities for the test part, 20 % of the rest for the validation part, the others for
 training). The training parts are pooled into one training set (one model for every dataset, as
 the competition's MegaDescriptor / MiewID are); the validation and test parts are each laid out
@@ -31,10 +31,7 @@ from typing import Dict, List
 
 import numpy as np
 import pandas as pd
-
-REPO = Path(__file__).resolve().parents[1]
-
-from scripts.benchmarking import comma_list, cpu_line, execute  # noqa: E402
+from benchmarking import comma_list, cpu_line, execute
 
 SOURCES = {"dogfacenet": "DogFaceNet-dev", "lion": "LionData", "zebra": "ZebraStripes"}
 NO_TRAIN = "zebra"
@@ -82,7 +79,7 @@ def _rows(part: pd.DataFrame, name: str, root: Path, out: Path, split_map: Dict[
 
 
 def build_protocol(args) -> Path:
-    from scripts.make_openset_protocol import split_protocol
+    from data.protocol import split_protocol
 
     out = Path(args.out) / "protocol"
     if (out / "protocol.json").is_file():

@@ -1,6 +1,6 @@
 """Training speed of train.py's loop against a bare PyTorch loop, measured in one run.
 
-    python scripts/bench_train.py [--steps 60] [--batch-size 32] [--image-size 128] [--workers 2] [--individuals 240]
+    python scripts/bench/bench_train.py [--steps 60] [--batch-size 32] [--image-size 128] [--workers 2] [--individuals 240]
 
 Three figures, each over the same number of optimizer steps of the default recipe's model and
 loss (resnet18 embedder + ArcFace) on the synthetic dataset:
@@ -23,24 +23,24 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from accelerate.state import AcceleratorState
+from benchmarking import REPO
 
-import torch  # noqa: E402
-from accelerate.state import AcceleratorState  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.config import load_config  # noqa: E402
-from core.schema import TrainConfig  # noqa: E402
-from engine.training.loop import Trainer  # noqa: E402
-from losses import build_criterion  # noqa: E402
-from zoo import build_model  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.config import load_config
+from core.errors import ConfigError, cli_entry
+from core.schema import TrainConfig
+from engine.training.loop import Trainer
+from losses import build_criterion
+from zoo import build_model
 
 
 def make_config(out: Path, args, recipe_numerics: bool = False) -> TrainConfig:
     numerics = [] if recipe_numerics else ["train.mixed_precision=no", "train.channels_last=false"]
     return load_config(
         TrainConfig,
-        Path(__file__).resolve().parents[1] / "configs/train/default.yaml",
+        REPO / "configs/train/default.yaml",
         [
             f"output_dir={out}",
             f"train.max_steps={args.steps}",
@@ -74,7 +74,8 @@ def bare_loop(trainer: Trainer, batches, lr: float) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
+@cli_entry
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=60)
     # Twice the default set: 60 batches in one epoch, so the DataLoader workers' start-up weighs
@@ -83,7 +84,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--workers", type=int, default=2)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         # Disk: the cache is warmed by a first run, then a second run is timed.
@@ -94,7 +95,7 @@ def main() -> None:
         memory_run.data.batch_sampler.set_epoch(0)
         batches = list(itertools.islice(memory_run.data.loader, args.steps))
         if len(batches) < args.steps:
-            raise SystemExit(f"an epoch has only {len(batches)} batches; use --steps {len(batches)} or fewer")
+            raise ConfigError(f"an epoch has only {len(batches)} batches; use --steps {len(batches)} or fewer")
         memory_run.data.loader = batches
         memory = memory_run.fit()
         bare_seconds = bare_loop(memory_run, batches, memory_run.cfg.train.lr)
@@ -122,4 +123,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

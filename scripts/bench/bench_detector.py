@@ -1,8 +1,8 @@
 """Crop detectors on the synthetic scenes: training speed, accuracy, cropping speed, and re-ID on crops.
 
-    python scripts/bench_detector.py                          # the issue's measurements (about 40 min on 2 cores)
-    python scripts/bench_detector.py --minutes 5 --reid-minutes 2 --skip reid
-    python scripts/bench_detector.py --tiny                   # the plumbing in a minute: figures mean nothing
+    python scripts/bench/bench_detector.py                          # the issue's measurements (about 40 min on 2 cores)
+    python scripts/bench/bench_detector.py --minutes 5 --reid-minutes 2 --skip reid
+    python scripts/bench/bench_detector.py --tiny                   # the plumbing in a minute: figures mean nothing
 
 Stages (each one's figures land in OUT/results.json and OUT/results.md):
 1. throughput: training images per second of the same YOLO model, batch, image size, workers and
@@ -31,25 +31,20 @@ from pathlib import Path
 from typing import Dict, List
 
 import numpy as np
+from benchmarking import REPO, cpu_line
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.config import load_config  # noqa: E402
-from core.detector_schema import DetectorTrainConfig  # noqa: E402
-from core.errors import cli_entry  # noqa: E402
-from core.schema import CropConfig, DataConfig  # noqa: E402
-from data.formats import load_table_with_root  # noqa: E402
-from data.synthetic import ensure_synthetic  # noqa: E402
-from data.synthetic_scene import box_iou  # noqa: E402
-from detectors import load_detector  # noqa: E402
-from detectors.reference import ultralytics_batch_times  # noqa: E402
-from engine.crops import crop_with_manifest  # noqa: E402
-from engine.detection.annotations import load_annotations, write_yolo_dataset  # noqa: E402
-from engine.detection.loop import DetectorTrainer  # noqa: E402
-from engine.detection.validation import measure_map  # noqa: E402
-from scripts.benchmarking import cpu_line  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.config import load_config
+from core.detector_schema import DetectorTrainConfig
+from core.errors import cli_entry
+from core.schema import CropConfig, DataConfig
+from data.formats import load_table_with_root
+from data.synthetic import ensure_synthetic
+from data.synthetic_scene import box_iou
+from detectors import load_detector
+from engine.crops import crop_with_manifest
+from engine.detection.annotations import load_annotations, write_yolo_dataset
+from engine.detection.validation import measure_map
 
 RECIPE = REPO / "configs" / "train" / "detector_yolo.yaml"
 STAGES = ("throughput", "detector", "crop", "reid")
@@ -96,6 +91,8 @@ def images_per_second(stamps: List[float], batch: int, skip: int) -> float:
 
 # ----------------------------------------------------------------------------- 1. throughput
 def ours(args, out: Path, precision: str) -> float:
+    from engine.detection.loop import DetectorTrainer  # the training loop's imports, only when it trains
+
     overrides = [f"output_dir={out}", f"imgsz={args.imgsz}", f"train.batch_size={args.batch_size}",
                  f"train.max_steps={args.steps}", "train.max_minutes=0", "train.checkpoint_every=0",
                  f"train.mixed_precision={precision}", "val.max_images=1", *scene_overrides(args, args.seed)]
@@ -115,6 +112,8 @@ def ours(args, out: Path, precision: str) -> float:
 
 
 def theirs(args, layout: Path, out: Path, train_images: int) -> float:
+    from detectors.reference import ultralytics_batch_times
+
     stamps = ultralytics_batch_times(layout, out, cfg="yolov8n.yaml", imgsz=args.imgsz, batch_size=args.batch_size,
                                      steps=args.steps, train_images=train_images)
     return images_per_second(stamps, args.batch_size, args.skip_steps)

@@ -1,6 +1,6 @@
 """The plain training loop our default recipe is compared with, on the same wall-clock budget.
 
-    python scripts/reference_loop.py --format animalclef2025 --root /tmp/dogs/train --minutes 8 --out runs/reference
+    python scripts/bench/reference_loop.py --format animalclef2025 --root /tmp/dogs/train --minutes 8 --out runs/reference
     python eval.py models=[runs/reference/export] data.format=animalclef2025 data.root=/tmp/dogs/test
 
 What a practitioner writes in 60 lines from the libraries' front pages: a timm resnet18 from
@@ -18,24 +18,22 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+import torch
+from pytorch_metric_learning.losses import ArcFaceLoss
+from torchvision.transforms import v2
+from tqdm import tqdm
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from pytorch_metric_learning.losses import ArcFaceLoss  # noqa: E402
-from torchvision.transforms import v2  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.config import load_config  # noqa: E402
-from core.errors import cli_entry  # noqa: E402
-from core.schema import DataConfig  # noqa: E402
-from data.dataset import ReIDDataset, build_label_map  # noqa: E402
-from data.formats import load_table  # noqa: E402
-from data.images import ImageLoader  # noqa: E402
-from engine.training.data import training_rows  # noqa: E402
-from zoo import build_model, save_export  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.config import load_config
+from core.errors import cli_entry
+from core.schema import DataConfig
+from data.dataset import ReIDDataset, build_label_map
+from data.formats import load_table
+from data.images import ImageLoader
+from engine.training.data import training_rows
+from zoo import build_model, save_export
 
 
 def load_images(table, size: int, cache_dir: str) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Images per second of the training data pipeline: full decode vs draft decode vs the disk cache.
 
-    python scripts/bench_data.py [--synthetic-root DIR] [--dogfacenet DIR] [--images N]
+    python scripts/bench/bench_data.py [--synthetic-root DIR] [--dogfacenet DIR] [--images N]
 
 Three image sets: the built-in synthetic dataset (with --synthetic-root; "" would mean the
 default cache location), DogFaceNet-dev (with --dogfacenet), and 3,000 x 2,000 JPEG photos generated
@@ -11,31 +11,27 @@ before; the file bytes may still sit in the OS page cache.
 """
 from __future__ import annotations
 
-import sys
+import argparse
+import importlib.util
+import tempfile
+import time
 from pathlib import Path
+from typing import Callable, List, Tuple
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from tqdm import tqdm
 
-import argparse  # noqa: E402
-import importlib.util  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from typing import Callable, List, Tuple  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-from PIL import Image  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import UserError, cli_entry  # noqa: E402
-from core.schema import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig  # noqa: E402
-from data.dataset import ReIDDataset  # noqa: E402
-from data.images import ImageLoader  # noqa: E402
-from data.table import make_table, parse_bbox  # noqa: E402
-from data.transforms import build_train_transform  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import UserError, cli_entry
+from core.schema import IMAGENET_MEAN, IMAGENET_STD, AugmentConfig
+from data.dataset import ReIDDataset
+from data.images import ImageLoader
+from data.table import make_table, parse_bbox
+from data.transforms import build_train_transform
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png"}
 Item = Tuple[str, list | None]  # (path, bbox)

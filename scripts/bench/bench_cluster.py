@@ -1,7 +1,7 @@
 """Benchmark clustering: scale on generated embeddings, and ARI on real development sets.
 
-    python scripts/bench_cluster.py scale --sizes 10000,100000,1000000 [--methods agglomerative,components]
-    python scripts/bench_cluster.py real --data-root /work/shared/data --out /tmp/bench-cluster --seeds 0,1
+    python scripts/bench/bench_cluster.py scale --sizes 10000,100000,1000000 [--methods agglomerative,components]
+    python scripts/bench/bench_cluster.py real --data-root /work/shared/data --out /tmp/bench-cluster --seeds 0,1
 
 **scale**: clustered embeddings are generated (identities of 1 to 9 images, 64 dimensions, a
 centre per identity plus noise), then what eval.py task=cluster does once the embeddings are
@@ -20,14 +20,11 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarking import REPO, comma_list, cpu_line
 
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import cli_entry  # noqa: E402
-from scripts.benchmarking import comma_list, cpu_line  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import cli_entry
 
 EXACT_UP_TO = 200_000
 DIM = 64
@@ -120,7 +117,7 @@ def main(argv=None) -> None:
     scale.add_argument("--methods", default="agglomerative,components,leiden")
     scale.add_argument("--k", type=int, default=10)
     real = sub.add_parser("real", help="ARI on the development sets against the DBSCAN baseline")
-    from scripts.bench_cluster_real import add_arguments, real_main
+    from bench_cluster_real import add_arguments, real_main
 
     add_arguments(real)
     args = parser.parse_args(argv)

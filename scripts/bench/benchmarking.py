@@ -14,7 +14,7 @@ from typing import Dict, List, Optional
 
 from core.errors import ConfigError, UserError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]  # the checkout: train.py, eval.py and configs/ the benchmarks run
 ENSEMBLE = "ensemble (identity ranking)"
 
 

@@ -1,8 +1,8 @@
 """Global ranking alone against the same models fused with each keypoint matcher, per dataset.
 
-    python scripts/compare_rerank.py --set zebra=runs/zebra/export:DATA/zebra-test \\
+    python scripts/bench/compare_rerank.py --set zebra=runs/zebra/export:DATA/zebra-test \\
         --set lion=runs/lion/export:DATA/lion-test --matchers sift,aliked_lightglue --shortlists 10,25,50
-    python scripts/compare_rerank.py --set zebra=EXPORT:ROOT --variants "rerank.burstiness=true" "rerank.score=matches"
+    python scripts/bench/compare_rerank.py --set zebra=EXPORT:ROOT --variants "rerank.burstiness=true" "rerank.score=matches"
 
 Each `--set NAME=MODEL:ROOT` is a model (export folder or zoo name) and an AnimalCLEF-format open-set
 split (database + query with labels, e.g. a part made by scripts/make_openset_protocol.py). For
@@ -25,13 +25,11 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarking import REPO, cpu_line, parse_set
 
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import cli_entry  # noqa: E402
-from core.files import atomic_write_text  # noqa: E402
-from scripts.benchmarking import cpu_line, parse_set  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import cli_entry
+from core.files import atomic_write_text
 
 
 def runs_of(args) -> List[Dict]:
