@@ -5,7 +5,7 @@ code path), and the runs' scores are read after 0, 25, 50, 100 and 200 answers p
     python scripts/bench/bench_review.py speed --images 10000
     python scripts/bench/bench_review.py table --out OUT        # the tables again, from OUT/review-results.json
 
-**real**: the development sets in the AnimalCLEF 2026 layout of scripts/bench_cluster_real.py
+**real**: the development sets in the AnimalCLEF 2026 layout of scripts/bench/bench_cluster_real.py
 (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set: identity-disjoint train, validation and
 test parts; ZebraStripes without train rows), one default-recipe model per seed trained on the
 pooled train parts for --minutes. Clustering: eval.py task=cluster on the validation and test
