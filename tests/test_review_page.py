@@ -213,3 +213,30 @@ def test_serving_off_loopback_makes_an_access_token_and_says_it(tmp_path, monkey
     commands.serve(cluster_run(tmp_path / "b"), host="127.0.0.1", port=0, token=None, answers=None,
                    options=ReviewOptions(), say=lines.append)
     assert lines[-1] == "review page: http://127.0.0.1:9999/" and TestClient(served["app"]).get("/").status_code == 200
+
+
+def test_the_page_settles_a_contradiction_and_applies_the_answers(tmp_path, run_here):
+    import pandas as pd
+    from review_worlds import identify_run
+
+    import review
+
+    run_dir = identify_run(tmp_path / "i")
+    session = new_session(run_dir)
+    client = TestClient(create_app(session))
+    headers = started(client)
+    rows = session.run.row_of
+    wrong, right = (session.pair_of[tuple(sorted((rows["img008"], rows[g])))] for g in ("img002", "img000"))
+    assert client.post("/api/answer", json={"pair": wrong, "answer": "same"}, headers=headers).status_code == 200
+    clash = client.post("/api/answer", json={"pair": right, "answer": "same"}, headers=headers)
+    assert clash.status_code == 409 and clash.json()["conflict"]["against"] == [1]
+    kept = client.post("/api/answer", json={"pair": right, "answer": "same", "keep": "new"}, headers=headers)
+    assert kept.status_code == 200 and kept.json()["progress"]["answers"] == 1
+    written = client.post("/api/apply", headers=headers).json()["folder"]
+    table = pd.read_csv(f"{written}/predictions.csv")
+    assert table["prediction"][0] == "g0" and table["decided_by"][0] == "person"
+    assert (run_dir / "reviewed" / "reviewed.json").is_file() and (run_dir / "reviewed" / "review.html").is_file()
+    session.store.close()
+    again = run_here(review, ["apply", run_dir], tmp_path / "cache")  # the command line writes the same
+    assert again.returncode == 0 and "reviewed outputs" in again.stdout
+    assert pd.read_csv(run_dir / "reviewed" / "predictions.csv")["prediction"].tolist() == table["prediction"].tolist()
