@@ -251,6 +251,7 @@ class EvalConfig:
     choose_scoring: bool = True  # (bool) with a fusion model: per dataset, score by the fusion, a member alone, the members' blend or soft vote, whichever scores best on the threshold's held-out database split (the ensemble as given wins ties)
     submission: str = "auto"  # (str) auto (task=cluster: animalclef2026; humpback for data.format=humpback; else animalclef) | animalclef | humpback | animalclef2026
     report: bool = True  # (bool) write report.html
+    review: str = ""  # (str) a person's answers to apply (the review-answers.sqlite of `reidzoo-review`, docs/review.md): the submission and table hold the reviewed decisions, marked decided_by=person
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)

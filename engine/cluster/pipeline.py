@@ -27,6 +27,7 @@ from engine.cluster.methods import CLUSTERERS
 from engine.cluster.metrics import clustering_report
 from engine.cluster.tuning import ClusterThresholds, anchor_codes, tune
 from engine.outputs.artifacts import finite, run_manifest
+from engine.outputs.review_file import ReviewData, ReviewSettings, image_frame, image_roots
 from engine.outputs.submission import CLUSTERS, cluster_prefix
 from engine.outputs.writer import RunOutputs, RunResult, write_run
 from engine.prepare import RunData, check_run_config, load_run_data, prepare_run
@@ -67,7 +68,7 @@ def _calibrate_without_tuning(cfg: EvalConfig, scorers: List[Scorer], space: Mat
     return "cluster.threshold, on the raw scores (no labelled images to calibrate on)"
 
 
-def _names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
+def cluster_names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
     """cluster_<dataset>_<n>, numbered in the order the query images first appear."""
     query_labels = labels[is_query]
     _, first, inverse = np.unique(query_labels, return_index=True, return_inverse=True)
@@ -132,11 +133,13 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
     anchors = anchor_codes(labels) if cfg.cluster.anchors else np.full(len(rows), -1)
     names = np.empty(len(query), dtype=object)
     joined = np.full(len(query), None, dtype=object)
+    codes = np.full(len(rows), -1, np.int64)  # every image's cluster, numbered across datasets
     for dataset in sorted(set(query["dataset"])):
         members = np.flatnonzero(datasets == dataset)
         found = clusterer.labels(graph.subgraph(members), anchors[members], [thresholds.per_dataset[dataset]])[0]
+        codes[members] = found + codes.max() + 1
         is_query = members >= n_gallery
-        names[members[is_query] - n_gallery] = _names(found, is_query, dataset)
+        names[members[is_query] - n_gallery] = cluster_names(found, is_query, dataset)
         identity_of = {c: labels[m] for c, m in zip(found[~is_query], members[~is_query], strict=True)}
         joined[members[is_query] - n_gallery] = [identity_of.get(c) for c in found[is_query]]
     if accelerator is not None and not accelerator.is_main_process:
@@ -158,7 +161,19 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
     return write_run(cfg, table, RunOutputs(
         CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
         lambda path: safe_cells(clusters).to_csv(path, index=False), metrics, manifest, write_report,
-        thresholds.to_dict()))
+        thresholds.to_dict(), _review_data(cfg, rows, n_gallery, scorers, thresholds, graph, codes)))
+
+
+def _review_data(cfg: EvalConfig, rows: pd.DataFrame, n_gallery: int, scorers: List[Scorer],
+                 thresholds: ClusterThresholds, graph, codes: np.ndarray) -> ReviewData:
+    """What `reidzoo-review` needs to re-cluster under a person's answers (engine/outputs/review_file.py)."""
+    tuned_here = cfg.cluster.threshold is None and cfg.cluster.per_dataset
+    settings = ReviewSettings(
+        "cluster", CLUSTERS, dict(thresholds.per_dataset),
+        {d: tuned_here and d not in thresholds.transferred for d in thresholds.per_dataset},
+        [s.name for s in scorers], [s.stage for s in scorers], cfg.cluster.method, dict(cfg.cluster.args),
+        cfg.cluster.anchors, image_roots(rows["path"]))
+    return ReviewData(settings, image_frame(rows, n_gallery), graph.i, graph.j, graph.p, graph.by_scorer, codes)
 
 
 def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],

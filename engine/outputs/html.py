@@ -130,3 +130,16 @@ def shortened(text: str, names: Dict[str, str]) -> str:
 def models_row(specs: Sequence[str], names: Dict[str, str]) -> List[str]:
     """The report header's models row: each short name with its full path, once."""
     return ["models", "; ".join(names[s] if names[s] == s else f"{names[s]} = {s}" for s in dict.fromkeys(specs))]
+
+
+def review_section(output_dir: str, answers: str = "") -> str:
+    """The report's pointer to the review page, and whether a person's answers were applied."""
+    command = f"reidzoo-review {html.escape(str(output_dir))}"
+    parts = ["<h2>Review</h2><p>A person can confirm or correct the decisions that matter most, one pair of "
+             f"photos at a time: <code>{command}</code> (or <code>python review.py {html.escape(str(output_dir))}</code>"
+             " from a clone) opens the review page; docs/review.md.</p>"]
+    if answers:
+        parts.append(f"<p><b>A person's answers are applied</b> ({html.escape(answers)}): the submission and the "
+                     "table hold the reviewed decisions, those a person made marked <code>decided_by = person</code>; "
+                     "review.html lists them.</p>")
+    return "".join(parts)
