@@ -134,7 +134,7 @@ def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
     assert thresholds["transferred"] == [NO_TRAIN_DATASET]  # no train rows: the threshold tuned on the others
     assert thresholds["per_dataset"][NO_TRAIN_DATASET] == thresholds["overall"]
     assert thresholds["set_by"][NO_TRAIN_DATASET]["strategy"] == "transfer"
-    assert set(thresholds["set_by"][NO_TRAIN_DATASET]["alternatives"]) == {"mixture"}
+    assert set(thresholds["set_by"][NO_TRAIN_DATASET]["alternatives"]) == {"mixture", "unanchored"}
     assert {d: c["strategy"] for d, c in thresholds["set_by"].items() if d != NO_TRAIN_DATASET} == {
         "SynthLynx": "own", "SynthSalamander": "own"}
     population = pd.read_csv(out / "population.csv")

@@ -141,7 +141,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
         is_query = members >= n_gallery
         choice = choices[dataset]
         found = clusters_at(graph.subgraph(members), anchors[members], clusterer,
-                            [choice.threshold, choice.count_threshold, *choice.count_plausible,
+                            [choice.threshold, choice.count_threshold, *[t for t, _ in choice.count_draws],
                              *[t for a in choice.alternatives.values() for t in (a.threshold, a.count_threshold)]])
         chosen = found[choice.threshold]
         at_query = members[is_query] - n_gallery
@@ -152,7 +152,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
         estimate = counts[choice.count_threshold]
         known = [clean_identity(v) for v in truth[at_query]]
         estimates.append(PopulationEstimate(
-            dataset, int(is_query.sum()), estimate, *interval(estimate, choice.count_plausible, counts),
+            dataset, int(is_query.sum()), estimate, *interval(estimate, choice.count_draws, counts),
             choice.count_threshold, counts[choice.threshold], len({j for j in joined[at_query] if j is not None}),
             choice.threshold, choice.strategy,
             len({v for v in known if v is not None}) if any(v is not None for v in known) else None))

@@ -2,19 +2,25 @@
 manifest.json, the report's population table).
 
 The clusters written are tuned for ARI (or `cluster.criterion`), which counts pairs of images: it
-will split or merge individuals when that gets more pairs right, so their number is a biased
-count. The estimate is instead the number of clusters the dataset's test images form at the count's
-own threshold: the one at which the held-out validation images formed as many clusters as they
-show individuals (criteria.py `count`; a strategy's own for a dataset without train images,
-unlabelled.py). The interval: the test images clustered again at every count threshold the
-validation could as well have chosen (its bootstrap, bootstrap.py, or the strategy's), the 5th and
-95th percentiles of those counts. docs/clustering.md measures how often it holds the true count.
+will split or merge individuals when that gets more pairs right, so their number is a biased count.
+The estimate is the number of clusters the dataset's test images form at the count's own threshold
+(`cluster.count_criterion`: by default where the held-out validation images formed as many clusters
+as they show individuals; a strategy's own for a dataset without train images, unlabelled.py).
+
+The interval has two parts, drawn together. Which threshold: the count's threshold as the bootstrap
+of the validation (or the strategy) could as well have chosen it. How far a count read that way
+lands from the truth: for a dataset with train images, the count of the validation identities a
+bootstrap replicate did not draw, at that replicate's threshold (bootstrap.py); for one without,
+the count of each labelled dataset left out in turn and clustered as if unlabelled at what the
+strategy sets from the others (assign.py). Each draw is the test images' count at the drawn
+threshold, divided by the drawn error; the interval holds the central 90 % of the draws.
+docs/clustering.md measures how often it holds the true count.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -51,14 +57,16 @@ def clusters_at(graph: Graph, anchors: np.ndarray, clusterer: Clusterer,
     return dict(zip(distinct, clusterer.labels(graph, anchors, distinct), strict=True)) if distinct else {}
 
 
-def interval(count: int, plausible: Sequence[float], counts: Dict[float, int]) -> tuple:
-    """(low, high): the central LEVEL of the counts at the plausible thresholds, widened to hold `count`."""
-    if not len(plausible):
+def interval(count: int, draws: Sequence[Tuple[float, float]], counts: Dict[float, int]) -> tuple:
+    """(low, high): the central LEVEL of the counts the draws give, widened to hold `count`. A draw
+    (threshold, log error) gives the count at that threshold, corrected by that error (a count that
+    landed 20 % above the truth says the truth may be 20 % below this one)."""
+    if not len(draws):
         return None, None
-    values = np.array([counts[float(t)] for t in plausible], dtype=np.float64)
+    values = np.array([counts[float(t)] * np.exp(-e) for t, e in draws], dtype=np.float64)
     tail = (1 - LEVEL) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail], method="nearest")
-    return int(min(low, count)), int(max(high, count))
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return int(min(np.floor(low), count)), int(max(np.ceil(high), count))
 
 
 def write_population(path: Path, estimates: List[PopulationEstimate]) -> None:

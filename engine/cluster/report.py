@@ -69,9 +69,10 @@ def _population(estimates: List[PopulationEstimate], metrics: Optional[dict]) ->
                      e.joined_train_identities, e.true_individuals, labelled.get("ARI")])
     return table(["dataset", "test images", "estimated individuals (clusters)", "90 % interval",
                   "of them train identities", "true individuals", "ARI"], rows) + (
-        '<p class="note">The interval: the test images clustered again at every threshold the choice could as well '
-        'have been (a bootstrap of what chose it); it does not include how far the clusters are from the truth at '
-        'the best threshold. Also in population.csv.</p>')
+        '<p class="note">Estimated individuals: the clusters of the test images at the count\'s own threshold '
+        '(the clusters written may be more or fewer). The interval: that count at the thresholds its choice could '
+        'as well have been, each corrected by how far such a count landed from the truth on held-out identities or '
+        'on a labelled dataset left out (docs/clustering.md). Also in population.csv.</p>')
 
 
 def _scores(metrics: Optional[dict]) -> str:

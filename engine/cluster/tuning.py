@@ -26,7 +26,7 @@ import pandas as pd
 from core.errors import DataError
 from core.schema import ClusterConfig, EvalConfig
 from data.splits import open_set_split
-from engine.cluster.bootstrap import ValidationPart, plausible_thresholds
+from engine.cluster.bootstrap import Replicates, ValidationPart, replicates
 from engine.cluster.criteria import CRITERIA
 from engine.cluster.criteria import codes as criteria_codes
 from engine.cluster.graph import Graph, edge_scores, fused_probabilities, graph_edges
@@ -58,6 +58,7 @@ class Tuned:
     count: Optimum  # cluster.count_criterion: the population estimate's threshold
     images: int  # validation images, all splits together
     parts: List[ValidationPart] = field(default_factory=list)  # what the curves were scored on
+    graph: Optional[Graph] = None  # the train images' graph (node e is train row e), at the weights tuned
 
     @property
     def per_dataset(self) -> Dict[str, float]:
@@ -79,11 +80,9 @@ class Tuned:
     def curves(self) -> Dict[str, List[float]]:
         return self.partition.search.curves
 
-    def plausible(self, optimum: Optimum, seed: int) -> Dict[str, List[float]]:
-        """The thresholds the validation could as well have chosen for `optimum` (bootstrap.py), per
-        dataset and MEAN."""
-        return plausible_thresholds(self.parts, optimum.search.grid, optimum.chosen(), CRITERIA.build(optimum.criterion),
-                                    seed)
+    def replicates(self, optimum: Optimum, seed: int) -> Replicates:
+        """What the validation could as well have chosen for `optimum`, and the count errors (bootstrap.py)."""
+        return replicates(self.parts, optimum.search.grid, optimum.chosen(), CRITERIA.build(optimum.criterion), seed)
 
     def best_score(self, per_dataset: bool) -> float:
         """The validation criterion at the chosen thresholds: each dataset at its own, or all at one."""
@@ -161,8 +160,9 @@ def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpac
         graph = Graph(n_gallery, a, b, fused_probabilities(scores, weights, len(a)))  # node e is row e
         parts = list(_validation_parts(cfg.cluster.anchors, graph, space, codes, splits))
         records = [ValidationPart(dataset, criteria_codes(truth), {}) for dataset, _, _, _, truth in parts]
-        optima = [_optimum(name, parts, records, clusterer, cfg.cluster.grid) for name in (cfg.cluster.criterion, cfg.cluster.count_criterion)]
-        out.append(Tuned(*optima, sum(len(v) for v in splits), records))
+        optima = [_optimum(name, parts, records, clusterer, cfg.cluster.grid)
+                  for name in (cfg.cluster.criterion, cfg.cluster.count_criterion)]
+        out.append(Tuned(*optima, sum(len(v) for v in splits), records, graph))
     return out
 
 
