@@ -83,5 +83,5 @@ def test_the_interval_holds_the_true_number_of_individuals(strategy):
         assert low <= estimate <= high
     assert choices["C"].strategy == strategy and {c.strategy for d, c in choices.items() if d != "C"} == {"own"}
     lines = choice_lines(choices, ["A", "B"], [0.05, 0.95])
-    assert any(line.startswith(f"C (no train images): threshold") and f"set by {strategy}: " in line for line in lines)
+    assert any(line.startswith("C (no train images): threshold") and f"set by {strategy}: " in line for line in lines)
     assert any("left out in turn: A " in line for line in lines)  # each strategy checked on A and B left out
