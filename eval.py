@@ -10,12 +10,13 @@
                                                           # cluster the test images by individual (AnimalCLEF 2026)
     python eval.py task=cluster data.format=folders data.query_root=PHOTOS models=[...] cluster.threshold=0.8
                                                           # group a folder of unlabelled photos by individual
+    python eval.py ... review=OLD_RUN/review-answers.sqlite  # apply a person's answers (reidzoo-review) to this run
     accelerate launch eval.py --config configs/eval/default.yaml    # extraction (and matching) split across processes
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
 Outputs in output_dir: submission.csv, predictions.csv (each query's decision and top-5 identities
 with calibrated scores), metrics.json (when query labels are known), manifest.json, report.html,
-config.yaml.
+config.yaml, review.npz (what `reidzoo-review RUN_DIR` shows a person).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 from core.cli import config_parser, parse_config
-from core.errors import cli_entry
+from core.errors import ConfigError, cli_entry
 from core.schema import EvalConfig
 
 DEFAULT_RECIPE = "configs/eval/default.yaml"  # relative to this file, so it is found from any folder
@@ -81,6 +82,8 @@ def main(argv=None):
     args, cfg = parse_config(EvalConfig, config_parser(__doc__, DEFAULT_RECIPE, "models=[runs/x/export]"), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
         return None
+    if cfg.review and not Path(cfg.review).expanduser().is_file():
+        raise ConfigError(f"review={cfg.review}: no such answers file (reidzoo-review keeps them in RUN_DIR/review-answers.sqlite)")
     # Heavy imports only once the config is known to be valid.
     from engine.accel import eval_precision, make_accelerator
 
@@ -96,6 +99,10 @@ def main(argv=None):
     result = run(cfg, accelerator)
     if result is not None:
         print(summary(result))
+        if cfg.review:
+            from engine.review.commands import apply_to_eval_run
+
+            print(apply_to_eval_run(result.output_dir, cfg.review))
     return result
 
 

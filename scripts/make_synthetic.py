@@ -10,19 +10,14 @@ train rows, unlabelled test rows (their answers in solution.csv), one dataset wi
 --scenes writes scene mode: small animals in wide frames over shared backgrounds, some with a
 second animal, and a YOLO label file per image under labels/ (for detectors).
 """
-import sys
-from pathlib import Path
+import argparse
+import time
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import pandas as pd
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import ConfigError, cli_entry  # noqa: E402
-from data.synthetic import generate  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import ConfigError, cli_entry
+from data.synthetic import generate
 
 
 @cli_entry

@@ -18,6 +18,7 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from core.csv_cells import safe_cells
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
 from data.table import clean_identity
@@ -35,6 +36,7 @@ from engine.cluster.population import (
 )
 from engine.cluster.tuning import ClusterThresholds, anchor_codes, tune
 from engine.outputs.artifacts import finite, run_manifest
+from engine.outputs.review_file import ReviewData, ReviewSettings, image_frame, image_roots
 from engine.outputs.submission import CLUSTERS, cluster_prefix
 from engine.outputs.writer import RunOutputs, RunResult, write_run
 from engine.prepare import RunData, check_run_config, load_run_data, prepare_run
@@ -75,7 +77,7 @@ def _calibrate_without_tuning(cfg: EvalConfig, scorers: List[Scorer], space: Mat
     return "cluster.threshold, on the raw scores (no labelled images to calibrate on)"
 
 
-def _names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
+def cluster_names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
     """cluster_<dataset>_<n>, numbered in the order the query images first appear."""
     query_labels = labels[is_query]
     _, first, inverse = np.unique(query_labels, return_index=True, return_inverse=True)
@@ -134,6 +136,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
                      + (f", re-scored by {cfg.rerank.matcher}" if matcher else ""))
     names = np.empty(len(query), dtype=object)
     joined = np.full(len(query), None, dtype=object)
+    codes = np.full(len(rows), -1, np.int64)  # every image's cluster, numbered across datasets
     truth = query["identity"].to_numpy(dtype=object)
     estimates, alternatives = [], {}
     for dataset in query_datasets:
@@ -144,8 +147,9 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
                             [choice.threshold, choice.count_threshold, *[t for t, _ in choice.count_draws],
                              *[t for a in choice.alternatives.values() for t in (a.threshold, a.count_threshold)]])
         chosen = found[choice.threshold]
+        codes[members] = chosen + codes.max() + 1
         at_query = members[is_query] - n_gallery
-        names[at_query] = _names(chosen, is_query, dataset)
+        names[at_query] = cluster_names(chosen, is_query, dataset)
         identity_of = {c: labels[m] for c, m in zip(chosen[~is_query], members[~is_query], strict=True)}
         joined[at_query] = [identity_of.get(c) for c in chosen[is_query]]
         counts = {t: len(set(found_labels[is_query].tolist())) for t, found_labels in found.items()}
@@ -179,7 +183,8 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
                              "joined_identity": joined})
     return write_run(cfg, table, RunOutputs(
         CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
-        lambda path: clusters.to_csv(path, index=False), metrics, manifest, write_report, thresholds.to_dict(),
+        lambda path: safe_cells(clusters).to_csv(path, index=False), metrics, manifest, write_report,
+        thresholds.to_dict(), _review_data(cfg, rows, n_gallery, scorers, thresholds, graph, codes),
         {POPULATION_FILE: lambda path: write_population(path, estimates)}))
 
 
@@ -190,6 +195,18 @@ def _scores_of(known: list, clusters: np.ndarray) -> dict:
         return {}
     scores = cluster_scores(np.asarray(known, dtype=object)[have], clusters[have])
     return {"ARI": scores["ARI"], "AMI": scores["AMI"]}
+
+
+def _review_data(cfg: EvalConfig, rows: pd.DataFrame, n_gallery: int, scorers: List[Scorer],
+                 thresholds: ClusterThresholds, graph, codes: np.ndarray) -> ReviewData:
+    """What `reidzoo-review` needs to re-cluster under a person's answers (engine/outputs/review_file.py)."""
+    tuned_here = cfg.cluster.threshold is None and cfg.cluster.per_dataset
+    settings = ReviewSettings(
+        "cluster", CLUSTERS, dict(thresholds.per_dataset),
+        {d: tuned_here and d not in thresholds.transferred for d in thresholds.per_dataset},
+        [s.name for s in scorers], [s.stage for s in scorers], cfg.cluster.method, dict(cfg.cluster.args),
+        cfg.cluster.anchors, image_roots(rows["path"]))
+    return ReviewData(settings, image_frame(rows, n_gallery), graph.i, graph.j, graph.p, graph.by_scorer, codes)
 
 
 def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],

@@ -25,6 +25,7 @@ from engine.outputs.html import (
     CSS,
     THUMBNAIL,
     models_row,
+    review_section,
     short_model_names,
     svg_histogram,
     table,
@@ -172,7 +173,7 @@ def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.Data
         "<h2>Thresholds</h2>", _thresholds(thresholds),
         "<h2>Population estimate</h2>", _population(population, metrics),
         "<h2>Scores</h2>", _scores(metrics),
-        "<h2>Clusters</h2>", sections, "</body></html>"])
+        "<h2>Clusters</h2>", sections, review_section(cfg.output_dir, cfg.review), "</body></html>"])
 
 
 def write_cluster_report(path: Path, **kwargs) -> Path:
