@@ -55,9 +55,14 @@ def cluster_summary(result) -> str:
             lines.append(f"  {name}: ARI {part['ARI']:.4f}, {part['clusters']} clusters for {part['individuals']} individuals")
     for row in read_population(result.output_dir):
         interval = "" if row["low_90"] is None else f" (90 % interval {row['low_90']}-{row['high_90']})"
-        lines.append(f"population {row['dataset']}: {row['individuals']} individuals{interval}, threshold "
-                     f"{row['threshold']:.4g} set by {row['strategy']}")
+        lines.append(f"population {row['dataset']}: {_individuals(row['individuals'])}{interval} counted at threshold "
+                     f"{row['count_threshold']:.4g}; {row['clusters']} clusters written at {row['threshold']:.4g} "
+                     f"(set by {row['strategy']})")
     return "\n".join(lines + _files(result, "clusters"))
+
+
+def _individuals(count: int) -> str:
+    return f"{count} individual{'' if count == 1 else 's'}"
 
 
 def identify_summary(result) -> str:

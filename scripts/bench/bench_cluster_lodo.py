@@ -16,9 +16,10 @@ the dataset without train rows, its ARI and its count (metrics.json other_strate
           rows; the dataset without train rows takes the eps best on average over the others)
 
 The default is chosen on the validation part only: `cluster.unlabelled` and `cluster.criterion` by
-the mean ARI over the datasets treated as unlabelled (one per `no-<d>` variant); `cluster.count_criterion`
-(the population count's threshold) by the mean |log(estimate / truth)| over every dataset, labelled
-(variant `all`) and treated as unlabelled. The test part, run with the defaults in the code (--test-overrides
+the mean |log(estimate / truth)| of the count of the datasets treated as unlabelled (one per
+`no-<d>` variant), among the pairs whose mean ARI there is at least that of transfer / ari (what
+eval.py did before); `cluster.count_criterion` (the labelled datasets' count threshold) by the same
+count error over the labelled datasets (variant `all`): its own `count` threshold, or the clusters'. The test part, run with the defaults in the code (--test-overrides
 to try others), is reported against the targets: every count within 25 % of the truth, the truth
 inside the 90 % interval, ARI of each dataset treated as unlabelled at least DBSCAN's, mean ARI not
 below today's.
@@ -142,24 +143,28 @@ def choose_default(val: dict, criteria: List[str]) -> dict:
         for d in datasets():
             row = val[f"no-{d}"][criterion][d]
             strategies |= {row["strategy"], *row["other"]}
+        labelled = [val[ALL][criterion][d] for d in datasets()]
         for strategy in sorted(strategies):
             aris, count_errors, partition_errors = [], [], []
             for d in datasets():
                 row = val[f"no-{d}"][criterion][d]
-                picked = row if row["strategy"] == strategy else {**row["other"][strategy], "truth": row["truth"],
+                picked = row if row["strategy"] == strategy else {**row["other"][strategy],
                                                                   "estimate": row["other"][strategy]["individuals"]}
                 aris.append(picked["ARI"])
                 count_errors.append(_error(picked["estimate"], row["truth"]))
                 partition_errors.append(_error(picked["clusters"], row["truth"]))
-            labelled = [val[ALL][criterion][d] for d in datasets()]
             options[(strategy, criterion)] = {
                 "mean ARI (unlabelled)": float(np.mean(aris)),
-                "count error, count threshold": float(np.mean(count_errors + [_error(r["estimate"], r["truth"])
-                                                                              for r in labelled])),
-                "count error, the clusters": float(np.mean(partition_errors + [_error(r["clusters"], r["truth"])
-                                                                               for r in labelled]))}
-    best = max(options, key=lambda k: options[k]["mean ARI (unlabelled)"])
-    count = ("count" if options[best]["count error, count threshold"] <= options[best]["count error, the clusters"]
+                "count error (unlabelled)": float(np.mean(count_errors)),
+                "count error (labelled), count threshold": float(np.mean([_error(r["estimate"], r["truth"])
+                                                                          for r in labelled])),
+                "count error (labelled), the clusters": float(np.mean([_error(r["clusters"], r["truth"])
+                                                                       for r in labelled]))}
+    floor = options.get(("transfer", "ari"), {}).get("mean ARI (unlabelled)", -np.inf)
+    allowed = [k for k, v in options.items() if v["mean ARI (unlabelled)"] >= floor - 1e-12]
+    best = min(allowed, key=lambda k: options[k]["count error (unlabelled)"])
+    chosen = options[best]
+    count = ("count" if chosen["count error (labelled), count threshold"] <= chosen["count error (labelled), the clusters"]
              else best[1])
     return {"unlabelled": best[0], "criterion": best[1], "count_criterion": count,
             "options": {f"{s} / {c}": v for (s, c), v in options.items()}}
