@@ -43,7 +43,9 @@ def _files(result, table: str) -> list:
 
 
 def cluster_summary(result) -> str:
-    """task=cluster: the mean ARI (and the population estimate) where the test images carry labels."""
+    """task=cluster: the population estimate per dataset, and the mean ARI where the test images carry labels."""
+    from engine.cluster.population import read_population
+
     lines = []
     metrics = result.metrics
     if metrics:
@@ -51,7 +53,16 @@ def cluster_summary(result) -> str:
                      f"({metrics['images']} labelled test images)")
         for name, part in metrics["per_dataset"].items():
             lines.append(f"  {name}: ARI {part['ARI']:.4f}, {part['clusters']} clusters for {part['individuals']} individuals")
+    for row in read_population(result.output_dir):
+        interval = "" if row["low_90"] is None else f" (90 % interval {row['low_90']}-{row['high_90']})"
+        lines.append(f"population {row['dataset']}: {_individuals(row['individuals'])}{interval} counted at threshold "
+                     f"{row['count_threshold']:.4g}; {row['clusters']} clusters written at {row['threshold']:.4g} "
+                     f"(set by {row['strategy']})")
     return "\n".join(lines + _files(result, "clusters"))
+
+
+def _individuals(count: int) -> str:
+    return f"{count} individual{'' if count == 1 else 's'}"
 
 
 def identify_summary(result) -> str:

@@ -18,7 +18,7 @@ from engine.cluster.constraints import ConstrainedSets, PairConstraints
 from engine.cluster.graph import Graph, knn_pairs, unique_pairs
 from engine.cluster.methods import CLUSTERERS
 from engine.cluster.pipeline import run_clustering
-from engine.cluster.tuning import best_of_curve
+from engine.cluster.search import best_of_curve
 from engine.outputs.submission import check_submission, read_submission
 from zoo import build_model, save_export
 
@@ -142,7 +142,7 @@ def first_run(world):
 def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
     out = world["base"] / "out"
     assert sorted(p.name for p in out.iterdir()) == ["clusters.csv", "config.yaml", "manifest.json", "metrics.json",
-                                                     "report.html", "review.npz", "submission.csv"]
+                                                     "population.csv", "report.html", "review.npz", "submission.csv"]
     cfg = config(world, "out")
     from engine.tables import dataset_table
 
@@ -158,8 +158,23 @@ def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
     thresholds = metrics["thresholds"]
     assert thresholds["transferred"] == [NO_TRAIN_DATASET]  # no train rows: the threshold tuned on the others
     assert thresholds["per_dataset"][NO_TRAIN_DATASET] == thresholds["overall"]
+    assert thresholds["set_by"][NO_TRAIN_DATASET]["strategy"] == "transfer"
+    assert set(thresholds["set_by"][NO_TRAIN_DATASET]["alternatives"]) == {"mixture", "unanchored"}
+    assert {d: c["strategy"] for d, c in thresholds["set_by"].items() if d != NO_TRAIN_DATASET} == {
+        "SynthLynx": "own", "SynthSalamander": "own"}
+    population = pd.read_csv(out / "population.csv")
+    assert list(population["dataset"]) == sorted(metrics["per_dataset"])
+    for row in population.to_dict("records"):
+        estimate = metrics["population"][row["dataset"]]
+        assert row["individuals"] == estimate["individuals"] and row["strategy"] == estimate["strategy"]
+        assert row["clusters"] == metrics["per_dataset"][row["dataset"]]["clusters"]  # the clusters written
+        assert row["low_90"] <= row["individuals"] <= row["high_90"]
+        assert row["true_individuals"] == metrics["per_dataset"][row["dataset"]]["individuals"]
+    assert set(metrics["other_strategies"][NO_TRAIN_DATASET]["mixture"]) == {
+        "threshold", "clusters", "count_threshold", "individuals", "ARI", "AMI"}
     report = (out / "report.html").read_text()
-    assert "Population estimate" in report and "Largest wrong merges" in report and "data:image/jpeg;base64," in report
+    assert "Population estimate" in report and "90 % interval" in report and "Largest wrong merges" in report
+    assert "data:image/jpeg;base64," in report
     assert 'src="http' not in report and "<script" not in report
     clusters = pd.read_csv(out / "clusters.csv", dtype=str, keep_default_na=False)
     assert set(clusters.columns) == {"image_id", "dataset", "cluster", "joined_identity"}
@@ -191,6 +206,8 @@ def test_eval_cli_prints_the_clustering_summary(world, first_run, capsys):
                    "report=false"])
     printed = capsys.readouterr().out
     assert "mean ARI" in printed and "clusters:" in printed and "submission:" in printed
+    assert f"{NO_TRAIN_DATASET} (no train images): threshold" in printed and "set by transfer" in printed
+    assert f"population {NO_TRAIN_DATASET}: " in printed and "90 % interval" in printed
 
 
 def test_the_review_re_clusters_the_run_and_its_oracle_answers_help(world, first_run, tmp_path):
@@ -281,10 +298,10 @@ def test_the_matchers_weight_on_the_edges_is_chosen_by_ari_on_held_out_identitie
 
     oracle = OracleMatcher(truth, noise=False)
     tuned, weight = tuned_with(oracle)
-    assert set(weight["validation_ari"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
-    assert weight["chosen"] >= 1.0 and weight["validation_ari"]["0.0"] < weight["validation_ari"][str(weight["chosen"])]
+    assert set(weight["validation"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"} and weight["criterion"] == "ari"
+    assert weight["chosen"] >= 1.0 and weight["validation"]["0.0"] < weight["validation"][str(weight["chosen"])]
     assert oracle.weight == weight["chosen"]
-    assert tuned.best_ari(True) == pytest.approx(weight["validation_ari"][str(weight["chosen"])], abs=1e-6)
+    assert tuned.best_score(True) == pytest.approx(weight["validation"][str(weight["chosen"])], abs=1e-6)
 
     kept = OracleMatcher(truth, noise=False)
     assert tuned_with(kept, "rerank.tune_weight=false", "rerank.weight=0.5")[1] is None and kept.weight == 1.0

@@ -129,3 +129,10 @@ def build_graph(scorers: Sequence[Scorer], space: MatchSpace, nodes: np.ndarray,
     position = np.full(int(nodes.max()) + 1 if len(nodes) else 0, -1, np.int64)
     position[nodes] = np.arange(len(nodes))
     return Graph(len(nodes), position[a], position[b], p, by_scorer)
+
+
+def raw_similarity(scorers: Sequence[Scorer], space: MatchSpace, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The mean raw score of the pairs (a[e], b[e]) under the embedding scorers (a cosine each):
+    what a dataset's own score distribution is read from, before any calibration."""
+    found = [s.pair_scores(space, a, b) for s in scorers if s.kind == "embedding"]
+    return np.mean(found, axis=0) if found and len(a) else np.zeros(len(a))

@@ -68,6 +68,7 @@ def _decision_lines(cfg: EvalConfig, ev: Evaluation, inputs: RunInputs) -> list:
     if ev.tuning is not None:
         lines.append(f"threshold tuned on {ev.tuning.queries} validation queries from {ev.tuning.splits} "
                      f"held-out split(s) of the database (threshold.min_queries={cfg.threshold.min_queries})")
+        lines.extend(ev.threshold.threshold.warnings())
     # Each weight tuned on the held-out split, in the order it was tuned (engine/identify/heldout.py).
     what = {"pair_head": "pair head weight x", "matcher": f"{cfg.rerank.matcher} weight "}
     for kind, choice in ev.threshold.weights.items():

@@ -4,7 +4,7 @@ and report.html, staged in a temporary folder that replaces the output folder on
 them are written."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
@@ -34,6 +34,7 @@ class RunOutputs:
     write_report: Callable[[Path], None]
     decisions: Dict[str, Any]  # the thresholds (and weights) the run decided with, as the manifest records them
     review: Optional[ReviewData] = None  # the pairs and thresholds a person may review (engine/review)
+    more_tables: Dict[str, Callable[[Path], None]] = field(default_factory=dict)  # file name -> its writer (population.csv)
 
 
 @dataclass
@@ -54,6 +55,8 @@ def write_run(cfg: EvalConfig, table: pd.DataFrame, out: RunOutputs) -> RunResul
     with staged_directory(final) as staging:
         write_submission(staging / SUBMISSION, out.kind, table, out.predictions)
         out.write_table(staging / out.table_name)
+        for name, write in out.more_tables.items():
+            write(staging / name)
         if out.metrics is not None:
             write_json(staging / METRICS, out.metrics)
         write_json(staging / MANIFEST, out.manifest)

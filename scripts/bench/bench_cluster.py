@@ -2,6 +2,7 @@
 
     python scripts/bench/bench_cluster.py scale --sizes 10000,100000,1000000 [--methods agglomerative,components]
     python scripts/bench/bench_cluster.py real --data-root /work/shared/data --out /tmp/bench-cluster --seeds 0,1
+    python scripts/bench/bench_cluster.py lodo --data-root /work/shared/data --out /tmp/bench-cluster --seeds 0 --today OLD
 
 **scale**: clustered embeddings are generated (identities of 1 to 9 images, 64 dimensions, a
 centre per identity plus noise), then what eval.py task=cluster does once the embeddings are
@@ -10,6 +11,7 @@ the cosine fitted on a sample of labelled edges, and each method at P >= 0.5. Ea
 fresh process, so the peak resident memory it reports (ru_maxrss) is its own; time per stage.
 
 **real**: see `real_main` (bench_cluster_real.py holds it).
+**lodo**: thresholds for datasets without train rows, each labelled dataset left out in turn (bench_cluster_lodo.py).
 Every table names the CPU; the machine's cores may be shared with other jobs (say so beside the figures).
 """
 from __future__ import annotations
@@ -120,11 +122,18 @@ def main(argv=None) -> None:
     from bench_cluster_real import add_arguments, real_main
 
     add_arguments(real)
+    lodo = sub.add_parser("lodo", help="leave-one-dataset-out: thresholds and counts of datasets without train rows")
+    from bench_cluster_lodo import add_arguments as lodo_arguments
+    from bench_cluster_lodo import lodo_main
+
+    lodo_arguments(lodo)
     args = parser.parse_args(argv)
     if args.mode == "scale":
         scale_main(args)
-    else:
+    elif args.mode == "real":
         real_main(args)
+    else:
+        lodo_main(args)
 
 
 if __name__ == "__main__":

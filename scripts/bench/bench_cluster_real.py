@@ -78,10 +78,12 @@ def _rows(part: pd.DataFrame, name: str, root: Path, out: Path, split_map: Dict[
         "split": [split_map[s] for s in part["split"]], "dataset": name})
 
 
-def build_protocol(args) -> Path:
+def build_protocol(args, folder: str = "protocol", no_train: str = NO_TRAIN) -> Path:
+    """OUT/<folder>: the pooled train part and the val / test parts; `no_train` ("" for none) has no
+    train rows in them."""
     from data.protocol import split_protocol
 
-    out = Path(args.out) / "protocol"
+    out = Path(args.out) / folder
     if (out / "protocol.json").is_file():
         return out
     record = {}
@@ -94,7 +96,7 @@ def build_protocol(args) -> Path:
             folder.mkdir(parents=True, exist_ok=True)
             if part == "train":
                 frame = _rows(split[part].assign(split="database"), name, root, folder, {"database": "database"})
-            elif name == NO_TRAIN:  # no train rows at all: every image to cluster
+            elif name == no_train:  # no train rows at all: every image to cluster
                 frame = _rows(split[part].assign(split="query"), name, root, folder, {"query": "test"})
             else:
                 frame = _rows(split[part], name, root, folder, {"database": "train", "query": "test"})
@@ -117,12 +119,14 @@ def build_protocol(args) -> Path:
 # ----------------------------------------------------------------------------- runs
 
 
-def train(args, protocol: Path, seed: int) -> Path:
+def train(args, protocol: Path, seed: int, steps: int = 0) -> Path:
+    """The default recipe on the pooled training part: args.minutes of wall clock, or `steps` steps."""
     run = Path(args.out) / f"model-s{seed}"
     if (run / "export" / "model.safetensors").is_file():
         return run / "export"
+    budget = [f"train.max_minutes={args.minutes}"] if not steps else ["train.max_minutes=0", f"train.max_steps={steps}"]
     command = [sys.executable, "train.py", "data.format=animalclef2025", f"data.root={protocol / 'train'}",
-               f"train.max_minutes={args.minutes}", "train.epochs=100000", f"output_dir={run}", f"seed={seed}"]
+               *budget, "train.epochs=100000", f"output_dir={run}", f"seed={seed}"]
     execute(command, Path(args.out) / f"train-s{seed}.log", f"training seed {seed}")
     return run / "export"
 
@@ -144,6 +148,11 @@ def cluster_run(args, protocol: Path, part: str, export: Path, name: str, seed: 
 
 def dbscan_baseline(protocol: Path, part: str, export: Path, args, seed: int) -> dict:
     """The organisers' baseline on the same model's embeddings (see the module doc)."""
+    return dbscan_on(protocol / part, export, args)
+
+
+def dbscan_on(root: Path, export: Path, args) -> dict:
+    """dbscan_baseline on the 2026-layout set at `root`; also each dataset's number of clusters."""
     from sklearn.cluster import DBSCAN
     from sklearn.metrics import adjusted_rand_score
 
@@ -153,7 +162,7 @@ def dbscan_baseline(protocol: Path, part: str, export: Path, args, seed: int) ->
     from engine.scoring.model_outputs import all_model_outputs
     from engine.tables import dataset_table
 
-    cfg = load_config(EvalConfig, None, ["task=cluster", "data.format=animalclef2026", f"data.root={protocol / part}",
+    cfg = load_config(EvalConfig, None, ["task=cluster", "data.format=animalclef2026", f"data.root={root}",
                                          f"models=[{export}]", f"embed_cache={Path(args.out) / 'embeddings'}"])
     table = dataset_table(cfg.data)
     gallery, query = gallery_and_query(table)
@@ -174,14 +183,15 @@ def dbscan_baseline(protocol: Path, part: str, export: Path, args, seed: int) ->
         curves[dataset] = [adjusted_rand_score(truth, dbscan(x[at], eps)) for eps in EPS_GRID]
     best = {d: EPS_GRID[int(np.argmax(c))] for d, c in curves.items()}
     overall = EPS_GRID[int(np.argmax(np.mean(list(curves.values()), axis=0)))]
-    per_dataset = {}
+    per_dataset, clusters = {}, {}
     for dataset in sorted(set(query["dataset"])):
         at = n_gallery + np.flatnonzero(query["dataset"].to_numpy() == dataset)
         truth = rows["identity"].to_numpy()[at].astype(str)
         labels = dbscan(x[at], best.get(dataset, overall))
         per_dataset[dataset] = float(adjusted_rand_score(truth, labels))
+        clusters[dataset] = int(len(set(labels.tolist())))
     return {"ARI": float(np.mean(list(per_dataset.values()))), "per_dataset": per_dataset,
-            "eps": {d: best.get(d, overall) for d in per_dataset}}
+            "eps": {d: best.get(d, overall) for d in per_dataset}, "clusters": clusters}
 
 
 def real_main(args) -> None:
