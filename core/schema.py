@@ -44,6 +44,7 @@ class SyntheticConfig:
     images_per_individual: int = 12  # (int) photos of each individual
     seed: int = 0  # (int) generator seed: the same seed writes the same dataset
     scenes: bool = False  # (bool) small animals in wide shared scenes, some with a second animal, + YOLO labels
+    sites: int = 0  # (int) with scenes: camera sites per species, each individual at one or two, same ground, rocks, vegetation and overlay on every photo of a site (0 = off)
 
 
 @dataclass

@@ -120,7 +120,7 @@ PROBABILITY, FRACTION = within(0, 1), within(0, 1, open_low=True, open_high=True
 
 # Dataclass -> field -> rule. Fields not listed accept any value of their type.
 VALUE_RULES: Dict[type, Dict[str, Rule]] = {
-    SyntheticConfig: {"individuals": COUNT, "images_per_individual": COUNT, "seed": at_least(0)},
+    SyntheticConfig: {"individuals": COUNT, "images_per_individual": COUNT, "seed": at_least(0), "sites": at_least(0)},
     DataConfig: {
         "format": registered("dataset format", also=(SYNTHETIC,)), "image_size": SIZE, "bbox_padding": at_least(0),
         "num_workers": at_least(0), "identity_parts": COUNT, "identity_part": at_least(0), "mean": numbers(3),
@@ -178,6 +178,12 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
 }
 
 
+def _sites_in_scenes(cfg: SyntheticConfig) -> Optional[str]:
+    if cfg.sites and not cfg.scenes:
+        return "'data.synthetic.sites' are camera sites of scene mode: set 'data.synthetic.scenes' = true too"
+    return None
+
+
 def _pk_batches(cfg: TrainConfig) -> Optional[str]:
     if cfg.sampler.name == "pk" and cfg.train.batch_size % cfg.sampler.k:
         return (f"'sampler.k' = {cfg.sampler.k} must divide 'train.batch_size' = {cfg.train.batch_size} "
@@ -226,6 +232,7 @@ def _scores_every_identity(cfg: EvalConfig) -> Optional[str]:
 
 # Rules that relate several keys of one dataclass.
 JOINT_RULES: Dict[type, List[Callable[[Any], Optional[str]]]] = {
+    SyntheticConfig: [_sites_in_scenes],
     DataConfig: [_identity_part, _query_root_format],
     TrainConfig: [_pk_batches, _no_queries_in_training],
     EvalConfig: [_model_weights, _scores_every_identity],
