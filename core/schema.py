@@ -201,7 +201,7 @@ class RerankConfig:
     # SIFT by default: on the validation parts of scripts/bench_recipes.py it raised the mean open-set
     # score (most on the synthetic set, the real sets about level), is cheap on a CPU, and needs no
     # weights; its tuned weight falls to 0 where matching does not help (figures: docs/results.md).
-    matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift
+    matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift | rootsift (SIFT on Hellinger roots)
     matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, batched (lightglue: null = on a GPU), ratio, threads (sift)
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
     weight: float = 1.0  # (float) the matcher's soft-voting weight (a model's is its `weights` entry, 1 by default)
