@@ -163,6 +163,7 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
         "min_matches": OPTIONAL_COUNT, "neighbours": each(one_of(*NEIGHBOUR_RERANKERS), non_empty=False),
+        "weighting": each(registered("keypoint weighting"), non_empty=False),
     },
     ClusterConfig: {
         "method": registered("clusterer"), "neighbours": COUNT,

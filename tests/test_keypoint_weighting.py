@@ -1,0 +1,180 @@
+"""Keypoint weightings of the matcher's score: confusers learnt from the database, background that
+burstiness; and the held-out split keeping only those that help."""
+from __future__ import annotations
+
+import copy
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from core.config import load_config
+from core.errors import ConfigError
+from core.schema import EvalConfig, RerankConfig
+from engine.matching.confusers import Confusers
+from engine.matching.pairs import Record
+from engine.matching.scorer import MatcherScorer, keypoint_weightings
+from engine.matching.weighting import Burstiness, MatchBatch, distinct_counts, weighted_scores
+from engine.scoring.scorers import ModelOutput
+
+
+class FakePairs:
+    """A pair engine whose records are given: {(a, b): Record seen from a}; every image 100 x 80."""
+
+    def __init__(self, records, keypoints=None, sizes=None):
+        self._records = records
+        self.store = SimpleNamespace(features=self._features, inside_crop_box=lambda row: np.ones(20, bool))
+        self._keypoints = keypoints or {}
+        self._sizes = sizes or {}
+
+    def _features(self, row):
+        points = self._keypoints.get(row, np.stack([np.arange(20.0) * 4, np.arange(20.0) * 3], 1))
+        return {"keypoints": points.astype(np.float32), "image_size": np.array(self._sizes.get(row, (100, 80)), np.float32)}
+
+    def records(self, first, second):
+        out = []
+        for a, b in zip(np.asarray(first).tolist(), np.asarray(second).tolist(), strict=True):
+            if (a, b) in self._records:
+                out.append(self._records[(a, b)])
+            elif (b, a) in self._records:
+                out.append(self._records[(b, a)].flipped())
+            else:
+                out.append(_record([], []))
+        return out
+
+
+def _record(first, second, inlier=None):
+    first, second = np.array(first, np.int32), np.array(second, np.int32)
+    return Record(first, second, np.ones(len(first), bool) if inlier is None else np.array(inlier, bool))
+
+
+def _batch(records, q_rows, g_rows, labels):
+    q_rows, g_rows = np.asarray(q_rows), np.asarray(g_rows)
+    return MatchBatch(records, q_rows, g_rows, np.asarray(labels, dtype=object)[g_rows], [r.inlier for r in records])
+
+
+LABELS = np.array(["a", "a", "b", "c"], dtype=object)  # database rows 0-3; row 4 is a query
+
+
+def _confusers(power=1.0):
+    # Database image 0 (identity a): keypoint 5 matches images 2 (b) and 3 (c), keypoint 6 only image 2,
+    # keypoint 7 only image 1, of its own identity a (no confuser).
+    pairs = FakePairs({(0, 2): _record([5, 6], [1, 2]), (0, 3): _record([5], [4]), (0, 1): _record([7], [7])})
+    weighting = Confusers(shortlist=3, power=power)
+    weighting.bind(pairs)
+    weighting.learn(LABELS, np.arange(4), np.array([[1, 2, 3], [0, -1, -1], [0, -1, -1], [0, -1, -1]]),
+                    lambda record: record.inlier)
+    return weighting
+
+
+def test_a_database_keypoint_matched_in_n_other_identities_weighs_one_over_one_plus_n():
+    weighting = _confusers()
+    weighting.prepare(np.arange(4), 5)
+    query = _record([0, 1, 2, 3], [5, 6, 7, 8])  # the query's matches land on keypoints 5, 6, 7, 8 of image 0
+    (weights,) = weighting.weights(_batch([query], [4], [0], LABELS))
+    np.testing.assert_allclose(weights, [1 / 3, 1 / 2, 1, 1])
+    squared = _confusers(power=2.0)
+    squared.prepare(np.arange(4), 5)
+    np.testing.assert_allclose(squared.weights(_batch([query], [4], [0], LABELS))[0], [1 / 9, 1 / 4, 1, 1])
+
+
+def test_confusers_use_only_the_gallery_matched_against_and_never_the_query_itself():
+    weighting = _confusers()
+    weighting.prepare(np.array([0, 1, 2]), 5)  # image 3 is a held-out validation query: not evidence
+    query = _record([0, 1], [5, 6])
+    np.testing.assert_allclose(weighting.weights(_batch([query], [4], [0], LABELS))[0], [1 / 2, 1 / 2])
+    weighting.prepare(np.arange(4), 5)
+    # Database image 2 calibrating the matcher against image 0: its own matches are left out.
+    np.testing.assert_allclose(weighting.weights(_batch([query], [2], [0], LABELS))[0], [1 / 2, 1])
+    unseen = weighting.weights(_batch([_record([0], [5])], [4], [1], LABELS))[0]
+    assert unseen.tolist() == [1], "an image without evidence keeps every keypoint"
+
+
+def test_weighted_scores_sum_the_product_of_every_weighting_over_counted_matches():
+    records = [_record([0, 1, 2], [0, 1, 2], [True, True, False]), _record([0], [3])]
+    batch = _batch(records, [4, 4], [0, 2], LABELS)
+    np.testing.assert_allclose(weighted_scores(batch, []), [2, 1])
+    halves = [np.full(3, 0.5), np.full(1, 0.5)]
+    np.testing.assert_allclose(weighted_scores(batch, [halves, [np.array([1.0, 0.0, 1.0]), np.ones(1)]]), [0.5, 0.5])
+    # Burstiness: query keypoint 0 is counted in identities a and b (1/2), keypoint 1 only in a.
+    np.testing.assert_allclose(weighted_scores(batch, [Burstiness().weights(batch)]), [1.5, 0.5])
+
+
+def test_distinct_counts_count_values_per_group_and_key():
+    codes, counts = distinct_counts(np.array([0, 0, 0, 1, 1]), np.array([3, 3, 4, 3, 3]), np.array([7, 8, 7, 7, 7]))
+    assert counts.tolist() == [2, 1, 1] and (codes % (1 << 31)).tolist() == [3, 4, 3]
+
+
+def test_weightings_are_configured_by_name_with_their_arguments_and_unknown_ones_refused():
+    built = keypoint_weightings(RerankConfig(weighting=["confusers"], weighting_args={"confusers": {"power": 2}},
+                                             burstiness=True))
+    assert list(built) == ["confusers", "burstiness"] and built["confusers"].power == 2
+    with pytest.raises(ConfigError, match="not in rerank.weighting"):
+        keypoint_weightings(RerankConfig(weighting_args={"confusers": {}}))
+    with pytest.raises(ConfigError, match="confusers"):
+        load_config(EvalConfig, None, ["rerank.weighting=[confuser]"])
+    with pytest.raises(ConfigError, match="no argument 'strength'"):
+        keypoint_weightings(RerankConfig(weighting=["confusers"], weighting_args={"confusers": {"strength": 2}}))
+
+
+def test_a_copied_matcher_scorer_learns_and_is_switched_on_its_own():
+    pairs = SimpleNamespace(store=None)
+    scorer = MatcherScorer(pairs, RerankConfig(weighting=["confusers", "burstiness"]), 1.0)
+    twin = copy.copy(scorer)
+    assert twin.pairs is pairs and twin.weightings["confusers"] is not scorer.weightings["confusers"]
+    assert twin.weightings["burstiness"].pairs is pairs
+    twin.set_option("weighting confusers", False)
+    assert twin.off == {"confusers"} and scorer.off == frozenset()
+    assert scorer.options() == {"weighting confusers": (False, True), "weighting burstiness": (False, True)}
+    assert scorer.database_shortlist == 10
+
+
+@pytest.mark.parametrize("helps", [True, False])
+def test_the_held_out_split_keeps_an_option_only_where_it_helps(helps):
+    from engine.identify.decision import evaluate_outputs
+    from tests.embedding_worlds import OracleMatcher, clustered
+
+    class Switchable(OracleMatcher):
+        """Knows the truth with its option on and guesses with it off (or the other way round)."""
+
+        def options(self):
+            return {"weighting truth": (False, True)}
+
+        def set_option(self, name, value):
+            self.noise = value != helps
+
+    gallery, query, vectors = clustered(seed=1, identities=20, noise=2.0)
+    identities = np.concatenate([gallery["identity"].to_numpy(dtype=object), query["identity"].to_numpy(dtype=object)])
+    cfg = load_config(EvalConfig, None, ["rerank.shortlist=10", "threshold.min_queries=100"])
+    matcher = Switchable(identities, noise=False)
+    ev = evaluate_outputs(cfg, gallery, query, [ModelOutput("m", vectors)], extra_scorers=[matcher])
+    choice = ev.threshold.options["matcher: weighting truth"]
+    assert choice.chosen is helps and set(choice.validation_score) == {"False", "True"}
+    assert ev.threshold.to_dict()["options"]["matcher: weighting truth"]["chosen"] is helps
+    assert ev.threshold.weights["matcher"].chosen >= 1.0, "the weight is tuned after the option: the truth helps"
+
+
+def test_calibration_first_lets_a_scorer_learn_from_every_database_images_own_shortlist():
+    from engine.scoring.scorers import MatchSpace, scorers_for
+    from engine.scoring.voting import fit_calibrators
+    from tests.embedding_worlds import OracleMatcher, clustered
+
+    class Learner(OracleMatcher):
+        database_shortlist = 3
+
+        def learn(self, space, rows, shortlists):
+            self.learnt = (rows, shortlists)
+
+    gallery, query, vectors = clustered(seed=2, identities=8)
+    identities = np.concatenate([gallery["identity"].to_numpy(dtype=object), query["identity"].to_numpy(dtype=object)])
+    cfg = load_config(EvalConfig, None, [])
+    space = MatchSpace(gallery["identity"].to_numpy(dtype=object), np.array(["A"] * len(identities), dtype=object),
+                       False, cfg.retrieval)
+    learner = Learner(identities, noise=False)
+    scorers = scorers_for([ModelOutput("m", vectors)]) + [learner]
+    calibration = fit_calibrators(scorers, space, np.arange(len(gallery) // 2), "isotonic", 0, 5)
+    rows, shortlists = learner.learnt
+    assert rows.tolist() == list(range(len(gallery))), "every database row, not only the calibration's"
+    assert shortlists.shape == (len(gallery), 3) and (shortlists != rows[:, None]).all()
+    assert (shortlists < len(gallery)).all() and (shortlists >= 0).all()
+    assert set(calibration.q_rows) <= set(range(len(gallery) // 2)), "calibration pairs among the rows given"
