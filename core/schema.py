@@ -213,8 +213,8 @@ class RerankConfig:
     geometry: str = "fundamental"  # (str) score=inliers: fundamental (rigid 3-D) | homography (one plane)
     ransac_threshold: float = 4.0  # (float) score=inliers: RANSAC inlier distance, pixels at `side`
     burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like), always
-    weighting: List[str] = field(default_factory=list)  # (list) keypoint weightings, a match counting the product of their weights; each kept only where it helps on the held-out split (with tune_weight): confusers (database keypoints matched by other identities) | burstiness
-    weighting_args: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # (dict) per weighting its arguments: confusers {shortlist, power}, burstiness {power}
+    weighting: List[str] = field(default_factory=list)  # (list) keypoint weightings, a match counting the product of their weights; each kept only where it helps on the held-out split (with tune_weight): confusers (database keypoints matched by other identities) | burstiness | foreground
+    weighting_args: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # (dict) per weighting its arguments: confusers {shortlist, power}, burstiness {power}, foreground {...}
     region: float = 1.0  # (float) keep keypoints in this central fraction of the image's width and height only
     min_matches: int = 0  # (int) pairs with fewer tentative matches skip RANSAC and count 0 inliers; 0 = the geometry's minimum (8 fundamental, 4 homography: same inliers as verifying all)
     calibration_queries: int = 200  # (int) database images whose shortlists calibrate the matcher

@@ -1,5 +1,5 @@
 """Keypoint weightings of the matcher's score: confusers learnt from the database, background that
-burstiness; and the held-out split keeping only those that help."""
+stays in place (foreground), burstiness; and the held-out split keeping only those that help."""
 from __future__ import annotations
 
 import copy
@@ -7,11 +7,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from core.config import load_config
 from core.errors import ConfigError
 from core.schema import EvalConfig, RerankConfig
+from data.images import ImageLoader
 from engine.matching.confusers import Confusers
+from engine.matching.foreground import Foreground
 from engine.matching.pairs import Record
 from engine.matching.scorer import MatcherScorer, keypoint_weightings
 from engine.matching.weighting import Burstiness, MatchBatch, distinct_counts, weighted_scores
@@ -105,6 +108,52 @@ def test_distinct_counts_count_values_per_group_and_key():
     assert counts.tolist() == [2, 1, 1] and (codes % (1 << 31)).tolist() == [3, 4, 3]
 
 
+def _foreground(identities=1):
+    # Same-size photos: image 0 (a) and 2 (b) share keypoints 0-4 in place (a station's background);
+    # keypoint 10 of image 0 matches keypoint 15 of image 1 (a, moved: the animal).
+    records = {(0, 2): _record([0, 1, 2, 3, 4], [0, 1, 2, 3, 4]), (0, 1): _record([10], [15])}
+    pairs = FakePairs(records, sizes={3: (120, 80)})
+    weighting = Foreground(identities=identities, shortlist=2)
+    weighting.bind(pairs)
+    weighting.learn(LABELS, np.arange(4), np.array([[1, 2], [0, -1], [0, -1], [-1, -1]]), lambda record: record.inlier)
+    weighting.prepare(np.arange(4), 6)
+    return weighting
+
+
+def test_keypoints_in_place_across_photos_of_other_individuals_are_dropped_on_both_sides():
+    weighting = _foreground()
+    # The query (row 4) sees image 0's background in place (keypoints 0, 1), the animal moved,
+    # and image 3, of another size: nothing is in place there.
+    to_zero = _record([0, 1, 10, 11], [0, 1, 14, 12])  # keypoint i lies at (4i, 3i) in every photo
+    to_three = _record([2, 5], [2, 5])
+    weights = weighting.weights(_batch([to_zero, to_three], [4, 4], [0, 3], LABELS))
+    np.testing.assert_array_equal(weights[0], [0, 0, 1, 1])
+    np.testing.assert_array_equal(weights[1], [1, 1]), "photos of another size have no static matches"
+    # The database side: image 0's keypoints 0-4 are background (static with image 2, identity b),
+    # whichever query lands on them.
+    moved = _record([7, 8], [3, 10])
+    np.testing.assert_array_equal(weighting.weights(_batch([moved], [5], [0], LABELS))[0], [0, 1])
+
+
+def test_a_query_keypoint_in_place_in_one_identity_only_is_kept_when_two_are_asked():
+    weighting = _foreground(identities=2)
+    in_place = _record([0, 1], [0, 1])
+    # Image 1 is not matched against image 2 in the database: its keypoints are only judged by the query's pairs.
+    np.testing.assert_array_equal(weighting.weights(_batch([in_place], [4], [1], LABELS))[0], [1, 1])
+    both = weighting.weights(_batch([in_place, in_place], [4, 4], [1, 2], LABELS))
+    np.testing.assert_array_equal(both[0], [0, 0])
+
+
+def test_keypoints_in_a_detector_boxs_padding_fall_outside_the_box(tmp_path):
+    path = tmp_path / "photo.jpg"
+    Image.new("RGB", (200, 100)).save(path)
+    loader = ImageLoader(512, None, crop_to_bbox=True, bbox_padding=0.25, fit="long")
+    assert loader.box_in_crop(str(path), None) is None
+    np.testing.assert_allclose(loader.box_in_crop(str(path), [40, 20, 80, 40]), [1 / 6, 1 / 6, 5 / 6, 5 / 6])
+    # At the photo's edge the padding is clipped: the box starts at the crop's left side.
+    np.testing.assert_allclose(loader.box_in_crop(str(path), [0, 0, 80, 40])[:2], [0, 0])
+
+
 def test_weightings_are_configured_by_name_with_their_arguments_and_unknown_ones_refused():
     built = keypoint_weightings(RerankConfig(weighting=["confusers"], weighting_args={"confusers": {"power": 2}},
                                              burstiness=True))
@@ -119,13 +168,13 @@ def test_weightings_are_configured_by_name_with_their_arguments_and_unknown_ones
 
 def test_a_copied_matcher_scorer_learns_and_is_switched_on_its_own():
     pairs = SimpleNamespace(store=None)
-    scorer = MatcherScorer(pairs, RerankConfig(weighting=["confusers", "burstiness"]), 1.0)
+    scorer = MatcherScorer(pairs, RerankConfig(weighting=["confusers", "foreground"]), 1.0)
     twin = copy.copy(scorer)
     assert twin.pairs is pairs and twin.weightings["confusers"] is not scorer.weightings["confusers"]
-    assert twin.weightings["burstiness"].pairs is pairs
+    assert twin.weightings["foreground"].pairs is pairs
     twin.set_option("weighting confusers", False)
     assert twin.off == {"confusers"} and scorer.off == frozenset()
-    assert scorer.options() == {"weighting confusers": (False, True), "weighting burstiness": (False, True)}
+    assert scorer.options() == {"weighting confusers": (False, True), "weighting foreground": (False, True)}
     assert scorer.database_shortlist == 10
 
 
@@ -178,3 +227,22 @@ def test_calibration_first_lets_a_scorer_learn_from_every_database_images_own_sh
     assert shortlists.shape == (len(gallery), 3) and (shortlists != rows[:, None]).all()
     assert (shortlists < len(gallery)).all() and (shortlists >= 0).all()
     assert set(calibration.q_rows) <= set(range(len(gallery) // 2)), "calibration pairs among the rows given"
+
+
+def test_the_report_draws_what_each_match_weighs_and_crosses_out_the_dropped():
+    from engine.matching.drawing import DROPPED, INLIER, OUTLIER, draw_matches
+
+    pairs = FakePairs({(4, 0): _record([0, 1], [0, 1]), (4, 2): _record([0, 2], [3, 2], [True, False])})
+    scorer = MatcherScorer(pairs, RerankConfig(weighting=["burstiness"]), 1.0)
+    weights = scorer.match_weights(LABELS, 4, np.array([0, 2]))
+    np.testing.assert_allclose(weights[0], [0.5, 1]), "keypoint 0 is counted in identities a and b"
+    scorer.set_option("weighting burstiness", False)
+    assert [w.tolist() for w in scorer.match_weights(LABELS, 4, np.array([0, 2]))] == [[1, 1], [1, 1]]
+    black = np.zeros((40, 40, 3), np.uint8)
+    points = np.array([[5.0, 5.0], [20.0, 30.0], [30.0, 10.0]])
+    drawn = draw_matches(black, black, points, points, np.array([True, True, False]), height=40,
+                         weights=np.array([1.0, 0.0, 1.0]))
+    colours = {tuple(c) for c in drawn.reshape(-1, 3).tolist()}
+    assert INLIER in colours and DROPPED in colours and OUTLIER in colours
+    plain = draw_matches(black, black, points, points, np.array([True, True, False]), height=40)
+    assert DROPPED not in {tuple(c) for c in plain.reshape(-1, 3).tolist()}, "without weights nothing is dropped"

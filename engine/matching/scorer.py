@@ -2,7 +2,7 @@
 
 A pair's raw score is its number of geometric inliers (rerank.score=inliers) or of matches, each
 weighted by the keypoint weightings of rerank.weighting (engine.matching.weighting: confusers,
-burstiness), each of which the held-out split keeps or drops (`options`). With
+burstiness, foreground), each of which the held-out split keeps or drops (`options`). With
 rerank.burstiness, a query keypoint that is matched in the shortlisted images of k different
 identities counts 1/k, always: keypoints on a shared background (grass, a waterhole, a tank wall)
 match every individual and so carry little evidence of any one. Like every scorer it gets its own
@@ -22,7 +22,7 @@ from core.array_cache import ArrayCache
 from core.errors import ConfigError
 from core.paths import resolve_cache_setting
 from core.schema import EvalConfig, RerankConfig
-from engine.matching import confusers  # noqa: F401  (registers its weighting)
+from engine.matching import confusers, foreground  # noqa: F401  (register their weightings)
 from engine.matching.keypoints import KeypointStore
 from engine.matching.pairs import PairMatcher, Record
 from engine.matching.weighting import (
@@ -137,6 +137,19 @@ class MatcherScorer(Scorer):
             if name not in self.off and name not in known:
                 known[name] = self.weightings[name].weights(batch)
         return weighted_scores(batch, [known[name] for name in self.weightings if name not in self.off])
+
+    def match_weights(self, labels: np.ndarray, q_row: int, g_rows: np.ndarray) -> List[np.ndarray]:
+        """Per gallery row, the weight each match of (q_row, g) counts with in its score (the query's
+        pairs with all of `g_rows` weighed together, as its shortlist is; 1 without weightings)."""
+        g_rows = np.asarray(g_rows)
+        q_rows = np.full(len(g_rows), q_row)
+        records = self.pairs.records(q_rows, g_rows)
+        batch = MatchBatch(records, q_rows, g_rows, labels[g_rows], [counted_mask(r, self.cfg.score) for r in records])
+        out = [np.ones(len(r.first)) for r in records]
+        for name, weighting in self.weightings.items():
+            if name not in self.off:
+                out = [mine * found for mine, found in zip(out, weighting.weights(batch), strict=True)]
+        return out
 
     def describe(self) -> dict:
         matcher = self.pairs.store.matcher
