@@ -210,7 +210,8 @@ class RerankConfig:
     side: int = 512  # (int) longer image side the matcher sees, in pixels (smaller images are not upscaled)
     max_keypoints: int = 512  # (int) keypoints per image (time per pair grows about with its square)
     score: str = "inliers"  # (str) a pair's raw score: inliers (of one geometric model) | matches
-    geometry: str = "fundamental"  # (str) score=inliers: fundamental (rigid 3-D) | homography (one plane)
+    geometry: str = "fundamental"  # (str) score=inliers: fundamental (rigid 3-D) | homography (one plane) | affine | similarity (shift, turn, scale)
+    geometries: List[str] = field(default_factory=list)  # (list) score=inliers: other geometries the held-out split may verify with instead (each pair's stored matches fitted again, without those its weightings drop); e.g. [similarity, affine]
     ransac_threshold: float = 4.0  # (float) score=inliers: RANSAC inlier distance, pixels at `side`
     burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like), always
     weighting: List[str] = field(default_factory=list)  # (list) keypoint weightings, a match counting the product of their weights; each kept only where it helps on the held-out split (with tune_weight): confusers (database keypoints matched by other identities) | burstiness | foreground

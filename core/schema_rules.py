@@ -47,7 +47,6 @@ BOX_CHOICES = ("confident", "central")
 TASKS = ("reid", "detector")
 EVAL_TASKS = ("identify", "cluster")
 PAIR_SCORES = ("inliers", "matches")
-GEOMETRIES = ("fundamental", "homography")
 NEIGHBOUR_RERANKERS = ("kreciprocal", "alpha_qe", "dba")
 
 
@@ -160,10 +159,11 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     },
     RerankConfig: {
         "matcher": registered("matcher", also=("none",)), "shortlist": COUNT, "weight": at_least(0), "side": at_least(32),
-        "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
+        "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": registered("geometry"),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
         "min_matches": OPTIONAL_COUNT, "neighbours": each(one_of(*NEIGHBOUR_RERANKERS), non_empty=False),
         "weighting": each(registered("keypoint weighting"), non_empty=False),
+        "geometries": each(registered("geometry"), non_empty=False),
     },
     ClusterConfig: {
         "method": registered("clusterer"), "neighbours": COUNT,

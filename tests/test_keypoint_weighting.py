@@ -26,7 +26,9 @@ class FakePairs:
 
     def __init__(self, records, keypoints=None, sizes=None):
         self._records = records
-        self.store = SimpleNamespace(features=self._features, inside_crop_box=lambda row: np.ones(20, bool))
+        self.store = SimpleNamespace(features=self._features, inside_crop_box=lambda row: np.ones(20, bool),
+                                     matcher=SimpleNamespace(describe=lambda: {"name": "fake"}, match_settings=dict))
+        self.min_matches = 8
         self._keypoints = keypoints or {}
         self._sizes = sizes or {}
 
@@ -237,7 +239,8 @@ def test_the_report_draws_what_each_match_weighs_and_crosses_out_the_dropped():
     weights = scorer.match_weights(LABELS, 4, np.array([0, 2]))
     np.testing.assert_allclose(weights[0], [0.5, 1]), "keypoint 0 is counted in identities a and b"
     scorer.set_option("weighting burstiness", False)
-    assert [w.tolist() for w in scorer.match_weights(LABELS, 4, np.array([0, 2]))] == [[1, 1], [1, 1]]
+    assert [w.tolist() for w in scorer.match_weights(LABELS, 4, np.array([0, 2]))] == [[1, 1], [1, 0]], \
+        "every inlier counts fully; an outlier not at all"
     black = np.zeros((40, 40, 3), np.uint8)
     points = np.array([[5.0, 5.0], [20.0, 30.0], [30.0, 10.0]])
     drawn = draw_matches(black, black, points, points, np.array([True, True, False]), height=40,
@@ -246,3 +249,56 @@ def test_the_report_draws_what_each_match_weighs_and_crosses_out_the_dropped():
     assert INLIER in colours and DROPPED in colours and OUTLIER in colours
     plain = draw_matches(black, black, points, points, np.array([True, True, False]), height=40)
     assert DROPPED not in {tuple(c) for c in plain.reshape(-1, 3).tolist()}, "without weights nothing is dropped"
+
+
+# ----------------------------------------------------------------------------- geometry (rerank.geometries)
+
+
+def _turned(points, angle=0.4, scale=1.3, shift=(12.0, -7.0), shear=0.0):
+    c, s = np.cos(angle), np.sin(angle)
+    return points @ (np.array([[c, -s], [s, c]]) @ np.array([[1.0, shear], [0.0, 1.0]])).T * scale + shift
+
+
+def test_similarity_and_affine_models_accept_their_own_motion_and_drop_random_matches():
+    from matchers.geometry import GEOMETRIES, min_points, ransac_inliers
+
+    rng = np.random.default_rng(0)
+    points = rng.uniform(0, 200, (40, 2))
+    moved = _turned(points)
+    moved[30:] = rng.uniform(0, 260, (10, 2))  # a quarter are wrong matches
+    for geometry in ("similarity", "affine", "homography"):
+        inliers = ransac_inliers(points, moved, geometry, 2.0)
+        assert inliers[:30].all() and inliers[30:].sum() <= 1, geometry
+    sheared = _turned(points, shear=0.5)
+    assert ransac_inliers(points, sheared, "affine", 2.0).all()
+    assert ransac_inliers(points, sheared, "similarity", 2.0).sum() < 30, "a similarity cannot shear"
+    assert {"fundamental", "homography", "affine", "similarity"} <= set(GEOMETRIES.names())
+    assert (min_points("similarity"), min_points("affine")) == (2, 3)
+    with pytest.raises(ConfigError, match="similarity"):
+        load_config(EvalConfig, None, ["rerank.geometries=[similarty]"])
+
+
+def test_another_geometry_fits_each_pair_again_without_the_matches_weightings_drop():
+    from engine.matching.pairs import PairMatcher
+
+    rng = np.random.default_rng(1)
+    animal = rng.uniform(10, 90, (12, 2))
+    keypoints = {4: np.concatenate([animal, rng.uniform(0, 100, (8, 2))]),
+                 0: np.concatenate([_turned(animal, scale=0.9, shift=(5.0, 3.0)), rng.uniform(0, 100, (8, 2))])}
+    record = Record(np.arange(20, dtype=np.int32), np.arange(20, dtype=np.int32), np.ones(20, bool))
+    pairs = FakePairs({(4, 0): record}, keypoints={k: v for k, v in keypoints.items()})
+    pairs.cfg = RerankConfig(ransac_threshold=2.0)
+    pairs.reverified = lambda *args: PairMatcher.reverified(pairs, *args)
+    keep = np.ones(20, bool)
+    keep[:3] = False
+    inliers = pairs.reverified(record, 4, 0, "similarity", keep)
+    assert inliers[3:12].all() and not inliers[:3].any() and inliers[12:].sum() <= 1
+    assert not pairs.reverified(record, 4, 0, "similarity", np.zeros(20, bool)).any(), "nothing kept: no model"
+    scorer = MatcherScorer(pairs, RerankConfig(geometries=["similarity", "fundamental"]), 1.0)
+    assert scorer.options() == {"geometry": ("fundamental", "similarity")}
+    space = SimpleNamespace(labels=LABELS)
+    assert scorer.pair_scores(space, np.array([4]), np.array([0])).tolist() == [20], "the stored inliers"
+    scorer.set_option("geometry", "similarity")
+    assert scorer.geometry == "similarity" and scorer.describe()["geometry"] == "similarity"
+    assert 12 <= scorer.pair_scores(space, np.array([4]), np.array([0]))[0] <= 13
+    assert MatcherScorer(pairs, RerankConfig(geometries=["similarity"], score="matches"), 1.0).options() == {}

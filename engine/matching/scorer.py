@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import hashlib
 from collections import OrderedDict
+from dataclasses import replace
 from typing import Any, Dict, List, Tuple
 
 import numpy as np
@@ -74,6 +75,7 @@ class MatcherScorer(Scorer):
     off: frozenset = frozenset()  # weightings the held-out split dropped (replaced, never changed in place)
     MEMO = 64  # pair-score calls whose weights are remembered: tuning votes the same pairs again and again
     _context = (0, b"")  # (times learnt, digest of the gallery rows prepared): part of the memo's keys
+    _geometry = None  # a geometry of rerank.geometries the held-out split chose instead of rerank.geometry
 
     def __init__(self, pairs: PairMatcher, cfg: RerankConfig, weight: float):
         super().__init__(output=None, weight=weight)  # it scores images, not a model's outputs
@@ -101,11 +103,24 @@ class MatcherScorer(Scorer):
     def database_shortlist(self) -> int:
         return max([w.database_shortlist for w in self.weightings.values()], default=0)
 
+    @property
+    def geometry(self) -> str:
+        """The geometry pairs are verified with: rerank.geometry, or one of rerank.geometries chosen."""
+        return self._geometry or self.cfg.geometry
+
     def options(self) -> Dict[str, Tuple[Any, ...]]:
-        """Each weighting of rerank.weighting, off or on (off preferred among equals)."""
-        return {f"weighting {name}": (False, True) for name in self.cfg.weighting}
+        """Each weighting of rerank.weighting, off or on (off preferred among equals), then with
+        rerank.geometries the geometry (rerank.geometry preferred)."""
+        found: Dict[str, Tuple[Any, ...]] = {f"weighting {name}": (False, True) for name in self.cfg.weighting}
+        others = [g for g in self.cfg.geometries if g != self.cfg.geometry]
+        if others and self.cfg.score == "inliers":
+            found["geometry"] = (self.cfg.geometry, *others)
+        return found
 
     def set_option(self, name: str, value: Any) -> None:
+        if name == "geometry":
+            self._geometry = value
+            return
         weighting = name.removeprefix("weighting ")
         self.off = self.off - {weighting} if value else self.off | {weighting}
 
@@ -121,11 +136,12 @@ class MatcherScorer(Scorer):
         for weighting in self.weightings.values():
             weighting.prepare(np.asarray(g_rows), len(space.datasets))
 
-    def pair_scores(self, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray) -> np.ndarray:
-        q_rows, g_rows = np.asarray(q_rows), np.asarray(g_rows)
+    def _weighed(self, labels: np.ndarray, q_rows: np.ndarray, g_rows: np.ndarray) -> Tuple[MatchBatch, List[np.ndarray]]:
+        """The pairs' batch, its `counted` the matches that count under the geometry in use, and the
+        weight of each match (the product of the weightings on; 1 without any). Another geometry than
+        rerank.geometry fits each pair again on its stored matches, without those the weightings drop."""
         records = self.pairs.records(q_rows, g_rows)
-        batch = MatchBatch(records, q_rows, g_rows, space.labels[g_rows],
-                           [counted_mask(r, self.cfg.score) for r in records])
+        batch = MatchBatch(records, q_rows, g_rows, labels[g_rows], [counted_mask(r, self.cfg.score) for r in records])
         key = (self._context, _digest(q_rows), _digest(g_rows))
         if key not in self._memo:
             self._memo[key] = {}
@@ -133,32 +149,41 @@ class MatcherScorer(Scorer):
                 self._memo.popitem(last=False)
         self._memo.move_to_end(key)
         known = self._memo[key]  # each weighting's weights of this batch, whichever others are on
+        weights = [np.ones(len(r.first)) for r in records]
         for name in self.weightings:
-            if name not in self.off and name not in known:
-                known[name] = self.weightings[name].weights(batch)
-        return weighted_scores(batch, [known[name] for name in self.weightings if name not in self.off])
+            if name not in self.off:
+                if name not in known:
+                    known[name] = self.weightings[name].weights(batch)
+                weights = [mine * found for mine, found in zip(weights, known[name], strict=True)]
+        if self.geometry != self.cfg.geometry:
+            verified = (self.geometry, self.off)
+            if verified not in known:
+                known[verified] = [self.pairs.reverified(r, q, g, self.geometry, w > 0) for r, q, g, w
+                                   in zip(records, q_rows.tolist(), g_rows.tolist(), weights, strict=True)]
+            batch = replace(batch, counted=known[verified])
+        return batch, weights
+
+    def pair_scores(self, space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray) -> np.ndarray:
+        batch, weights = self._weighed(space.labels, np.asarray(q_rows), np.asarray(g_rows))
+        return weighted_scores(batch, [weights])
 
     def match_weights(self, labels: np.ndarray, q_row: int, g_rows: np.ndarray) -> List[np.ndarray]:
-        """Per gallery row, the weight each match of (q_row, g) counts with in its score (the query's
-        pairs with all of `g_rows` weighed together, as its shortlist is; 1 without weightings)."""
+        """Per gallery row, the weight each match of (q_row, g) counts with in its score, 0 for those
+        that do not count (the query's pairs with all of `g_rows` weighed together, as its shortlist is)."""
         g_rows = np.asarray(g_rows)
-        q_rows = np.full(len(g_rows), q_row)
-        records = self.pairs.records(q_rows, g_rows)
-        batch = MatchBatch(records, q_rows, g_rows, labels[g_rows], [counted_mask(r, self.cfg.score) for r in records])
-        out = [np.ones(len(r.first)) for r in records]
-        for name, weighting in self.weightings.items():
-            if name not in self.off:
-                out = [mine * found for mine, found in zip(out, weighting.weights(batch), strict=True)]
-        return out
+        batch, weights = self._weighed(labels, np.full(len(g_rows), q_row), g_rows)
+        return [w * c for w, c in zip(weights, batch.counted, strict=True)]
 
     def describe(self) -> dict:
         matcher = self.pairs.store.matcher
         out = {**matcher.describe(), **matcher.match_settings(), "side": self.cfg.side, "score": self.cfg.score,
-               "geometry": self.cfg.geometry, "ransac_threshold": self.cfg.ransac_threshold,
+               "geometry": self.geometry, "ransac_threshold": self.cfg.ransac_threshold,
                "burstiness": self.cfg.burstiness, "region": self.cfg.region, "min_matches": self.pairs.min_matches}
         if self.cfg.weighting:
             out.update(weighting=[name for name in self.cfg.weighting if name not in self.off],
                        weighting_args=self.cfg.weighting_args)
+        if self.cfg.geometries:
+            out["geometries"] = self.cfg.geometries
         return out
 
 
