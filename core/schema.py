@@ -44,6 +44,7 @@ class SyntheticConfig:
     images_per_individual: int = 12  # (int) photos of each individual
     seed: int = 0  # (int) generator seed: the same seed writes the same dataset
     scenes: bool = False  # (bool) small animals in wide shared scenes, some with a second animal, + YOLO labels
+    sites: int = 0  # (int) with scenes: camera sites per species, each individual at one or two, same ground, rocks, vegetation and overlay on every photo of a site (0 = off)
 
 
 @dataclass
@@ -201,7 +202,7 @@ class RerankConfig:
     # SIFT by default: on the validation parts of scripts/bench/bench_recipes.py it raised the mean open-set
     # score (most on the synthetic set, the real sets about level), is cheap on a CPU, and needs no
     # weights; its tuned weight falls to 0 where matching does not help (figures: docs/results.md).
-    matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift
+    matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift | rootsift (SIFT on Hellinger roots)
     matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, batched (lightglue: null = on a GPU), ratio, threads (sift)
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
     weight: float = 1.0  # (float) the matcher's soft-voting weight (a model's is its `weights` entry, 1 by default)
@@ -210,9 +211,12 @@ class RerankConfig:
     side: int = 512  # (int) longer image side the matcher sees, in pixels (smaller images are not upscaled)
     max_keypoints: int = 512  # (int) keypoints per image (time per pair grows about with its square)
     score: str = "inliers"  # (str) a pair's raw score: inliers (of one geometric model) | matches
-    geometry: str = "fundamental"  # (str) score=inliers: fundamental (rigid 3-D) | homography (one plane)
+    geometry: str = "fundamental"  # (str) score=inliers: fundamental (rigid 3-D) | homography (one plane) | affine | similarity (shift, turn, scale)
+    geometries: List[str] = field(default_factory=list)  # (list) score=inliers: other geometries the held-out split may verify with instead (each pair's stored matches fitted again, without those its weightings drop); e.g. [similarity, affine]
     ransac_threshold: float = 4.0  # (float) score=inliers: RANSAC inlier distance, pixels at `side`
-    burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like)
+    burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like), always
+    weighting: List[str] = field(default_factory=list)  # (list) keypoint weightings, a match counting the product of their weights; each kept only where it helps on the held-out split (with tune_weight): confusers (database keypoints matched by other identities) | burstiness | foreground
+    weighting_args: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # (dict) per weighting its arguments: confusers {shortlist, power}, burstiness {power}, foreground {...}
     region: float = 1.0  # (float) keep keypoints in this central fraction of the image's width and height only
     min_matches: int = 0  # (int) pairs with fewer tentative matches skip RANSAC and count 0 inliers; 0 = the geometry's minimum (8 fundamental, 4 homography: same inliers as verifying all)
     calibration_queries: int = 200  # (int) database images whose shortlists calibrate the matcher

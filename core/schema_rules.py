@@ -47,7 +47,6 @@ BOX_CHOICES = ("confident", "central")
 TASKS = ("reid", "detector")
 EVAL_TASKS = ("identify", "cluster")
 PAIR_SCORES = ("inliers", "matches")
-GEOMETRIES = ("fundamental", "homography")
 NEIGHBOUR_RERANKERS = ("kreciprocal", "alpha_qe", "dba")
 
 
@@ -120,7 +119,7 @@ PROBABILITY, FRACTION = within(0, 1), within(0, 1, open_low=True, open_high=True
 
 # Dataclass -> field -> rule. Fields not listed accept any value of their type.
 VALUE_RULES: Dict[type, Dict[str, Rule]] = {
-    SyntheticConfig: {"individuals": COUNT, "images_per_individual": COUNT, "seed": at_least(0)},
+    SyntheticConfig: {"individuals": COUNT, "images_per_individual": COUNT, "seed": at_least(0), "sites": at_least(0)},
     DataConfig: {
         "format": registered("dataset format", also=(SYNTHETIC,)), "image_size": SIZE, "bbox_padding": at_least(0),
         "num_workers": at_least(0), "identity_parts": COUNT, "identity_part": at_least(0), "mean": numbers(3),
@@ -160,9 +159,11 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     },
     RerankConfig: {
         "matcher": registered("matcher", also=("none",)), "shortlist": COUNT, "weight": at_least(0), "side": at_least(32),
-        "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": one_of(*GEOMETRIES),
+        "max_keypoints": at_least(8), "score": one_of(*PAIR_SCORES), "geometry": registered("geometry"),
         "ransac_threshold": above(0), "region": within(0, 1, open_low=True), "calibration_queries": COUNT,
         "min_matches": OPTIONAL_COUNT, "neighbours": each(one_of(*NEIGHBOUR_RERANKERS), non_empty=False),
+        "weighting": each(registered("keypoint weighting"), non_empty=False),
+        "geometries": each(registered("geometry"), non_empty=False),
     },
     ClusterConfig: {
         "method": registered("clusterer"), "criterion": registered("cluster_criterion"),
@@ -178,6 +179,12 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "batch_size": SIZE, "calibration": one_of(*CALIBRATIONS), "submission": one_of(*SUBMISSIONS),
     },
 }
+
+
+def _sites_in_scenes(cfg: SyntheticConfig) -> Optional[str]:
+    if cfg.sites and not cfg.scenes:
+        return "'data.synthetic.sites' are camera sites of scene mode: set 'data.synthetic.scenes' = true too"
+    return None
 
 
 def _pk_batches(cfg: TrainConfig) -> Optional[str]:
@@ -228,6 +235,7 @@ def _scores_every_identity(cfg: EvalConfig) -> Optional[str]:
 
 # Rules that relate several keys of one dataclass.
 JOINT_RULES: Dict[type, List[Callable[[Any], Optional[str]]]] = {
+    SyntheticConfig: [_sites_in_scenes],
     DataConfig: [_identity_part, _query_root_format],
     TrainConfig: [_pk_batches, _no_queries_in_training],
     EvalConfig: [_model_weights, _scores_every_identity],

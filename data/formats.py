@@ -194,7 +194,8 @@ def _read(cfg) -> tuple:
 
         syn = cfg.synthetic
         root = Path(ensure_synthetic(cfg.root, seed=syn.seed, individuals=syn.individuals,
-                                     images_per_individual=syn.images_per_individual, scenes=syn.scenes))
+                                     images_per_individual=syn.images_per_individual, scenes=syn.scenes,
+                                     sites=syn.sites))
         return DATASETS.get("animalclef2025")(root, {}), root
     if cfg.format not in DATASETS:
         raise ConfigError(f"unknown dataset format '{cfg.format}'"

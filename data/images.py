@@ -102,6 +102,24 @@ class ImageLoader:
             self._cache.save(key, image)
         return image
 
+    def box_in_crop(self, path: str, bbox: Sequence[float] | None) -> tuple | None:
+        """Where the box itself lies in the image `load` returns for it (the box grown by its padding,
+        clipped to the photo): (left, top, right, bottom) as fractions of that image's width and
+        height; None when nothing is cropped. Reads the file's header only."""
+        if not (self.crop_to_bbox and bbox is not None):
+            return None
+        try:
+            with Image.open(path) as img:
+                width, height = img.size
+                if img.getexif().get(ExifTags.Base.Orientation, 1) in _SWAPPING_ORIENTATIONS:
+                    width, height = height, width
+        except _DECODE_ERRORS as err:
+            raise DataError(f"cannot read image {path}: {err}") from err
+        left, top, right, bottom = _clip_box(self._padded_box(bbox), width, height, path)
+        x, y, w, h = (float(v) for v in bbox)
+        span_x, span_y = right - left, bottom - top
+        return ((x - left) / span_x, (y - top) / span_y, (x + w - left) / span_x, (y + h - top) / span_y)
+
     def _padded_box(self, bbox: Sequence[float]) -> tuple:
         """[x, y, w, h] -> (left, top, right, bottom) grown by `bbox_padding` of w and h per side."""
         x, y, w, h = (float(v) for v in bbox)

@@ -7,7 +7,9 @@ which individuals are new; it writes the images and `metadata.csv` and keeps gen
 in the cache. In scene mode (`scenes=True`, `data.synthetic_scene`) the animals are small in wide
 frames over shared backgrounds, sometimes with a second animal, and every image also gets a YOLO
 label file (`labels/...txt`, every animal's box) for training detectors; the `bbox` column keeps
-the identified animal's box.
+the identified animal's box. Scene mode with `sites` photographs each individual at one or two
+camera sites of its species (`data.synthetic_sites`): the development set of background-driven
+keypoint matches (photos of different individuals at one site share ground, rocks and overlay).
 
 Every random draw comes from a generator seeded by (seed, purpose, individual, photo), so the
 files are byte-identical for the same arguments whatever the number of worker processes.
@@ -112,6 +114,7 @@ class _Task:
     root: str
     scenes: bool
     individuals: int  # in the dataset: scene mode's second animals are numbered from here on
+    sites: int = 0  # scene mode: camera sites per species (0: the shared backgrounds)
 
 
 def _render_individual(task: _Task) -> list[list[int]]:
@@ -126,7 +129,7 @@ def _render_individual(task: _Task) -> list[list[int]]:
             sprites[photo.orientation] = sprite(group, seed, individual.index, photo.orientation)
         rng = np.random.default_rng([seed, SEED_PHOTO, individual.index, photo.k])
         if task.scenes:
-            cast = scene_cast(seed, individual.index, photo.k, task.individuals)
+            cast = scene_cast(seed, individual.index, photo.k, task.individuals, task.sites)
             rgb, scene_boxes = render_scene(sprites[photo.orientation], cast, rng, group, seed)
             Path(task.root, label_path(photo.path)).write_text(yolo_labels(scene_boxes))
             box = scene_boxes[0]
@@ -187,10 +190,14 @@ def write_layout(out: Path, layout: Callable[[Path, Path], None], marker_file: s
     return out
 
 
-def _marker(seed: int, individuals: int, images_per_individual: int, scenes: bool) -> dict:
+def _marker(seed: int, individuals: int, images_per_individual: int, scenes: bool, sites: int = 0) -> dict:
     marker = {"generator": "reidzoo.synthetic", "version": GENERATOR_VERSION, "seed": seed,
               "individuals": individuals, "images_per_individual": images_per_individual}
-    return {**marker, "scenes": True} if scenes else marker  # without the key: caches from before scenes stay valid
+    if scenes:  # without the keys: caches from before scenes (and sites) stay valid
+        marker["scenes"] = True
+    if sites:
+        marker["sites"] = sites
+    return marker
 
 
 def _is_complete(root: Path, expected: dict) -> bool:
@@ -200,22 +207,24 @@ def _is_complete(root: Path, expected: dict) -> bool:
         return False
 
 
-def _check_arguments(seed: int, **counts: int) -> None:
-    for name, value in {"seed": seed, **counts}.items():
-        lowest = 0 if name == "seed" else 1
+def _check_arguments(seed: int, sites: int = 0, scenes: bool = False, **counts: int) -> None:
+    if sites and not scenes:
+        raise ConfigError("synthetic dataset: sites are camera sites of scene mode; set scenes too")
+    for name, value in {"seed": seed, "sites": sites, **counts}.items():
+        lowest = 0 if name in ("seed", "sites") else 1
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lowest:
             raise ConfigError(f"synthetic dataset: {name} must be an integer >= {lowest}, got {value!r}")
 
 
 def _render_all(seed: int, plan: list[_Individual], root: Path, workers: int, progress: bool,
-                scenes: bool) -> list[list[list[int]]]:
+                scenes: bool, sites: int = 0) -> list[list[list[int]]]:
     """Write every photo of the plan under `root`; return each individual's boxes, in plan order."""
     paths = [photo.path for individual in plan for photo in individual.photos]
     if scenes:
         paths += [label_path(path) for path in paths]
     for folder in sorted({Path(path).parent for path in paths}):
         (root / folder).mkdir(parents=True)
-    tasks = [_Task(seed, individual, str(root), scenes, len(plan)) for individual in plan]
+    tasks = [_Task(seed, individual, str(root), scenes, len(plan), sites) for individual in plan]
     bar = tqdm(total=sum(len(individual.photos) for individual in plan), desc="synthetic images", unit="img",
                disable=not progress)
     results = []
@@ -244,25 +253,26 @@ def _metadata(plan: list[_Individual], boxes: list[list[list[int]]]) -> pd.DataF
 
 
 def generate(out: str | Path, *, seed: int = 0, individuals: int = 120, images_per_individual: int = 12,
-             workers: int = 1, progress: bool = True, scenes: bool = False) -> Path:
+             workers: int = 1, progress: bool = True, scenes: bool = False, sites: int = 0) -> Path:
     """Write the synthetic dataset to `out` (metadata.csv + images/, + labels/ with `scenes`) and
-    return its path.
+    return its path; `sites` (scene mode): camera sites per species, 0 for the shared backgrounds.
 
     The dataset is built in a temporary folder next to `out` and renamed into place, so an
     interrupted run never leaves half a dataset. An existing synthetic dataset at `out` is
     replaced; any other non-empty folder is refused. When another process finishes the same
     dataset at `out` first, its copy is kept and ours dropped.
     """
-    _check_arguments(seed, individuals=individuals, images_per_individual=images_per_individual, workers=workers)
+    _check_arguments(seed, sites, scenes, individuals=individuals, images_per_individual=images_per_individual,
+                     workers=workers)
     out = Path(out).expanduser().absolute()
     if out.exists() and not (out / MARKER).is_file() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not a synthetic dataset written by this generator; "
                           "choose a new or empty folder")
     plan = _plan(seed, individuals, images_per_individual)
-    expected = _marker(seed, individuals, images_per_individual, scenes)
+    expected = _marker(seed, individuals, images_per_individual, scenes, sites)
     with atomic_folder(out, keep_if_present=lambda final: _is_complete(final, expected)) as staging:
         staging.chmod(0o755)  # the staging folder's private 0700 would follow the rename and lock other users out
-        boxes = _render_all(seed, plan, staging, workers, progress, scenes)
+        boxes = _render_all(seed, plan, staging, workers, progress, scenes, sites)
         _metadata(plan, boxes).to_csv(staging / "metadata.csv", index=False, lineterminator="\n")
         (staging / MARKER).write_text(json.dumps(expected, indent=1) + "\n")
     return out
@@ -284,19 +294,19 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
 
 
 def ensure_synthetic(root: str = "", *, seed: int = 0, individuals: int = 120,
-                     images_per_individual: int = 12, scenes: bool = False) -> Path:
+                     images_per_individual: int = 12, scenes: bool = False, sites: int = 0) -> Path:
     """Path of a complete synthetic dataset for these arguments, generated on first use.
 
     `root` "" means the cache (`cache_base()/synthetic/s{seed}-n{individuals}-m{images}`, with a
-    `-scenes` suffix in scene mode).
+    `-scenes` suffix in scene mode, `-sitesN` with sites).
     Several processes may call this at once (e.g. the ranks of a distributed launch): one
     generates under a file lock while the others wait and then reuse its result.
     """
-    _check_arguments(seed, individuals=individuals, images_per_individual=images_per_individual)
+    _check_arguments(seed, sites, scenes, individuals=individuals, images_per_individual=images_per_individual)
     in_cache = not root
-    name = f"s{seed}-n{individuals}-m{images_per_individual}" + ("-scenes" if scenes else "")
+    name = f"s{seed}-n{individuals}-m{images_per_individual}" + ("-scenes" if scenes else "") + (f"-sites{sites}" if sites else "")
     target = (cache_base() / "synthetic" / name if in_cache else Path(root).expanduser()).absolute()
-    expected = _marker(seed, individuals, images_per_individual, scenes)
+    expected = _marker(seed, individuals, images_per_individual, scenes, sites)
     if _is_complete(target, expected):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -306,7 +316,7 @@ def ensure_synthetic(root: str = "", *, seed: int = 0, individuals: int = 120,
         if in_cache and target.exists():  # a leftover of an older layout or a manual deletion
             shutil.rmtree(target)
         print(f"generating the synthetic dataset ({individuals} individuals x {images_per_individual} images"
-              f"{', scenes' if scenes else ''}) into {target}", file=sys.stderr, flush=True)
+              f"{', scenes' if scenes else ''}{f', {sites} sites' if sites else ''}) into {target}", file=sys.stderr, flush=True)
         generate(target, seed=seed, individuals=individuals, images_per_individual=images_per_individual,
-                 scenes=scenes)
+                 scenes=scenes, sites=sites)
     return target

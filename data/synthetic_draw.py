@@ -16,6 +16,7 @@ SPRITE_W, SPRITE_H = 400, 200  # the canvas every sprite is painted on, before c
 # (seed, purpose, individual, ...). Changing these numbers changes every generated file.
 SEED_PLAN, SEED_BODY, SEED_COAT, SEED_PHOTO = 0, 1, 2, 3
 SEED_SCENE, SEED_SCENE_PICK = 4, 5  # scene mode: the shared backgrounds; each photo's pick of them
+SEED_SITE, SEED_SITE_PICK = 6, 7  # scene mode with sites: each site's scenery; each individual's and photo's site
 
 Colour = tuple[float, float, float]
 

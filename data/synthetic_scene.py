@@ -7,6 +7,9 @@ the frame, anywhere inside it. About a third of the photos show a second animal 
 species, an individual outside the dataset, beside the first (their boxes overlap with IoU < 0.1).
 Each animal gets its own occluders, then the frame gets the lighting and camera of normal photos
 (`data.synthetic_photo`). Boxes go out as YOLO label files, one per image (`yolo_labels`).
+With `sites`, the shared backgrounds give way to camera sites (`data.synthetic_sites`): each
+individual is photographed at one or two fixed scenes, vegetation in front and an overlay stamped
+on every frame.
 """
 from __future__ import annotations
 
@@ -32,6 +35,7 @@ from data.synthetic_photo import (
     sprite_corners,
     warp,
 )
+from data.synthetic_sites import in_front, overlay, photo_site, site, site_view
 from data.synthetic_species import GROUPS, SIDES, Group, sprite
 
 SCENE_W, SCENE_H = 640, 480
@@ -46,21 +50,26 @@ _TRIES = 30  # places tried for a second animal before the photo goes without it
 
 @dataclass(frozen=True)
 class SceneCast:
-    background: int  # which of the BACKGROUNDS shared backgrounds
+    background: int  # which of the BACKGROUNDS shared backgrounds, or with `at_site` which site of the species
     stranger: tuple[int, str] | None  # the second animal (individual index, flank), or None
+    at_site: bool = False  # the background is a camera site (data.synthetic_sites)
 
 
-def scene_cast(seed: int, individual: int, k: int, individuals: int) -> SceneCast:
-    """Background and second animal of photo `k` of an individual, in a dataset of `individuals`.
+def scene_cast(seed: int, individual: int, k: int, individuals: int, sites: int = 0) -> SceneCast:
+    """Background and second animal of photo `k` of an individual, in a dataset of `individuals`
+    (with `sites`, each species photographed at that many camera sites).
 
     A function of its arguments alone, so that tools and tests can tell which background a photo
     shows. Second animals are individuals `individuals`, `individuals + 1`, ...: never in the dataset.
     """
     rng = np.random.default_rng([seed, SEED_SCENE_PICK, individual, k])
     index = int(rng.integers(BACKGROUNDS))
-    if rng.random() >= SECOND_ANIMAL:
-        return SceneCast(index, None)
-    return SceneCast(index, (individuals + int(rng.integers(STRANGERS)), SIDES[rng.integers(len(SIDES))]))
+    if sites:
+        index = photo_site(seed, individual, k, sites)
+    stranger = None
+    if rng.random() < SECOND_ANIMAL:
+        stranger = (individuals + int(rng.integers(STRANGERS)), SIDES[rng.integers(len(SIDES))])
+    return SceneCast(index, stranger, bool(sites))
 
 
 @functools.lru_cache(maxsize=BACKGROUNDS)
@@ -132,16 +141,22 @@ def render_scene(animal: np.ndarray, cast: SceneCast, rng: np.random.Generator, 
                  seed: int) -> tuple[np.ndarray, list[list[int]]]:
     """One RGB scene photo of a premultiplied RGBA sprite of `group`, and the [x, y, w, h] box of every
     animal in it, this one first. `cast` says which shared background and which second animal."""
-    frame = _view(rng, shared_background(seed, cast.background))
+    place = site(seed, GROUPS.index(group), cast.background, (SCENE_W, SCENE_H)) if cast.at_site else None
+    frame = site_view(rng, place, (SCENE_W, SCENE_H)) if place else _view(rng, shared_background(seed, cast.background))
     animals = [animal] if cast.stranger is None else [animal, _stranger(group, seed, *cast.stranger)]
     placed = _place(rng, animals, group.max_rotation, frame)
     for warped, _ in reversed(placed):  # the identified animal in front
         composite(frame, warped)
+    if place:
+        in_front(frame, place)
     photo = np.clip(frame, 0, 255).astype(np.uint8)
     boxes = [box for _, box in placed]
     for box in boxes:
         occlude(photo, rng, box)
-    return camera(lighting(photo, rng), rng), boxes
+    photo = camera(lighting(photo, rng), rng)
+    if place:
+        overlay(photo, rng, place)
+    return photo, boxes
 
 
 def label_path(image_path: str) -> str:

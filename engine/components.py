@@ -1,5 +1,5 @@
 """Every built-in component, registered: importing this module fills the registries (models, losses,
-samplers, data formats, matchers, detectors, scorers, the store's export kinds), so that a config
+samplers, data formats, matchers, keypoint weightings, detectors, scorers, the store's export kinds), so that a config
 can be checked against them. train.py, eval.py and the scripts import it before reading a config;
 a user's own components come in through core.registry.load_plugins (docs/extending.md).
 

@@ -14,6 +14,13 @@ whose int8 kernel is missing or slow. On a GPU the product is float32. float32 w
 (oneDNN, exact here too) is not a candidate: it can win a trial of one repeated shape, but every hub
 brings a new shape and oneDNN compiles a kernel per shape, which made eval.py slower than with int8
 (docs/results.md has the figures).
+
+`rootsift` is the same matcher on RootSIFT descriptors (Arandjelovic and Zisserman, CVPR 2012): each
+descriptor divided by its sum (L1) and square-rooted, so that Euclidean distances between them are
+the Hellinger kernel's, which weighs a bin's relative change rather than its size and lets a few
+strong gradient bins (grass blades, text, hard shadows) dominate a match less. The roots are stored
+as bytes, ROOT_SCALE times the root rounded: the batched int8 product matches them exactly as it
+matches SIFT's (`match` and `match_many` give the same matches on the same bytes), at the same speed.
 """
 from __future__ import annotations
 
@@ -27,6 +34,17 @@ from core.errors import ConfigError
 from matchers.base import MATCHERS, Features, Matcher, no_matches
 from matchers.batched_nn import mutual_ratio_matches
 from matchers.byte_distances import as_bytes, exact_float32_products
+
+ROOT_SCALE = 512  # a root is at most 1 and below 0.32 on real photos: bytes below 165, a 1/512 step
+
+
+def root_bytes(descriptors: np.ndarray) -> np.ndarray:
+    """(N, 128) uint8 RootSIFT of (N, 128) non-negative SIFT descriptors: sqrt(d / sum(d)) * ROOT_SCALE,
+    rounded and kept within a byte; an all-zero descriptor stays zero."""
+    values = np.asarray(descriptors, np.float64)
+    sums = values.sum(axis=1, keepdims=True)
+    roots = np.sqrt(values / np.where(sums > 0, sums, 1.0))
+    return np.rint(roots * ROOT_SCALE).clip(0, 255).astype(np.uint8)
 
 
 @MATCHERS.register("sift")
@@ -94,3 +112,12 @@ class SiftMatcher(Matcher):
         return mutual_ratio_matches(features0["descriptors"], [other["descriptors"] for other in others],
                                     self.ratio, flipped=flipped, device=self.device, threads=self.threads,
                                     exact=self._exact)
+
+
+@MATCHERS.register("rootsift")
+class RootSiftMatcher(SiftMatcher):
+    """SIFT's keypoints and matching on RootSIFT descriptors (Hellinger distances; module doc)."""
+
+    def extract(self, image: np.ndarray) -> Features:
+        found = super().extract(image)
+        return {**found, "descriptors": root_bytes(found["descriptors"])}

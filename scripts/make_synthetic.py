@@ -2,13 +2,16 @@
 """Write the built-in synthetic re-ID dataset (AnimalCLEF 2025 format, or 2026's) to a folder.
 
     python scripts/make_synthetic.py --out DIR [--seed S] [--individuals N]
-        [--images-per-individual M] [--workers W] [--scenes] [--format animalclef2025|animalclef2026]
+        [--images-per-individual M] [--workers W] [--scenes [--sites K]] [--format animalclef2025|animalclef2026]
 
 --format animalclef2026 lays it out for clustering (data/synthetic_animalclef2026.py): labelled
 train rows, unlabelled test rows (their answers in solution.csv), one dataset without train rows.
 
 --scenes writes scene mode: small animals in wide frames over shared backgrounds, some with a
-second animal, and a YOLO label file per image under labels/ (for detectors).
+second animal, and a YOLO label file per image under labels/ (for detectors). With --sites K the
+scenes are K camera sites per species, each individual photographed at one or two of them (the
+same ground, rocks, vegetation and overlay on every photo of a site): keypoint re-ranking's
+development set for backgrounds shared by different individuals.
 """
 import argparse
 import time
@@ -30,14 +33,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=1, help="processes rendering images")
     parser.add_argument("--scenes", action="store_true",
                         help="small animals in shared scenes, some with a second animal, plus YOLO labels")
+    parser.add_argument("--sites", type=int, default=0,
+                        help="with --scenes: camera sites per species (each individual at one or two)")
     parser.add_argument("--format", choices=["animalclef2025", "animalclef2026"], default="animalclef2025",
                         help="layout: AnimalCLEF 2025 (database/query) or 2026 (train/test, for clustering)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
     if args.format == "animalclef2026":
-        if args.scenes:
-            raise ConfigError("--scenes applies to --format animalclef2025 only")
+        if args.scenes or args.sites:
+            raise ConfigError("--scenes and --sites apply to --format animalclef2025 only")
         from data.synthetic_animalclef2026 import generate_animalclef2026
 
         out = generate_animalclef2026(args.out, seed=args.seed, individuals=args.individuals,
@@ -50,7 +55,8 @@ def main(argv: list[str] | None = None) -> None:
               f"in {time.perf_counter() - start:.1f} s")
         return
     out = generate(args.out, seed=args.seed, individuals=args.individuals,
-                   images_per_individual=args.images_per_individual, workers=args.workers, scenes=args.scenes)
+                   images_per_individual=args.images_per_individual, workers=args.workers, scenes=args.scenes,
+                   sites=args.sites)
     seconds = time.perf_counter() - start
     table = pd.read_csv(out / "metadata.csv")
     query = table[table["split"] == "query"]

@@ -196,7 +196,8 @@ def test_the_names_the_schema_accepts_are_the_ones_the_code_knows():
     from engine.training.validation import open_set_metrics
     from matchers.geometry import GEOMETRIES
 
-    assert schema_rules.GEOMETRIES == GEOMETRIES
+    for geometry in GEOMETRIES.names():  # read from the registry itself: no copy of the names to drift
+        assert load_config(EvalConfig, None, [f"rerank.geometry={geometry}"]).rerank.geometry == geometry
     assert schema_rules.TTA_VIEWS == tuple(TTA_VIEWS)
     assert schema_rules.CALIBRATIONS == tuple(METHODS)
     assert schema_rules.SUBMISSIONS == ("auto", *COLUMNS)

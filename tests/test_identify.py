@@ -218,7 +218,8 @@ def test_re_ranking_captions_say_unknown_for_a_query_without_identity(monkeypatc
     gallery = pd.DataFrame({"identity": ["Bo", "Rex"]})
     query = pd.DataFrame({"image_id": ["q1", "q2"], "identity": [None, "Zed"]})
     ev = SimpleNamespace(shortlist=np.array([[0, 1], [1, 0]]), candidates=[[("Bo", 0.9)], [("Rex", 0.5)]])
-    section = report_rerank.rerank_section(SimpleNamespace(name="sift"), ev, gallery, query)
+    matcher = SimpleNamespace(name="sift", match_weights=lambda labels, q_row, short: [np.ones(0) for _ in short])
+    section = report_rerank.rerank_section(matcher, ev, gallery, query)
     assert "q1 (true: unknown)" in section and "q2 (true: Zed (new))" in section and "None" not in section
 
 

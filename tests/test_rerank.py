@@ -69,8 +69,9 @@ def test_pretrained_aliked_lightglue_matches_one_individual_more_than_two(tiny_s
     assert same > 2 * different, (same, different)
 
 
-def test_weight_free_sift_matches_one_individual_more_than_two(tiny_synthetic):
-    same, different = _same_and_different("sift", tiny_synthetic)
+@pytest.mark.parametrize("name", ["sift", "rootsift"])
+def test_weight_free_sift_matches_one_individual_more_than_two(tiny_synthetic, name):
+    same, different = _same_and_different(name, tiny_synthetic)
     assert same > 2 * different, (same, different)
 
 
@@ -184,6 +185,27 @@ def test_batched_sift_finds_the_same_matches_as_opencv_one_pair_at_a_time(sift_f
             np.testing.assert_array_equal(pairs, want)
             np.testing.assert_allclose(confidence, want_confidence, atol=1e-6)
     assert sum(len(p) for p, _ in matcher.match_many(hub, others)) > 20, "the photos share an individual or two"
+
+
+def test_rootsift_bytes_are_the_hellinger_roots_of_sift_and_match_alike_batched_or_not(sift_features, monkeypatch):
+    from matchers.sift import ROOT_SCALE, root_bytes
+
+    _, features = sift_features
+    sift = features[0]["descriptors"]
+    roots = root_bytes(sift).astype(np.float64) / ROOT_SCALE
+    want = np.sqrt(sift / sift.sum(1, keepdims=True).astype(np.float64))
+    assert np.abs(roots - want).max() <= 0.5 / ROOT_SCALE + 1e-12, "rounded to the byte grid"
+    np.testing.assert_allclose((roots ** 2).sum(1), 1.0, atol=0.02)  # unit L2 norm: Hellinger distances
+    assert not root_bytes(np.zeros((1, 128), np.uint8)).any(), "an empty descriptor stays empty"
+    rootsift = build_matcher("rootsift", max_keypoints=256)
+    assert rootsift.describe()["name"] == "rootsift", "its own keypoint cache key"
+    hub = {**features[0], "descriptors": root_bytes(features[0]["descriptors"])}
+    others = [{**f, "descriptors": root_bytes(f["descriptors"])} for f in features[1:]]
+    for products in (byte_distances.int8_products, byte_distances.float_products(True)):
+        monkeypatch.setattr(batched_nn.PROCESS_STATE, "cpu_products", lambda threads, exact, chosen=products: chosen)
+        for other, (pairs, _) in zip(others, rootsift.match_many(hub, others), strict=True):
+            np.testing.assert_array_equal(pairs, rootsift.match(hub, other)[0])
+    assert sum(len(p) for p, _ in rootsift.match_many(hub, others)) > 20
 
 
 def _pairwise_inliers(features, pairs) -> list:

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from core.errors import ConfigError
 from data import synthetic
 from data.synthetic import ensure_synthetic, generate
 from data.synthetic_scene import (
@@ -24,6 +25,7 @@ from data.synthetic_scene import (
     shared_background,
     yolo_labels,
 )
+from data.synthetic_sites import BAR_H, SITE_SHIFT, individual_sites, photo_site, site
 from data.table import parse_bbox
 
 TINY = {"seed": 0, "individuals": 6, "images_per_individual": 3, "progress": False}
@@ -125,3 +127,61 @@ def test_normal_mode_keeps_its_marker_folder_and_layout(tmp_path: Path, monkeypa
     scene = ensure_synthetic(**args, scenes=True)
     assert scene == plain.with_name("s5-n2-m1-scenes") and (scene / "labels").is_dir()
     assert ensure_synthetic(**args) == plain, "the normal dataset stays valid next to the scene one"
+
+
+# ----------------------------------------------------------------------------- camera sites
+
+
+@pytest.fixture(scope="module")
+def sites(tmp_path_factory) -> Path:
+    return generate(tmp_path_factory.mktemp("sites") / "a", scenes=True, sites=2, **TINY)
+
+
+def test_each_individual_lives_at_one_or_two_sites_and_sites_are_shared() -> None:
+    for individual in range(30):
+        own = individual_sites(0, individual, 4)
+        assert 1 <= len(own) <= 2 and len(set(own)) == len(own) and all(0 <= s < 4 for s in own)
+        assert {scene_cast(0, individual, k, 30, sites=4).background for k in range(20)} <= set(own)
+    counts = [len(individual_sites(0, i, 4)) for i in range(200)]
+    assert 0.3 < counts.count(2) / len(counts) < 0.7, "about half the individuals at two sites"
+    assert all(scene_cast(0, i, 0, 30, sites=4).at_site for i in range(5))
+    assert not scene_cast(0, 0, 0, 30).at_site, "without sites: the shared backgrounds"
+
+
+def test_photos_of_one_site_share_scenery_and_overlay_but_not_the_time(sites: Path) -> None:
+    by_site: dict = {}
+    for individual in synthetic._plan(0, TINY["individuals"], TINY["images_per_individual"]):
+        for photo in individual.photos:
+            where = (individual.group, photo_site(0, individual.index, photo.k, 2))
+            by_site.setdefault(where, []).append(np.asarray(Image.open(sites / photo.path).convert("L"), np.float32))
+    shared = [photos for photos in by_site.values() if len(photos) >= 2]
+    assert shared, "some site has several photos"
+    for photos in shared:
+        bar_a, bar_b = photos[0][-BAR_H:], photos[1][-BAR_H:]
+        assert np.abs(bar_a[:, :240] - bar_b[:, :240]).mean() < 3, "the same brand and site name (up to JPEG noise)"
+        assert np.abs(bar_a[:, -250:-40] - bar_b[:, -250:-40]).mean() > 3, "another time"
+        top = slice(0, 40)  # sky-side ground, rarely covered by an animal: the same scenery, other light
+        assert np.corrcoef(photos[0][top].ravel(), photos[1][top].ravel())[0, 1] > 0.5
+    (first, *_), (second, *_) = list(by_site.values())[:2]
+    assert np.corrcoef(first[:40].ravel(), second[:40].ravel())[0, 1] < 0.5, "another site, other scenery"
+
+
+def test_sites_go_into_the_marker_and_cache_name_and_need_scene_mode(tmp_path: Path, monkeypatch, sites: Path) -> None:
+    assert json.loads((sites / synthetic.MARKER).read_text())["sites"] == 2
+    monkeypatch.setenv("REIDZOO_CACHE", str(tmp_path / "cache"))
+    found = ensure_synthetic(seed=5, individuals=2, images_per_individual=1, scenes=True, sites=3)
+    assert found.name == "s5-n2-m1-scenes-sites3"
+    with pytest.raises(ConfigError, match="scenes"):
+        ensure_synthetic(seed=5, individuals=2, images_per_individual=1, sites=3)
+    assert site(0, 0, 1, (SCENE_W, SCENE_H)).ground.shape[:2] == (SCENE_H + SITE_SHIFT[1], SCENE_W + SITE_SHIFT[0])
+    assert not np.array_equal(site(0, 0, 1, (SCENE_W, SCENE_H)).ground, site(0, 1, 1, (SCENE_W, SCENE_H)).ground), \
+        "each species its own sites"
+
+
+def test_a_config_with_sites_but_no_scenes_is_refused_in_one_line() -> None:
+    from core.config import load_config
+    from core.schema import DataConfig
+
+    with pytest.raises(ConfigError, match="data.synthetic.scenes"):
+        load_config(DataConfig, None, ["synthetic.sites=3"])
+    assert load_config(DataConfig, None, ["synthetic.sites=3", "synthetic.scenes=true"]).synthetic.sites == 3

@@ -7,7 +7,8 @@ models' label maps show which identities they were trained on and at least MIN_U
 dataset's identities are unseen by all of them (train.py holds validation identities out), the
 held-out identities are drawn from those: scores of training images are optimistic, so a threshold
 tuned on them would not transfer. On the pooled validation queries the threshold is tuned, and the
-weights of the pair heads, the matcher and the neighbour re-rankers are chosen.
+weights of the pair heads, the matcher and the neighbour re-rankers are chosen, and each scorer's
+options (the matcher's keypoint weightings, its geometry) are set.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from engine.retrieval import Candidates
 from engine.scoring.adaptive import MarginChoice, choose_margin
 from engine.scoring.neighbour_scorers import NEIGHBOUR_KINDS
 from engine.scoring.scorers import MatchSpace, Scorer
-from engine.scoring.voting import fit_calibrators, vote
+from engine.scoring.voting import ShortlistCalibration, fit_calibrators, vote
 from engine.scoring.weights import MATCHER_WEIGHTS, PAIR_HEAD_FACTORS
 
 TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as validation queries
@@ -45,6 +46,7 @@ class HeldOutSplit:
     datasets: np.ndarray  # dataset of each validation query
     known: np.ndarray  # whether its identity is in the split's database
     identities: int  # held-out identities
+    calibration: Optional[ShortlistCalibration] = None  # the shortlist scorers' calibration pairs (the fitted split's)
 
 
 @dataclass
@@ -112,12 +114,11 @@ def held_out_pass(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace,
     position = pd.Series(all_gallery, index=gallery["image_id"])
     val_q = position[split.loc[split["split"] == "query", "image_id"]].to_numpy()
     val_g = np.setdiff1d(all_gallery, val_q)
-    if fit:
-        fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed, cfg.rerank.shortlist)
+    calibration = fit_calibrators(scorers, space, val_g, cfg.calibration, cfg.seed, cfg.rerank.shortlist) if fit else None
     truth = space.labels[val_q]
     return HeldOutSplit(val_q, val_g, truth, space.datasets[val_q],
                         pd.Series(truth, dtype=object).isin(set(space.labels[val_g])).to_numpy(),
-                        int(split["identity"].nunique()))
+                        int(split["identity"].nunique()), calibration)
 
 
 @dataclass
@@ -174,6 +175,23 @@ def tune_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, p
     return tried[best], WeightChoice(best, {str(w): round(p.score(per_dataset), 6) for w, p in tried.items()})
 
 
+def tune_option(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[HeldOutSplit],
+                scorer: Scorer, option: str, values: Sequence) -> Tuple[Pooled, WeightChoice]:
+    """The value of one of `scorer`'s options whose vote scores best on the validation queries (the
+    first of `values` among equals), set on it; the scorer is calibrated again for each value, on the
+    pairs the first split calibrated it on (an option changes its raw scores)."""
+    tried = {}
+    for value in values:
+        scorer.set_option(option, value)
+        passes[0].calibration.refit(scorer, space)
+        tried[value] = pooled_vote(cfg, scorers, space, passes)
+    per_dataset = cfg.threshold.per_dataset
+    best = max(values, key=lambda v: (round(tried[v].score(per_dataset), 9), -list(values).index(v)))
+    scorer.set_option(option, best)
+    passes[0].calibration.refit(scorer, space)
+    return tried[best], WeightChoice(best, {str(v): round(p.score(per_dataset), 6) for v, p in tried.items()})
+
+
 def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame, kind: str,
           seen: Optional[set], calibration: str) -> Tuple[ThresholdRecord, TuningRecord]:
     """Fit the calibrators and tune the threshold (and, with rerank.tune_pair_weight and
@@ -196,6 +214,12 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     if cfg.rerank.tune_pair_weight and "pair_head" in kinds:
         pooled, weights["pair_head"] = tune_weight(cfg, scorers, space, passes, "pair_head",
                                                            PAIR_HEAD_FACTORS, 1.0, scale=True)
+    # Each scorer option (the matcher's keypoint weightings) before the matcher's weight: an option
+    # changes what the weight scales.
+    options = {}
+    for scorer in (s for s in scorers if cfg.rerank.tune_weight and passes[0].calibration is not None):
+        for option, values in scorer.options().items():
+            pooled, options[f"{scorer.kind}: {option}"] = tune_option(cfg, scorers, space, passes, scorer, option, values)
     if cfg.rerank.tune_weight and "matcher" in kinds:
         pooled, weights["matcher"] = tune_weight(cfg, scorers, space, passes, "matcher", MATCHER_WEIGHTS,
                                                          cfg.rerank.weight, scale=False)
@@ -206,7 +230,7 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     if pooled is None:
         pooled = pooled_vote(cfg, scorers, space, passes)
     tuned = pooled.tuned if cfg.threshold.per_dataset else replace(pooled.tuned, per_dataset={})
-    threshold = ThresholdRecord("tuned on held-out database identities", tuned, len(passes), weights)
+    threshold = ThresholdRecord("tuned on held-out database identities", tuned, len(passes), weights, options=options)
     if cfg.rerank.adaptive and any(s.stage == "shortlist" for s in scorers):
         threshold.adaptive = adaptive_margin(cfg.threshold.per_dataset, scorers, space, passes, pooled)
     if kind == "humpback":

@@ -74,6 +74,10 @@ def _decision_lines(cfg: EvalConfig, ev: Evaluation, inputs: RunInputs) -> list:
     for kind, choice in ev.threshold.weights.items():
         lines.append(f"{what.get(kind, f'{kind} weight ')}{choice.chosen} chosen on the same split (validation score "
                      "per value: " + ", ".join(f"{w}: {v:.3f}" for w, v in choice.validation_score.items()) + ")")
+    for name, choice in ev.threshold.options.items():  # a keypoint weighting on or off, a geometry
+        shown = {True: "on", False: "off"}.get(choice.chosen, choice.chosen)
+        lines.append(f"{name}: {shown} chosen on the same split (validation score per value: "
+                     + ", ".join(f"{v}: {s:.3f}" for v, s in choice.validation_score.items()) + ")")
     if ev.threshold.scoring_choice is not None:
         lines.append(describe_choice(ev.threshold.scoring_choice))
     if ev.threshold.adaptive is not None:

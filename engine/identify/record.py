@@ -13,9 +13,10 @@ from engine.scoring.choice import ScoringChoice
 
 @dataclass
 class WeightChoice:
-    """A scorer kind's weight chosen on the held-out split, and the validation score of each weight tried."""
+    """A scorer kind's weight (or a scorer's option: a keypoint weighting on or off, a geometry) chosen
+    on the held-out split, and the validation score of each value tried."""
 
-    chosen: float
+    chosen: Any
     validation_score: Dict[str, float]
 
     def to_dict(self) -> Dict[str, Any]:
@@ -31,6 +32,7 @@ class ThresholdRecord:
     adaptive: Optional[MarginChoice] = None  # rerank.adaptive's margin
     new_whale: Optional[Dict[str, float]] = None  # Humpback: where new_whale goes, and its MAP@5
     scoring_choice: Optional[ScoringChoice] = None  # with a fusion model
+    options: Dict[str, WeightChoice] = field(default_factory=dict)  # "<scorer kind>: <option>" -> its choice, in the order set
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"source": self.source}
@@ -44,4 +46,6 @@ class ThresholdRecord:
             out["new_whale"] = self.new_whale
         if self.scoring_choice is not None:
             out["scoring_choice"] = self.scoring_choice.to_dict()
+        if self.options:
+            out["options"] = {name: choice.to_dict() for name, choice in self.options.items()}
         return out

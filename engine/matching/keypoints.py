@@ -66,6 +66,19 @@ class KeypointStore:
         """The (H, W, 3) image the matcher sees for `row` (also drawn in the report)."""
         return self.images.load_image(row)
 
+    def inside_crop_box(self, row: int) -> np.ndarray:
+        """(N,) bool: row's keypoints inside its bbox itself, not in the padding its crop adds around
+        it; all of them when the image is not cropped (or is turned: orientation rules)."""
+        features = self.features(row)
+        points = features["keypoints"]
+        box = None if self.images.rotations[row] else self.images.loader.box_in_crop(self.images.paths[row],
+                                                                                     self.images.bboxes[row])
+        if box is None:
+            return np.ones(len(points), bool)
+        width, height = features["image_size"]
+        left, top, right, bottom = box[0] * width, box[1] * height, box[2] * width, box[3] * height
+        return ((points[:, 0] >= left) & (points[:, 0] <= right) & (points[:, 1] >= top) & (points[:, 1] <= bottom))
+
     def features(self, row: int) -> Features:
         with self._lock:
             if row in self._memory:

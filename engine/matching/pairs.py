@@ -47,7 +47,7 @@ from engine.accel import rank_and_world
 from engine.matching.keypoints import KeypointStore
 from engine.matching.parallel import mapper, worker_count
 from matchers import Features
-from matchers.geometry import MIN_POINTS, ransac_inliers
+from matchers.geometry import min_points, ransac_inliers
 
 RECORD_VERSION = 1
 HUB_CHUNK = 64  # partners matched against one hub per match_many call (bounds the features held at once)
@@ -92,11 +92,11 @@ class PairMatcher:
         self.matched = 0  # pairs this matcher ran (not read from memory or disk)
         self.verified = 0  # of those, pairs with enough tentative matches to run RANSAC on
         self.rejected = 0  # of those, pairs recorded without inliers: fewer than min_matches tentative matches
-        self.min_matches = max(int(cfg.min_matches), MIN_POINTS[cfg.geometry])
+        self.min_matches = max(int(cfg.min_matches), min_points(cfg.geometry))
         self._settings = {"version": RECORD_VERSION, "geometry": cfg.geometry,
                           "ransac_threshold": float(cfg.ransac_threshold), "region": float(cfg.region),
                           "matcher": store.matcher.match_settings()}
-        if self.min_matches > MIN_POINTS[cfg.geometry]:  # else the records are those of verifying every pair
+        if self.min_matches > min_points(cfg.geometry):  # else the records are those of verifying every pair
             self._settings["min_matches"] = self.min_matches
         self._settings_json = json.dumps(self._settings, sort_keys=True)
 
@@ -214,6 +214,20 @@ class PairMatcher:
             inlier = ransac_inliers(f0["keypoints"][matches[:, 0]], f1["keypoints"][matches[:, 1]],
                                     self.cfg.geometry, self.cfg.ransac_threshold)
         return Record(first.astype(np.int32), second.astype(np.int32), inlier)
+
+    def reverified(self, record: Record, first_row: int, second_row: int, geometry: str,
+                   keep: np.ndarray) -> np.ndarray:
+        """(M,) bool: the record's matches among `keep` that one model of `geometry` explains, fitted
+        again on them (RANSAC at rerank.ransac_threshold); none when fewer than rerank.min_matches or
+        the geometry's minimum are kept."""
+        inlier = np.zeros(len(record.first), bool)
+        kept = np.flatnonzero(keep)
+        if len(kept) < max(int(self.cfg.min_matches), min_points(geometry)):
+            return inlier
+        points0 = self.store.features(first_row)["keypoints"][record.first[kept]]
+        points1 = self.store.features(second_row)["keypoints"][record.second[kept]]
+        inlier[kept] = ransac_inliers(points0, points1, geometry, self.cfg.ransac_threshold)
+        return inlier
 
     def keypoints(self, row: int) -> np.ndarray:
         return self.store.features(row)["keypoints"]

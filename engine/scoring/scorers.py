@@ -144,6 +144,24 @@ class Scorer(ABC):
         pair scores depend on the whole set (a neighbourhood graph) builds it here. Default: nothing."""
         return None
 
+    # A shortlist scorer that learns from the labelled database (keypoint confusers): how many of its
+    # own shortlist each database image needs scored for `learn`; 0: it learns nothing.
+    database_shortlist = 0
+
+    def learn(self, space: MatchSpace, rows: np.ndarray, shortlists: np.ndarray) -> None:
+        """Called by voting.fit_calibrators, before calibrating, when `database_shortlist` is set:
+        `shortlists` (len(rows), database_shortlist) holds every database row's own shortlist
+        (gallery rows, -1 padded; never the row itself). Default: nothing."""
+        return None
+
+    def options(self) -> Dict[str, Tuple[Any, ...]]:
+        """Settings that change this scorer's raw scores, for the held-out split to choose: name -> the
+        values to try, the first preferred among equals. Default: none."""
+        return {}
+
+    def set_option(self, name: str, value: Any) -> None:
+        raise KeyError(f"{self.name} has no option {name!r}")
+
     def calibrated(self, raw: Candidates) -> Candidates:
         """The same candidates with calibrated scores (the map is strictly increasing: order kept)."""
         out = []

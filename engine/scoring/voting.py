@@ -96,25 +96,58 @@ def _identity_best(positions: np.ndarray, g_rows: np.ndarray, scores: np.ndarray
     return [sorted(found.items(), key=lambda item: -item[1]) for found in best]
 
 
+@dataclass
+class ShortlistCalibration:
+    """The labelled database pairs the shortlist scorers were calibrated on, kept so that one of them
+    can be calibrated again after an option changed its scores (engine.identify.heldout)."""
+
+    sample: np.ndarray  # database rows acting as queries
+    rows: np.ndarray  # the database rows they were matched against
+    q_rows: np.ndarray
+    g_rows: np.ndarray
+    method: str
+
+    def refit(self, scorer: Scorer, space: MatchSpace) -> None:
+        """`scorer`'s calibrator fitted again on these pairs."""
+        scorer.prepare(space, self.sample, self.rows)
+        same = space.labels[self.q_rows] == space.labels[self.g_rows]
+        scorer.calibrator = fit_calibrator(scorer.pair_scores(space, self.q_rows, self.g_rows), same, self.method)
+
+
+def learn_from_database(scorers: Sequence[Scorer], space: MatchSpace) -> None:
+    """Shortlist scorers that learn from the labelled database (`database_shortlist`) get every
+    database image's own shortlist among the database, drawn the way queries' are (the global
+    scorers' calibrators fitted first)."""
+    learners = [s for s in _rescorers(scorers) if s.database_shortlist]
+    if not learners:
+        return
+    every = np.arange(len(space.labels))
+    short = shortlist(scorers, space, every, every, max(s.database_shortlist for s in learners), exclude_self=True)
+    for scorer in learners:
+        scorer.learn(space, every, short)
+
+
 def fit_calibrators(scorers: Sequence[Scorer], space: MatchSpace, rows: np.ndarray, method: str,
-                    seed: int, size: int = SHORTLIST) -> None:
+                    seed: int, size: int = SHORTLIST) -> Optional[ShortlistCalibration]:
     """Fit every scorer's calibrator on labelled pairs among the database `rows` (never queries).
     Shortlist scorers see database images' own shortlists of `size`, drawn the way queries' are,
-    for at most the fewest `calibration_queries` any of them asks (matching is slow)."""
+    for at most the fewest `calibration_queries` any of them asks (matching is slow); those that
+    learn from the database do so first (`learn_from_database`). Returns the shortlist scorers'
+    calibration pairs (None without shortlist scorers)."""
     rng = np.random.default_rng(seed)
     for scorer in _global(scorers):
         scorer.calibrator = fit_calibrator(*scorer.calibration_pairs(space, rows, rng), method)
     rescorers = _rescorers(scorers)
     if not rescorers:
-        return
+        return None
+    learn_from_database(scorers, space)
     most = min(getattr(s, "calibration_queries", MAX_SHORTLIST_CALIBRATION_QUERIES) for s in rescorers)
     sample = rows if len(rows) <= most else np.sort(rng.choice(rows, most, replace=False))
     positions, g_rows = _pairs(shortlist(scorers, space, sample, rows, size, exclude_self=True))
-    q_rows = sample[positions]
-    same = space.labels[q_rows] == space.labels[g_rows]
+    calibration = ShortlistCalibration(sample, rows, sample[positions], g_rows, method)
     for scorer in rescorers:
-        scorer.prepare(space, sample, rows)
-        scorer.calibrator = fit_calibrator(scorer.pair_scores(space, q_rows, g_rows), same, method)
+        calibration.refit(scorer, space)
+    return calibration
 
 
 def vote(scorers: Sequence[Scorer], space: MatchSpace, q_rows: np.ndarray, g_rows: np.ndarray,
