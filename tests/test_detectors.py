@@ -136,25 +136,14 @@ def test_map_is_one_for_exact_boxes_and_counts_loose_ones_only_at_low_iou():
 
 
 # ----------------------------------------------------------------------------- training through train.py
-STRAIGHT = ["train.max_steps=4", "train.checkpoint_every=2", "train.keep_last=3", "train.deterministic=true"]
-
-
-@pytest.fixture(scope="module")
-def straight_run(scenes, tmp_path_factory) -> tuple:
-    """A tiny detector trained for 4 steps with checkpoints at steps 2 and 4 (its folder and the completed
-    process): the export test reads it, the resume test resumes a copy cut back to step 2."""
-    out = tmp_path_factory.mktemp("detector") / "straight"
-    result = run_train(scene_args(scenes, out) + STRAIGHT)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result
-
-
 @pytest.mark.slow
-def test_a_tiny_detector_trains_exports_and_reloads_with_identical_boxes(straight_run):
-    out, result = straight_run
+def test_a_tiny_detector_trains_exports_and_reloads_with_identical_boxes(scenes, tmp_path):
+    out = tmp_path / "run"
+    result = run_train(scene_args(scenes, out) + ["train.max_steps=3"])
+    assert result.returncode == 0, result.stderr[-3000:]
     assert "mAP50=" in result.stdout
     losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
-    assert len(losses) == 4 and all(np.isfinite(losses))
+    assert len(losses) == 3 and all(np.isfinite(losses))
     assert list((out / "tensorboard").glob("events.*")) and (out / "yolo_data" / "data.yaml").is_file()
     # The scenes' YOLO labels carry no identities: the table's keep held-out animals out of training.
     split = pd.read_csv(out / "yolo_data" / "split.csv")
@@ -172,13 +161,15 @@ def test_a_tiny_detector_trains_exports_and_reloads_with_identical_boxes(straigh
 
 
 @pytest.mark.slow
-def test_a_resumed_detector_run_ends_with_the_weights_of_a_straight_one(scenes, straight_run, tmp_path):
-    straight, cut = straight_run[0], tmp_path / "cut"
+def test_a_resumed_detector_run_ends_with_the_weights_of_a_straight_one(scenes, tmp_path):
+    common = ["train.max_steps=4", "train.checkpoint_every=2", "train.keep_last=3", "train.deterministic=true"]
+    straight, cut = tmp_path / "straight", tmp_path / "cut"
+    assert run_train(scene_args(scenes, straight) + common).returncode == 0
     # The run as it stood at its step-2 checkpoint (everything later removed), then resumed.
     shutil.copytree(straight, cut)
     shutil.rmtree(cut / "checkpoints" / "step-000004")
     shutil.rmtree(cut / "export")
-    resumed = run_train(scene_args(scenes, cut) + STRAIGHT + ["--resume"])
+    resumed = run_train(scene_args(scenes, cut) + common + ["--resume"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout + resumed.stderr and "step 2" in resumed.stdout + resumed.stderr
     a, _ = load_detector(straight / "export")
