@@ -4,6 +4,10 @@ The lock is an advisory lock (flock) on a file in the folder that records the ho
 and start time. The system releases it when the holder's process ends, however it ends, so a
 lock file found unlocked but still naming a holder was left by a process that died: it is taken
 over, with a message. On a platform without flock (Windows) the folder is not locked.
+
+A forked child (a DataLoader worker) inherits the lock's open file, and flock stays held while any
+process holds that file: a run killed with SIGKILL would keep its folder locked until its orphaned
+workers noticed. So every child forked while a lock is held lets go of its copy at once.
 """
 from __future__ import annotations
 
@@ -21,6 +25,24 @@ try:
     import fcntl
 except ImportError:
     fcntl = None
+
+_HELD_FDS: set[int] = set()
+
+
+def _let_go_in_child() -> None:
+    # Pointing the descriptor at /dev/null drops the child's hold on the lock file while the number
+    # stays valid for the file object that will close it.
+    if not _HELD_FDS:
+        return
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    for fd in _HELD_FDS:
+        os.dup2(devnull, fd, inheritable=False)
+    os.close(devnull)
+    _HELD_FDS.clear()
+
+
+if fcntl is not None:
+    os.register_at_fork(after_in_child=_let_go_in_child)
 
 
 def _holder(handle) -> str:
@@ -70,8 +92,10 @@ def folder_lock(folder: Path, name: str, *, what: str, say: Callable[[str], None
         handle.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                  "started": datetime.now().isoformat(timespec="seconds")}))
         handle.flush()
+        _HELD_FDS.add(handle.fileno())
         yield
     finally:
+        _HELD_FDS.discard(handle.fileno())
         path.unlink(missing_ok=True)
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()

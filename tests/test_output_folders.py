@@ -11,6 +11,9 @@ import errno
 import io
 import json
 import os
+import signal
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -244,6 +247,37 @@ def test_a_lock_left_by_a_dead_process_is_taken_over_with_a_message(tmp_path):
     assert said == [f"{out}: taking over the lock of process 4242 on elsewhere, started 2024-05-01T10:00:00, "
                     "which is no longer running"]
     assert not (out / LOCK_FILE).exists() and out.is_dir()
+
+
+HOLDER_KILLED_WITH_A_CHILD_LEFT = """
+import os, sys, time
+from core.folder_lock import folder_lock
+with folder_lock(sys.argv[1], "the.lock", what="train.py run"):
+    child = os.fork()
+    if child == 0:
+        quiet = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(quiet, 1)
+        os.dup2(quiet, 2)
+        time.sleep(60)
+        os._exit(0)
+    print(child, flush=True)
+    os._exit(0)  # ends the way SIGKILL would: the lock is never released by the holder
+"""
+
+
+def test_a_child_forked_by_the_holder_does_not_keep_the_lock(tmp_path):
+    # A DataLoader worker outliving its killed train.py must not keep the run folder locked.
+    out = tmp_path / "run"
+    result = subprocess.run([sys.executable, "-c", HOLDER_KILLED_WITH_A_CHILD_LEFT, str(out)], cwd=REPO,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    child = int(result.stdout)
+    try:
+        os.kill(child, 0)  # the child still runs, with its copy of the lock file open
+        with folder_lock(out, "the.lock", what="train.py run", say=lambda _: None):
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 def test_train_markers_name_the_tool_and_the_run(finished_run):
