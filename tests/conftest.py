@@ -1,6 +1,7 @@
 """Shared fixtures: a tiny synthetic dataset generated once per test session."""
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +19,23 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_BACKBONE = "test_resnet"
 # Models that read images (the fusion model reads other models' embeddings: tests/test_fusion.py).
 IMAGE_MODELS = [name for name in MODELS.names() if model_inputs(name) == "images"]
+
+# The environment the session began with. pytest's own variable comes and goes with each test.
+SESSION_ENVIRONMENT = dict(os.environ)
+PYTEST_VARIABLE = "PYTEST_CURRENT_TEST"
+
+
+@pytest.fixture(autouse=True)
+def environment_left_as_found():
+    """Undo what a test, or a library it imported, wrote into os.environ: ultralytics sets
+    OMP_NUM_THREADS=1 when first imported, and every train.py or eval.py a later test started would
+    then run on one thread, with other floats than a run started before it."""
+    yield
+    for key in set(os.environ) - set(SESSION_ENVIRONMENT) - {PYTEST_VARIABLE}:
+        del os.environ[key]
+    for key, value in SESSION_ENVIRONMENT.items():
+        if key != PYTEST_VARIABLE and os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 @pytest.fixture
