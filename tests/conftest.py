@@ -41,6 +41,23 @@ def scripts_run_this_checkout(monkeypatch):
     they run this checkout's code, as script_env's do."""
     monkeypatch.setenv("PYTHONPATH", script_env()["PYTHONPATH"])
 
+# The environment the session began with. pytest's own variable comes and goes with each test.
+SESSION_ENVIRONMENT = dict(os.environ)
+PYTEST_VARIABLE = "PYTEST_CURRENT_TEST"
+
+
+@pytest.fixture(autouse=True)
+def environment_left_as_found():
+    """Undo what a test, or a library it imported, wrote into os.environ: ultralytics sets
+    OMP_NUM_THREADS=1 when first imported, and every train.py or eval.py a later test started would
+    then run on one thread, with other floats than a run started before it."""
+    yield
+    for key in set(os.environ) - set(SESSION_ENVIRONMENT) - {PYTEST_VARIABLE}:
+        del os.environ[key]
+    for key, value in SESSION_ENVIRONMENT.items():
+        if key != PYTEST_VARIABLE and os.environ.get(key) != value:
+            os.environ[key] = value
+
 
 @pytest.fixture
 def run_here(capsys, monkeypatch):
