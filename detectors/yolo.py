@@ -21,9 +21,10 @@ from PIL import Image
 # Read once by ultralytics' import: no console chatter, no network checks or package installs.
 os.environ.setdefault("YOLO_VERBOSE", "False")
 os.environ.setdefault("YOLO_OFFLINE", "1")
-# Its import also patches the whole process: OpenCV's threads off, PIL's Image.open (which then
-# pip-installs a HEIF plugin on any unreadable file) and torch.save. Undone right after it.
-_PROCESS_STATE = (cv2.getNumThreads(), Image.open, torch.save)
+# Its import also patches the whole process: OpenCV's threads off, OMP_NUM_THREADS=1 for every
+# process started afterwards, PIL's Image.open (which then pip-installs a HEIF plugin on any
+# unreadable file) and torch.save. Undone right after it.
+_PROCESS_STATE = (cv2.getNumThreads(), os.environ.get("OMP_NUM_THREADS"), Image.open, torch.save)
 
 import numpy as np  # noqa: E402
 import safetensors  # noqa: E402
@@ -42,7 +43,9 @@ from detectors.base import DETECTORS, Detections, Detector  # noqa: E402
 from detectors.yolo_cfg import activation_module, check_cfg, check_export_args  # noqa: E402
 
 cv2.setNumThreads(_PROCESS_STATE[0])
-Image.open, torch.save = _PROCESS_STATE[1:]
+if _PROCESS_STATE[1] is None:
+    os.environ.pop("OMP_NUM_THREADS", None)
+Image.open, torch.save = _PROCESS_STATE[2:]
 
 CLASS_NAMES = {0: "animal"}
 STRIDE = 32

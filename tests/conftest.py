@@ -48,9 +48,10 @@ PYTEST_VARIABLE = "PYTEST_CURRENT_TEST"
 
 @pytest.fixture(autouse=True)
 def environment_left_as_found():
-    """Undo what a test, or a library it imported, wrote into os.environ: ultralytics sets
-    OMP_NUM_THREADS=1 when first imported, and every train.py or eval.py a later test started would
-    then run on one thread, with other floats than a run started before it."""
+    """Undo what a test, or a library it imported, wrote into os.environ: a variable such as
+    OMP_NUM_THREADS left behind (ultralytics' import sets it; detectors/yolo.py undoes that) would
+    make every train.py or eval.py a later test started run on other threads, with other floats,
+    than a run started before it."""
     yield
     for key in set(os.environ) - set(SESSION_ENVIRONMENT) - {PYTEST_VARIABLE}:
         del os.environ[key]

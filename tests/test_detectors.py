@@ -71,9 +71,11 @@ def test_a_box_past_the_border_is_clipped_to_the_image():
 def test_importing_ultralytics_leaves_the_process_as_it_was():
     import subprocess
 
-    code = ("import cv2, torch; from PIL import Image; before = (Image.open, torch.save, cv2.getNumThreads()); "
-            "import detectors.yolo; assert before == (Image.open, torch.save, cv2.getNumThreads()), 'patched'")
-    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
+    code = ("import cv2, os, torch; from PIL import Image; "
+            "state = lambda: (Image.open, torch.save, cv2.getNumThreads(), os.environ.get('OMP_NUM_THREADS')); "
+            "before = state(); import detectors.yolo; assert before == state(), 'patched'")
+    env = {key: value for key, value in os.environ.items() if key != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
 
 
