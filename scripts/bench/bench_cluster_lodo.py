@@ -180,21 +180,23 @@ def lodo_main(args) -> None:
     protocol = build_protocol(args, folder="protocol-lodo", no_train="")
     train_protocol = build_protocol(args)  # the model is `real`'s: trained on the same pooled part
     print(f"protocol: {(protocol / 'protocol.json').read_text()}", flush=True)
-    results = {}
+    saved = Path(args.out) / "lodo-results.json"
+    results = json.loads(saved.read_text()) if saved.is_file() else {}  # earlier parts and seeds are kept
     for seed in [int(s) for s in comma_list(args.seeds)]:
         export = train(args, train_protocol, seed, steps=args.steps)
-        result = {}
+        result = results.setdefault(str(seed), {})
         if "val" in comma_list(args.parts):
+            # the count's own threshold pinned, so that its counts and the clusters' can both be compared
             result["val"] = run_part(args, protocol, "val", export, seed,
-                                     {c: [f"cluster.criterion={c}"] for c in comma_list(args.criteria)})
+                                     {c: [f"cluster.criterion={c}", "cluster.count_criterion=count"]
+                                      for c in comma_list(args.criteria)})
             result["default"] = choose_default(result["val"], comma_list(args.criteria))
             print(f"seed {seed} chosen on the validation part: {json.dumps(result['default'], indent=1)}", flush=True)
         if "test" in comma_list(args.parts):
             result["test"] = run_part(args, protocol, "test", export, seed,
                                       {"default": shlex.split(args.test_overrides)},
                                       Path(args.today) if args.today else None)
-        results[seed] = result
-        (Path(args.out) / "lodo-results.json").write_text(json.dumps(results, indent=1) + "\n")
+        saved.write_text(json.dumps(results, indent=1) + "\n")
     for seed, result in results.items():
         if "val" in result:
             _options_table(seed, result["default"])
