@@ -48,6 +48,7 @@ TASKS = ("reid", "detector")
 EVAL_TASKS = ("identify", "cluster")
 PAIR_SCORES = ("inliers", "matches")
 NEIGHBOUR_RERANKERS = ("kreciprocal", "alpha_qe", "dba")
+SAME_CRITERION = "same"  # cluster.count_criterion: the population is counted at the clusters' own threshold
 
 
 def _rule(accepts: Callable[[Any], bool], valid: str) -> Rule:
@@ -167,7 +168,8 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
     },
     ClusterConfig: {
         "method": registered("clusterer"), "criterion": registered("cluster_criterion"),
-        "count_criterion": registered("cluster_criterion"), "unlabelled": registered("unlabelled_threshold"),
+        "count_criterion": registered("cluster_criterion", also=(SAME_CRITERION,)),
+        "unlabelled": registered("unlabelled_threshold"),
         "neighbours": COUNT,
         "threshold": _rule(lambda v: v is None or math.isfinite(v), "a number, or null to tune it"),
         "grid": each(within(0, 1), non_empty=True), "holdout_fraction": FRACTION,

@@ -8,6 +8,7 @@ from core.config import load_config
 from core.schema import EvalConfig
 from data.table import make_table
 from engine.cluster.assign import choice_lines, choose_thresholds
+from engine.cluster.bootstrap import CountError, contributions, count_error
 from engine.cluster.graph import build_graph
 from engine.cluster.methods import CLUSTERERS
 from engine.cluster.pipeline import graph_scorers
@@ -69,10 +70,26 @@ def counted(strategy: str, seed: int = 0, noise: float = 0.3):
 def test_a_count_found_too_high_on_held_out_identities_is_corrected_in_the_interval():
     # At the drawn thresholds the test images form 50 or 52 clusters; such counts landed 25 % above
     # the truth on held-out identities: the truth, 40, is inside, the uncorrected count at its edge.
-    draws = [(0.3, np.log(1.25)), (0.35, np.log(1.25)), (0.3, np.log(1.3)), (0.35, np.log(1.2))] * 5
+    exact = [CountError(np.log(1.25), 0.0), CountError(np.log(1.3), 0.0), CountError(np.log(1.2), 0.0)]
+    draws = [(t, e) for t in (0.3, 0.35) for e in exact] * 5
     low, high = interval(50, draws, {0.3: 50, 0.35: 52})
     assert low <= 40 <= high and high == 50
+    # Each individual adding 1 +- 0.3 to a count: the test's own 50 individuals move it by about 2.
+    spread = interval(50, [(0.3, CountError(0.0, 0.09))] * 50, {0.3: 50})
+    assert spread[0] < 50 < spread[1] and spread[1] - spread[0] < 15
     assert interval(50, [], {0.3: 50}) == (None, None)  # a given threshold: nothing to draw from
+
+
+def test_what_each_individual_adds_to_a_count_sums_to_the_clusters():
+    clusters = np.array([0, 0, 1, 1, 1, 2])
+    identities = np.array(["a", "a", "a", "b", "b", "c"])
+    everyone = contributions(clusters, identities, np.arange(6))
+    assert everyone.sum() == 3 and everyone == pytest.approx([1 + 1 / 3, 2 / 3, 1])
+    # b alone: merged with a in cluster 1, it adds 2/3 of it, where counting its clusters would say 1
+    assert contributions(clusters, identities, np.array([3, 4])) == pytest.approx([2 / 3])
+    error = count_error(clusters, identities, np.arange(6))
+    assert error.log_error == pytest.approx(0.0) and error.spread == pytest.approx(1 / 4)  # floored: 3 individuals
+    assert count_error(np.array([0, 1]), np.array(["a", "b"]), np.arange(2)).spread == pytest.approx(1 / 3)
 
 
 @pytest.mark.parametrize("strategy", ["transfer", "unanchored", "mixture"])

@@ -37,3 +37,27 @@ def test_a_curve_still_rising_at_the_end_of_the_range_is_flagged():
     # An optimum inside the grid needs no widening beyond one step per side that the plateau reaches.
     inside = widened_search(lambda ts: {"A": -np.abs(np.asarray(ts) - 0.5)}, GRID)
     assert inside.grid == GRID and inside.ends() == {}
+
+
+@pytest.mark.parametrize("name, reference", [("ari", "adjusted_rand_score"), ("ami", "adjusted_mutual_info_score")])
+def test_the_criteria_score_as_sklearn_does(name, reference):
+    import sklearn.metrics
+
+    from engine.cluster.criteria import CRITERIA
+
+    criterion, expected = CRITERIA.build(name), getattr(sklearn.metrics, reference)
+    rng = np.random.default_rng(0)
+    for n in (1, 2, 5, 60):
+        for _ in range(10):
+            truth = rng.integers(0, rng.integers(1, n + 1), n).astype(str)
+            labels = rng.integers(0, rng.integers(1, n + 1), n)
+            assert criterion.score(truth, labels) == pytest.approx(expected(truth, labels), abs=1e-9)
+
+
+def test_the_count_criterion_prefers_as_many_clusters_as_individuals_and_the_highest_such_threshold():
+    from engine.cluster.criteria import CRITERIA
+
+    count = CRITERIA.build("count")
+    assert count.score(["a", "a", "b"], [1, 2, 3]) == pytest.approx(-np.log(1.5))
+    assert count.score(["a", "a", "b"], [1, 1, 2]) == 0.0
+    assert count.choose([-0.1, 0.0, 0.0, -0.2], [0.1, 0.2, 0.3, 0.4]) == 0.3

@@ -157,9 +157,10 @@ def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
     assert {"clusters", "individuals", "population_ratio"} <= set(metrics["per_dataset"]["SynthLynx"])
     thresholds = metrics["thresholds"]
     assert thresholds["transferred"] == [NO_TRAIN_DATASET]  # no train rows: the threshold tuned on the others
-    assert thresholds["per_dataset"][NO_TRAIN_DATASET] == thresholds["overall"]
-    assert thresholds["set_by"][NO_TRAIN_DATASET]["strategy"] == "transfer"
-    assert set(thresholds["set_by"][NO_TRAIN_DATASET]["alternatives"]) == {"mixture", "unanchored"}
+    set_by = thresholds["set_by"][NO_TRAIN_DATASET]
+    assert set_by["strategy"] == "unanchored" and thresholds["per_dataset"][NO_TRAIN_DATASET] == set_by["threshold"]
+    assert set(set_by["alternatives"]) == {"mixture", "transfer"}
+    assert set_by["alternatives"]["transfer"]["threshold"] == thresholds["overall"]  # the best on average
     assert {d: c["strategy"] for d, c in thresholds["set_by"].items() if d != NO_TRAIN_DATASET} == {
         "SynthLynx": "own", "SynthSalamander": "own"}
     population = pd.read_csv(out / "population.csv")
@@ -206,7 +207,7 @@ def test_eval_cli_prints_the_clustering_summary(world, first_run, capsys):
                    "report=false"])
     printed = capsys.readouterr().out
     assert "mean ARI" in printed and "clusters:" in printed and "submission:" in printed
-    assert f"{NO_TRAIN_DATASET} (no train images): threshold" in printed and "set by transfer" in printed
+    assert f"{NO_TRAIN_DATASET} (no train images): threshold" in printed and "set by unanchored" in printed
     assert f"population {NO_TRAIN_DATASET}: " in printed and "90 % interval" in printed
 
 
@@ -291,7 +292,8 @@ def test_the_matchers_weight_on_the_edges_is_chosen_by_ari_on_held_out_identitie
     datasets = np.concatenate([gallery["dataset"].to_numpy(dtype=object), query["dataset"].to_numpy(dtype=object)])
 
     def tuned_with(matcher, *overrides):
-        cfg = load_config(EvalConfig, None, ["task=cluster", "cluster.splits=1", "rerank.matcher=sift", *overrides])
+        cfg = load_config(EvalConfig, None, ["task=cluster", "cluster.splits=1", "cluster.criterion=ari", "rerank.matcher=sift",
+                                             *overrides])
         space = MatchSpace(labels, datasets, True, cfg.retrieval)
         return tune(cfg, [*graph_scorers([ModelOutput("m", vectors)]), matcher], space, gallery,
                     CLUSTERERS.build("agglomerative", {}))

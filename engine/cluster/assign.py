@@ -17,7 +17,8 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from core.schema import ClusterConfig
-from engine.cluster.criteria import CRITERIA
+from engine.cluster.bootstrap import CountError, count_error
+from engine.cluster.criteria import CRITERIA, codes
 from engine.cluster.graph import Graph, raw_similarity
 from engine.cluster.methods import Clusterer
 from engine.cluster.search import MEAN
@@ -32,7 +33,7 @@ OWN, GIVEN, ONE_FOR_ALL = "own", "cluster.threshold", "one for all datasets"
 class Check:
     """A strategy on the labelled datasets left out one at a time (see the module doc)."""
 
-    errors: List[float]  # log(count / individuals), one per dataset left out
+    errors: List[CountError]  # one per dataset left out
     summary: str
 
 
@@ -46,7 +47,7 @@ def choose_thresholds(cluster: ClusterConfig, tuned: Optional[Tuned], graph: Gra
     reps = tuned.replicates(tuned.count, seed)
     ends = tuned.search.ends()
     if not cluster.per_dataset:
-        draws = [(t, 0.0) for t in reps.thresholds[MEAN]]
+        draws = [(t, CountError(0.0, 0.0)) for t in reps.thresholds[MEAN]]
         return {d: _at_end(ThresholdChoice(tuned.overall, ONE_FOR_ALL, "cluster.per_dataset=false: the threshold best "
                                            "on average over the labelled datasets", tuned.count.overall, draws),
                            ends.get(MEAN))
@@ -82,8 +83,8 @@ def _unlabelled_choice(name: str, target: Target, context: Context, labelled: Li
     count error of a dataset left out (drawn at random), or 0 where none could be checked."""
     setting = UNLABELLED.build(name).set(target, context, labelled, draws=True)
     rng = np.random.default_rng(context.seed)
-    errors = check.errors or [0.0]
-    draws = [(t, float(errors[rng.integers(len(errors))])) for t in setting.count_thresholds]
+    errors = check.errors or [CountError(0.0, 0.0)]
+    draws = [(t, errors[rng.integers(len(errors))]) for t in setting.count_thresholds]
     return ThresholdChoice(setting.threshold, name, setting.why, setting.count_threshold, draws, checked=check.summary)
 
 
@@ -110,9 +111,9 @@ def left_out_check(strategy: Strategy, context: Context) -> Check:
         setting = strategy.set(target, context, others, draws=False)
         distinct = sorted({setting.threshold, setting.count_threshold})
         found = dict(zip(distinct, context.clusterer.labels(target.graph, target.anchors, distinct), strict=True))
-        count, individuals = len(np.unique(found[setting.count_threshold])), len(np.unique(target.truth))
-        errors.append(float(np.log(count / individuals)))
-        parts.append(f"{dataset} {count} for {individuals} individuals, ARI "
+        counted = found[setting.count_threshold]
+        errors.append(count_error(counted, codes(target.truth), np.arange(len(counted))))
+        parts.append(f"{dataset} {len(np.unique(counted))} for {len(np.unique(target.truth))} individuals, ARI "
                      f"{ari.score(target.truth, found[setting.threshold]):.3f}")
     summary = ("its train images clustered as if unlabelled, each labelled dataset left out in turn: " + "; ".join(parts)
                if parts else "no other labelled dataset to check it on")

@@ -7,12 +7,12 @@ thresholds near the chosen one with the criterion, and keeps the best of its own
 for its own threshold, and, with the labelled datasets drawn with replacement too, of their mean
 for the threshold a dataset without train images takes. The identities a replicate did not draw
 were not tuned on: the count of their images at the replicate's threshold, against their true
-number, is an out-of-bag sample of how far such a count lands from the truth (its log error).
+number, is an out-of-bag sample of how far such a count lands from the truth (CountError).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -43,7 +43,7 @@ class Replicates:
     the count it gave on the identities that replicate left out, log(clusters / individuals)."""
 
     thresholds: Dict[str, List[float]]
-    errors: Dict[str, List[float]]
+    errors: Dict[str, List[CountError]]
 
 
 def _draw(part: ValidationPart, rng: np.random.Generator) -> tuple:
@@ -65,17 +65,31 @@ def _replicate_curve(part: ValidationPart, grid: Sequence[float], scored: np.nda
     return curve
 
 
-def count_error(part: ValidationPart, threshold: float, rows: np.ndarray) -> float:
-    """log(clusters / individuals) of the validation images at `rows` (NaN without any). A cluster
-    counts for the share of its images among them: a merge with an identity outside `rows` hides
-    from their clusters as a split never does, and the shares sum over any split of the identities
-    to the count of the whole."""
+@dataclass
+class CountError:
+    """How far a count landed from the truth: log(clusters / individuals), and the spread of what
+    each individual adds to the count (its images' shares of their clusters), floored at 1 / (n + 1)
+    for n individuals: a handful of individuals all counted right does not prove that every one is."""
+
+    log_error: float
+    spread: float  # variance per individual
+
+
+def contributions(clusters: np.ndarray, identities: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """What each identity at `rows` adds to the count: the sum over its images of 1 / (their cluster's
+    size), so that a merge with an identity outside `rows` hides from their count as a split never
+    does, and the contributions of any split of the identities sum to the count of the whole."""
+    size = np.bincount(clusters)
+    _, identity = np.unique(identities[rows], return_inverse=True)
+    return np.bincount(identity.ravel(), weights=1.0 / size[clusters[rows]])
+
+
+def count_error(clusters: np.ndarray, identities: np.ndarray, rows: np.ndarray) -> Optional[CountError]:
+    """The CountError of the images at `rows` (None without any)."""
     if not len(rows):
-        return float("nan")
-    labels = part.found[threshold]
-    inside, size = np.bincount(labels[rows], minlength=labels.max() + 1), np.bincount(labels)
-    counted = (inside[size > 0] / size[size > 0]).sum()
-    return float(np.log(counted / len(np.unique(part.truth[rows]))))
+        return None
+    added = contributions(clusters, identities, rows)
+    return CountError(float(np.log(added.mean())), max(float(added.var()), 1.0 / (len(added) + 1)))
 
 
 def replicates(parts: Sequence[ValidationPart], grid: Sequence[float], chosen: Dict[str, float],
@@ -96,10 +110,12 @@ def replicates(parts: Sequence[ValidationPart], grid: Sequence[float], chosen: D
         curves = {d: sums[d] / sum(p.dataset == d for p in parts) for d in datasets}
         for d in datasets:
             threshold = _best(criterion, curves[d], grid, _window(grid, chosen[d]))
-            errors = [count_error(p, threshold, o) for p, o in zip(parts, left_out, strict=True) if p.dataset == d]
-            errors = [e for e in errors if np.isfinite(e)]
+            errors = [count_error(p.found[threshold], p.truth, o)
+                      for p, o in zip(parts, left_out, strict=True) if p.dataset == d]
+            errors = [e for e in errors if e is not None]
             out.thresholds[d].append(threshold)
-            out.errors[d].append(float(np.mean(errors)) if errors else 0.0)
+            out.errors[d].append(CountError(float(np.mean([e.log_error for e in errors])),
+                                            float(np.mean([e.spread for e in errors]))) if errors else CountError(0.0, 0.0))
         drawn = rng.choice(datasets, len(datasets), replace=True)
         out.thresholds[MEAN].append(_best(criterion, np.mean([curves[d] for d in drawn], axis=0), grid,
                                           _window(grid, chosen[MEAN])))

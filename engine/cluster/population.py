@@ -7,13 +7,15 @@ The estimate is the number of clusters the dataset's test images form at the cou
 (`cluster.count_criterion`: by default where the held-out validation images formed as many clusters
 as they show individuals; a strategy's own for a dataset without train images, unlabelled.py).
 
-The interval has two parts, drawn together. Which threshold: the count's threshold as the bootstrap
-of the validation (or the strategy) could as well have chosen it. How far a count read that way
-lands from the truth: for a dataset with train images, the count of the validation identities a
-bootstrap replicate did not draw, at that replicate's threshold (bootstrap.py); for one without,
-the count of each labelled dataset left out in turn and clustered as if unlabelled at what the
-strategy sets from the others (assign.py). Each draw is the test images' count at the drawn
-threshold, divided by the drawn error; the interval holds the central 90 % of the draws.
+The interval has three parts, drawn together. Which threshold: the count's threshold as the
+bootstrap of the validation (or the strategy) could as well have chosen it. How far a count read
+that way lands from the truth: for a dataset with train images, the count of the validation
+identities a bootstrap replicate did not draw, at that replicate's threshold (bootstrap.py); for one
+without, the count of each labelled dataset left out in turn and clustered as if unlabelled at what
+the strategy sets from the others (assign.py). And chance: what each individual adds to a count
+varies (its spread, measured with that error), so the test's own individuals move it too. Each draw
+is the test images' count at the drawn threshold, divided by the drawn error, plus that chance; the
+interval holds the central 90 % of the draws.
 docs/clustering.md measures how often it holds the true count.
 """
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import pandas as pd
 
+from engine.cluster.bootstrap import CountError
 from engine.cluster.graph import Graph
 from engine.cluster.methods import Clusterer
 
@@ -57,16 +60,21 @@ def clusters_at(graph: Graph, anchors: np.ndarray, clusterer: Clusterer,
     return dict(zip(distinct, clusterer.labels(graph, anchors, distinct), strict=True)) if distinct else {}
 
 
-def interval(count: int, draws: Sequence[Tuple[float, float]], counts: Dict[float, int]) -> tuple:
-    """(low, high): the central LEVEL of the counts the draws give, widened to hold `count`. A draw
-    (threshold, log error) gives the count at that threshold, corrected by that error (a count that
-    landed 20 % above the truth says the truth may be 20 % below this one)."""
+def interval(count: int, draws: Sequence[Tuple[float, CountError]], counts: Dict[float, int], seed: int = 0) -> tuple:
+    """(low, high): the central LEVEL of the truths the draws point to, widened to hold `count`. A
+    draw (threshold, error) says: the count at that threshold, divided by how far such counts landed
+    (a count that landed 20 % high says the truth may be 20 % lower), give or take what the test's
+    own individuals add by chance (the error's spread per individual)."""
     if not len(draws):
         return None, None
-    values = np.array([counts[float(t)] * np.exp(-e) for t, e in draws], dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    values = []
+    for t, error in draws:
+        centre = counts[float(t)] * np.exp(-error.log_error)
+        values.append(centre + rng.normal(0.0, np.sqrt(max(centre, 1.0) * error.spread)))
     tail = (1 - LEVEL) / 2 * 100
     low, high = np.percentile(values, [tail, 100 - tail])
-    return int(min(np.floor(low), count)), int(max(np.ceil(high), count))
+    return int(min(max(np.floor(low), 1), count)), int(max(np.ceil(high), count))
 
 
 def write_population(path: Path, estimates: List[PopulationEstimate]) -> None:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from core.errors import DataError
 from core.schema import ClusterConfig, EvalConfig
+from core.schema_rules import SAME_CRITERION
 from data.splits import open_set_split
 from engine.cluster.bootstrap import Replicates, ValidationPart, replicates
 from engine.cluster.criteria import CRITERIA
@@ -160,9 +161,10 @@ def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpac
         graph = Graph(n_gallery, a, b, fused_probabilities(scores, weights, len(a)))  # node e is row e
         parts = list(_validation_parts(cfg.cluster.anchors, graph, space, codes, splits))
         records = [ValidationPart(dataset, criteria_codes(truth), {}) for dataset, _, _, _, truth in parts]
-        optima = [_optimum(name, parts, records, clusterer, cfg.cluster.grid)
-                  for name in (cfg.cluster.criterion, cfg.cluster.count_criterion)]
-        out.append(Tuned(*optima, sum(len(v) for v in splits), records, graph))
+        partition = _optimum(cfg.cluster.criterion, parts, records, clusterer, cfg.cluster.grid)
+        count = (partition if cfg.cluster.count_criterion in (SAME_CRITERION, cfg.cluster.criterion)
+                 else _optimum(cfg.cluster.count_criterion, parts, records, clusterer, cfg.cluster.grid))
+        out.append(Tuned(partition, count, sum(len(v) for v in splits), records, graph))
     return out
 
 

@@ -34,7 +34,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from core.registry import Registry
-from engine.cluster.bootstrap import REPLICATES, Replicates
+from engine.cluster.bootstrap import REPLICATES, CountError, Replicates
 from engine.cluster.criteria import CRITERIA
 from engine.cluster.graph import Graph
 from engine.cluster.methods import Clusterer
@@ -107,9 +107,9 @@ class ThresholdChoice:
     strategy: str  # a registered strategy, "own" (tuned on its train identities) or "cluster.threshold"
     why: str
     count_threshold: float  # the population estimate is its number of clusters at this threshold
-    # (threshold, log error) pairs: a threshold the count's could as well have been, and how far a
-    # count read that way landed from the truth where the truth was known (population.py)
-    count_draws: List[Tuple[float, float]] = field(default_factory=list)
+    # a threshold the count's could as well have been, and how far a count read that way landed from
+    # the truth where the truth was known (population.py)
+    count_draws: List[Tuple[float, CountError]] = field(default_factory=list)
     alternatives: Dict[str, ThresholdChoice] = field(default_factory=dict)  # what every other strategy chose
     at_end: Optional[str] = None  # "lowest" / "highest": at that end of the searched range
     checked: str = ""  # how the strategy did on the labelled datasets left out in turn
