@@ -10,12 +10,13 @@
                                                           # cluster the test images by individual (AnimalCLEF 2026)
     python eval.py task=cluster data.format=folders data.query_root=PHOTOS models=[...] cluster.threshold=0.8
                                                           # group a folder of unlabelled photos by individual
+    python eval.py ... review=OLD_RUN/review-answers.sqlite  # apply a person's answers (reidzoo-review) to this run
     accelerate launch eval.py --config configs/eval/default.yaml    # extraction (and matching) split across processes
 
 Any config key can be overridden as key=value (dotted, typed); `--print-config` shows them all.
 Outputs in output_dir: submission.csv, predictions.csv (each query's decision and top-5 identities
 with calibrated scores), metrics.json (when query labels are known), manifest.json, report.html,
-config.yaml.
+config.yaml, review.npz (what `reidzoo-review RUN_DIR` shows a person).
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ import sys
 from pathlib import Path
 
 from core.cli import config_parser, parse_config
-from core.errors import cli_entry
+from core.errors import ConfigError, cli_entry
 from core.schema import EvalConfig
 
 DEFAULT_RECIPE = "configs/eval/default.yaml"  # relative to this file, so it is found from any folder
@@ -42,7 +43,9 @@ def _files(result, table: str) -> list:
 
 
 def cluster_summary(result) -> str:
-    """task=cluster: the mean ARI (and the population estimate) where the test images carry labels."""
+    """task=cluster: the population estimate per dataset, and the mean ARI where the test images carry labels."""
+    from engine.cluster.population import read_population
+
     lines = []
     metrics = result.metrics
     if metrics:
@@ -50,7 +53,16 @@ def cluster_summary(result) -> str:
                      f"({metrics['images']} labelled test images)")
         for name, part in metrics["per_dataset"].items():
             lines.append(f"  {name}: ARI {part['ARI']:.4f}, {part['clusters']} clusters for {part['individuals']} individuals")
+    for row in read_population(result.output_dir):
+        interval = "" if row["low_90"] is None else f" (90 % interval {row['low_90']}-{row['high_90']})"
+        lines.append(f"population {row['dataset']}: {_individuals(row['individuals'])}{interval} counted at threshold "
+                     f"{row['count_threshold']:.4g}; {row['clusters']} clusters written at {row['threshold']:.4g} "
+                     f"(set by {row['strategy']})")
     return "\n".join(lines + _files(result, "clusters"))
+
+
+def _individuals(count: int) -> str:
+    return f"{count} individual{'' if count == 1 else 's'}"
 
 
 def identify_summary(result) -> str:
@@ -75,6 +87,8 @@ def main(argv=None):
     args, cfg = parse_config(EvalConfig, config_parser(__doc__, DEFAULT_RECIPE, "models=[runs/x/export]"), argv, Path(__file__).resolve().parent / DEFAULT_RECIPE)
     if args.print_config:
         return None
+    if cfg.review and not Path(cfg.review).expanduser().is_file():
+        raise ConfigError(f"review={cfg.review}: no such answers file (reidzoo-review keeps them in RUN_DIR/review-answers.sqlite)")
     # Heavy imports only once the config is known to be valid.
     from engine.accel import eval_precision, make_accelerator
 
@@ -90,6 +104,10 @@ def main(argv=None):
     result = run(cfg, accelerator)
     if result is not None:
         print(summary(result))
+        if cfg.review:
+            from engine.review.commands import apply_to_eval_run
+
+            print(apply_to_eval_run(result.output_dir, cfg.review))
     return result
 
 

@@ -25,18 +25,32 @@ from core.suggest import did_you_mean
 T = TypeVar("T")
 
 BOOL_TAG = "tag:yaml.org,2002:bool"
+INT_TAG = "tag:yaml.org,2002:int"
+FLOAT_TAG = "tag:yaml.org,2002:float"
+TIMESTAMP_TAG = "tag:yaml.org,2002:timestamp"
+# YAML 1.1 reads far more as numbers and dates than a person means: 2024_05 (digit groups), 0755
+# (octal), 12:30 (base 60) and 2024-05-01 (a date). These are YAML 1.2's core forms only.
+_YAML11_SCALARS = (BOOL_TAG, INT_TAG, FLOAT_TAG, TIMESTAMP_TAG)
+_INT = re.compile(r"^(?:[-+]?(?:0|[1-9][0-9]*)|0x[0-9a-fA-F]+)$")
+_FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9]+\.[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?
+                      |[-+]?[0-9]+[eE][-+]?[0-9]+
+                      |[-+]?\.(?:inf|Inf|INF)
+                      |\.(?:nan|NaN|NAN))$""", re.X)
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML 1.2 booleans: only true/false. YAML 1.1 also reads yes/no/on/off as booleans, which
-    would turn `train.mixed_precision=no` into False."""
+    """YAML 1.2 core scalars: booleans are only true/false (YAML 1.1 also reads yes/no/on/off, which
+    would turn `train.mixed_precision=no` into False), numbers are plain decimal (or hexadecimal) and
+    there are no implicit dates."""
 
 
 _Loader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != BOOL_TAG]
+    first: [(tag, regexp) for tag, regexp in resolvers if tag not in _YAML11_SCALARS]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
 _Loader.add_implicit_resolver(BOOL_TAG, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Loader.add_implicit_resolver(INT_TAG, _INT, list("-+0123456789"))
+_Loader.add_implicit_resolver(FLOAT_TAG, _FLOAT, list("-+.0123456789"))
 
 
 def load_yaml(text: str) -> Any:
@@ -99,6 +113,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
+        if isinstance(value, str):  # '1_000' and '0755' stay text in YAML 1.2; as an integer they are decimal
+            try:
+                return int(value)
+            except ValueError:
+                pass
         raise ConfigError(f"'{key}' must be an integer, got {value!r}")
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
@@ -137,19 +156,58 @@ def to_dict(cfg: Any) -> Dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def parse_override(text: str) -> tuple:
-    """'train.lr=3e-4' -> ('train.lr', 0.0003); values are parsed as YAML ('[a,b]' is a list)."""
+def split_override(text: str) -> Tuple[str, str]:
+    """'train.lr=3e-4' -> ('train.lr', '3e-4'): the key and the value's text as typed."""
     if "=" not in text:
         raise ConfigError(f"override '{text}' must look like key=value (e.g. train.lr=3e-4)")
     key, raw = text.split("=", 1)
     key = key.strip()
     if not key:
         raise ConfigError(f"override '{text}' has an empty key")
+    return key, raw
+
+
+def parse_override(text: str) -> tuple:
+    """'train.lr=3e-4' -> ('train.lr', 0.0003); values are parsed as YAML ('[a,b]' is a list)."""
+    key, raw = split_override(text)
     try:
         value = load_yaml(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key, value
+
+
+def _declared_type(cls: type, key: str) -> Any:
+    """The annotation of the dotted `key` in the dataclass `cls`, through sections and the values of
+    mappings; None when `key` names no field (from_dict then reports it)."""
+    tp: Any = cls
+    for part in key.split("."):
+        if dataclasses.is_dataclass(tp):
+            tp = _field_types(tp).get(part)
+        elif typing.get_origin(tp) in (dict, Dict, Mapping):
+            args = typing.get_args(tp)
+            tp = args[1] if len(args) == 2 else Any
+        else:
+            return None
+        if tp is None:
+            return None
+    return tp
+
+
+def typed_override(cls: type, text: str) -> tuple:
+    """`parse_override`, except that a key the schema types `str` keeps its value as typed:
+    `output_dir=2024_05` is the folder 2024_05, not a number. A quoted value is unquoted."""
+    key, raw = split_override(text)
+    if _declared_type(cls, key) is not str:
+        return parse_override(text)
+    if raw.strip()[:1] in ("'", '"'):
+        try:
+            quoted = load_yaml(raw)
+        except yaml.YAMLError:
+            quoted = None
+        if isinstance(quoted, str):
+            return key, quoted
+    return key, raw
 
 
 def _set_dotted(tree: Dict[str, Any], key: str, value: Any) -> None:
@@ -207,7 +265,7 @@ def load_config(cls: Type[T], path: Union[str, Path, None] = None, overrides: Se
     if path:
         data = _merge(data, read_yaml(path))
     for text in overrides:
-        key, value = parse_override(text)
+        key, value = typed_override(cls, text)
         _set_dotted(data, key, value)
     # A user's own components register before the names they add are checked.
     plugins = data.get("plugins") or []

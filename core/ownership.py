@@ -2,8 +2,8 @@
 
 A command deletes or replaces only a folder that carries its own marker: a JSON file at the top of
 the folder whose "tool" names the command and whose "run" names the run that wrote it. eval.py
-and reproduce mark their folders with manifest.json, train.py with reidzoo-run.json; the tool
-names differ, so eval.py never replaces a reproduce or train folder although they hold a
+and reproduce mark their folders with manifest.json, train.py with reidzoo-run.json, reidzoo-review
+(its applied outputs, simulations and exported galleries) with reviewed.json; the tool names differ, so eval.py never replaces a reproduce or train folder although they hold a
 manifest.json too.
 
 Whatever its markers say, an output folder may not be the working folder, the home folder or
@@ -25,7 +25,8 @@ from core.errors import ConfigError
 EVAL = "reidzoo eval"
 TRAIN = "reidzoo train"
 REPRODUCE = "reidzoo reproduce"
-MARKER_FILES = {EVAL: "manifest.json", REPRODUCE: "manifest.json", TRAIN: "reidzoo-run.json"}
+REVIEW = "reidzoo review"
+MARKER_FILES = {EVAL: "manifest.json", REPRODUCE: "manifest.json", TRAIN: "reidzoo-run.json", REVIEW: "reviewed.json"}
 # What earlier versions wrote as the tool's name (train.py's marker called the key "created_by").
 FORMER_NAMES = {"reidzoo eval (task=cluster)": EVAL, "reidzoo train.py": TRAIN}
 

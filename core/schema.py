@@ -7,7 +7,7 @@ component's signature; the defaults here name the arguments the default recipe s
 The defaults ARE the default recipe: `python train.py` trains them (configs/train/default.yaml
 only names the output folder and data format), and every other recipe states what it changes.
 They are sized for a CPU, trained from scratch, and chosen on the validation parts of
-scripts/bench_recipes.py's protocols (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set;
+scripts/bench/bench_recipes.py's protocols (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set;
 3 minutes on 2 cores), never on the test parts docs/results.md reports:
   * a wall-clock budget is the stopping rule (train.max_minutes, 5 minutes; train.epochs is only
     a cap): a run ends in predictable time on any dataset size, and the cosine schedule anneals
@@ -71,7 +71,8 @@ class DataConfig:
     bbox_padding: float = 0.1  # (float) padding around the bbox (annotated or detected), as a fraction of its size
     cache_dir: str = ""  # (str) resized-image cache; "" = ~/.cache/reidzoo/images, "none" = off
     num_workers: int = 2  # (int) DataLoader worker processes
-    verify_images: bool = True  # (bool) open every image header once before training/evaluation
+    verify_images: bool = True  # (bool) open every image header once before training/evaluation (format folders and data.query_root: decode every photo once, the verdict cached)
+    skip_unreadable: bool = False  # (bool) format folders and data.query_root: leave out photos that cannot be decoded or are in a format PIL cannot open (named in a warning); false = refuse them, all named at once
     orientation_rules: Dict[str, Dict[str, float]] = field(default_factory=dict)  # (dict) dataset -> {orientation: degrees}
     mean: List[float] = field(default_factory=lambda: list(IMAGENET_MEAN))  # (list) normalisation mean
     std: List[float] = field(default_factory=lambda: list(IMAGENET_STD))  # (list) normalisation std
@@ -198,7 +199,7 @@ class ThresholdConfig:
 
 @dataclass
 class RerankConfig:
-    # SIFT by default: on the validation parts of scripts/bench_recipes.py it raised the mean open-set
+    # SIFT by default: on the validation parts of scripts/bench/bench_recipes.py it raised the mean open-set
     # score (most on the synthetic set, the real sets about level), is cheap on a CPU, and needs no
     # weights; its tuned weight falls to 0 where matching does not help (figures: docs/results.md).
     matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift | rootsift (SIFT on Hellinger roots)
@@ -231,7 +232,10 @@ class ClusterConfig:
     args: Dict[str, Any] = field(default_factory=dict)  # (dict) the method's own arguments: components {min_edges}, leiden {iterations, seed}
     neighbours: int = 10  # (int) graph edges: each image's k nearest neighbours under every global scorer (faiss, within its dataset)
     threshold: Optional[float] = None  # (float) P(same individual) at which images join (leiden: the resolution); null = tuned by ARI on held-out train identities
-    grid: List[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])  # (list) thresholds tried by the tuning
+    grid: List[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])  # (list) thresholds tried first by the tuning; widened towards 0 or 1 while the best is at an end (docs/clustering.md)
+    criterion: str = "ari"  # (str) registered cluster_criterion the threshold is tuned for on held-out train identities: ari | ami
+    count_criterion: str = "count"  # (str) registered cluster_criterion the population estimate's threshold is tuned for: count (as many clusters as individuals on the held-out images) | ari | ami (the clusters written)
+    unlabelled: str = "transfer"  # (str) registered unlabelled_threshold strategy for a dataset without train images: transfer (the threshold best on average over the labelled datasets) | mixture (from its own edges' similarities)
     per_dataset: bool = True  # (bool) one threshold per dataset; a dataset without train images takes the one best over the others
     holdout_fraction: float = 0.5  # (float) of each dataset's train identities, held out to simulate the test
     unknown_fraction: float = 0.5  # (float) of those, held out whole (new individuals); the others send half their images
@@ -254,6 +258,7 @@ class EvalConfig:
     choose_scoring: bool = True  # (bool) with a fusion model: per dataset, score by the fusion, a member alone, the members' blend or soft vote, whichever scores best on the threshold's held-out database split (the ensemble as given wins ties)
     submission: str = "auto"  # (str) auto (task=cluster: animalclef2026; humpback for data.format=humpback; else animalclef) | animalclef | humpback | animalclef2026
     report: bool = True  # (bool) write report.html
+    review: str = ""  # (str) a person's answers to apply (the review-answers.sqlite of `reidzoo-review`, docs/review.md): the submission and table hold the reviewed decisions, marked decided_by=person
     data: DataConfig = field(default_factory=DataConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     threshold: ThresholdConfig = field(default_factory=ThresholdConfig)

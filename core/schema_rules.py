@@ -166,7 +166,9 @@ VALUE_RULES: Dict[type, Dict[str, Rule]] = {
         "geometries": each(registered("geometry"), non_empty=False),
     },
     ClusterConfig: {
-        "method": registered("clusterer"), "neighbours": COUNT,
+        "method": registered("clusterer"), "criterion": registered("cluster_criterion"),
+        "count_criterion": registered("cluster_criterion"), "unlabelled": registered("unlabelled_threshold"),
+        "neighbours": COUNT,
         "threshold": _rule(lambda v: v is None or math.isfinite(v), "a number, or null to tune it"),
         "grid": each(within(0, 1), non_empty=True), "holdout_fraction": FRACTION,
         "unknown_fraction": within(0, 1, open_high=True), "splits": COUNT,

@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+from PIL import Image
 
 from core.errors import DataError, list_some
 from core.files import visible_files
@@ -18,6 +19,10 @@ from data.validate import require_identities, resolve_all
 DATASETS = Registry("dataset format")
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
+# Other formats phones, cameras and the web save photos in. A folder of photos (format folders,
+# data.query_root) takes those this PIL opens (AVIF and JPEG 2000 depend on its build, HEIC on a
+# plugin); the others are listed as unreadable (data/readable.py), never left out without a word.
+OTHER_PHOTO_EXTENSIONS = frozenset({".gif", ".avif", ".heic", ".heif", ".jfif", ".jpe", ".jxl", ".jp2"})
 # Split names of other conventions mapped to ours; anything else is left for validation to reject.
 SPLIT_ALIASES = {"train": "database", "test": "query", "database": "database", "query": "query"}
 OPTIONAL_TEXT = ("species", "orientation", "date")
@@ -73,6 +78,13 @@ def require_dir(root: Path) -> Path:
     return root
 
 
-def list_images(folder: Path) -> list:
+def photo_extensions() -> frozenset:
+    """What a folder of photos takes: IMAGE_EXTENSIONS and the other photo formats PIL opens here
+    (asked when needed: a plugin may register an opener after this module is imported)."""
+    opened = Image.registered_extensions()
+    return IMAGE_EXTENSIONS | {ext for ext in OTHER_PHOTO_EXTENSIONS if ext in opened}
+
+
+def list_images(folder: Path, extensions: frozenset = IMAGE_EXTENSIONS) -> list:
     """Image files under `folder`, recursively, following links once, sorted, hidden entries skipped."""
-    return [path for path in visible_files(folder) if path.suffix.lower() in IMAGE_EXTENSIONS]
+    return [path for path in visible_files(folder) if path.suffix.lower() in extensions]

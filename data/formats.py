@@ -24,8 +24,9 @@ import data.format_animalclef2026  # noqa: F401  (registered on import: this mod
 from core.errors import ConfigError, DataError, list_some
 from core.schema import SYNTHETIC
 from core.suggest import did_you_mean
-from data.format_base import DATASETS, IMAGE_EXTENSIONS, list_images, require_dir, table_from_metadata
+from data.format_base import DATASETS, list_images, photo_extensions, require_dir, table_from_metadata
 from data.query_folders import with_query_folder
+from data.readable import PhotoFolder, screen_photos
 from data.table import COLUMNS, bbox_problem, clean_identity, clean_text, make_table, parse_numbers
 from data.validate import read_csv, require_columns, require_identities, resolve_all, validate_table
 
@@ -134,11 +135,12 @@ def folders(root: Path, columns: Dict[str, str]) -> pd.DataFrame:
     So LionData's ROOT/{train,val}/<lion>/<image> works too: the lion's name is the identity.
     """
     root = require_dir(root)
-    images = list_images(root)
+    extensions = photo_extensions()
+    images = list_images(root, extensions)
     if not images:
         folders = [p.name for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")]
         held = f": its {len(folders)} identity folders ({list_some(folders)}) hold none" if folders else ""
-        raise DataError(f"no images found under {root}{held} (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        raise DataError(f"no images found under {root}{held} (extensions: {', '.join(sorted(extensions))})")
     loose = [p.name for p in images if p.parent == root]
     if loose:
         raise DataError(f"{root}: {len(loose)} images lie directly in the root, outside any identity "
@@ -221,6 +223,8 @@ def load_table_with_root(cfg) -> Tuple[pd.DataFrame, Path]:
     df = _filter(df, "species", list(cfg.species), "data.species")
     if getattr(cfg, "query_root", ""):
         return with_query_folder(df, root, cfg), root if root is not None else Path(cfg.query_root).expanduser()
+    if cfg.format == "folders":
+        (df,) = screen_photos([PhotoFolder(df, root)], cfg)
     return validate_table(df, root, verify_images=cfg.verify_images), root
 
 

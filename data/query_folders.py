@@ -11,7 +11,8 @@ import pandas as pd
 
 from core.errors import ConfigError, DataError, list_some
 from core.files import visible_files
-from data.format_base import IMAGE_EXTENSIONS, list_images
+from data.format_base import list_images, photo_extensions
+from data.readable import PhotoFolder, screen_photos
 from data.table import make_table
 from data.validate import validate_table
 
@@ -39,13 +40,14 @@ def _query_folder(cfg, root: Optional[Path]) -> Path:
 
 
 def _query_images(folder: Path) -> list:
-    images = list_images(folder)
+    extensions = photo_extensions()
+    images = list_images(folder, extensions)
     if not images:
         others = [p.relative_to(folder).as_posix() for p in visible_files(folder)]
         if not others:
             raise DataError(f"data.query_root {folder} is empty: put the photos to identify there")
         raise DataError(f"no images found under data.query_root {folder} (extensions: "
-                        f"{', '.join(sorted(IMAGE_EXTENSIONS))}); it holds {len(others)} other files: "
+                        f"{', '.join(sorted(extensions))}); it holds {len(others)} other files: "
                         f"{list_some(others)}")
     return images
 
@@ -100,6 +102,7 @@ def with_query_folder(df: pd.DataFrame, root: Path, cfg) -> pd.DataFrame:
     if root is None:  # a plain folder of unlabelled photos, no gallery (eval.py task=cluster)
         queries = make_table([{"image_id": p.relative_to(folder).as_posix(), "identity": None, "path": os.path.abspath(p),
                                "split": "query", "dataset": Path(os.path.abspath(folder)).name} for p in images])
+        (queries,) = screen_photos([PhotoFolder(queries, folder)], cfg)
         return validate_table(queries, folder, verify_images=cfg.verify_images)
     real_folder = os.path.realpath(folder)
     if cfg.format == "folders":  # a query folder nested in the gallery root is not an identity
@@ -128,6 +131,11 @@ def with_query_folder(df: pd.DataFrame, root: Path, cfg) -> pd.DataFrame:
     if clashing:
         raise DataError(f"{len(clashing)} photos in data.query_root have the same relative path as a gallery image "
                         f"({list_some(clashing)}): rename them or move them to a folder of another name")
+    # Every photo folder at once, so that one message names all the photos that cannot be read.
+    if cfg.format == "folders":
+        queries, df = screen_photos([PhotoFolder(queries, folder), PhotoFolder(df, root)], cfg)
+    else:
+        (queries,) = screen_photos([PhotoFolder(queries, folder)], cfg)
     df = validate_table(df, root, verify_images=cfg.verify_images)
     queries = validate_table(queries, folder, verify_images=cfg.verify_images)
     shared = _shared_images(df, queries)

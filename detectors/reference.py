@@ -1,5 +1,5 @@
 """ultralytics' own trainer on one of our layouts, timed: the reference our loop's speed is measured
-against (scripts/bench_detector.py). Here because only `detectors/` imports ultralytics."""
+against (scripts/bench/bench_detector.py). Here because only `detectors/` imports ultralytics."""
 from __future__ import annotations
 
 import time

@@ -165,3 +165,9 @@ def extract_embeddings(
     """(N, D) float32 L2-normalised embeddings in dataset order; TTA views averaged."""
     return extract(model, dataset, heads=(EMBEDDING,), batch_size=batch_size, accelerator=accelerator,
                    num_workers=num_workers, progress=progress, desc=desc)[EMBEDDING]
+
+
+def nonfinite_rows(array: np.ndarray) -> np.ndarray:
+    """Positions of the rows of an (N, ...) output holding a NaN or an infinity."""
+    return np.flatnonzero(~np.isfinite(array.reshape(len(array), -1)).all(axis=1))
+

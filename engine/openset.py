@@ -20,6 +20,7 @@ from engine.metrics import HUMPBACK_NEW
 
 # Thresholds just outside the observed scores ("accept all", "reject all") sit this far away.
 END_MARGIN = 1e-6
+ACCEPT_ALL, REJECT_ALL = "accept", "reject"
 
 
 @dataclass
@@ -41,13 +42,26 @@ class TunedThreshold:
     overall: float
     per_dataset: Dict[str, float] = field(default_factory=dict)
     validation: Optional[ValidationScores] = None
+    # "global" or a dataset -> ACCEPT_ALL / REJECT_ALL where the tuned threshold accepts every
+    # validation query or rejects every one: the search reached the end of the scores.
+    extremes: Dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, object]:
         """As manifest.json and metrics.json record it."""
         out: Dict[str, object] = {"global": self.overall, "per_dataset": dict(self.per_dataset)}
         if self.validation is not None:
             out["validation"] = self.validation.to_dict()
+        if self.extremes:
+            out["extremes"] = dict(self.extremes)
         return out
+
+    def warnings(self) -> List[str]:
+        """One console line per threshold tuned to an extreme (see `extremes`)."""
+        return [f"warning: the new-individual threshold of {'all datasets' if name == 'global' else name} "
+                f"({self.overall if name == 'global' else self.per_dataset[name]:.4g}) {what}s every validation "
+                "query: the best the held-out split found is an end of its scores, so it cannot tell known from "
+                f"new individuals there (a fixed threshold.value avoids the guess)"
+                for name, what in sorted(self.extremes.items())]
 
 
 Threshold = Union[float, Mapping[str, float], TunedThreshold]
@@ -201,10 +215,22 @@ def tune_threshold(best_scores: Sequence[float], best_ids: Sequence, true_ids: S
         else:
             tuned[name] = global_t
     used = tuned if per_dataset else global_t
+    extremes = {name: end for name, t, rows in [("global", global_t, np.ones(len(scores), bool)),
+                                                *[(n, tuned[n], groups == n) for n in names if per_dataset]]
+                if (end := _extreme(scores[rows], t))}
     return TunedThreshold(global_t, tuned, ValidationScores(
         _score_at(scores, correct, truth, known_mask, groups, names, global_t),
         _score_at(scores, correct, truth, known_mask, groups, names, tuned),
-        {name: _score_at(scores, correct, truth, known_mask, groups, [name], used) for name in names}))
+        {name: _score_at(scores, correct, truth, known_mask, groups, [name], used) for name in names}), extremes)
+
+
+def _extreme(scores: np.ndarray, threshold: float) -> Optional[str]:
+    """ACCEPT_ALL when `threshold` accepts every finite score, REJECT_ALL when it accepts none."""
+    finite = scores[np.isfinite(scores)]
+    if len(finite) == 0:
+        return None
+    accepted = int((finite >= threshold).sum())
+    return ACCEPT_ALL if accepted == len(finite) else REJECT_ALL if accepted == 0 else None
 
 
 def score_at(best_scores: Sequence[float], best_ids: Sequence, true_ids: Sequence, known: np.ndarray,

@@ -14,19 +14,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.config import load_config  # noqa: E402
-from core.errors import cli_entry  # noqa: E402
-from core.files import atomic_write_text  # noqa: E402
-from core.schema import SYNTHETIC, CropConfig, DataConfig  # noqa: E402
-from core.schema_rules import BOX_CHOICES  # noqa: E402
-from data.formats import DATASETS, load_table_with_root  # noqa: E402
-from detectors import load_detector  # noqa: E402
-from engine.crops import crop_with_manifest  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.config import load_config
+from core.csv_cells import safe_cells
+from core.errors import cli_entry
+from core.files import atomic_write_text
+from core.schema import SYNTHETIC, CropConfig, DataConfig
+from core.schema_rules import BOX_CHOICES
+from data.formats import DATASETS, load_table_with_root
+from detectors import load_detector
+from engine.crops import crop_with_manifest
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,7 +54,7 @@ def main(argv=None) -> dict:
     start = time.perf_counter()
     _, manifest = crop_with_manifest(table, crop, detector=detector)
     seconds = time.perf_counter() - start
-    atomic_write_text(args.out, manifest.to_csv(index=False, lineterminator="\n"))
+    atomic_write_text(args.out, safe_cells(manifest).to_csv(index=False, lineterminator="\n"))
     fallback = int(manifest["fallback"].sum())
     print(f"{len(manifest)} images in {seconds:.1f} s ({len(manifest) / max(seconds, 1e-9):.1f} img/s, cache included): "
           f"{len(manifest) - fallback} cropped, {fallback} kept their full frame; manifest {args.out}")

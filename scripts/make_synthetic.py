@@ -13,19 +13,14 @@ scenes are K camera sites per species, each individual photographed at one or tw
 same ground, rocks, vegetation and overlay on every photo of a site): keypoint re-ranking's
 development set for backgrounds shared by different individuals.
 """
-import sys
-from pathlib import Path
+import argparse
+import time
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+import pandas as pd
 
-import argparse  # noqa: E402
-import time  # noqa: E402
-
-import pandas as pd  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import ConfigError, cli_entry  # noqa: E402
-from data.synthetic import generate  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import ConfigError, cli_entry
+from data.synthetic import generate
 
 
 @cli_entry

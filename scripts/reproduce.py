@@ -11,16 +11,13 @@ OUT/manifest.json. Exit status: 0 done, 1 a stage failed or the submission's sha
 expected.json's, 2 a bad recipe, config or dataset (one `error:` line before anything runs).
 See recipes/README.md for the recipe format.
 """
+import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-import argparse  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import cli_entry  # noqa: E402
-from engine.reproduce.pipeline import reproduce  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import cli_entry
+from engine.reproduce.pipeline import reproduce
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -12,16 +12,12 @@ import argparse
 import contextlib
 import json
 import sys
-from pathlib import Path
 
-# Runnable from a checkout without installing the package.
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import ConfigError, cli_entry  # noqa: E402
-from core.schema import DataConfig  # noqa: E402
-from data.summary import format_summary, summarize_table  # noqa: E402
-from engine.tables import dataset_table  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import ConfigError, cli_entry
+from core.schema import DataConfig
+from data.summary import format_summary, summarize_table
+from engine.tables import dataset_table
 
 
 def parse_columns(text: str) -> dict:

@@ -6,17 +6,12 @@ Prints OK with counts, or every problem found and exits with status 2.
 """
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import argparse
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import argparse  # noqa: E402
-
-import engine.components  # noqa: E402,F401  (the built-in names a config may use, registered)
-from core.errors import cli_entry  # noqa: E402
-from core.schema import DataConfig  # noqa: E402
-from engine.outputs.submission import (  # noqa: E402
+import engine.components  # noqa: F401  (the built-in names a config may use, registered)
+from core.errors import cli_entry
+from core.schema import DataConfig
+from engine.outputs.submission import (
     CLUSTERS,
     COLUMNS,
     NEW_LABEL,

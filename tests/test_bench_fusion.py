@@ -1,19 +1,11 @@
-"""scripts/bench_fusion.py: the held-out protocol it runs (members on identity part 0, the fusion on
+"""scripts/bench/bench_fusion.py: the held-out protocol it runs (members on identity part 0, the fusion on
 part 1), the variants it scores and clear errors on bad arguments."""
 from __future__ import annotations
 
-import importlib.util
-import sys
-
+import bench_fusion as bench
 import pytest
-from conftest import REPO
 
 from core.errors import ConfigError, DataError
-
-spec = importlib.util.spec_from_file_location("bench_fusion", REPO / "scripts" / "bench_fusion.py")
-bench = importlib.util.module_from_spec(spec)
-sys.modules["bench_fusion"] = bench
-spec.loader.exec_module(bench)
 
 
 @pytest.fixture

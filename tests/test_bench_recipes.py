@@ -1,5 +1,6 @@
-"""scripts/bench_recipes.py and the protocol it builds with scripts/make_openset_protocol.py: identity-disjoint
-train/validation/test parts, clear errors, the summary's arithmetic, and one tiny benchmark end to end."""
+"""scripts/bench/bench_recipes.py and the protocol it builds (data/protocol.py, the library of
+scripts/make_openset_protocol.py): identity-disjoint train/validation/test parts, clear errors, the
+summary's arithmetic, and one tiny benchmark end to end."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,6 +9,7 @@ import math
 import shlex
 import sys
 
+import bench_recipes as bench
 import cv2
 import numpy as np
 import pandas as pd
@@ -17,6 +19,7 @@ from conftest import REPO
 from core.config import load_config
 from core.errors import ConfigError
 from core.schema import DataConfig
+from data import protocol
 from data.formats import load_table
 
 
@@ -28,8 +31,7 @@ def _script(name: str):
     return module
 
 
-bench = _script("bench_recipes")
-protocol = _script("make_openset_protocol")
+protocol_tool = _script("make_openset_protocol")
 
 
 @pytest.fixture(scope="module")
@@ -77,8 +79,8 @@ def test_protocol_of_one_dataset_of_several_keeps_only_its_images(folders_datase
             for i, path in enumerate(sorted(folders_dataset.glob("*/*.jpg")))]
     pd.DataFrame(rows).to_csv(folders_dataset / "metadata.csv", index=False)
     try:
-        protocol.main(["--format", "animalclef2025", "--root", str(folders_dataset), "--datasets", "B",
-                       "--train-fraction", "0.05", "--out", str(tmp_path / "proto")])
+        protocol_tool.main(["--format", "animalclef2025", "--root", str(folders_dataset), "--datasets", "B",
+                            "--train-fraction", "0.05", "--out", str(tmp_path / "proto")])
     finally:
         (folders_dataset / "metadata.csv").unlink()
     test = load_table(load_config(DataConfig, None, ["format=animalclef2025", f"root={tmp_path / 'proto' / 'test'}"]))
@@ -177,7 +179,7 @@ def test_steps_are_read_from_either_trainer():
 
 
 @pytest.mark.slow
-def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch):
+def test_tiny_benchmark_end_to_end(tmp_path, monkeypatch, scripts_run_this_checkout):
     monkeypatch.setenv("REIDZOO_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "bench"
     results = bench.main(["--datasets", "synthetic", "--synthetic-individuals", "24", "--synthetic-images", "5",

@@ -14,10 +14,11 @@ from core.config import load_config
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig, RetrievalConfig
 from data.synthetic_animalclef2026 import NO_TRAIN_DATASET, generate_animalclef2026
+from engine.cluster.constraints import ConstrainedSets, PairConstraints
 from engine.cluster.graph import Graph, knn_pairs, unique_pairs
 from engine.cluster.methods import CLUSTERERS
 from engine.cluster.pipeline import run_clustering
-from engine.cluster.tuning import best_of_curve
+from engine.cluster.search import best_of_curve
 from engine.outputs.submission import check_submission, read_submission
 from zoo import build_model, save_export
 
@@ -56,6 +57,30 @@ def test_anchors_hold_an_identity_together_and_two_apart(method):
     labels = CLUSTERERS.build(method).labels(graph, anchors, [0.5])[0]
     assert labels[0] == labels[1] == labels[6]
     assert labels[0] != labels[12]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_method_honours_must_and_cannot_links(method):
+    graph, truth = planted(groups=3, size=6)
+    anchors = np.full(graph.n, -1)
+    anchors[[0]] = 0
+    # A person says: image 1 (group 0) and image 7 (group 1) are one animal; images 12 and 13 (both
+    # group 2, strongly linked) are two; and image 14 is not the animal of image 6.
+    constraints = PairConstraints(must=[[1, 7]], cannot=[[12, 13], [14, 6]])
+    labels = CLUSTERERS.build(method).labels(graph, anchors, [0.5], constraints)[0]
+    assert labels[1] == labels[7] and labels[12] != labels[13] and labels[14] != labels[6]
+    plain = CLUSTERERS.build(method).labels(graph, anchors, [0.5])[0]
+    assert plain[1] != plain[7] and plain[12] == plain[13]  # the graph alone says the opposite
+
+
+def test_a_cannot_link_holds_between_the_whole_sets_as_they_grow():
+    sets = ConstrainedSets(np.full(6, -1), PairConstraints(must=[[0, 1]], cannot=[[1, 2]]))
+    assert not sets.can_join(0, 2)  # 0 is must-linked to 1, which cannot be 2
+    assert sets.union(2, 3) and sets.union(4, 0)
+    assert not sets.union(3, 4) and not sets.can_join(4, 3)  # 3 joined 2's set, 4 joined 0's
+    assert sets.union(5, 3) and sets.labels().tolist() == [0, 0, 1, 1, 0, 1]
+    anchored = ConstrainedSets(np.array([0, 1, -1]), PairConstraints(must=[[2, 0]]))
+    assert not anchored.can_join(2, 1) and anchored.find(2) == anchored.find(0)
 
 
 def test_components_min_edge_rule_cuts_a_single_bridge():
@@ -117,7 +142,7 @@ def first_run(world):
 def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
     out = world["base"] / "out"
     assert sorted(p.name for p in out.iterdir()) == ["clusters.csv", "config.yaml", "manifest.json", "metrics.json",
-                                                     "report.html", "submission.csv"]
+                                                     "population.csv", "report.html", "review.npz", "submission.csv"]
     cfg = config(world, "out")
     from engine.tables import dataset_table
 
@@ -133,8 +158,23 @@ def test_end_to_end_on_the_synthetic_2026_layout(world, first_run, capsys):
     thresholds = metrics["thresholds"]
     assert thresholds["transferred"] == [NO_TRAIN_DATASET]  # no train rows: the threshold tuned on the others
     assert thresholds["per_dataset"][NO_TRAIN_DATASET] == thresholds["overall"]
+    assert thresholds["set_by"][NO_TRAIN_DATASET]["strategy"] == "transfer"
+    assert set(thresholds["set_by"][NO_TRAIN_DATASET]["alternatives"]) == {"mixture", "unanchored"}
+    assert {d: c["strategy"] for d, c in thresholds["set_by"].items() if d != NO_TRAIN_DATASET} == {
+        "SynthLynx": "own", "SynthSalamander": "own"}
+    population = pd.read_csv(out / "population.csv")
+    assert list(population["dataset"]) == sorted(metrics["per_dataset"])
+    for row in population.to_dict("records"):
+        estimate = metrics["population"][row["dataset"]]
+        assert row["individuals"] == estimate["individuals"] and row["strategy"] == estimate["strategy"]
+        assert row["clusters"] == metrics["per_dataset"][row["dataset"]]["clusters"]  # the clusters written
+        assert row["low_90"] <= row["individuals"] <= row["high_90"]
+        assert row["true_individuals"] == metrics["per_dataset"][row["dataset"]]["individuals"]
+    assert set(metrics["other_strategies"][NO_TRAIN_DATASET]["mixture"]) == {
+        "threshold", "clusters", "count_threshold", "individuals", "ARI", "AMI"}
     report = (out / "report.html").read_text()
-    assert "Population estimate" in report and "Largest wrong merges" in report and "data:image/jpeg;base64," in report
+    assert "Population estimate" in report and "90 % interval" in report and "Largest wrong merges" in report
+    assert "data:image/jpeg;base64," in report
     assert 'src="http' not in report and "<script" not in report
     clusters = pd.read_csv(out / "clusters.csv", dtype=str, keep_default_na=False)
     assert set(clusters.columns) == {"image_id", "dataset", "cluster", "joined_identity"}
@@ -166,6 +206,25 @@ def test_eval_cli_prints_the_clustering_summary(world, first_run, capsys):
                    "report=false"])
     printed = capsys.readouterr().out
     assert "mean ARI" in printed and "clusters:" in printed and "submission:" in printed
+    assert f"{NO_TRAIN_DATASET} (no train images): threshold" in printed and "set by transfer" in printed
+    assert f"population {NO_TRAIN_DATASET}: " in printed and "90 % interval" in printed
+
+
+def test_the_review_re_clusters_the_run_and_its_oracle_answers_help(world, first_run, tmp_path):
+    import review
+
+    out = world["base"] / "out"
+    solution = world["root"] / "solution.csv"
+    summary = review.main(["simulate", str(out), "--truth", str(solution), "--answers", "0", "--out", str(tmp_path / "none")])
+    assert (tmp_path / "none" / "submission.csv").read_text() == (out / "submission.csv").read_text()
+    assert summary["changes"] == {"clusters merged": 0, "clusters split": 0, "images regrouped": 0}
+    truth = pd.read_csv(solution, dtype=str).set_index("image_id")["identity"]
+    scores = []
+    for answers in (0, 40):
+        review.main(["simulate", str(out), "--truth", str(solution), "--answers", str(answers), "--out", str(tmp_path / f"a{answers}")])
+        found = read_submission(tmp_path / f"a{answers}" / "submission.csv")
+        scores.append(adjusted_rand_score(truth[found["image_id"]].tolist(), found["cluster"]))
+    assert scores[1] > scores[0]
 
 
 @pytest.mark.slow
@@ -211,8 +270,8 @@ def test_a_plain_folder_of_photos_is_clustered_with_a_given_threshold(world, tmp
 
 
 @pytest.mark.slow  # a fresh process per size (imports torch): about 10 s alone, 30 s on busy shared cores
-def test_bench_cluster_scale_mode_prints_its_table(capsys):
-    from scripts import bench_cluster
+def test_bench_cluster_scale_mode_prints_its_table(capsys, scripts_run_this_checkout):
+    import bench_cluster
 
     bench_cluster.main(["scale", "--sizes", "600", "--methods", "agglomerative,components", "--k", "5"])
     printed = capsys.readouterr().out
@@ -239,10 +298,10 @@ def test_the_matchers_weight_on_the_edges_is_chosen_by_ari_on_held_out_identitie
 
     oracle = OracleMatcher(truth, noise=False)
     tuned, weight = tuned_with(oracle)
-    assert set(weight["validation_ari"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"}
-    assert weight["chosen"] >= 1.0 and weight["validation_ari"]["0.0"] < weight["validation_ari"][str(weight["chosen"])]
+    assert set(weight["validation"]) == {"0.0", "0.25", "0.5", "1.0", "2.0", "4.0"} and weight["criterion"] == "ari"
+    assert weight["chosen"] >= 1.0 and weight["validation"]["0.0"] < weight["validation"][str(weight["chosen"])]
     assert oracle.weight == weight["chosen"]
-    assert tuned.best_ari(True) == pytest.approx(weight["validation_ari"][str(weight["chosen"])], abs=1e-6)
+    assert tuned.best_score(True) == pytest.approx(weight["validation"][str(weight["chosen"])], abs=1e-6)
 
     kept = OracleMatcher(truth, noise=False)
     assert tuned_with(kept, "rerank.tune_weight=false", "rerank.weight=0.5")[1] is None and kept.weight == 1.0

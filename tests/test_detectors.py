@@ -215,10 +215,8 @@ def test_cropping_writes_a_manifest_and_a_second_run_reads_the_cache(scenes, tmp
 
 
 def test_the_crop_script_writes_the_manifest_and_reads_the_cache_the_second_time(scenes, tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "scripts"))
-    import crop
-
     from detectors.yolo import YoloDetector
+    from scripts import crop
 
     save_detector(build_detector("yolo", {"cfg": "yolov8n.yaml", "imgsz": 64}), tmp_path / "export")
     args = ["--detector", str(tmp_path / "export"), "--format", "animalclef2025", "--root", str(scenes),

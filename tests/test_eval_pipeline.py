@@ -57,7 +57,7 @@ def first_run(world):
 def test_end_to_end_writes_valid_outputs(world, first_run):
     out = world["base"] / "out"
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "metrics.json", "predictions.csv",
-                                                     "report.html", "submission.csv"]
+                                                     "report.html", "review.npz", "submission.csv"]
     table = pd.read_csv(world["root"] / "metadata.csv", dtype=str)
     check_submission(out / "submission.csv", pipeline.load_identify_data(config(world, "out")).table, "animalclef")
     assert len(read_submission(out / "submission.csv")) == (table["split"] == "query").sum()
@@ -155,7 +155,7 @@ def test_unlabelled_queries_give_a_submission_and_a_report_but_no_metrics(world,
     printed = capsys.readouterr().out
     out = world["base"] / "unlabelled"
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "predictions.csv", "report.html",
-                                                     "submission.csv"]
+                                                     "review.npz", "submission.csv"]
     assert f"submission: {out / 'submission.csv'}" in printed and "BAKS" not in printed
     report = (out / "report.html").read_text()
     assert "no metrics" in report and "true: unknown" in report and "true: None" not in report
@@ -279,3 +279,51 @@ def test_reports_name_models_shortly_and_tell_equal_names_apart():
                      "weights/m1": "m1"}
     assert shortened("runs/a/export #2 [pair_head]", names) == "a #2 [pair_head]"
     assert models_row(["runs/a/export", "zoo-model"], names) == ["models", "a = runs/a/export; zoo-model"]
+
+
+def test_a_persons_answers_apply_to_a_new_run_through_eval_py(world, first_run, tmp_path, capsys):
+    from engine.review.constraints import DIFFERENT, SAME
+    from engine.review.run import open_run
+    from engine.review.session import ReviewOptions, ReviewSession
+    from engine.review.store import AnswerStore
+
+    out = world["base"] / "out"
+    run = open_run(out)
+    session = ReviewSession(run, AnswerStore(tmp_path / "answers.sqlite"), ReviewOptions())
+    predictions = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    assert session.decide().values == predictions["prediction"].tolist()  # review.npz re-decides as the run did
+    assert (run.images.loc[run.images["is_query"], "identity"] == "").all()  # the queries' labels never reach it
+    query = pipeline.load_identify_data(config(world, "out")).query
+    data = run.data
+    confirmable, rejectable = [], []  # a true pair the run got wrong; a false pair the run decided on
+    for pair in range(len(data.pair_a)):
+        q = int(data.pair_a[pair]) - (len(run.images) - len(query))
+        same = query["identity"].iloc[q] == run.images["identity"].iloc[int(data.pair_b[pair])]
+        if same and predictions["prediction"].iloc[q] != query["identity"].iloc[q]:
+            confirmable.append((pair, q, query["identity"].iloc[q]))
+        if not same and predictions["prediction"].iloc[q] == run.images["identity"].iloc[int(data.pair_b[pair])]:
+            rejectable.append((pair, q))
+    # One answer of each kind, on two different queries (whichever the trained model makes available).
+    confirmed, rejected = next((c, r) for c in confirmable for r in rejectable if c[1] != r[1])
+    session.answer("t", "tester", confirmed[0], SAME)
+    session.answer("t", "tester", rejected[0], DIFFERENT)
+    session.store.close()
+    capsys.readouterr()
+    eval_cli.main([f"data.root={world['root']}", "data.format=animalclef2025", f"data.cache_dir={world['base'] / 'images'}",
+                   "data.num_workers=0", f"embed_cache={world['base'] / 'embeddings'}", f"models=[{world['export']}]",
+                   f"output_dir={tmp_path / 'reviewed'}", "rerank.matcher=none", f"review={tmp_path / 'answers.sqlite'}"])
+    assert "review: 2 answers" in capsys.readouterr().out
+    reviewed = pd.read_csv(tmp_path / "reviewed" / "predictions.csv", dtype=str, keep_default_na=False)
+    assert reviewed["prediction"].iloc[confirmed[1]] == confirmed[2]
+    assert reviewed["prediction"].iloc[rejected[1]] != predictions["prediction"].iloc[rejected[1]]
+    assert set(reviewed.loc[reviewed["decided_by"] == "person"].index) == {confirmed[1], rejected[1]}
+    submission = read_submission(tmp_path / "reviewed" / "submission.csv")
+    assert submission["identity"].tolist() == reviewed["prediction"].tolist()
+    report = (tmp_path / "reviewed" / "report.html").read_text()
+    assert "reidzoo-review" in report and "answers are applied" in report
+    assert (tmp_path / "reviewed" / "review.html").is_file()
+    with pytest.raises(SystemExit):  # the answers' own folder is never replaced by a new run
+        shutil.copy(tmp_path / "answers.sqlite", tmp_path / "reviewed" / "review-answers.sqlite")
+        eval_cli.main([f"data.root={world['root']}", "data.format=animalclef2025", f"models=[{world['export']}]",
+                       f"output_dir={tmp_path / 'reviewed'}", "rerank.matcher=none"])
+    assert "holds a person's review answers" in capsys.readouterr().err

@@ -253,13 +253,13 @@ def test_dataset_and_species_filters(tmp_path):
 def test_synthetic_format_reads_what_ensure_synthetic_wrote(tmp_path, monkeypatch):
     calls = []
 
-    def ensure_synthetic(root="", *, seed=0, individuals=120, images_per_individual=12, scenes=False):
-        calls.append((root, seed, individuals, images_per_individual, scenes))
+    def ensure_synthetic(root="", *, seed=0, individuals=120, images_per_individual=12, scenes=False, sites=0):
+        calls.append((root, seed, individuals, images_per_individual, scenes, sites))
         return make_animalclef(tmp_path / "generated")
 
     monkeypatch.setitem(sys.modules, "data.synthetic", types.SimpleNamespace(ensure_synthetic=ensure_synthetic))
     cfg = DataConfig(format="synthetic")
-    cfg.synthetic.seed, cfg.synthetic.individuals, cfg.synthetic.scenes = 3, 7, True
+    cfg.synthetic.seed, cfg.synthetic.individuals, cfg.synthetic.scenes, cfg.synthetic.sites = 3, 7, True, 2
     df = load_table(cfg)
-    assert calls == [("", 3, 7, 12, True)]
+    assert calls == [("", 3, 7, 12, True, 2)]
     assert len(df) == 6 and all(p.startswith(str(tmp_path / "generated")) for p in df["path"])

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, TINY_BACKBONE, tiny_train_overrides
+from conftest import REPO, TINY_BACKBONE, script_env, tiny_train_overrides
 
 from core.config import load_config
 from core.errors import ConfigError, DataError
@@ -20,7 +20,7 @@ from core.schema import TrainConfig
 from data.formats import load_table
 from data.splits import identity_part
 from engine.accel import eval_precision
-from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.cached_outputs import CachedRows, ImageViews
 from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint
 from engine.scoring.member_features import Member, load_members, load_recorded_members, member_features
 from engine.training.data import build_train_data, training_rows
@@ -93,8 +93,8 @@ def test_pca_is_fitted_on_training_rows_only(tiny_synthetic, members, tmp_path):
     rows = evaluation_rows(load_table(cfg.data))
     views = ImageViews(cfg.data, cfg.features.tta, 32)
     cache = EmbeddingCache(tmp_path / "embeddings")
-    features = member_features(load_members(members, torch.device("cpu")), views, rows, cache,
-                               image_list_fingerprint(rows), None, eval_precision())
+    features = member_features(load_members(members, torch.device("cpu")), views,
+                               CachedRows(rows, cache, image_list_fingerprint(rows)), None, eval_precision())
     train_rows = data.train_table[ROW].to_numpy()
     assert set(rows.iloc[train_rows]["split"]) == {"database"}
     assert not set(data.train_table["identity"]) & set(data.val_table["identity"])
@@ -323,7 +323,7 @@ def test_fusion_trains_exports_and_votes_in_an_eval_ensemble(tiny_synthetic, mem
     submission = pd.read_csv(eval_out / "submission.csv")
     checked = subprocess.run([sys.executable, str(REPO / "scripts" / "validate_submission.py"),
                               str(eval_out / "submission.csv"), "--format", "animalclef2025", "--root",
-                              str(tiny_synthetic)], capture_output=True, text=True, cwd=REPO)
+                              str(tiny_synthetic)], capture_output=True, text=True, cwd=REPO, env=script_env())
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert len(submission) == (load_table(load_config(TrainConfig, None, [
         "data.format=animalclef2025", f"data.root={tiny_synthetic}"]).data)["split"] == "query").sum()

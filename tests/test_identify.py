@@ -256,7 +256,7 @@ def test_eval_identifies_a_folder_of_new_photos_against_identity_folders(photo_f
         "data.num_workers=0", f"embed_cache={base / 'embeddings'}", "tta=[identity]", "rerank.matcher=none",
         "threshold.min_queries=20"])
     assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "manifest.json", "predictions.csv",
-                                                     "report.html", "submission.csv"]
+                                                     "report.html", "review.npz", "submission.csv"]
     assert result.metrics is None and result.table == (out / "predictions.csv").absolute()
     printed = capsys.readouterr().out
     assert f"predictions: {out / 'predictions.csv'}" in printed and "BAKS" not in printed

@@ -6,7 +6,8 @@ through others. Every import counts: at the top, inside functions, and the modul
 
 Inside engine the same rule holds between its rooms (ENGINE_ROOMS): the shared modules at its root <-
 scoring, reproduce <- matching, training, outputs <- prepare <- the tasks (identify, cluster) and detection
-<- components. A room imports only itself and lower rooms, never a sibling: a task never imports another."""
+<- review (a person's answers applied to either task's run) <- components. A room imports only itself and
+lower rooms, never a sibling: a task never imports another."""
 from __future__ import annotations
 
 import ast
@@ -19,7 +20,7 @@ LAYERS = {"core": 0, "data": 1, "zoo": 1, "losses": 1, "matchers": 1, "detectors
 PROGRAM = 3  # train.py, eval.py, scripts/*.py and every __main__.py
 # engine's rooms: its sub-packages and the root modules named here; every other root module is 0.
 ENGINE_ROOMS = {"scoring": 1, "reproduce": 1, "matching": 2, "training": 2, "outputs": 2, "prepare": 3,
-                "identify": 4, "cluster": 4, "detection": 4, "components": 5}
+                "identify": 4, "cluster": 4, "detection": 4, "review": 5, "components": 6}
 
 
 def module_files() -> Dict[str, Path]:

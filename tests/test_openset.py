@@ -104,3 +104,17 @@ def test_new_whale_place_is_tuned_for_map5_by_hand():
     by_metric = max(map_at_5(truth, [humpback_guesses(c, t) for c in candidates]) for t in np.linspace(0, 1, 201))
     assert by_metric == pytest.approx(tuned["validation"])
     assert map_at_5(truth, [humpback_guesses(c, tuned["global"]) for c in candidates]) == pytest.approx(2.5 / 3)
+
+
+def test_a_threshold_tuned_to_accept_or_reject_every_query_is_flagged():
+    scores, best, truth, known, datasets = _planted(0.6)
+    planted = tune_threshold(scores, best, truth, known, datasets)
+    assert planted.extremes == {} and planted.warnings() == [] and "extremes" not in planted.to_dict()
+    # A grid below every score can only accept all; one above every score only reject all.
+    low = tune_threshold(scores, best, truth, known, datasets, grid=[-0.2, -0.1])
+    assert low.extremes == {"global": "accept", "D": "accept"} and low.to_dict()["extremes"] == low.extremes
+    high = tune_threshold(scores, best, truth, known, datasets, grid=[1.1, 1.2], per_dataset=False)
+    assert high.extremes == {"global": "reject"}
+    assert high.warnings() == ["warning: the new-individual threshold of all datasets (1.15) rejects every validation "
+                               "query: the best the held-out split found is an end of its scores, so it cannot tell "
+                               "known from new individuals there (a fixed threshold.value avoids the guess)"]

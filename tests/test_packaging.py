@@ -18,7 +18,7 @@ from core.detector_schema import DetectorTrainConfig
 from core.schema import EvalConfig, TrainConfig
 
 # What a non-editable install puts into site-packages besides its metadata (docs/install.md says why).
-TOP_LEVEL = {"core", "data", "detectors", "engine", "losses", "matchers", "zoo", "train.py", "eval.py"}
+TOP_LEVEL = {"core", "data", "detectors", "engine", "losses", "matchers", "zoo", "train.py", "eval.py", "review.py"}
 
 
 @pytest.mark.parametrize("schema, recipe", [(TrainConfig, "configs/train/default.yaml"),
@@ -30,7 +30,7 @@ def test_default_recipes_restate_the_schema_so_an_installed_copy_needs_no_config
 
 def test_console_scripts_are_installed_and_run(tmp_path):
     bin_dir = Path(sys.executable).parent
-    for script in ("reidzoo-train", "reidzoo-eval", "reidzoo-zoo"):
+    for script in ("reidzoo-train", "reidzoo-eval", "reidzoo-zoo", "reidzoo-review"):
         assert (bin_dir / script).is_file(), f"{script} missing: pip install -e . installs it"
     shown = subprocess.run([str(bin_dir / "reidzoo-eval"), "--print-config", "tta=[identity]"], cwd=tmp_path,
                            capture_output=True, text=True)
@@ -57,7 +57,10 @@ def test_a_wheel_installs_only_the_documented_top_level_names(tmp_path):
     subprocess.run([sys.executable, "-m", "pip", "wheel", str(source), "--no-deps", "--no-build-isolation", "-q",
                     "-w", str(tmp_path)], check=True, capture_output=True)
     wheel = next(tmp_path.glob("reidzoo-*.whl"))
-    names = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
+    files = zipfile.ZipFile(wheel).namelist()
+    names = {name.split("/")[0] for name in files}
     assert {n for n in names if not n.endswith(".dist-info")} == TOP_LEVEL
     entry_points = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith(".dist-info")) + "/entry_points.txt")
-    assert b"reidzoo-train = train:console" in entry_points
+    assert b"reidzoo-train = train:console" in entry_points and b"reidzoo-review = review:console" in entry_points
+    # the review page's own assets travel with the package: the server serves nothing from elsewhere
+    assert {f"engine/review/static/{n}" for n in ("index.html", "review.js", "review.css")} <= set(files)

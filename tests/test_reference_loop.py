@@ -1,26 +1,17 @@
-"""scripts/reference_loop.py, the plain baseline of docs/results.md, runs and exports
+"""scripts/bench/reference_loop.py, the plain baseline of docs/results.md, runs and exports
 a model that eval.py can load."""
 from __future__ import annotations
 
-import importlib.util
-
+import reference_loop
 import torch
-from conftest import REPO
 
 from zoo import load_export
 
 
-def _script():
-    spec = importlib.util.spec_from_file_location("reference_loop", REPO / "scripts" / "reference_loop.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_reference_loop_trains_within_its_budget_and_exports(tiny_synthetic, tmp_path, capsys):
-    status = _script().main(["--format", "animalclef2025", "--root", str(tiny_synthetic), "--out", str(tmp_path),
-                             "--minutes", "0.05", "--image-size", "32", "--batch-size", "8",
-                             "--cache-dir", str(tmp_path / "images")])
+    status = reference_loop.main(["--format", "animalclef2025", "--root", str(tiny_synthetic),
+                                  "--out", str(tmp_path), "--minutes", "0.05", "--image-size", "32", "--batch-size", "8",
+                                  "--cache-dir", str(tmp_path / "images")])
     assert status == 0
     steps = int(capsys.readouterr().out.split(" steps")[0].split()[-1])
     assert steps > 0

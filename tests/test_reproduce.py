@@ -10,14 +10,13 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import REPO, script_env
 
 from core.errors import ConfigError, DataError
 from core.files import file_sha256
 from engine.reproduce.pipeline import reproduce
 from engine.reproduce.recipe import load_recipe
 from engine.reproduce.runner import STAGE_LOG, STAGE_RECORD, StageFailed
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Stand-ins for train.py / eval.py: append the stage folder's name to $FAKE_RUNS, write the
 # arguments (train: an export; eval: a submission made of them); seed=13 makes a stage fail.
@@ -156,7 +155,8 @@ def test_missing_or_wrong_data_root_is_one_message_before_any_stage(tmp_path, fa
 def test_the_command_line_prints_one_error_line_and_exits_2(tmp_path):
     recipe = write_recipe(tmp_path / "comp" / "entry", THREE_STAGES)
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "reproduce.py"), str(recipe),
-                             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path)
+                             "--out", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path,
+                            env=script_env())
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: recipe comp/entry needs --data-root: a folder holding metadata.csv and images/ (animalclef2025 format); "

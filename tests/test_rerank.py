@@ -450,11 +450,20 @@ def weak_export(tmp_path_factory):
     return base, save_export(model, base / "export")
 
 
+@pytest.fixture(scope="module")
+def fused_run(tiny_synthetic, weak_export):
+    """eval.py's pipeline with SIFT re-ranking the weak model's shortlist, into BASE/fused: one process's
+    run, compared with the model alone and with two processes."""
+    base, export = weak_export
+    return run_identification(load_config(EvalConfig, RECIPE, _eval_overrides(tiny_synthetic, base, export, "fused")))
+
+
 @pytest.mark.slow
-def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches(tiny_synthetic, weak_export):
+def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches(tiny_synthetic, weak_export,
+                                                                                 fused_run):
     base, export = weak_export
     overrides = _eval_overrides(tiny_synthetic, base, export, "fused")
-    fused = run_identification(load_config(EvalConfig, RECIPE, overrides))
+    fused = fused_run
     alone = run_identification(load_config(EvalConfig, RECIPE, overrides[:-1] + ["rerank.matcher=none",
                                                                              f"output_dir={base / 'alone'}"]))
     ensemble = "ensemble (identity ranking)"
@@ -469,10 +478,8 @@ def test_eval_with_re_ranking_beats_the_weak_model_alone_and_reports_the_matches
 
 @pytest.mark.slow
 @pytest.mark.distributed
-def test_two_processes_give_the_same_submission_as_one(tiny_synthetic, weak_export, tmp_path):
+def test_two_processes_give_the_same_submission_as_one(tiny_synthetic, weak_export, fused_run, tmp_path):
     base, export = weak_export
-    single = _eval_overrides(tiny_synthetic, base, export, "single")
-    run_identification(load_config(EvalConfig, RECIPE, single))
     split = _eval_overrides(tiny_synthetic, base, export, "two") + [f"rerank.cache={tmp_path / 'fresh'}"]
     with socket.socket() as probe:  # a free port: other test runs may hold accelerate's default one
         probe.bind(("127.0.0.1", 0))
@@ -482,14 +489,15 @@ def test_two_processes_give_the_same_submission_as_one(tiny_synthetic, weak_expo
                                "--main_process_port", str(port), "eval.py", *split],
                               capture_output=True, text=True, timeout=600, cwd=REPO)
     assert launched.returncode == 0, launched.stderr[-3000:]
-    assert (base / "two" / "submission.csv").read_text() == (base / "single" / "submission.csv").read_text()
+    assert (base / "two" / "submission.csv").read_text() == (base / "fused" / "submission.csv").read_text()
     manifest = json.loads((base / "two" / "manifest.json").read_text())
     assert 0 < manifest["rerank"]["pairs_matched"], "the main process matched its share"
 
 
 @pytest.mark.slow
-def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_synthetic, capsys):
-    from scripts import bench_rerank
+def test_bench_rerank_runs_end_to_end_and_a_second_cascade_matches_nothing(tiny_synthetic, capsys,
+                                                                           scripts_run_this_checkout):
+    import bench_rerank
 
     bench_rerank.main(["--images", str(tiny_synthetic / "images"), "--matchers", "sift", "--extract", "4",
                        "--pairs", "4", "--galleries", "20,40", "--queries", "2", "--shortlist", "3"])
@@ -522,7 +530,7 @@ def test_the_matcher_weight_is_chosen_on_the_held_out_database_split(helpful):
 
 
 def test_compare_rerank_plans_the_largest_shortlist_first_and_tables_every_recorded_run(tmp_path):
-    from scripts import compare_rerank
+    import compare_rerank
 
     with pytest.raises(ConfigError, match="NAME=MODEL:ROOT"):
         compare_rerank.parse_set("zebra=only-a-model")

@@ -6,12 +6,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import REPO, script_env
 
 from core.errors import DataError
 from data.table import make_table
 from engine.outputs.submission import check_submission, validate_submission, write_submission
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _table() -> pd.DataFrame:
@@ -109,7 +108,7 @@ def test_write_submission_is_atomic(tmp_path, monkeypatch):
 
 def _cli(*args):
     return subprocess.run([sys.executable, str(REPO / "scripts" / "validate_submission.py"), *args],
-                          capture_output=True, text=True, cwd=REPO, timeout=120)
+                          capture_output=True, text=True, cwd=REPO, timeout=120, env=script_env())
 
 
 def test_validator_cli(tmp_path):

@@ -7,17 +7,18 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from conftest import REPO, script_env
 from PIL import Image
 
 from data.summary import format_summary, summarize_table
 from data.table import make_table
 
-REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "summarize_data.py"
 
 
 def run_script(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+                          env=script_env())
 
 
 def write_image(path: Path) -> None:

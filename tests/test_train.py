@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -11,28 +12,24 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_train_overrides
+from conftest import REPO, TINY_RUN_OVERRIDES, run_train, tiny_train_overrides
 from safetensors.torch import load_file
 
 import train
 from zoo import load_export
 
 
-def run_train(args, timeout=300, launcher=None, env=None):
-    cmd = (launcher or [sys.executable]) + [str(REPO / "train.py")] + [str(a) for a in args]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+def latest_checkpoint(out: Path) -> Path:
+    return sorted((out / "checkpoints").glob("step-*"))[-1]
 
 
 def final_weights(out: Path) -> dict:
-    latest = sorted((out / "checkpoints").glob("step-*"))[-1]
-    return load_file(str(latest / "model.safetensors"))
+    return load_file(str(latest_checkpoint(out) / "model.safetensors"))
 
 
 @pytest.mark.slow
-def test_train_end_to_end_exports_a_rebuildable_model(tiny_synthetic, tmp_path):
-    out = tmp_path / "run"
-    result = run_train(tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + ["train.epochs=2", "val.fraction=0.4"])
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_train_end_to_end_exports_a_rebuildable_model(tiny_run):
+    out, result = tiny_run
     assert "exported model's validation: rank1=" in result.stdout
     model, meta = load_export(out / "export")
     assert meta["embed_dim"] == 64 and meta["input_size"] == 48
@@ -44,18 +41,18 @@ def test_train_end_to_end_exports_a_rebuildable_model(tiny_synthetic, tmp_path):
 
 
 @pytest.mark.slow
-def test_val_export_last_exports_the_final_weights(tiny_synthetic, tmp_path):
-    out = tmp_path / "run"
-    result = run_train(tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + [
-        "train.max_steps=4", "val.fraction=0.4", "val.export=last"])
-    assert result.returncode == 0, result.stderr[-3000:]
+def test_val_export_last_exports_the_final_weights(tiny_run):
+    out, result = tiny_run
+    assert "val.export=last" in TINY_RUN_OVERRIDES
     assert not (out / "best").exists()
     exported = load_file(str(out / "export" / "model.safetensors"))
     final = {k[len("model."):]: v for k, v in final_weights(out).items() if k.startswith("model.")}
     assert exported.keys() == final.keys()
     assert all(torch.equal(exported[k], final[k]) for k in final)
     metrics = json.loads((out / "export" / "config.json").read_text())["metrics"]
-    assert metrics["step"] == 4 and "rank1" in metrics
+    last_step = json.loads((latest_checkpoint(out) / "trainer_state.json").read_text())["step"]
+    assert latest_checkpoint(out).name == f"step-{last_step:06d}" and last_step > 1
+    assert metrics["step"] == last_step and "rank1" in metrics
 
 
 @pytest.mark.slow
@@ -180,10 +177,9 @@ def test_empty_training_set_exits_2(tmp_path):
 
 
 @pytest.mark.slow
-def test_resume_with_other_classes_exits_2(tiny_synthetic, tmp_path):
-    out = tmp_path / "run"
-    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + ["train.max_steps=2", "val.enabled=false"]
-    assert run_train(args).returncode == 0
+def test_resume_with_other_classes_exits_2(tiny_synthetic, tiny_run, tmp_path):
+    out = shutil.copytree(tiny_run[0], tmp_path / "run")
+    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + TINY_RUN_OVERRIDES
     result = run_train(args + ["data.datasets=[SynthLynx]", "--resume"])
     assert result.returncode == 2 and "do not match" in result.stderr, result.stderr[-2000:]
 

@@ -4,13 +4,12 @@ gives instead of a traceback (someone else's folder, a changed model)."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, tiny_train_overrides
+from conftest import REPO, TINY_RUN_OVERRIDES, run_train, tiny_train_overrides
 from safetensors.torch import load_file
 from test_checkpoint import FILES, Killed, kill_checkpoint
 
@@ -139,11 +138,6 @@ def test_best_after_a_resume_belongs_to_the_resumed_checkpoint(config, tmp_path,
                         load_file(str(out / "export" / "model.safetensors")))
 
 
-def run_train(args):
-    return subprocess.run([sys.executable, str(REPO / "train.py")] + [str(a) for a in args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
-
-
 def test_someone_elses_folder_is_refused_and_nothing_deleted(tiny_synthetic, tmp_path):
     out = tmp_path / "theirs"
     (out / "checkpoints").mkdir(parents=True)
@@ -158,13 +152,12 @@ def test_someone_elses_folder_is_refused_and_nothing_deleted(tiny_synthetic, tmp
 
 
 @pytest.mark.slow
-def test_resume_with_a_changed_model_exits_2_naming_the_difference(config, tiny_synthetic, tmp_path):
-    out = tmp_path / "run"
-    Trainer(config(out, "train.max_steps=2", "val.enabled=false")).fit()
-    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + TINY + [
-        "train.max_steps=4", "val.enabled=false", "model.args.embed_dim=8", "--resume"]
+def test_resume_with_a_changed_model_exits_2_naming_the_difference(tiny_synthetic, tiny_run, tmp_path):
+    out = shutil.copytree(tiny_run[0], tmp_path / "run")
+    args = tiny_train_overrides(tiny_synthetic, out, tmp_path / "cache") + TINY_RUN_OVERRIDES + [
+        "train.epochs=3", "model.args.embed_dim=8", "--resume"]
     result = run_train(args)
     assert result.returncode == 2, result.stderr[-2000:]
     assert "Traceback" not in result.stderr
     error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert len(error) == 1 and "was written by a different model (model.args.embed_dim: 16 in the checkpoint, 8 now)" in error[0]
+    assert len(error) == 1 and "was written by a different model (model.args.embed_dim: 64 in the checkpoint, 8 now)" in error[0]

@@ -22,6 +22,7 @@ from core.config import load_config
 from core.errors import ConfigError, DataError, UserError
 from core.schema import DataConfig, TrainConfig
 from core.store import published_folder
+from data import protocol
 from data.formats import load_table
 from detectors import build_detector, load_detector, save_detector
 from engine.reproduce.pipeline import reproduce
@@ -316,7 +317,6 @@ def photos(tmp_path_factory) -> Path:
 
 
 def test_the_protocol_replaces_only_a_folder_it_made(photos, tmp_path):
-    protocol = script("make_openset_protocol")
     table = load_table(load_config(DataConfig, None, ["format=folders", f"root={photos}"]))
     dataset = tmp_path / "dataset"  # someone's own data laid out as train/metadata.csv
     (dataset / "train").mkdir(parents=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Tuple, Union
@@ -20,6 +21,7 @@ from core.files import atomic_folder
 from core.store import CONFIG_FILE, WEIGHTS_FILE
 from zoo.backbone_args import check_recorded_backbone
 from zoo.base import ReIDModel
+from zoo.finite import nonfinite_weights
 from zoo.registry import MODELS, block_args
 from zoo.trunk_config import TRUNK
 
@@ -83,9 +85,21 @@ def _to_json(config: Mapping[str, Any]) -> str:
         raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
 
     try:
-        return json.dumps(config, indent=2, default=plain)
+        return json.dumps(_null_for_nonfinite(config), indent=2, default=plain)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"cannot write {CONFIG_FILE}: {err}") from err
+
+
+def _null_for_nonfinite(value: Any) -> Any:
+    """NaN and infinities (an undefined validation metric) as null: JSON has no such numbers, and
+    readers other than Python's refuse the file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {key: _null_for_nonfinite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_null_for_nonfinite(item) for item in value]
+    return value
 
 
 def save_export(
@@ -106,6 +120,10 @@ def save_export(
     if out_dir.exists() and not _replaceable(out_dir):
         raise ConfigError(f"{out_dir} exists and is not a reidzoo export (it holds other files): "
                           "choose another folder; nothing was written")
+    problem = nonfinite_weights(unwrap_model(model))
+    if problem:
+        raise DataError(f"refusing to export to {out_dir}: {problem}; the training diverged "
+                        "(export an earlier checkpoint, or train again with a lower train.lr)")
     config_text = _to_json(export_config(model, label_map=label_map, train_config=train_config, metrics=metrics, extra=extra))
     with atomic_folder(out_dir, may_replace=_replaceable) as staging:
         # save_model drops duplicate names of shared (tied) tensors and makes channels-last tensors contiguous.
@@ -206,6 +224,9 @@ def load_export(path: Union[str, Path]) -> Tuple[ReIDModel, Dict[str, Any]]:
         safetensors.torch.load_model(model, str(weights_path), strict=True)
     except (RuntimeError, OSError, safetensors.SafetensorError) as err:
         raise DataError(f"{weights_path} does not fit the architecture in {config_path.name}: {err}") from err
+    problem = nonfinite_weights(model)
+    if problem:
+        raise DataError(f"{weights_path} cannot be used: {problem}")
     model.input_size = int(meta["input_size"])
     model.mean = [float(v) for v in meta["mean"]]
     model.std = [float(v) for v in meta["std"]]

@@ -10,7 +10,7 @@ the graph's edges exactly as it scores a query's shortlist, with its caches and 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -21,19 +21,22 @@ from engine.scoring.scorers import MatchSpace, Scorer
 
 @dataclass
 class Graph:
-    """Edges (i[e], j[e]) between node indices 0..n-1 (i < j), with P(same individual) `p`."""
+    """Edges (i[e], j[e]) between node indices 0..n-1 (i < j), with P(same individual) `p`, and each
+    scorer's own calibrated score of each edge where it was computed (NaN: a scorer of weight 0)."""
 
     n: int
     i: np.ndarray
     j: np.ndarray
     p: np.ndarray
+    by_scorer: Optional[np.ndarray] = None  # (edges, scorers), in the order of the scorers voting
 
     def subgraph(self, nodes: np.ndarray) -> Graph:
         """The graph induced on `nodes` (sorted node indices), renumbered 0..len(nodes)-1."""
         position = np.full(self.n, -1, np.int64)
         position[nodes] = np.arange(len(nodes))
         keep = (position[self.i] >= 0) & (position[self.j] >= 0)
-        return Graph(len(nodes), position[self.i[keep]], position[self.j[keep]], self.p[keep])
+        return Graph(len(nodes), position[self.i[keep]], position[self.j[keep]], self.p[keep],
+                     None if self.by_scorer is None else self.by_scorer[keep])
 
 
 def unique_pairs(a: np.ndarray, b: np.ndarray) -> tuple:
@@ -103,19 +106,33 @@ def fused_probabilities(scores: Sequence[Optional[np.ndarray]], weights: Sequenc
     return fused
 
 
-def edge_probabilities(scorers: Sequence[Scorer], space: MatchSpace, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def edge_probabilities(scorers: Sequence[Scorer], space: MatchSpace, a: np.ndarray,
+                       b: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """P(same individual) of each pair (a[e], b[e]): every scorer's calibrated score, averaged with
-    the scorers' weights (the soft vote of the query pipeline, on pairs)."""
+    the scorers' weights (the soft vote of the query pipeline, on pairs); and the (edges, scorers)
+    calibrated scores it averaged (NaN for scorers of weight 0, not computed)."""
+    by_scorer = np.full((len(a), len(scorers)), np.nan)
     if len(a) == 0:
-        return np.zeros(0)
+        return np.zeros(0), by_scorer
     weights = vote_weights([s.weight for s in scorers])
-    return fused_probabilities(edge_scores(scorers, space, a, b, weights > 0), weights, len(a))
+    scores = edge_scores(scorers, space, a, b, weights > 0)
+    for k, score in enumerate(scores):
+        if score is not None:
+            by_scorer[:, k] = score
+    return fused_probabilities(scores, weights, len(a)), by_scorer
 
 
 def build_graph(scorers: Sequence[Scorer], space: MatchSpace, nodes: np.ndarray, k: int) -> Graph:
     """The graph over `nodes` (sorted row indices), its node e standing for row nodes[e]."""
     a, b = graph_edges(scorers, space, nodes, k)
-    p = edge_probabilities(scorers, space, a, b)
+    p, by_scorer = edge_probabilities(scorers, space, a, b)
     position = np.full(int(nodes.max()) + 1 if len(nodes) else 0, -1, np.int64)
     position[nodes] = np.arange(len(nodes))
-    return Graph(len(nodes), position[a], position[b], p)
+    return Graph(len(nodes), position[a], position[b], p, by_scorer)
+
+
+def raw_similarity(scorers: Sequence[Scorer], space: MatchSpace, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The mean raw score of the pairs (a[e], b[e]) under the embedding scorers (a cosine each):
+    what a dataset's own score distribution is read from, before any calibration."""
+    found = [s.pair_scores(space, a, b) for s in scorers if s.kind == "embedding"]
+    return np.mean(found, axis=0) if found and len(a) else np.zeros(len(a))

@@ -5,7 +5,10 @@ and a list of thresholds, and returns one label array per threshold. Anchors are
 train images: the images of one identity always share a cluster, two identities never do, and an
 image to cluster joins an identity's cluster only through edges whose probability passes the
 threshold: the open-set decision of the query pipeline ("known when its calibrated probability
-reaches the threshold"), made on the graph.
+reaches the threshold"), made on the graph. Pair constraints (a person's answers: must-link,
+cannot-link; engine/cluster/constraints.py) are honoured the same way: every method joins nodes
+only through `ConstrainedSets`, so a must-linked pair always shares a cluster and a cannot-linked
+pair (and the sets around it) never does.
 
 * `agglomerative`: average linkage on 1 - P over the graph: two clusters merge, best first, while
   the mean P of the graph's edges between them is at least the threshold. Pairs the k-NN graph does
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import heapq
 from abc import ABC, abstractmethod
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 from scipy.sparse import coo_matrix
@@ -31,68 +34,30 @@ from scipy.sparse.csgraph import connected_components
 
 from core.errors import ConfigError
 from core.registry import Registry
+from engine.cluster.constraints import ConstrainedSets, PairConstraints, canonical
 from engine.cluster.graph import Graph
 
 CLUSTERERS = Registry("clusterer", name_attribute="name")
-
-
-def _canonical(labels: np.ndarray) -> np.ndarray:
-    """Labels renumbered 0, 1, ... in order of first appearance (equal partitions, equal arrays)."""
-    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    order = np.argsort(np.argsort(first))
-    return order[inverse].astype(np.int64)
 
 
 class Clusterer(ABC):
     name = ""  # the registered name
 
     @abstractmethod
-    def labels(self, graph: Graph, anchors: np.ndarray, thresholds: Sequence[float]) -> List[np.ndarray]:
+    def labels(self, graph: Graph, anchors: np.ndarray, thresholds: Sequence[float],
+               constraints: Optional[PairConstraints] = None) -> List[np.ndarray]:
         """One (n,) label array per threshold."""
-
-
-class _UnionFind:
-    """Disjoint sets with the identity code of each set's anchors (-1: none), for the constraint."""
-
-    def __init__(self, anchors: np.ndarray):
-        self.parent = list(range(len(anchors)))
-        self.code = [int(c) for c in anchors]
-        by_code: Dict[int, int] = {}
-        for node, code in enumerate(self.code):
-            if code >= 0:
-                self.parent[node] = by_code.setdefault(code, node)
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def union(self, a: int, b: int) -> bool:
-        """Join the sets of a and b unless they hold anchors of two identities; True when joined."""
-        ra, rb = self.find(a), self.find(b)
-        if ra == rb:
-            return False
-        ca, cb = self.code[ra], self.code[rb]
-        if ca >= 0 and cb >= 0:
-            return False
-        self.parent[rb] = ra
-        self.code[ra] = max(ca, cb)
-        return True
-
-    def labels(self) -> np.ndarray:
-        return _canonical(np.array([self.find(x) for x in range(len(self.parent))]))
 
 
 @CLUSTERERS.register("agglomerative")
 class Agglomerative(Clusterer):
     """Average linkage over the sparse graph (see the module doc)."""
 
-    def merges(self, graph: Graph, anchors: np.ndarray, lowest: float) -> List[tuple]:
+    def merges(self, graph: Graph, anchors: np.ndarray, lowest: float,
+               constraints: Optional[PairConstraints] = None) -> List[tuple]:
         """(height, a, b) of every merge down to `lowest`, in order: a heap of cluster pairs keyed by
         their mean edge probability, pairs re-keyed as clusters merge (lazy deletion by version)."""
-        sets = _UnionFind(anchors)
+        sets = ConstrainedSets(anchors, constraints)
         root = [sets.find(x) for x in range(graph.n)]
         total: Dict[int, Dict[int, float]] = {}
         count: Dict[int, Dict[int, int]] = {}
@@ -103,7 +68,6 @@ class Agglomerative(Clusterer):
             for x, y in ((ra, rb), (rb, ra)):
                 total.setdefault(x, {})[y] = total.get(x, {}).get(y, 0.0) + p
                 count.setdefault(x, {})[y] = count.get(x, {}).get(y, 0) + 1
-        code = {r: sets.code[r] for r in set(root)}
         version = {r: 0 for r in set(root)}
         heap = [(-total[x][y] / count[x][y], x, y, 0, 0) for x in total for y in total[x] if x < y]
         heapq.heapify(heap)
@@ -114,8 +78,8 @@ class Agglomerative(Clusterer):
                 break
             if version.get(x) != vx or version.get(y) != vy:
                 continue  # a stale entry: one of the two merged since
-            if code[x] >= 0 and code[y] >= 0:
-                continue  # two identities' anchors never merge
+            if not sets.union(x, y):
+                continue  # two identities' anchors, or a cannot-link, keep them apart
             out.append((-negative, x, y))
             # merge y into x: sum the edge statistics of their neighbours
             tx, cx = total.setdefault(x, {}), count.setdefault(x, {})
@@ -129,7 +93,6 @@ class Agglomerative(Clusterer):
                 total[z][x], count[z][x] = tx[z], cx[z]
             count.pop(y, None)
             tx.pop(y, None), cx.pop(y, None)
-            code[x] = max(code[x], code.pop(y))
             version.pop(y)
             version[x] += 1
             for z in tx:
@@ -137,12 +100,12 @@ class Agglomerative(Clusterer):
                 heapq.heappush(heap, (-tx[z] / cx[z], a, b, version[a], version[b]))
         return out
 
-    def labels(self, graph, anchors, thresholds):
+    def labels(self, graph, anchors, thresholds, constraints=None):
         thresholds = list(thresholds)
-        merges = self.merges(graph, anchors, min(thresholds)) if thresholds else []
+        merges = self.merges(graph, anchors, min(thresholds), constraints) if thresholds else []
         results = []
         for t in thresholds:
-            sets = _UnionFind(anchors)
+            sets = ConstrainedSets(anchors, constraints)
             for height, x, y in merges:
                 if height < t:
                     break
@@ -173,16 +136,16 @@ class Components(Clusterer):
         kept[np.flatnonzero(keep)] = support >= self.min_edges - 1
         return kept
 
-    def labels(self, graph, anchors, thresholds):
+    def labels(self, graph, anchors, thresholds, constraints=None):
         results = []
-        anchored = (np.asarray(anchors) >= 0).any()
+        anchored = (np.asarray(anchors) >= 0).any() or bool(constraints)
         for t in thresholds:
             kept = self._kept(graph, t)
             if not anchored:  # no constraint: scipy's connected components
                 matrix = coo_matrix((np.ones(int(kept.sum())), (graph.i[kept], graph.j[kept])), shape=(graph.n, graph.n))
-                results.append(_canonical(connected_components(matrix, directed=False)[1]))
+                results.append(canonical(connected_components(matrix, directed=False)[1]))
                 continue
-            sets = _UnionFind(anchors)
+            sets = ConstrainedSets(anchors, constraints)
             order = np.flatnonzero(kept)[np.argsort(-graph.p[kept], kind="stable")]
             for a, b in zip(graph.i[order].tolist(), graph.j[order].tolist(), strict=True):
                 sets.union(a, b)
@@ -199,23 +162,54 @@ class Leiden(Clusterer):
         self.iterations = int(iterations)
         self.seed = int(seed)
 
-    def labels(self, graph, anchors, thresholds):
+    def labels(self, graph, anchors, thresholds, constraints=None):
         try:
             import igraph
             import leidenalg
         except ImportError as err:
             raise ConfigError(f"cluster.method=leiden needs igraph and leidenalg: pip install -e \".[cluster]\" ({err})") from err
         anchors = np.asarray(anchors)
+        if constraints:
+            return self._constrained(graph, anchors, thresholds, constraints)
         g = igraph.Graph(n=graph.n, edges=np.stack([graph.i, graph.j], axis=1).tolist())
         g.es["weight"] = graph.p.tolist()
-        start = _UnionFind(anchors).labels()  # each identity's anchors together, the others alone
+        start = ConstrainedSets(anchors).labels()  # each identity's anchors together, the others alone
         fixed = (anchors >= 0).tolist()
+        return [canonical(self._optimised(leidenalg, g, start, fixed, t)) for t in thresholds]
+
+    def _optimised(self, leidenalg, g, start: np.ndarray, fixed: list, t: float, sizes=None) -> np.ndarray:
+        partition = leidenalg.CPMVertexPartition(g, initial_membership=start.tolist(), weights="weight",
+                                                 node_sizes=sizes, resolution_parameter=float(t))
+        optimiser = leidenalg.Optimiser()
+        optimiser.set_rng_seed(self.seed)
+        optimiser.optimise_partition(partition, n_iterations=self.iterations, is_membership_fixed=fixed)
+        return np.asarray(partition.membership)
+
+    def _constrained(self, graph: Graph, anchors: np.ndarray, thresholds, constraints: PairConstraints) -> list:
+        """Must-linked images (and each identity's anchors) contracted into one node, weighted by its
+        size in the Potts model, so no move can part them; a community holding a cannot-linked pair
+        is then split by joining its edges strongest first through ConstrainedSets."""
+        import igraph
+        import leidenalg
+
+        groups = ConstrainedSets(anchors, PairConstraints(must=constraints.must)).labels()
+        count = int(groups.max()) + 1 if len(groups) else 0
+        across = groups[graph.i] != groups[graph.j]
+        a, b = groups[graph.i[across]], groups[graph.j[across]]
+        low, high = np.minimum(a, b), np.maximum(a, b)
+        merged = coo_matrix((graph.p[across], (low, high)), shape=(count, count)).tocsr().tocoo()  # sums repeated pairs
+        g = igraph.Graph(n=count, edges=np.stack([merged.row, merged.col], axis=1).tolist())
+        g.es["weight"] = merged.data.tolist()
+        sizes = np.bincount(groups, minlength=count).tolist()
+        code = np.full(count, -1, np.int64)
+        np.maximum.at(code, groups, anchors)  # a group's anchor code, where one of its images has one
+        order = np.argsort(-graph.p, kind="stable")
         results = []
         for t in thresholds:
-            partition = leidenalg.CPMVertexPartition(g, initial_membership=start.tolist(), weights="weight",
-                                                     resolution_parameter=float(t))
-            optimiser = leidenalg.Optimiser()
-            optimiser.set_rng_seed(self.seed)
-            optimiser.optimise_partition(partition, n_iterations=self.iterations, is_membership_fixed=fixed)
-            results.append(_canonical(np.asarray(partition.membership)))
+            community = self._optimised(leidenalg, g, np.arange(count), (code >= 0).tolist(), t, sizes)[groups]
+            sets = ConstrainedSets(anchors, constraints)
+            inside = order[community[graph.i[order]] == community[graph.j[order]]]
+            for x, y in zip(graph.i[inside].tolist(), graph.j[inside].tolist(), strict=True):
+                sets.union(x, y)
+            results.append(sets.labels())
         return results

@@ -18,14 +18,25 @@ from typing import Any, Dict, List, Optional
 import numpy as np
 import pandas as pd
 
+from core.csv_cells import safe_cells
 from core.errors import ConfigError, DataError
 from core.schema import EvalConfig
+from data.table import clean_identity
 from engine.accel import say
+from engine.cluster.assign import choice_lines, choose_thresholds
 from engine.cluster.graph import build_graph
 from engine.cluster.methods import CLUSTERERS
-from engine.cluster.metrics import clustering_report
+from engine.cluster.metrics import cluster_scores, clustering_report
+from engine.cluster.population import (
+    POPULATION_FILE,
+    PopulationEstimate,
+    clusters_at,
+    interval,
+    write_population,
+)
 from engine.cluster.tuning import ClusterThresholds, anchor_codes, tune
 from engine.outputs.artifacts import finite, run_manifest
+from engine.outputs.review_file import ReviewData, ReviewSettings, image_frame, image_roots
 from engine.outputs.submission import CLUSTERS, cluster_prefix
 from engine.outputs.writer import RunOutputs, RunResult, write_run
 from engine.prepare import RunData, check_run_config, load_run_data, prepare_run
@@ -66,7 +77,7 @@ def _calibrate_without_tuning(cfg: EvalConfig, scorers: List[Scorer], space: Mat
     return "cluster.threshold, on the raw scores (no labelled images to calibrate on)"
 
 
-def _names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
+def cluster_names(labels: np.ndarray, is_query: np.ndarray, dataset: str) -> np.ndarray:
     """cluster_<dataset>_<n>, numbered in the order the query images first appear."""
     query_labels = labels[is_query]
     _, first, inverse = np.unique(query_labels, return_index=True, return_inverse=True)
@@ -90,80 +101,120 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
     datasets = rows["dataset"].to_numpy(dtype=object)
     space = MatchSpace(labels, datasets, True, cfg.retrieval)  # a cluster never spans two datasets
     clusterer = CLUSTERERS.build(cfg.cluster.method, cfg.cluster.args)
-    trained = sorted(set(gallery["dataset"]))
+    tuned = None
     if cfg.cluster.threshold is None:
         if not n_gallery:
             raise DataError("no labelled train images to tune the clustering threshold on: set cluster.threshold "
                             "(with one model and no calibration, a cosine similarity)")
         tuned, weight = tune(cfg, scorers, space, gallery, clusterer)
         thresholds = ClusterThresholds(
-            cfg.cluster.method, f"tuned by ARI on held-out train identities ({cfg.cluster.splits} splits, "
-                                f"{tuned.images} validation images)", tuned.overall,
-            validation_ari=tuned.curves, grid=sorted(cfg.cluster.grid), matcher_weight=weight)
+            cfg.cluster.method, f"tuned by {tuned.criterion.upper()} on held-out train identities "
+                                f"({cfg.cluster.splits} splits, {tuned.images} validation images)", tuned.overall,
+            criterion=tuned.criterion, validation=tuned.curves, grid=tuned.search.grid, ends=tuned.search.ends(),
+            matcher_weight=weight)
         if weight is not None:
-            say(accelerator, f"{cfg.rerank.matcher} weight {weight['chosen']} chosen by ARI on the same held-out "
-                             "identities (validation ARI per weight: "
-                             + ", ".join(f"{w}: {v:.3f}" for w, v in weight["validation_ari"].items()) + ")")
-        own = tuned.per_dataset if cfg.cluster.per_dataset else {}
+            say(accelerator, f"{cfg.rerank.matcher} weight {weight['chosen']} chosen by {tuned.criterion.upper()} on "
+                             "the same held-out identities (validation per weight: "
+                             + ", ".join(f"{w}: {v:.3f}" for w, v in weight["validation"].items()) + ")")
     else:
         thresholds = ClusterThresholds(cfg.cluster.method, _calibrate_without_tuning(cfg, scorers, space, n_gallery),
                                        cfg.cluster.threshold)
-        own = {}
-    transferred = []
-    for dataset in sorted(set(query["dataset"])):
-        if dataset in own:
-            thresholds.per_dataset[dataset] = own[dataset]
-        else:
-            thresholds.per_dataset[dataset] = thresholds.overall
-            if cfg.cluster.threshold is None and cfg.cluster.per_dataset:
-                transferred.append(dataset)
-    for dataset in transferred:
-        why = "has no train images" if dataset not in trained else "had too few train identities to tune on"
-        say(accelerator, f"{dataset} {why}: it takes the threshold {thresholds.overall:.2f} tuned on "
-                         f"{', '.join(sorted(own)) or 'the other datasets'} (calibrated probabilities transfer across datasets)")
-    thresholds.transferred = transferred
 
     nodes = np.arange(len(rows))
     graph = build_graph(scorers, space, nodes, cfg.cluster.neighbours)
+    anchors = anchor_codes(labels) if cfg.cluster.anchors else np.full(len(rows), -1)
+    query_datasets = sorted(set(query["dataset"]))
+    choices = choose_thresholds(cfg.cluster, tuned, graph, anchors, space, scorers, query_datasets, clusterer, cfg.seed)
+    thresholds.per_dataset = {d: c.threshold for d, c in choices.items()}
+    thresholds.choices = choices
+    if tuned is not None and cfg.cluster.per_dataset:
+        thresholds.transferred = [d for d in query_datasets if d not in tuned.per_dataset]
+    for line in choice_lines(choices, sorted(set(gallery["dataset"])), thresholds.grid or [thresholds.overall]):
+        say(accelerator, line)
     say(accelerator, f"clustering {len(query)} test images ({n_gallery} train images as anchors) with "
                      f"{cfg.cluster.method}: {len(graph.p)} edges from {cfg.cluster.neighbours} neighbours per image"
                      + (f", re-scored by {cfg.rerank.matcher}" if matcher else ""))
-    anchors = anchor_codes(labels) if cfg.cluster.anchors else np.full(len(rows), -1)
     names = np.empty(len(query), dtype=object)
     joined = np.full(len(query), None, dtype=object)
-    for dataset in sorted(set(query["dataset"])):
+    codes = np.full(len(rows), -1, np.int64)  # every image's cluster, numbered across datasets
+    truth = query["identity"].to_numpy(dtype=object)
+    estimates, alternatives = [], {}
+    for dataset in query_datasets:
         members = np.flatnonzero(datasets == dataset)
-        found = clusterer.labels(graph.subgraph(members), anchors[members], [thresholds.per_dataset[dataset]])[0]
         is_query = members >= n_gallery
-        names[members[is_query] - n_gallery] = _names(found, is_query, dataset)
-        identity_of = {c: labels[m] for c, m in zip(found[~is_query], members[~is_query], strict=True)}
-        joined[members[is_query] - n_gallery] = [identity_of.get(c) for c in found[is_query]]
+        choice = choices[dataset]
+        found = clusters_at(graph.subgraph(members), anchors[members], clusterer,
+                            [choice.threshold, choice.count_threshold, *[t for t, _ in choice.count_draws],
+                             *[t for a in choice.alternatives.values() for t in (a.threshold, a.count_threshold)]])
+        chosen = found[choice.threshold]
+        codes[members] = chosen + codes.max() + 1
+        at_query = members[is_query] - n_gallery
+        names[at_query] = cluster_names(chosen, is_query, dataset)
+        identity_of = {c: labels[m] for c, m in zip(chosen[~is_query], members[~is_query], strict=True)}
+        joined[at_query] = [identity_of.get(c) for c in chosen[is_query]]
+        counts = {t: len(set(found_labels[is_query].tolist())) for t, found_labels in found.items()}
+        estimate = counts[choice.count_threshold]
+        known = [clean_identity(v) for v in truth[at_query]]
+        estimates.append(PopulationEstimate(
+            dataset, int(is_query.sum()), estimate, *interval(estimate, choice.count_draws, counts),
+            choice.count_threshold, counts[choice.threshold], len({j for j in joined[at_query] if j is not None}),
+            choice.threshold, choice.strategy,
+            len({v for v in known if v is not None}) if any(v is not None for v in known) else None))
+        alternatives[dataset] = {name: {"threshold": a.threshold, "clusters": counts[a.threshold],
+                                        "count_threshold": a.count_threshold, "individuals": counts[a.count_threshold],
+                                        **_scores_of(known, found[a.threshold][is_query])}
+                                 for name, a in choice.alternatives.items()}
     if accelerator is not None and not accelerator.is_main_process:
         return None
-    truth = query["identity"].to_numpy(dtype=object)
     metrics = None
     if query["identity"].notna().any():
-        metrics = finite({**clustering_report(truth, names, query["dataset"].tolist()), "thresholds": thresholds.to_dict()})
-    manifest = _cluster_manifest(cfg, data, outputs, scorers, thresholds, graph)
+        metrics = finite({**clustering_report(truth, names, query["dataset"].tolist()), "thresholds": thresholds.to_dict(),
+                          "population": {e.dataset: e.to_dict() for e in estimates},
+                          "other_strategies": {d: a for d, a in alternatives.items() if a}})
+    manifest = _cluster_manifest(cfg, data, outputs, scorers, thresholds, graph, estimates)
 
     def write_report(path):
         from engine.cluster.report import write_cluster_report
 
         write_cluster_report(path, cfg=cfg, rows=rows, query=query, names=names, joined=joined, metrics=metrics,
-                             thresholds=thresholds)
+                             thresholds=thresholds, population=estimates)
 
     clusters = pd.DataFrame({"image_id": query["image_id"].astype(str), "dataset": query["dataset"], "cluster": names,
                              "joined_identity": joined})
     return write_run(cfg, table, RunOutputs(
         CLUSTERS, dict(zip(query["image_id"].astype(str), names, strict=True)), CLUSTERS_FILE,
-        lambda path: clusters.to_csv(path, index=False), metrics, manifest, write_report, thresholds.to_dict()))
+        lambda path: safe_cells(clusters).to_csv(path, index=False), metrics, manifest, write_report,
+        thresholds.to_dict(), _review_data(cfg, rows, n_gallery, scorers, thresholds, graph, codes),
+        {POPULATION_FILE: lambda path: write_population(path, estimates)}))
+
+
+def _scores_of(known: list, clusters: np.ndarray) -> dict:
+    """ARI and AMI of one alternative clustering where the test images carry identities."""
+    have = [k is not None for k in known]
+    if not any(have):
+        return {}
+    scores = cluster_scores(np.asarray(known, dtype=object)[have], clusters[have])
+    return {"ARI": scores["ARI"], "AMI": scores["AMI"]}
+
+
+def _review_data(cfg: EvalConfig, rows: pd.DataFrame, n_gallery: int, scorers: List[Scorer],
+                 thresholds: ClusterThresholds, graph, codes: np.ndarray) -> ReviewData:
+    """What `reidzoo-review` needs to re-cluster under a person's answers (engine/outputs/review_file.py)."""
+    tuned_here = cfg.cluster.threshold is None and cfg.cluster.per_dataset
+    settings = ReviewSettings(
+        "cluster", CLUSTERS, dict(thresholds.per_dataset),
+        {d: tuned_here and d not in thresholds.transferred for d in thresholds.per_dataset},
+        [s.name for s in scorers], [s.stage for s in scorers], cfg.cluster.method, dict(cfg.cluster.args),
+        cfg.cluster.anchors, image_roots(rows["path"]))
+    return ReviewData(settings, image_frame(rows, n_gallery), graph.i, graph.j, graph.p, graph.by_scorer, codes)
 
 
 def _cluster_manifest(cfg: EvalConfig, data: RunData, outputs: List[ModelOutput], scorers: List[Scorer],
-                      thresholds: ClusterThresholds, graph) -> Dict[str, Any]:
+                      thresholds: ClusterThresholds, graph, estimates: List[PopulationEstimate]) -> Dict[str, Any]:
     return run_manifest(
         cfg, CLUSTERS, outputs,
         {"images": len(data.table), "train": len(data.gallery), "test": len(data.query),
          "fingerprint": image_list_fingerprint(data.table)},
         thresholds=thresholds.to_dict(), graph={"edges": int(len(graph.p)), "neighbours": cfg.cluster.neighbours},
-        scorers={s.name: s.summary().to_dict() for s in scorers})
+        scorers={s.name: s.summary().to_dict() for s in scorers},
+        population={e.dataset: e.to_dict() for e in estimates})

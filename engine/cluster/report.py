@@ -1,7 +1,7 @@
 """report.html of eval.py task=cluster: one self-contained page (inline SVG, base64 thumbnails).
 
-Sections: run summary and thresholds (with the validation ARI curve of each dataset), population
-estimate per dataset (clusters against individuals where the test images carry labels), a
+Sections: run summary and thresholds (who set each, the validation curve of each dataset), population
+estimate per dataset (clusters, their 90 % interval, and individuals where the test images carry labels), a
 cluster-size histogram per dataset, sample clusters as image grids, and, with labels, the largest
 wrong merges (clusters holding several individuals) and splits (individuals spread over clusters).
 """
@@ -19,11 +19,13 @@ from core.files import atomic_write_text
 from core.schema import DataConfig, EvalConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
+from engine.cluster.population import PopulationEstimate
 from engine.cluster.tuning import ClusterThresholds
 from engine.outputs.html import (
     CSS,
     THUMBNAIL,
     models_row,
+    review_section,
     short_model_names,
     svg_histogram,
     table,
@@ -60,15 +62,18 @@ def _row(thumbs: _Thumbs, positions: List[int], query: pd.DataFrame, names: np.n
     return f'<div class="row">{"".join(tiles)}{more}</div>'
 
 
-def _population(query: pd.DataFrame, names: np.ndarray, joined: np.ndarray, metrics: Optional[dict]) -> str:
+def _population(estimates: List[PopulationEstimate], metrics: Optional[dict]) -> str:
     rows = []
-    for dataset in sorted(set(query["dataset"])):
-        at = (query["dataset"] == dataset).to_numpy()
-        labelled = (metrics or {}).get("per_dataset", {}).get(dataset, {})
-        rows.append([dataset, int(at.sum()), len(set(names[at])), len({j for j in joined[at] if j is not None}),
-                     labelled.get("individuals"), labelled.get("ARI")])
-    return table(["dataset", "test images", "clusters (estimated individuals)", "of them train identities",
-                   "true individuals", "ARI"], rows)
+    for e in estimates:
+        labelled = (metrics or {}).get("per_dataset", {}).get(e.dataset, {})
+        rows.append([e.dataset, e.test_images, e.individuals, "" if e.low is None else f"{e.low} .. {e.high}",
+                     e.joined_train_identities, e.true_individuals, labelled.get("ARI")])
+    return table(["dataset", "test images", "estimated individuals (clusters)", "90 % interval",
+                  "of them train identities", "true individuals", "ARI"], rows) + (
+        '<p class="note">Estimated individuals: the clusters of the test images at the count\'s own threshold '
+        '(the clusters written may be more or fewer). The interval: that count at the thresholds its choice could '
+        'as well have been, each corrected by how far such a count landed from the truth on held-out identities or '
+        'on a labelled dataset left out (docs/clustering.md). Also in population.csv.</p>')
 
 
 def _scores(metrics: Optional[dict]) -> str:
@@ -81,28 +86,30 @@ def _scores(metrics: Optional[dict]) -> str:
 
 
 def _thresholds(thresholds: ClusterThresholds) -> str:
-    rows = [[d, t, "transferred (no train images to tune on)" if d in thresholds.transferred else ""]
-            for d, t in sorted(thresholds.per_dataset.items())]
-    out = table(["dataset", "threshold", ""], rows) + f'<p class="note">{html.escape(thresholds.source)}</p>'
-    for dataset, curve in sorted((thresholds.validation_ari or {}).items()):
-        out += (f'<div class="hist">{_curve(thresholds.grid, curve, dataset)}</div>')
+    rows = [[d, c.threshold, c.strategy, c.why + (f" (warning: at the {c.at_end} end of the searched range)" if c.at_end else "")]
+            for d, c in sorted(thresholds.choices.items())]
+    out = table(["dataset", "threshold", "set by", "why"], rows) + f'<p class="note">{html.escape(thresholds.source)}</p>'
+    for dataset, curve in sorted((thresholds.validation or {}).items()):
+        out += (f'<div class="hist">{_curve(thresholds.grid, curve, dataset, thresholds.criterion.upper())}</div>')
     return out
 
 
-def _curve(grid, curve, title: str, width: int = 360, height: int = 160) -> str:
-    """Validation ARI against the threshold, as an inline SVG polyline."""
+def _curve(grid, curve, title: str, criterion: str, width: int = 360, height: int = 160) -> str:
+    """The validation criterion against the threshold, as an inline SVG polyline; the threshold on a
+    log-odds axis, so that a search widened towards 0 or 1 stays readable."""
     left, top, plot_w, plot_h = 36, 20, width - 50, height - 44
-    lo, hi = min(grid), max(grid)
+    odds = np.log(np.asarray(grid) / (1 - np.asarray(grid)))
+    lo, hi = float(odds.min()), float(odds.max())
     span = (hi - lo) or 1.0
     top_value = max(max(curve), 1e-9)
     points = " ".join(f"{left + (g - lo) / span * plot_w:.1f},{top + plot_h - max(v, 0) / top_value * plot_h:.1f}"
-                      for g, v in zip(grid, curve, strict=True))
+                      for g, v in zip(odds, curve, strict=True))
     return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-size="11">'
-            f'<text x="{left}" y="12" font-weight="bold">{html.escape(title)}: validation ARI by threshold</text>'
+            f'<text x="{left}" y="12" font-weight="bold">{html.escape(title)}: validation {criterion} by threshold</text>'
             f'<polyline points="{points}" fill="none" stroke="#2b7bb9" stroke-width="2"/>'
             f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" stroke="#333"/>'
-            f'<text x="{left}" y="{top + plot_h + 14}">{lo:.2f}</text>'
-            f'<text x="{left + plot_w}" y="{top + plot_h + 14}" text-anchor="end">{hi:.2f}</text>'
+            f'<text x="{left}" y="{top + plot_h + 14}">{min(grid):.3g}</text>'
+            f'<text x="{left + plot_w}" y="{top + plot_h + 14}" text-anchor="end">{max(grid):.3g}</text>'
             f'<text x="{left - 4}" y="{top + 8}" text-anchor="end">{top_value:.2f}</text></svg>')
 
 
@@ -146,7 +153,8 @@ def _dataset_section(thumbs: _Thumbs, query: pd.DataFrame, names: np.ndarray, da
 
 
 def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.DataFrame, names: np.ndarray,
-                          joined: np.ndarray, metrics: Optional[dict], thresholds: ClusterThresholds) -> str:
+                          joined: np.ndarray, metrics: Optional[dict], thresholds: ClusterThresholds,
+                          population: List[PopulationEstimate]) -> str:
     thumbs = _Thumbs(rows, cfg.data, len(rows) - len(query))
     labelled = metrics is not None
     summary = table(["", ""], [
@@ -163,9 +171,9 @@ def render_cluster_report(*, cfg: EvalConfig, rows: pd.DataFrame, query: pd.Data
         "<!DOCTYPE html><html><head><meta charset='utf-8'><title>reidzoo clustering</title>",
         f"<style>{CSS}</style></head><body><h1>reidzoo clustering</h1>", summary,
         "<h2>Thresholds</h2>", _thresholds(thresholds),
-        "<h2>Population estimate</h2>", _population(query, names, joined, metrics),
+        "<h2>Population estimate</h2>", _population(population, metrics),
         "<h2>Scores</h2>", _scores(metrics),
-        "<h2>Clusters</h2>", sections, "</body></html>"])
+        "<h2>Clusters</h2>", sections, review_section(cfg.output_dir, cfg.review), "</body></html>"])
 
 
 def write_cluster_report(path: Path, **kwargs) -> Path:

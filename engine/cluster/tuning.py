@@ -18,17 +18,20 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import adjusted_rand_score
 
 from core.errors import DataError
 from core.schema import ClusterConfig, EvalConfig
 from data.splits import open_set_split
+from engine.cluster.bootstrap import Replicates, ValidationPart, replicates
+from engine.cluster.criteria import CRITERIA
+from engine.cluster.criteria import codes as criteria_codes
 from engine.cluster.graph import Graph, edge_scores, fused_probabilities, graph_edges
 from engine.cluster.methods import Clusterer
+from engine.cluster.search import MEAN, Search, widened_search
 from engine.scoring.scorers import MatchSpace, Scorer
 from engine.scoring.voting import fit_calibrators
 from engine.scoring.weights import MATCHER_WEIGHTS
@@ -37,14 +40,52 @@ MIN_HELD_IDENTITIES = 2
 
 
 @dataclass
-class Tuned:
+class Optimum:
+    """The thresholds one criterion chose on the held-out validation."""
+
+    criterion: str  # a registered cluster_criterion
     per_dataset: Dict[str, float]  # thresholds of the datasets with train images
     overall: float  # best on average over those datasets: for datasets without train images
-    curves: Dict[str, List[float]]  # validation ARI per threshold of the grid, per dataset
-    images: int  # validation images, all splits together
+    search: Search  # the criterion along the (widened) grid, per dataset
 
-    def best_ari(self, per_dataset: bool) -> float:
-        """Validation ARI at the chosen thresholds: each dataset at its own, or all at one."""
+    def chosen(self) -> Dict[str, float]:
+        return {**self.per_dataset, MEAN: self.overall}
+
+
+@dataclass
+class Tuned:
+    partition: Optimum  # cluster.criterion: the clusters written
+    count: Optimum  # cluster.count_criterion: the population estimate's threshold
+    images: int  # validation images, all splits together
+    parts: List[ValidationPart] = field(default_factory=list)  # what the curves were scored on
+    graph: Optional[Graph] = None  # the train images' graph (node e is train row e), at the weights tuned
+
+    @property
+    def per_dataset(self) -> Dict[str, float]:
+        return self.partition.per_dataset
+
+    @property
+    def overall(self) -> float:
+        return self.partition.overall
+
+    @property
+    def search(self) -> Search:
+        return self.partition.search
+
+    @property
+    def criterion(self) -> str:
+        return self.partition.criterion
+
+    @property
+    def curves(self) -> Dict[str, List[float]]:
+        return self.partition.search.curves
+
+    def replicates(self, optimum: Optimum, seed: int) -> Replicates:
+        """What the validation could as well have chosen for `optimum`, and the count errors (bootstrap.py)."""
+        return replicates(self.parts, optimum.search.grid, optimum.chosen(), CRITERIA.build(optimum.criterion), seed)
+
+    def best_score(self, per_dataset: bool) -> float:
+        """The validation criterion at the chosen thresholds: each dataset at its own, or all at one."""
         curves = np.array(list(self.curves.values()))
         return float(curves.max(axis=1).mean() if per_dataset else curves.mean(axis=0).max())
 
@@ -63,19 +104,24 @@ class ClusterThresholds:
     source: str
     overall: float
     per_dataset: Dict[str, float] = field(default_factory=dict)
-    validation_ari: Optional[Dict[str, List[float]]] = None  # per dataset (and "all"): ARI along the grid
-    grid: Optional[List[float]] = None
-    matcher_weight: Optional[Dict[str, Any]] = None  # chosen, and the validation ARI of each weight
-    transferred: List[str] = field(default_factory=list)  # datasets that took the overall threshold
+    criterion: str = "ari"  # cluster.criterion: what `validation` holds
+    validation: Optional[Dict[str, List[float]]] = None  # per dataset: the criterion along the searched grid
+    grid: Optional[List[float]] = None  # every threshold the search tried, ascending
+    ends: Dict[str, str] = field(default_factory=dict)  # curves whose best is an end of the searched range
+    matcher_weight: Optional[Dict[str, Any]] = None  # chosen, and the validation criterion of each weight
+    transferred: List[str] = field(default_factory=list)  # datasets without their own tuned threshold
+    choices: Dict[str, Any] = field(default_factory=dict)  # per dataset: its ThresholdChoice (assign.py)
 
     def to_dict(self) -> Dict[str, Any]:
         out: Dict[str, Any] = {"method": self.method, "per_dataset": self.per_dataset, "source": self.source,
                                "overall": self.overall}
-        if self.validation_ari is not None:
-            out.update(validation_ari=self.validation_ari, grid=self.grid)
+        if self.validation is not None:
+            out.update(criterion=self.criterion, validation=self.validation, grid=self.grid, at_search_end=self.ends)
         if self.matcher_weight is not None:
             out["matcher_weight"] = self.matcher_weight
         out["transferred"] = self.transferred
+        if self.choices:
+            out["set_by"] = {d: c.to_dict() for d, c in sorted(self.choices.items())}
         return out
 
 
@@ -96,23 +142,12 @@ def held_out_split(gallery: pd.DataFrame, cluster: ClusterConfig, seed: int) -> 
     return np.flatnonzero(gallery["image_id"].isin(queries).to_numpy())
 
 
-def best_of_curve(curve: Sequence[float], grid: Sequence[float]) -> float:
-    """The middle threshold of the longest run of best values (robust to plateaus)."""
-    values = np.asarray(curve, dtype=np.float64)
-    best = np.isclose(values, values.max(), rtol=0, atol=1e-9)
-    bounds = np.diff(np.concatenate([[0], best.astype(np.int8), [0]]))
-    starts, stops = np.flatnonzero(bounds == 1), np.flatnonzero(bounds == -1) - 1
-    i = int(np.argmax(stops - starts))
-    return float(grid[(starts[i] + stops[i]) // 2])
-
-
 def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
                     clusterer: Clusterer, weightings: Optional[Sequence[Sequence[float]]] = None) -> List[Tuned]:
     """Fit the calibrators and tune the thresholds on held-out train identities (see the module doc),
     once per weighting (a soft-voting weight per scorer; by default the scorers' own). The graph
     over the train images and its edges' calibrated scores do not depend on the split or on the
     weights: they are computed once."""
-    grid = sorted(cfg.cluster.grid)
     n_gallery = len(gallery)
     splits = [held_out_split(gallery, cfg.cluster, cfg.seed + s) for s in range(cfg.cluster.splits)]
     fit_calibrators(scorers, space, np.setdiff1d(np.arange(n_gallery), splits[0]), cfg.calibration, cfg.seed,
@@ -123,25 +158,48 @@ def tune_thresholds(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpac
     out = []
     for weights in weightings or [[s.weight for s in scorers]]:
         graph = Graph(n_gallery, a, b, fused_probabilities(scores, weights, len(a)))  # node e is row e
+        parts = list(_validation_parts(cfg.cluster.anchors, graph, space, codes, splits))
+        records = [ValidationPart(dataset, criteria_codes(truth), {}) for dataset, _, _, _, truth in parts]
+        optima = [_optimum(name, parts, records, clusterer, cfg.cluster.grid)
+                  for name in (cfg.cluster.criterion, cfg.cluster.count_criterion)]
+        out.append(Tuned(*optima, sum(len(v) for v in splits), records, graph))
+    return out
+
+
+def _optimum(name: str, parts: List[tuple], records: List[ValidationPart], clusterer: Clusterer,
+             grid: Sequence[float]) -> Optimum:
+    """The thresholds criterion `name` chooses; the validation images are clustered once per threshold
+    (`records` keep what earlier searches found)."""
+    criterion = CRITERIA.build(name)
+
+    def evaluate(thresholds: List[float]) -> Dict[str, np.ndarray]:
         sums: Dict[str, np.ndarray] = {}
         seen: Dict[str, int] = {}
-        for val_q in splits:
-            anchors = np.where(np.isin(np.arange(n_gallery), val_q), -1, codes)
-            if not cfg.cluster.anchors:
-                anchors = np.full(n_gallery, -1)
-            for dataset in sorted(set(space.datasets[val_q].tolist())):
-                members = np.flatnonzero(space.datasets[:n_gallery] == dataset)
-                labelled = np.isin(members, val_q)
-                found = clusterer.labels(graph.subgraph(members), anchors[members], grid)
-                truth = space.labels[members][labelled].astype(str)
-                curve = np.array([adjusted_rand_score(truth, labels[labelled]) for labels in found])
-                sums[dataset] = sums.get(dataset, 0) + curve
-                seen[dataset] = seen.get(dataset, 0) + 1
-        curves = {d: (sums[d] / seen[d]).tolist() for d in sorted(sums)}
-        per_dataset = {d: best_of_curve(c, grid) for d, c in curves.items()}
-        overall = best_of_curve(np.mean([curves[d] for d in curves], axis=0), grid)
-        out.append(Tuned(per_dataset, overall, curves, sum(len(v) for v in splits)))
-    return out
+        for (dataset, subgraph, anchors, labelled, _), record in zip(parts, records, strict=True):
+            missing = [t for t in thresholds if t not in record.found]
+            found = clusterer.labels(subgraph, anchors, missing) if missing else []
+            record.found.update({t: labels[labelled] for t, labels in zip(missing, found, strict=True)})
+            curve = np.array([criterion.score(record.truth, record.found[t]) for t in thresholds])
+            sums[dataset] = sums.get(dataset, 0) + curve
+            seen[dataset] = seen.get(dataset, 0) + 1
+        return {d: sums[d] / seen[d] for d in sorted(sums)}
+
+    search = widened_search(evaluate, grid)
+    return Optimum(name, {d: criterion.choose(c, search.grid) for d, c in search.curves.items()},
+                   criterion.choose(search.mean(), search.grid), search)
+
+
+def _validation_parts(anchored: bool, graph: Graph, space: MatchSpace, codes: np.ndarray,
+                      splits: Sequence[np.ndarray]) -> Iterator[tuple]:
+    """(dataset, its subgraph, anchors, which of its nodes are validation images, their identities)
+    per split and dataset: what each threshold is scored on."""
+    n_gallery = graph.n
+    for val_q in splits:
+        anchors = np.where(np.isin(np.arange(n_gallery), val_q), -1, codes) if anchored else np.full(n_gallery, -1)
+        for dataset in sorted(set(space.datasets[val_q].tolist())):
+            members = np.flatnonzero(space.datasets[:n_gallery] == dataset)
+            labelled = np.isin(members, val_q)
+            yield dataset, graph.subgraph(members), anchors[members], labelled, space.labels[members][labelled].astype(str)
 
 
 def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery: pd.DataFrame,
@@ -155,8 +213,8 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     weightings = [[w if s.kind == "matcher" else s.weight for s in scorers] for w in options]
     tried = dict(zip(options, tune_thresholds(cfg, scorers, space, gallery, clusterer, weightings), strict=True))
     per_dataset = cfg.cluster.per_dataset
-    best = max(tried, key=lambda w: (round(tried[w].best_ari(per_dataset), 9), w == cfg.rerank.weight))
+    best = max(tried, key=lambda w: (round(tried[w].best_score(per_dataset), 9), w == cfg.rerank.weight))
     for matcher in matchers:
         matcher.weight = best
-    return tried[best], {"chosen": best, "validation_ari": {str(w): round(t.best_ari(per_dataset), 6)
-                                                           for w, t in tried.items()}}
+    return tried[best], {"chosen": best, "criterion": cfg.cluster.criterion,
+                         "validation": {str(w): round(t.best_score(per_dataset), 6) for w, t in tried.items()}}

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from core.csv_cells import safe_cells
 from core.errors import ConfigError, DataError, list_some
 from core.files import atomic_folder
 from core.suggest import did_you_mean
@@ -398,8 +399,8 @@ def write_yolo_dataset(items: Sequence[AnnotatedImage], out_dir: PathLike, *, va
             _link_or_copy(item.path, staging / "images" / side / name)
             (staging / "labels" / side / f"{Path(name).stem}.txt").write_text(_label_text(item))
             rows.append({"image_id": item.image_id, "identity": item.identity, "split": side, "name": name})
-        pd.DataFrame(rows, columns=["image_id", "identity", "split", "name"]).to_csv(staging / "split.csv",
-                                                                                       index=False)
+        safe_cells(pd.DataFrame(rows, columns=["image_id", "identity", "split", "name"])).to_csv(staging / "split.csv",
+                                                                                                   index=False)
         config = {"path": str(final), "train": "images/train", "val": "images/val", "names": {0: class_name}}
         (staging / "data.yaml").write_text(f"{_MARKER}\n{yaml.safe_dump(config, sort_keys=False)}")
     return final / "data.yaml"

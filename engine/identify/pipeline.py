@@ -16,6 +16,7 @@ from engine.identify.decision import Evaluation, evaluate_outputs
 from engine.identify.manifest import identify_manifest
 from engine.identify.predictions import PREDICTIONS, write_predictions
 from engine.identify.query_metrics import has_query_labels, query_metrics
+from engine.identify.review_pairs import identify_review
 from engine.outputs.writer import RunOutputs, RunResult, write_run
 from engine.prepare import RunData, RunInputs, check_run_config, load_run_data, prepare_run
 from engine.scoring.choice import describe_choice
@@ -57,7 +58,8 @@ def run_identification(cfg: EvalConfig, accelerator=None) -> RunResult | None:
 
     return write_run(cfg, data.table, RunOutputs(
         data.kind, ev.predictions, PREDICTIONS, lambda path: write_predictions(path, cfg.data, data.query, ev), metrics,
-        identify_manifest(cfg, data, inputs, ev), write_report, ev.threshold.to_dict()))
+        identify_manifest(cfg, data, inputs, ev), write_report, ev.threshold.to_dict(),
+        identify_review(cfg, data.rows, data.gallery, data.query, ev, data.kind)))
 
 
 def _decision_lines(cfg: EvalConfig, ev: Evaluation, inputs: RunInputs) -> list:
@@ -66,6 +68,7 @@ def _decision_lines(cfg: EvalConfig, ev: Evaluation, inputs: RunInputs) -> list:
     if ev.tuning is not None:
         lines.append(f"threshold tuned on {ev.tuning.queries} validation queries from {ev.tuning.splits} "
                      f"held-out split(s) of the database (threshold.min_queries={cfg.threshold.min_queries})")
+        lines.extend(ev.threshold.threshold.warnings())
     # Each weight tuned on the held-out split, in the order it was tuned (engine/identify/heldout.py).
     what = {"pair_head": "pair head weight x", "matcher": f"{cfg.rerank.matcher} weight "}
     for kind, choice in ev.threshold.weights.items():

@@ -18,6 +18,7 @@ from typing import List, Union
 
 import pandas as pd
 
+from core.csv_cells import safe_cells
 from core.files import atomic_write_text
 from core.schema import DataConfig
 from data.table import NEW_INDIVIDUAL
@@ -67,5 +68,5 @@ def predictions_frame(data: DataConfig, query: pd.DataFrame, ev: Evaluation, top
 def write_predictions(path: Union[str, os.PathLike], data: DataConfig, query: pd.DataFrame, ev: Evaluation) -> Path:
     """Write predictions.csv atomically; returns its path."""
     path = Path(path)
-    atomic_write_text(path, predictions_frame(data, query, ev).to_csv(index=False))
+    atomic_write_text(path, safe_cells(predictions_frame(data, query, ev)).to_csv(index=False))
     return path

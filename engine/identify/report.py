@@ -29,6 +29,7 @@ from engine.outputs.html import (
     THUMBNAIL,
     fmt,
     models_row,
+    review_section,
     short_model_names,
     shortened,
     svg_histogram,
@@ -192,7 +193,7 @@ def render_report(*, cfg: EvalConfig, gallery: pd.DataFrame, query: pd.DataFrame
         f"<h2>Queries and their top-{TOP} identities</h2>",
         '<p class="note">Frames: green = correct identity, red = wrong, grey = query identity unknown.</p>',
         _grid(rows, gallery, query, ev, cfg.data, gallery_ids, names), rerank_section(matcher, ev, gallery, query),
-        "</body></html>",
+        review_section(cfg.output_dir, cfg.review), "</body></html>",
     ])
 
 

@@ -22,8 +22,10 @@ The engine knows nothing of queries or thresholds: `records(first_rows, second_r
 list of pairs (a shortlist, the edges of a k-nearest-neighbour graph) and returns one record per
 pair, matched at most once per run and once per cache.
 
-Under several processes the pairs still to match are split (every world-th pair), each process
-matches its share and the records are gathered, so every process holds them all. Within a process,
+Under several processes each reads the cache, then the processes compare what they lack: a record
+one of them lacks (its read of the shared SQLite file timed out) is sent by one that holds it, the
+pairs none holds are split (every world-th pair), each process matches its share, and all records
+are gathered, so every process holds them all. Within a process,
 a thread-safe matcher (SIFT) matches and verifies several hubs at once in a pool of threads
 (engine.matching.parallel): the same records, in the same order.
 """
@@ -126,12 +128,39 @@ class PairMatcher:
             else:
                 missing.append(pair)
         rank, world = rank_and_world(self.accelerator)
+        shared: Dict[Tuple[int, int], Record] = {}
+        anywhere = bool(missing)
         if world > 1:
-            from accelerate.utils import broadcast_object_list
-
-            missing = broadcast_object_list([missing])[0]  # the main process's list is the one all share
-        if not missing:
+            missing, shared, anywhere = self._share_out(missing, rank, world)
+        if not anywhere:
             return
+        done = self._match(missing, keys, rank, world) if missing else {}
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            for part in gather_object([{**shared, **done}]):
+                done.update(part)
+        self._records.update(done)
+
+    def _share_out(self, missing: List[Tuple[int, int]], rank: int,
+                   world: int) -> Tuple[List[Tuple[int, int]], Dict[Tuple[int, int], Record], bool]:
+        """(the pairs no process holds, the records this process shares, whether any process lacks any).
+
+        Every process read the cache on its own, and a read that failed (a lock timeout) leaves one
+        without records the others found: each pair some process lacks is shared by the first
+        process that holds it, and matched (split among all) only where none does."""
+        from accelerate.utils import gather_object
+
+        lacking = [set(part) for part in gather_object([missing])]
+        anywhere = set().union(*lacking)
+        nowhere = sorted(set.intersection(*lacking))
+        first_holder = {pair: next(r for r in range(world) if pair not in lacking[r]) for pair in anywhere - set(nowhere)}
+        shared = {pair: self._records[pair] for pair, holder in first_holder.items() if holder == rank}
+        return nowhere, shared, bool(anywhere)
+
+    def _match(self, missing: List[Tuple[int, int]], keys: Dict[Tuple[int, int], str], rank: int,
+               world: int) -> Dict[Tuple[int, int], Record]:
+        """The records of this process's share of `missing` (every world-th pair), matched and stored."""
         self.store.prepare([row for pair in missing for row in pair], self.accelerator)
         mine = missing[rank::world]
         done = {}
@@ -145,12 +174,7 @@ class PairMatcher:
                 self._count(records.values())
                 self.stored.save_many({keys[pair]: record.arrays() for pair, record in records.items()})
                 bar.update(len(records))
-        if world > 1:
-            from accelerate.utils import gather_object
-
-            for part in gather_object([done]):
-                done.update(part)
-        self._records.update(done)
+        return done
 
     def _prepared(self, row: int) -> Tuple[Features, Optional[np.ndarray]]:
         """Row's features inside rerank.region, and their indices among all its keypoints (None: all)."""

@@ -11,11 +11,13 @@ from typing import Any, Dict, Iterator, Mapping, Optional, Sequence
 import numpy as np
 
 from core.config import to_dict
+from core.errors import ConfigError
 from core.files import atomic_folder, atomic_write_text
 from core.ownership import EVAL, MARKER_FILES, check_replaceable, may_replace, run_marker
 from core.schema import EvalConfig
 from core.versions import installed_versions
 from core.writable import disk_errors, probe_folder
+from engine.outputs.review_file import ANSWERS_FILE
 from engine.scoring.scorers import ModelOutput
 
 MANIFEST = MARKER_FILES[EVAL]
@@ -27,13 +29,18 @@ PACKAGES = ("torch", "torchvision", "timm", "faiss-cpu", "faiss-gpu", "numpy", "
 def eval_reads(cfg: EvalConfig) -> Dict[str, str]:
     """What an evaluation reads, which its output folder must not contain: {what: path}."""
     return {"data.root": cfg.data.root, "data.query_root": cfg.data.query_root,
-            "data.crop.detector": cfg.data.crop.detector, **{f"model {spec}": spec for spec in cfg.models}}
+            "data.crop.detector": cfg.data.crop.detector, "review": cfg.review,
+            **{f"model {spec}": spec for spec in cfg.models}}
 
 
 def check_output_dir(final: Path, reads: Optional[Mapping[str, str]] = None) -> None:
     """The output folder is replaced as a whole, so it must be new, empty or an earlier eval output
     (core/ownership.py), and the folder it is made in must take files."""
     check_replaceable(final, EVAL, reads)
+    answers = final.expanduser() / ANSWERS_FILE
+    if answers.exists():
+        raise ConfigError(f"output_dir {final} holds a person's review answers ({answers}): choose another output_dir "
+                          f"(eval.py review={answers} applies them to the new run)")
     probe_folder(final.expanduser().absolute().parent, f"output_dir {final}")  # the staging folder's place
 
 

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import html
 import math
-from pathlib import PurePath
 from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from engine.scoring.cached_outputs import model_label
 from engine.visual import jpeg_data_uri
 
 THUMBNAIL = 96  # px, longer side
@@ -111,8 +111,7 @@ def short_model_names(specs: Sequence[str]) -> Dict[str, str]:
     -> a) or its own, a zoo or timm name as it is; told apart by number where two would read the same."""
     names: Dict[str, str] = {}
     for spec in dict.fromkeys(specs):
-        path = PurePath(spec)
-        short = path.parent.name if path.name == "export" and path.parent.name else path.name or spec
+        short = model_label(spec)
         taken = set(names.values())
         candidate, n = short, 2
         while candidate in taken:
@@ -131,3 +130,16 @@ def shortened(text: str, names: Dict[str, str]) -> str:
 def models_row(specs: Sequence[str], names: Dict[str, str]) -> List[str]:
     """The report header's models row: each short name with its full path, once."""
     return ["models", "; ".join(names[s] if names[s] == s else f"{names[s]} = {s}" for s in dict.fromkeys(specs))]
+
+
+def review_section(output_dir: str, answers: str = "") -> str:
+    """The report's pointer to the review page, and whether a person's answers were applied."""
+    command = f"reidzoo-review {html.escape(str(output_dir))}"
+    parts = ["<h2>Review</h2><p>A person can confirm or correct the decisions that matter most, one pair of "
+             f"photos at a time: <code>{command}</code> (or <code>python review.py {html.escape(str(output_dir))}</code>"
+             " from a clone) opens the review page; docs/review.md.</p>"]
+    if answers:
+        parts.append(f"<p><b>A person's answers are applied</b> ({html.escape(answers)}): the submission and the "
+                     "table hold the reviewed decisions, those a person made marked <code>decided_by = person</code>; "
+                     "review.html lists them.</p>")
+    return "".join(parts)

@@ -14,6 +14,7 @@ from typing import List, Mapping, Sequence, Union
 
 import pandas as pd
 
+from core.csv_cells import plain_cells, safe_cells
 from core.errors import ConfigError, DataError, list_some
 from core.suggest import did_you_mean
 from data.table import NEW_INDIVIDUAL, is_missing
@@ -48,12 +49,13 @@ def _check_kind(kind: str) -> None:
 
 
 def read_submission(path: Union[str, os.PathLike]) -> pd.DataFrame:
-    """The file as text cells ('' for empty), or DataError when it cannot be read as CSV."""
+    """The file as text cells ('' for empty; a name written with core.csv_cells' quote before it as it
+    was given), or DataError when it cannot be read as CSV."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"submission file {path} does not exist")
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return plain_cells(pd.read_csv(path, dtype=str, keep_default_na=False))
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
         raise DataError(f"{path} is not a readable CSV file: {err}") from err
 
@@ -208,7 +210,7 @@ def write_submission(path: Union[str, os.PathLike], kind: str, table: pd.DataFra
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        frame.to_csv(temporary, index=False)
+        safe_cells(frame).to_csv(temporary, index=False)
         os.replace(temporary, path)
     finally:
         temporary.unlink(missing_ok=True)

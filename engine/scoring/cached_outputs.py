@@ -15,11 +15,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from core.errors import DataError, list_some
 from core.schema import DataConfig
 from data.dataset import ReIDDataset
 from data.images import ImageLoader
 from data.transforms import build_tta_transform
-from engine.extraction import extract
+from engine.extraction import extract, nonfinite_rows
 from engine.scoring.embed_cache import EmbeddingCache, cache_key, transform_description
 
 
@@ -37,31 +38,60 @@ class ImageViews:
         return size, list(meta.get("mean") or self.data.mean), list(meta.get("std") or self.data.std)
 
 
-def cached_outputs(model: Callable[[], torch.nn.Module], spec: str, meta: Dict[str, Any], checksum: str, heads: Sequence[str],
-                   views: ImageViews, rows: pd.DataFrame, cache: EmbeddingCache, fingerprint: str,
-                   accelerator, precision: Optional[str] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
-    """({head: (len(rows), ...) array}, {head: cache key}); extracted on a miss, split across processes.
+@dataclass(frozen=True)
+class CachedModel:
+    """A model as the embedding cache knows it; `build()` gives the model, called only on a miss
+    (eval.py builds it only then)."""
 
-    `model()` gives the model, called only on a miss (eval.py builds it only then).
+    spec: str
+    meta: Dict[str, Any]
+    checksum: str
+    build: Callable[[], torch.nn.Module]
+
+
+@dataclass(frozen=True)
+class CachedRows:
+    """The rows to embed, the cache their outputs go to, and the rows' fingerprint (part of the key)."""
+
+    rows: pd.DataFrame
+    cache: EmbeddingCache
+    fingerprint: str
+
+
+def cached_outputs(model: CachedModel, heads: Sequence[str], views: ImageViews, rows: CachedRows, accelerator,
+                   precision: Optional[str] = None) -> Tuple[Dict[str, np.ndarray], Dict[str, str]]:
+    """({head: (len(rows), ...) array}, {head: cache key}); extracted on a miss, split across processes.
 
     `precision` ("no", "bf16", "fp16"): what extraction runs in and the cache key records; None =
     the accelerator's (eval.py's own accelerator runs in eval precision already).
     """
-    size, mean, std = views.model_input(meta)
+    size, mean, std = views.model_input(model.meta)
     data = views.data
     transform = transform_description(size=size, mean=mean, std=std, tta=views.tta,
                                       orientation_rules=data.orientation_rules, crop_to_bbox=data.crop_to_bbox,
                                       bbox_padding=data.bbox_padding)
     transform["runtime"] = runtime(accelerator, precision)
-    keys = {head: cache_key(checksum, fingerprint, transform, head) for head in heads}
+    keys = {head: cache_key(model.checksum, rows.fingerprint, transform, head) for head in heads}
 
     def compute() -> Dict[str, np.ndarray]:
-        dataset = ReIDDataset(rows, ImageLoader(size, data.cache_dir, data.crop_to_bbox, data.bbox_padding),
+        dataset = ReIDDataset(rows.rows, ImageLoader(size, data.cache_dir, data.crop_to_bbox, data.bbox_padding),
                               build_tta_transform(views.tta, size, mean, std), orientation_rules=data.orientation_rules)
-        return extract(model(), dataset, heads=heads, batch_size=views.batch_size, accelerator=accelerator,
-                       num_workers=data.num_workers, desc=f"embedding {model_label(spec)}", precision=precision)
+        return extract(model.build(), dataset, heads=heads, batch_size=views.batch_size, accelerator=accelerator,
+                       num_workers=data.num_workers, desc=f"embedding {model_label(model.spec)}", precision=precision)
 
-    return cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows)), keys
+    arrays = rows.cache.get_or_compute(keys, compute, accelerator=accelerator, expected_rows=len(rows.rows))
+    for head, array in arrays.items():
+        _require_finite(array, head, model.spec, rows.rows)
+    return arrays, keys
+
+
+def _require_finite(array: np.ndarray, head: str, spec: str, rows: pd.DataFrame) -> None:
+    """Stop on NaN or infinite outputs: retrieval and clustering would turn them into arbitrary answers."""
+    bad = nonfinite_rows(array)
+    if len(bad):
+        names = rows["image_id"].iloc[bad].astype(str).tolist()
+        raise DataError(f"model {spec} gives NaN or infinite {head} values for {len(bad)} of {len(rows)} images "
+                        f"({list_some(names, 5)}): its weights or these images are broken")
 
 
 def model_label(spec: str) -> str:

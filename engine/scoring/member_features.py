@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
 from core.errors import DataError
 from data.dataset import ReIDDataset
 from engine.extraction import EMBEDDING, extract_embeddings
-from engine.scoring.cached_outputs import ImageViews, cached_outputs
-from engine.scoring.embed_cache import EmbeddingCache
+from engine.scoring.cached_outputs import CachedModel, CachedRows, ImageViews, cached_outputs
 from zoo.loading import load_for_eval
 from zoo.spec import member_spec, recorded_member
 
@@ -66,10 +64,10 @@ def load_recorded_members(recorded: Sequence[Mapping[str, Any]], owner: str, dev
     return members
 
 
-def member_features(members: Sequence[Member], views: ImageViews, rows: pd.DataFrame, cache: EmbeddingCache,
-                    fingerprint: str, accelerator, precision: Optional[str] = None) -> List[np.ndarray]:
+def member_features(members: Sequence[Member], views: ImageViews, rows: CachedRows, accelerator,
+                    precision: Optional[str] = None) -> List[np.ndarray]:
     """Each member's (len(rows), D_m) L2-normalised embeddings (TTA views averaged), from the cache or extracted."""
-    return [cached_outputs(lambda m=m: m.model, m.spec, m.meta, m.checksum, (EMBEDDING,), views, rows, cache, fingerprint,
+    return [cached_outputs(CachedModel(m.spec, m.meta, m.checksum, lambda m=m: m.model), (EMBEDDING,), views, rows,
                            accelerator, precision)[0][EMBEDDING] for m in members]
 
 

@@ -26,7 +26,7 @@ from core.errors import DataError, list_some
 from core.schema import EvalConfig
 from engine.accel import say
 from engine.extraction import EMBEDDING, LOGITS
-from engine.scoring.cached_outputs import ImageViews, cached_outputs
+from engine.scoring.cached_outputs import CachedModel, CachedRows, ImageViews, cached_outputs
 from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.scoring.lazy_model import LazyModel
 from engine.scoring.member_features import fused_embeddings, load_recorded_members, member_features
@@ -52,24 +52,23 @@ def voting_classes(spec: str, meta: Dict[str, Any], classes: Optional[int],
     return {str(k): int(v) for k, v in label_map.items()}
 
 
-def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: set,
-                  cache: EmbeddingCache, images_fingerprint: str, accelerator=None) -> ModelOutput:
+def model_outputs(spec: str, weight: float, cfg: EvalConfig, cached_rows: CachedRows, gallery_identities: set,
+                  accelerator=None) -> ModelOutput:
     """One model's outputs for `rows`, read from the cache or extracted (the model is built only then,
     or for its pair head: engine.scoring.lazy_model)."""
     device = accelerator.device if accelerator is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    handle = LazyModel(spec, device, cache)
+    handle = LazyModel(spec, device, cached_rows.cache)
     meta = handle.meta
     views = ImageViews(cfg.data, cfg.tta, cfg.batch_size)
     if handle.inputs == "member_features":
-        return _fused_outputs(spec, weight, handle.model(), meta, handle.checksum, views, rows, cache, images_fingerprint,
-                              accelerator)
+        return _fused_outputs(spec, weight, handle.model(), meta, handle.checksum, views, cached_rows, accelerator)
     size, mean, std = views.model_input(meta)
     checksum, probed = handle.identify(size)
     label_map = voting_classes(spec, meta, probed["classes"], gallery_identities)
     if probed["classes"] is not None and label_map is None:
         say(accelerator, f"{spec}: its classes are none of the database identities; it votes with its embedding")
     heads = (EMBEDDING, LOGITS) if label_map is not None else (EMBEDDING,)
-    arrays, keys = cached_outputs(handle.model, spec, meta, checksum, heads, views, rows, cache, images_fingerprint, accelerator)
+    arrays, keys = cached_outputs(CachedModel(spec, meta, checksum, handle.model), heads, views, cached_rows, accelerator)
     pair_head = _pair_head(handle.model) if probed["pair_head"] else None
     info = ModelInfo(spec, checksum, meta.get("architecture"), probed["embed_dim"], probed["classes"],
                      "softmax" if label_map is not None else "embedding", pair_head is not None,
@@ -79,10 +78,9 @@ def model_outputs(spec: str, weight: float, cfg: EvalConfig, rows: pd.DataFrame,
 
 def all_model_outputs(cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: set, accelerator=None) -> List[ModelOutput]:
     """Every model of cfg.models over `rows`, with its weight; a model listed twice is told apart by number."""
-    cache = EmbeddingCache(resolve_embed_cache_dir(cfg.embed_cache))
-    fingerprint = image_list_fingerprint(rows)
+    cached_rows = CachedRows(rows, EmbeddingCache(resolve_embed_cache_dir(cfg.embed_cache)), image_list_fingerprint(rows))
     weights = cfg.weights or [1.0] * len(cfg.models)
-    outputs = [model_outputs(spec, weight, cfg, rows, gallery_identities, cache, fingerprint, accelerator)
+    outputs = [model_outputs(spec, weight, cfg, cached_rows, gallery_identities, accelerator)
                for spec, weight in zip(cfg.models, weights, strict=True)]
     specs = list(cfg.models)
     for i, out in enumerate(outputs):
@@ -92,11 +90,11 @@ def all_model_outputs(cfg: EvalConfig, rows: pd.DataFrame, gallery_identities: s
 
 
 def _fused_outputs(spec: str, weight: float, model, meta: Dict[str, Any], checksum: str, views: ImageViews,
-                   rows: pd.DataFrame, cache: EmbeddingCache, fingerprint: str, accelerator) -> ModelOutput:
+                   rows: CachedRows, accelerator) -> ModelOutput:
     """A fusion model: its members' embeddings (checked, cached), then its fused embedding; it votes
     with that embedding, and its pair head (if trained) re-scores the shortlist."""
     members = load_recorded_members(model.members, spec, model.pca(0)[0].device)  # (it may have no parameters)
-    blocks = member_features(members, views, rows, cache, fingerprint, accelerator)
+    blocks = member_features(members, views, rows, accelerator)
     embeddings = fused_embeddings(model, np.concatenate(blocks, axis=1), batch_size=max(256, views.batch_size),
                                   accelerator=accelerator)
     # The members' own embeddings, for the eval-time choice (engine.scoring.choice).

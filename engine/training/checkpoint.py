@@ -24,6 +24,7 @@ import json
 import pickle
 import re
 import shutil
+from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
@@ -34,6 +35,7 @@ from safetensors.torch import load_model, save_model
 
 from core.errors import ConfigError, UserError
 from core.files import atomic_folder, file_sha256
+from engine.training.divergence import check_weights
 
 STATE_FILE = "trainer_state.json"
 BEST_FILE = "best.safetensors"
@@ -79,6 +81,11 @@ def checkpoint_problem(path: Path) -> Optional[str]:
         if file.stat().st_size != size or file_sha256(file) != sha256:
             return f"{name} does not match the size and checksum in {STATE_FILE}"
     return None
+
+
+def last_complete(root: Path) -> Optional[Path]:
+    """The newest complete checkpoint under `root` (a run's checkpoints/), None when there is none."""
+    return next((path for path in reversed(checkpoint_dirs(root)) if checkpoint_problem(path) is None), None)
 
 
 def find_checkpoint(output_dir: Path, which: str, warn: Callable[[str], None] = print) -> Path:
@@ -165,6 +172,8 @@ def save_checkpoint(
 ) -> Path:
     """Write the checkpoint of `step`; every process calls it. `best_weights` is copied in as
     best.safetensors."""
+    # The weights are the same on every process: all of them stop here, before writing anything.
+    check_weights({"model weights": module, "EMA weights": ema}, step=step, last_checkpoint=partial(last_complete, root))
     final = root / f"step-{step:06d}"
     rng_states = gather_object([_rng_state()])  # rank order
     if accelerator.is_main_process:

@@ -13,6 +13,7 @@ import json
 import math
 import time
 from abc import ABC, abstractmethod
+from functools import partial
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple
 
@@ -20,6 +21,8 @@ import torch
 from timm.utils import ModelEmaV3
 from torch import nn
 
+from engine.training.checkpoint import last_complete
+from engine.training.divergence import check_gradients, check_loss
 from engine.training.schedule import TimeBudget, advance, progress_bar
 
 
@@ -135,8 +138,15 @@ class EpochLoop(ABC):
         self._step_loss = self._step_loss + loss.detach().float() / cfg.train.grad_accum
         if not is_step:
             return False
+        # Reduced before the step: every process must agree to stop before the weights change.
+        mean_loss = acc.reduce(self._step_loss, reduction="mean").item()
+        last_checkpoint = partial(last_complete, self.out / "checkpoints")
+        check_loss(mean_loss, parts, step=self.state["step"] + 1, epoch=self.state["epoch"], batch=position,
+                   last_checkpoint=last_checkpoint)
         if cfg.train.clip_grad > 0:
-            acc.clip_grad_norm_(self.trained_module.parameters(), cfg.train.clip_grad)
+            norm = acc.clip_grad_norm_(self.trained_module.parameters(), cfg.train.clip_grad)
+            if norm is not None and acc.mixed_precision != "fp16":
+                check_gradients(float(norm), step=self.state["step"] + 1, last_checkpoint=last_checkpoint)
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -144,7 +154,6 @@ class EpochLoop(ABC):
         step = self.state["step"]
         if self.ema is not None:
             self.ema.update(self.ema_source, step=step)
-        mean_loss = acc.reduce(self._step_loss, reduction="mean").item()
         self._step_loss, self._last_loss = 0.0, mean_loss
         if self.writer is not None and (step % cfg.train.log_every == 0 or step == 1):
             self.writer.add_scalar("loss/total", mean_loss, step)

@@ -36,7 +36,7 @@ from engine.training.epochs import EpochLoop, make_ema
 from engine.training.member_data import build_member_feature_data
 from engine.training.run_folder import check_run_dir, claim_run_dir, holding_run_dir, training_reads
 from engine.training.schedule import build_scheduler
-from engine.training.validation import validate
+from engine.training.validation import improves, undefined_metrics, validate
 from losses import ITEMS, build_criterion
 from zoo import build_model, model_checksum, save_export
 from zoo.registry import model_inputs
@@ -230,6 +230,10 @@ class Trainer(EpochLoop):
         self.step_module.train()
         step = self.state["step"]
         self.acc.print("validation " + "  ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+        undefined = undefined_metrics(metrics)
+        if undefined:
+            self.acc.print(f"warning: validation {', '.join(undefined)} NaN at step {step}: a NaN never counts "
+                           "as the best")
         if self.writer is not None:
             for name, value in metrics.items():
                 self.writer.add_scalar(f"val/{name}", value, step)
@@ -238,7 +242,7 @@ class Trainer(EpochLoop):
         key = self.cfg.val.best_metric
         if key not in metrics:
             raise ConfigError(f"val.best_metric '{key}' is not a validation metric; valid: {', '.join(metrics)}")
-        if self.state["best"] is None or metrics[key] > self.state["best"][key]:
+        if improves(metrics[key], None if self.state["best"] is None else self.state["best"][key]):
             self.state["best"], self.state["best_step"] = dict(metrics), step
             if self.acc.is_main_process and self.cfg.val.export == "best":
                 write_best(self.out, self.eval_model(), step=step, metrics=metrics)

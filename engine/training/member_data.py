@@ -27,7 +27,7 @@ from data.samplers import build_batch_sampler
 from data.splits import gallery_and_query
 from data.transforms import build_eval_transform
 from engine.accel import eval_precision, say
-from engine.scoring.cached_outputs import ImageViews
+from engine.scoring.cached_outputs import CachedRows, ImageViews
 from engine.scoring.embed_cache import EmbeddingCache, image_list_fingerprint, resolve_embed_cache_dir
 from engine.scoring.member_features import FeatureDataset, Member, load_members, member_features
 from engine.tables import dataset_table
@@ -125,7 +125,7 @@ def build_member_feature_data(cfg: TrainConfig, *, num_replicas: int = 1, rank: 
     views = ImageViews(cfg.data, features_cfg.tta, features_cfg.batch_size)
 
     def features_for(tta: Sequence[str]) -> List[np.ndarray]:
-        return member_features(members, replace(views, tta=tta), rows, cache, fingerprint, accelerator, precision)
+        return member_features(members, replace(views, tta=tta), CachedRows(rows, cache, fingerprint), accelerator, precision)
 
     averaged = features_for(features_cfg.tta)
     per_view = [np.concatenate(features_for([view]), axis=1) for view in features_cfg.train_views]

@@ -7,6 +7,7 @@ right yardstick for choosing a checkpoint (eval.py tunes its threshold without q
 """
 from __future__ import annotations
 
+import math
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -15,13 +16,14 @@ import torch
 
 from core.schema import RetrievalConfig
 from data.dataset import ReIDDataset
-from engine.extraction import extract_embeddings
+from engine.extraction import extract_embeddings, nonfinite_rows
 from engine.metrics import baks, baus, cmc, geometric_mean, mean_average_precision
 from engine.openset import decide, tune_threshold
 from engine.retrieval import retrieve
 from engine.visual import match_grid
 
 GRID_QUERIES = 8
+METRICS = ("rank1", "mAP", "BAKS", "BAUS", "geometric_mean", "threshold")
 THUMBNAIL = 64
 
 
@@ -35,7 +37,7 @@ def open_set_metrics(
     threshold = tune_threshold(best_scores, best_ids, q_ids, known, per_dataset=False).overall
     predicted = decide(best_ids, best_scores, threshold)
     known_part, unknown_part = baks(q_ids, predicted, known), baus(q_ids, predicted, known)
-    metrics = {
+    metrics = {  # in the order of METRICS
         "rank1": cmc(result.ranked_identities(), q_ids, ks=(1,), gallery_identities=known)["rank1"],
         "mAP": mean_average_precision(result.image_labels(), q_ids, gallery_labels=db_ids),
         "BAKS": known_part,
@@ -43,7 +45,20 @@ def open_set_metrics(
         "geometric_mean": geometric_mean(known_part, unknown_part),
         "threshold": threshold,
     }
-    return {name: float(np.nan_to_num(value)) for name, value in metrics.items()}, result.indices
+    # A NaN metric stays NaN: as 0 it would read as a model that fails, which it may not be.
+    return {name: float(value) for name, value in metrics.items()}, result.indices
+
+
+def undefined_metrics(metrics: Dict[str, float]) -> List[str]:
+    """The metrics that are NaN."""
+    return [name for name, value in metrics.items() if math.isnan(value)]
+
+
+def improves(value: float, best: Optional[float]) -> bool:
+    """Whether a validation `value` beats the `best` so far: NaN never does, and any number beats NaN."""
+    if math.isnan(value):
+        return False
+    return best is None or math.isnan(best) or value > best
 
 
 def validate(
@@ -52,6 +67,12 @@ def validate(
     was_training = model.training
     embeddings = extract_embeddings(model, dataset, batch_size=batch_size, accelerator=accelerator, progress=False)
     model.train(was_training)
+    broken = nonfinite_rows(embeddings)
+    if len(broken):
+        # Retrieval would rank NaN similarities in an arbitrary order and score that as a model.
+        accelerator.print(f"warning: {len(broken)} of {len(embeddings)} validation embeddings are NaN or infinite "
+                          "(the model's weights or running statistics diverged): every validation metric is NaN")
+        return dict.fromkeys(METRICS, math.nan), None
     is_db = (table["split"] == "database").to_numpy()
     ids = table["identity"].to_numpy(dtype=object)
     metrics, top = open_set_metrics(embeddings[is_db], ids[is_db], embeddings[~is_db], ids[~is_db])

@@ -1,0 +1,92 @@
+"""`reidzoo-review simulate`: an oracle answers from the true identities, through the session the
+page uses, and the run is re-decided under its answers.
+
+The truth is a CSV of `image_id, identity` (the AnimalCLEF solution layout) or `file, identity`
+(a folder dataset's relative paths, as predictions.csv names them). Images the truth does not name
+keep the identity the run knew (database or train images). Each dataset gets `answers` questions
+in turn (a dataset runs out when no pair is left open); with `error_rate` the oracle gives the
+wrong answer that often (seeded). A contradiction is settled the careful way: the earlier answers
+are kept and the new one is stored as overruled, as a reviewer who cannot look again would.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import pandas as pd
+
+from core.errors import DataError
+from engine.review.constraints import DIFFERENT, SAME
+from engine.review.run import ReviewRun
+from engine.review.session import ReviewSession
+
+ORACLE = "oracle"
+
+
+def read_truth(path, run: ReviewRun) -> np.ndarray:
+    """The true identity of every image of `run` ('' where neither the truth nor the run knows it)."""
+    path = Path(path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise DataError(f"cannot read the truth {path}: {err}") from err
+    key = next((c for c in ("image_id", "file") if c in frame.columns), None)
+    if key is None or "identity" not in frame.columns:
+        raise DataError(f"{path} needs the columns image_id (or file) and identity; it has {', '.join(frame.columns)}")
+    dataset = run.images["dataset"].to_numpy(dtype=object)
+    labels = run.images["identity"].to_numpy(dtype=object)
+    truth = np.where(labels != "", dataset + "\x1f" + labels, "").astype(object)
+    for name, identity in zip(frame[key], frame["identity"], strict=True):
+        row = run.row_of.get(name)
+        if row is not None and identity:
+            truth[row] = f"{dataset[row]}\x1f{identity}"
+    known = truth != ""
+    queries = run.images["is_query"].to_numpy(bool)
+    if not (known & queries).any():
+        raise DataError(f"{path} names none of the run's {int(queries.sum())} query images by {key}")
+    return truth.astype(str)
+
+
+@dataclass
+class Simulated:
+    asked: Dict[str, int]  # per dataset
+    wrong: int  # answers the oracle gave wrongly on purpose
+    conflicts: int  # contradictions met (kept the earlier answers)
+
+
+def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate: float = 0.0,
+             rng: Optional[np.random.Generator] = None, datasets: Optional[List[str]] = None) -> Simulated:
+    """Answer pairs from `truth` until every dataset holds `answers` of the oracle's answers (those
+    stored before count, so a session can be taken further step by step, as the benchmark does)."""
+    if not 0 <= error_rate < 1:
+        raise DataError(f"--error-rate must be at least 0 and below 1, got {error_rate}")
+    rng = rng if rng is not None else np.random.default_rng(0)
+    data = session.run.data
+    pending = list(datasets or session.datasets())
+    asked = {d: 0 for d in pending}
+    for stored in session.store.everything():
+        if stored.client == ORACLE and stored.dataset in asked:
+            asked[stored.dataset] += 1
+    wrong = conflicts = 0
+    while pending:
+        for dataset in list(pending):
+            pair = session.next_pair(ORACLE, dataset) if asked[dataset] < answers else None
+            if pair is None:
+                pending.remove(dataset)
+                continue
+            a, b = truth[data.pair_a[pair]], truth[data.pair_b[pair]]
+            if not a or not b:
+                verdict = "not_sure"
+            else:
+                verdict = SAME if a == b else DIFFERENT
+                if rng.random() < error_rate:
+                    verdict = DIFFERENT if verdict == SAME else SAME
+                    wrong += 1
+            outcome = session.answer(ORACLE, ORACLE, pair, verdict)
+            if outcome.conflict is not None:
+                conflicts += 1
+                session.answer(ORACLE, ORACLE, pair, verdict, keep="earlier")
+            asked[dataset] += 1
+    return Simulated(asked, wrong, conflicts)
