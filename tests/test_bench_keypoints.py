@@ -1,10 +1,10 @@
 """scripts/bench/bench_keypoints.py's plumbing: variants, the warm feature caches, the table."""
 from __future__ import annotations
 
+import bench_keypoints
 import pytest
 
 from core.errors import ConfigError
-from scripts.bench import bench_keypoints
 
 
 def test_unknown_variants_are_refused_and_the_baseline_is_always_run():
@@ -40,3 +40,17 @@ def test_the_table_gives_re_ranking_seconds_against_todays_sift():
     assert cells[5] == "26" and cells[6] == "1.30", "(36 - 10) / (30 - 10)"
     assert cells[7] == "40" and cells[8] == "2.00", "(48 - 8) / (28 - 8)"
     assert cells[11] == "weighting confusers, geometry similarity", "options kept, not those dropped"
+
+
+def test_the_failure_script_names_each_photos_site_as_the_generator_drew_it():
+    from sites_failure import photo_sites
+
+    from data.synthetic_scene import scene_cast
+
+    where = photo_sites(seed=3, individuals=6, images=4, sites=3)
+    assert len(where) == 24 and {group for group, _ in where.values()} == {0, 1, 2}
+    from data.synthetic import _plan
+
+    for person in _plan(3, 6, 4):
+        for photo in person.photos:
+            assert where[photo.image_id] == (person.group, scene_cast(3, person.index, photo.k, 6, sites=3).background)

@@ -34,12 +34,10 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-REPO = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(REPO))
+from benchmarking import REPO, cpu_line, execute, parse_set, read_metrics
 
-from core.errors import ConfigError, cli_entry  # noqa: E402
-from core.files import atomic_write_text  # noqa: E402
-from scripts.benchmarking import cpu_line, execute, parse_set, read_metrics  # noqa: E402
+from core.errors import ConfigError, cli_entry
+from core.files import atomic_write_text
 
 ALL_WEIGHTINGS = "rerank.weighting=[confusers,burstiness,foreground]"
 VARIANTS: Dict[str, List[str]] = {
