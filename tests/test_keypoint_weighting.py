@@ -191,6 +191,9 @@ def test_the_held_out_split_keeps_an_option_only_where_it_helps(helps):
         def options(self):
             return {"weighting truth": (False, True)}
 
+        def option_values(self):
+            return {"weighting truth": self.noise != helps}
+
         def set_option(self, name, value):
             self.noise = value != helps
 
@@ -302,3 +305,35 @@ def test_another_geometry_fits_each_pair_again_without_the_matches_weightings_dr
     assert scorer.geometry == "similarity" and scorer.describe()["geometry"] == "similarity"
     assert 12 <= scorer.pair_scores(space, np.array([4]), np.array([0]))[0] <= 13
     assert MatcherScorer(pairs, RerankConfig(geometries=["similarity"], score="matches"), 1.0).options() == {}
+
+
+@pytest.mark.parametrize("gain, chosen", [(0.002, "fundamental"), (0.02, "affine")])
+def test_an_option_leaves_its_preferred_value_only_for_a_clear_gain(monkeypatch, gain, chosen):
+    from engine.identify import heldout
+
+    class Stub:
+        calibrator = None
+        value = "fundamental"
+
+        def option_values(self):
+            return {"geometry": self.value}
+
+        def set_option(self, name, value):
+            self.value = value
+
+    scorer, votes = Stub(), []
+    validation = {"fundamental": 0.5, "similarity": 0.5 - gain, "affine": 0.5 + gain}
+
+    def vote(cfg, scorers, space, passes):
+        votes.append(scorer.value)
+        return SimpleNamespace(score=lambda per_dataset, value=scorer.value: validation[value])
+
+    monkeypatch.setattr(heldout, "pooled_vote", vote)
+    passes = [SimpleNamespace(calibration=SimpleNamespace(refit=lambda s, space: None))]
+    seen = {}
+    _, choice = heldout.tune_option(EvalConfig(), [scorer], None, passes, scorer, "geometry",
+                                    ("fundamental", "similarity", "affine"), seen)
+    assert choice.chosen == chosen and scorer.value == chosen
+    assert votes == ["fundamental", "similarity", "affine"]
+    heldout.tune_option(EvalConfig(), [scorer], None, passes, scorer, "geometry", ("fundamental", "affine"), seen)
+    assert len(votes) == 3, "settings voted already are not voted again"

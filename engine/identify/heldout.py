@@ -34,6 +34,9 @@ from engine.scoring.weights import MATCHER_WEIGHTS, PAIR_HEAD_FACTORS
 TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as validation queries
 MIN_UNSEEN_IDENTITIES = 4  # per dataset, to tune on identities no model was trained on
 MIN_HELD_IDENTITIES = 2  # per dataset: one known and one new at least
+# A scorer option leaves its preferred value only for one that beats it by this much on the validation
+# queries: a held-out split of a few dozen queries moves by more than that between equivalent settings.
+OPTION_MARGIN = 0.005
 
 
 @dataclass
@@ -176,19 +179,26 @@ def tune_weight(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, p
 
 
 def tune_option(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, passes: Sequence[HeldOutSplit],
-                scorer: Scorer, option: str, values: Sequence) -> Tuple[Pooled, WeightChoice]:
-    """The value of one of `scorer`'s options whose vote scores best on the validation queries (the
-    first of `values` among equals), set on it; the scorer is calibrated again for each value, on the
-    pairs the first split calibrated it on (an option changes its raw scores)."""
+                scorer: Scorer, option: str, values: Sequence, seen: Dict) -> Tuple[Pooled, WeightChoice]:
+    """The value of one of `scorer`'s options whose vote scores best on the validation queries, set on
+    it; the first of `values` unless another beats it by OPTION_MARGIN; the scorer is calibrated again for each value, on the
+    pairs the first split calibrated it on (an option changes its raw scores). `seen` keeps each
+    setting of all its options voted so far: options are set one after the other, and the next one's
+    value as it stands is a setting voted already."""
     tried = {}
     for value in values:
         scorer.set_option(option, value)
-        passes[0].calibration.refit(scorer, space)
-        tried[value] = pooled_vote(cfg, scorers, space, passes)
+        setting = tuple(sorted(scorer.option_values().items()))
+        if setting not in seen:
+            passes[0].calibration.refit(scorer, space)
+            seen[setting] = (pooled_vote(cfg, scorers, space, passes), scorer.calibrator)
+        tried[value] = seen[setting][0]
     per_dataset = cfg.threshold.per_dataset
-    best = max(values, key=lambda v: (round(tried[v].score(per_dataset), 9), -list(values).index(v)))
+    scores = {v: round(tried[v].score(per_dataset), 9) for v in values}
+    better = [v for v in values[1:] if scores[v] >= scores[values[0]] + OPTION_MARGIN]
+    best = max(better, key=lambda v: (scores[v], -list(values).index(v))) if better else values[0]
     scorer.set_option(option, best)
-    passes[0].calibration.refit(scorer, space)
+    scorer.calibrator = seen[tuple(sorted(scorer.option_values().items()))][1]
     return tried[best], WeightChoice(best, {str(v): round(p.score(per_dataset), 6) for v, p in tried.items()})
 
 
@@ -218,8 +228,10 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     # changes what the weight scales.
     options = {}
     for scorer in (s for s in scorers if cfg.rerank.tune_weight and passes[0].calibration is not None):
+        seen: Dict = {}
         for option, values in scorer.options().items():
-            pooled, options[f"{scorer.kind}: {option}"] = tune_option(cfg, scorers, space, passes, scorer, option, values)
+            pooled, options[f"{scorer.kind}: {option}"] = tune_option(cfg, scorers, space, passes, scorer, option, values,
+                                                                      seen)
     if cfg.rerank.tune_weight and "matcher" in kinds:
         pooled, weights["matcher"] = tune_weight(cfg, scorers, space, passes, "matcher", MATCHER_WEIGHTS,
                                                          cfg.rerank.weight, scale=False)

@@ -17,7 +17,7 @@ labels the database holds, so they are not stored under an image's own key.
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
@@ -46,7 +46,8 @@ class Confusers(KeypointWeighting):
         # an image of another identity, sorted by keypoint.
         self._evidence: Dict[int, Tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         self._allowed: Optional[np.ndarray] = None
-        self._counts: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}  # per row, for the allowed gallery
+        self._others: Dict[int, Set[int]] = {}  # per database row, the rows its evidence came from
+        self._counts: Optional[Tuple[np.ndarray, np.ndarray]] = None  # `_table`, for the allowed gallery
 
     def learn(self, labels: np.ndarray, rows: np.ndarray, shortlists: np.ndarray, counted) -> None:
         first = np.repeat(rows, shortlists.shape[1])
@@ -68,12 +69,13 @@ class Confusers(KeypointWeighting):
             order = np.argsort(keypoints, kind="stable")
             self._evidence[row] = (keypoints[order], others[order],
                                    np.array([codes[labels[o]] for o in others[order].tolist()], np.int64))
-        self._counts = {}
+        self._others = {row: set(others.tolist()) for row, (_, others, _) in self._evidence.items()}
+        self._counts = None
 
     def prepare(self, g_rows: np.ndarray, rows: int) -> None:
         self._allowed = np.zeros(rows, bool)
         self._allowed[g_rows] = True
-        self._counts = {}
+        self._counts = None
 
     def _identities(self, row: int, without: int) -> Tuple[np.ndarray, np.ndarray]:
         """`distinct_counts` of a database row's keypoints: how many other identities each is matched
@@ -82,20 +84,25 @@ class Confusers(KeypointWeighting):
         use = (others != without) if self._allowed is None else self._allowed[others] & (others != without)
         return distinct_counts(np.zeros(int(use.sum()), np.int64), keypoints[use], codes[use])
 
-    def weights(self, batch: MatchBatch) -> List[np.ndarray]:
-        out = []
-        for record, q, g in zip(batch.records, batch.q_rows.tolist(), batch.g_rows.tolist(), strict=True):
-            if g not in self._evidence or not len(record.second):
-                out.append(np.ones(len(record.second)))
-                continue
-            # The query image's own evidence is left out when it could have given any (it is in the
-            # allowed gallery: a database image calibrating the matcher); else one count per row serves.
-            own = (self._allowed is None or self._allowed[q]) and bool((self._evidence[g][1] == q).any())
-            if own:
-                found = self._identities(g, without=q)
+    def _table(self) -> Tuple[np.ndarray, np.ndarray]:
+        """`distinct_counts` over every database row's evidence from the allowed gallery, by (row, keypoint)."""
+        if self._counts is None:
+            parts = [(np.full(len(k), row, np.int64), k, o, c) for row, (k, o, c) in self._evidence.items()]
+            if not parts:
+                self._counts = (np.zeros(0, np.int64),) * 2
             else:
-                if g not in self._counts:
-                    self._counts[g] = self._identities(g, without=-1)
-                found = self._counts[g]
-            out.append((1.0 + counts_of(found, 0, record.second)) ** -self.power)
-        return out
+                rows, keypoints, others, codes = (np.concatenate(p) for p in zip(*parts, strict=True))
+                use = np.ones(len(others), bool) if self._allowed is None else self._allowed[others]
+                self._counts = distinct_counts(rows[use], keypoints[use], codes[use])
+        return self._counts
+
+    def weights(self, batch: MatchBatch) -> List[np.ndarray]:
+        second = batch.joined("second")
+        identities = counts_of(self._table(), batch.per_match(batch.g_rows), second).astype(np.float64)
+        starts = np.concatenate([[0], np.cumsum(batch.sizes())])
+        for i, (record, q, g) in enumerate(zip(batch.records, batch.q_rows.tolist(), batch.g_rows.tolist(), strict=True)):
+            # The query image's own evidence is left out when it could have given any (it is in the
+            # allowed gallery: a database image calibrating the matcher).
+            if g in self._others and q in self._others[g] and (self._allowed is None or self._allowed[q]):
+                identities[starts[i]:starts[i + 1]] = counts_of(self._identities(g, without=q), 0, record.second)
+        return batch.split((1.0 + identities) ** -self.power)

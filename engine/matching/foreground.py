@@ -19,13 +19,14 @@ keypoints in that padding, outside the box, weigh 0 too (`in_box`).
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Set, Tuple
 
 import numpy as np
 
 from core.errors import ConfigError
 from engine.matching.pairs import Record
 from engine.matching.weighting import (
+    KEY_SPAN,
     KEYPOINT_WEIGHTINGS,
     KeypointWeighting,
     MatchBatch,
@@ -58,9 +59,10 @@ class Foreground(KeypointWeighting):
         self.database_shortlist = int(shortlist)
         # Per database row: (keypoint, other row) of every static match with an image of another identity.
         self._static: Dict[int, Tuple[np.ndarray, np.ndarray]] = {}
-        self._background: Dict[int, np.ndarray] = {}  # per database row, for the allowed gallery
+        self._others: Dict[int, Set[int]] = {}  # per database row, the rows its static matches came from
+        self._background: Optional[np.ndarray] = None  # `_background_codes`, for the allowed gallery
         self._allowed: Optional[np.ndarray] = None
-        self._boxes: Dict[int, np.ndarray] = {}
+        self._boxes: Dict[int, Optional[np.ndarray]] = {}
 
     def learn(self, labels: np.ndarray, rows: np.ndarray, shortlists: np.ndarray, counted) -> None:
         store = self.pairs.store
@@ -77,46 +79,65 @@ class Foreground(KeypointWeighting):
         self._static = {row: (np.concatenate([k for k, _ in parts]).astype(np.int64),
                               np.concatenate([np.full(len(k), o, np.int64) for k, o in parts]))
                         for row, parts in found.items()}
-        self._background = {}
+        self._others = {row: set(others.tolist()) for row, (_, others) in self._static.items()}
+        self._background = None
 
     def prepare(self, g_rows: np.ndarray, rows: int) -> None:
         self._allowed = np.zeros(rows, bool)
         self._allowed[g_rows] = True
-        self._background = {}
+        self._background = None
 
-    def _database_background(self, row: int, without: int) -> np.ndarray:
+    def _database_background(self, row: int, without: int = -1) -> np.ndarray:
         """Keypoints of a database row static in allowed images of other identities, `without` one
         (the query itself, when it is a database image)."""
-        if row not in self._static:
-            return np.zeros(0, np.int64)
         keypoints, others = self._static[row]
-        loo = (self._allowed is None or bool(self._allowed[without])) and bool((others == without).any())
-        if not loo and row in self._background:
-            return self._background[row]
         use = np.ones(len(others), bool) if self._allowed is None else self._allowed[others]
-        found = np.unique(keypoints[use & (others != without)])
-        if not loo:
-            self._background[row] = found
-        return found
+        return np.unique(keypoints[use & (others != without)])
 
-    def in_box(self, row: int) -> np.ndarray:
-        """(N,) bool: row's keypoints inside its detector box (all of them without a detector's crop)."""
+    def _background_codes(self) -> np.ndarray:
+        """Sorted codes row * KEY_SPAN + keypoint of every database keypoint that is background for the
+        allowed gallery (no image left out)."""
+        if self._background is None:
+            parts = [row * KEY_SPAN + self._database_background(row) for row in self._static]
+            self._background = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+        return self._background
+
+    def in_box(self, row: int) -> Optional[np.ndarray]:
+        """(N,) bool: row's keypoints inside its detector box; None when its image is not cropped."""
         if row not in self._boxes:
-            self._boxes[row] = self.pairs.store.inside_crop_box(row)
+            inside = self.pairs.store.inside_crop_box(row)
+            self._boxes[row] = None if inside.all() else inside
         return self._boxes[row]
 
     def weights(self, batch: MatchBatch) -> List[np.ndarray]:
         store = self.pairs.store
-        static = [static_matches(r, store.features(q), store.features(g), self.displacement)
-                  for r, q, g in zip(batch.records, batch.q_rows.tolist(), batch.g_rows.tolist(), strict=True)]
-        moved = [r.first[s] for r, s in zip(batch.records, static, strict=True)]
-        sizes = [len(m) for m in moved]
-        found = distinct_counts(np.repeat(batch.q_rows, sizes), np.concatenate(moved),
-                                np.repeat(batch.label_codes(), sizes))
-        out = []
+        first, second = batch.joined("first"), batch.joined("second")
+        queries, galleries = batch.per_match(batch.q_rows), batch.per_match(batch.g_rows)
+        q_points, g_points, same, diagonal = [], [], [], []
         for record, q, g in zip(batch.records, batch.q_rows.tolist(), batch.g_rows.tolist(), strict=True):
-            keep = counts_of(found, q, record.first) < self.identities
-            keep &= ~np.isin(record.second, self._database_background(g, q))
-            keep &= self.in_box(q)[record.first] & self.in_box(g)[record.second]
-            out.append(keep.astype(np.float64))
-        return out
+            query, gallery = store.features(q), store.features(g)
+            q_points.append(query["keypoints"][record.first])
+            g_points.append(gallery["keypoints"][record.second])
+            same.append(np.array_equal(query["image_size"], gallery["image_size"]))
+            diagonal.append(float(np.hypot(*query["image_size"])))
+        if not batch.records:
+            return []
+        moved = np.linalg.norm(np.concatenate(q_points) - np.concatenate(g_points), axis=1)
+        static = batch.per_match(same) & (moved <= self.displacement * batch.per_match(diagonal))
+        found = distinct_counts(queries[static], first[static], batch.per_match(batch.label_codes())[static])
+        keep = counts_of(found, queries, first) < self.identities
+        codes = galleries * KEY_SPAN + second
+        background = self._background_codes()
+        keep &= ~np.isin(codes, background)
+        starts = np.concatenate([[0], np.cumsum(batch.sizes())])
+        for i, (record, q, g) in enumerate(zip(batch.records, batch.q_rows.tolist(), batch.g_rows.tolist(), strict=True)):
+            part = slice(starts[i], starts[i + 1])
+            if g in self._others and q in self._others[g] and (self._allowed is None or self._allowed[q]):
+                # The query image itself gave evidence: its own static matches are left out.
+                keep[part] = counts_of(found, q, record.first) < self.identities
+                keep[part] &= ~np.isin(record.second, self._database_background(g, without=q))
+            for row, side in ((q, record.first), (g, record.second)):
+                box = self.in_box(row)
+                if box is not None:
+                    keep[part] &= box[side]
+        return batch.split(keep)

@@ -117,6 +117,10 @@ class MatcherScorer(Scorer):
             found["geometry"] = (self.cfg.geometry, *others)
         return found
 
+    def option_values(self) -> Dict[str, Any]:
+        return {**{f"weighting {name}": name not in self.off for name in self.cfg.weighting},
+                "geometry": self.geometry}
+
     def set_option(self, name: str, value: Any) -> None:
         if name == "geometry":
             self._geometry = value
@@ -140,15 +144,17 @@ class MatcherScorer(Scorer):
         """The pairs' batch, its `counted` the matches that count under the geometry in use, and the
         weight of each match (the product of the weightings on; 1 without any). Another geometry than
         rerank.geometry fits each pair again on its stored matches, without those the weightings drop."""
-        records = self.pairs.records(q_rows, g_rows)
-        batch = MatchBatch(records, q_rows, g_rows, labels[g_rows], [counted_mask(r, self.cfg.score) for r in records])
         key = (self._context, _digest(q_rows), _digest(g_rows))
         if key not in self._memo:
-            self._memo[key] = {}
+            records = self.pairs.records(q_rows, g_rows)
+            self._memo[key] = {"batch": MatchBatch(records, q_rows, g_rows, labels[g_rows],
+                                                   [counted_mask(r, self.cfg.score) for r in records])}
             while len(self._memo) > self.MEMO:
                 self._memo.popitem(last=False)
         self._memo.move_to_end(key)
-        known = self._memo[key]  # each weighting's weights of this batch, whichever others are on
+        known = self._memo[key]  # the batch, and each weighting's weights of it whichever others are on
+        batch = known["batch"]
+        records = batch.records
         weights = [np.ones(len(r.first)) for r in records]
         for name in self.weightings:
             if name not in self.off:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
@@ -44,11 +44,22 @@ class MatchBatch:
         """(P,) an integer per distinct identity of g_labels."""
         return pd.factorize(pd.Series(self.g_labels, dtype=object))[0].astype(np.int64)
 
-    def by_query(self) -> Dict[int, np.ndarray]:
-        """Positions of the batch's pairs, per query row."""
-        order = np.argsort(self.q_rows, kind="stable")
-        rows, starts = np.unique(self.q_rows[order], return_index=True)
-        return {int(q): part for q, part in zip(rows, np.split(order, starts[1:]), strict=True)}
+    def sizes(self) -> np.ndarray:
+        """(P,) matches per record."""
+        return np.array([len(r.first) for r in self.records], np.int64)
+
+    def per_match(self, values: np.ndarray) -> np.ndarray:
+        """A value per record, repeated for each of its matches (all records' matches in one array)."""
+        return np.repeat(np.asarray(values), self.sizes())
+
+    def joined(self, key: str) -> np.ndarray:
+        """Every record's `first` or `second` keypoint indices in one int64 array, record after record."""
+        parts = [getattr(r, key) for r in self.records]
+        return np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+
+    def split(self, values: np.ndarray) -> List[np.ndarray]:
+        """One array of all records' matches back into one per record."""
+        return np.split(np.asarray(values, np.float64), np.cumsum(self.sizes())[:-1])
 
 
 class KeypointWeighting(ABC):
@@ -105,10 +116,11 @@ def distinct_counts(groups: np.ndarray, keys: np.ndarray, values: np.ndarray) ->
     return np.unique(codes[new], return_counts=True)
 
 
-def counts_of(found: Tuple[np.ndarray, np.ndarray], group: int, keys: np.ndarray) -> np.ndarray:
-    """The counts `distinct_counts` found for (group, each of keys); 0 where it found none."""
+def counts_of(found: Tuple[np.ndarray, np.ndarray], group, keys: np.ndarray) -> np.ndarray:
+    """The counts `distinct_counts` found for (group, each of keys), a group or one per key; 0 where
+    it found none."""
     codes, counts = found
-    wanted = np.int64(group) * KEY_SPAN + np.asarray(keys, np.int64)
+    wanted = np.asarray(group, np.int64) * KEY_SPAN + np.asarray(keys, np.int64)
     out = np.zeros(len(wanted), np.int64)
     if len(codes):
         at = np.clip(np.searchsorted(codes, wanted), 0, len(codes) - 1)
@@ -133,9 +145,7 @@ class Burstiness(KeypointWeighting):
         self.power = float(power)
 
     def weights(self, batch: MatchBatch) -> List[np.ndarray]:
-        codes = batch.label_codes()
-        kept = [r.first[c] for r, c in zip(batch.records, batch.counted, strict=True)]
-        found = distinct_counts(np.repeat(batch.q_rows, [len(k) for k in kept]), np.concatenate(kept),
-                                np.repeat(codes, [len(k) for k in kept]))
-        return [np.maximum(counts_of(found, q, r.first), 1).astype(np.float64) ** -self.power
-                for r, q in zip(batch.records, batch.q_rows.tolist(), strict=True)]
+        queries, first = batch.per_match(batch.q_rows), batch.joined("first")
+        counted = np.concatenate(batch.counted) if batch.records else np.zeros(0, bool)
+        found = distinct_counts(queries[counted], first[counted], batch.per_match(batch.label_codes())[counted])
+        return batch.split(np.maximum(counts_of(found, queries, first), 1).astype(np.float64) ** -self.power)

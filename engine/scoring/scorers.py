@@ -159,6 +159,10 @@ class Scorer(ABC):
         values to try, the first preferred among equals. Default: none."""
         return {}
 
+    def option_values(self) -> Dict[str, Any]:
+        """The value each option has now (`options`' names)."""
+        return {}
+
     def set_option(self, name: str, value: Any) -> None:
         raise KeyError(f"{self.name} has no option {name!r}")
 
