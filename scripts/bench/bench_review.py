@@ -2,18 +2,20 @@
 code path), and the runs' scores are read after 0, 25, 50, 100 and 200 answers per dataset.
 
     python scripts/bench/bench_review.py real --data-root /work/shared/data --out OUT --seeds 0,1 --minutes 5
+    python scripts/bench/bench_review.py real ... --train-steps 436   # a fixed number of steps instead
     python scripts/bench/bench_review.py speed --images 10000
     python scripts/bench/bench_review.py table --out OUT        # the tables again, from OUT/review-results.json
 
 **real**: the development sets in the AnimalCLEF 2026 layout of scripts/bench/bench_cluster_real.py
 (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set: identity-disjoint train, validation and
 test parts; ZebraStripes without train rows), one default-recipe model per seed trained on the
-pooled train parts for --minutes. Clustering: eval.py task=cluster on the validation and test
+pooled train parts for --minutes (or --train-steps, where the cores are shared and minutes buy
+fewer steps). Clustering: eval.py task=cluster on the validation and test
 parts, the method chosen by validation ARI (--methods); identification: DogFaceNet-dev's parts of
 the same protocol as an AnimalCLEF 2025 open-set set (database = the part's train rows, queries
 = its test rows, 20 % of their dogs new), eval.py task=identify. Every run is then reviewed by the
 oracle with each selector (--selectors), without and with wrong answers (--error-rates), and
-scored after each number of answers (--steps): mean ARI and B-cubed F1 over datasets for
+scored after each number of answers (--answers): mean ARI and B-cubed F1 over datasets for
 clustering, the open-set score (sqrt(BAKS x BAUS)) for identification. The answers of one count
 are the first answers of the next (one session taken further), exactly as separate
 `simulate --answers N` runs with the same seed give them. Choose on the validation rows; report
@@ -165,11 +167,11 @@ def real_main(args) -> None:
 
     print(f"CPU: {cpu_line()}", flush=True)
     protocol = build_protocol(args)
-    steps = [int(s) for s in comma_list(args.steps)]
+    steps = [int(s) for s in comma_list(args.answers)]
     results_path = Path(args.out) / "review-results.json"
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for seed in [int(s) for s in comma_list(args.seeds)]:
-        export = train(args, protocol, seed)
+        export = train(args, protocol, seed, steps=args.train_steps)
         runs = {}
         if "cluster" in comma_list(args.tasks):
             runs["cluster"] = _cluster_runs(args, protocol, seed, export)
@@ -305,16 +307,18 @@ def main(argv=None) -> None:
     real.add_argument("--out", required=True)
     real.add_argument("--seeds", default="0,1")
     real.add_argument("--minutes", type=float, default=5.0, help="training budget of the pooled model")
+    real.add_argument("--train-steps", type=int, default=0,
+                      help="train the pooled model this many optimizer steps instead of --minutes (0: minutes)")
     real.add_argument("--methods", default="agglomerative,leiden", help="clusterers chosen among on the validation part")
     real.add_argument("--tasks", default="cluster,identify")
     real.add_argument("--parts", default="val,test")
     real.add_argument("--selectors", default="default,uncertainty,random")
     real.add_argument("--error-rates", default="0,0.05")
-    real.add_argument("--steps", default="0,25,50,100,200")
+    real.add_argument("--answers", default="0,25,50,100,200", help="the answer counts each run is scored after")
     real.add_argument("--eval-overrides", default="", help="extra eval.py key=value for every clustering run")
     table = modes.add_parser("table")
     table.add_argument("--out", required=True)
-    table.add_argument("--steps", default="0,25,50,100,200")
+    table.add_argument("--answers", default="0,25,50,100,200")
     speed = modes.add_parser("speed")
     speed.add_argument("--images", type=int, default=10000)
     speed.add_argument("--neighbours", type=int, default=10)
@@ -323,7 +327,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if args.mode == "table":
         print_tables(json.loads((Path(args.out) / "review-results.json").read_text()),
-                     [int(s) for s in comma_list(args.steps)])
+                     [int(s) for s in comma_list(args.answers)])
         return
     (real_main if args.mode == "real" else speed_main)(args)
 
