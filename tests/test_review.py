@@ -16,7 +16,7 @@ import review
 from core.errors import DataError
 from engine.outputs.review_file import ANSWERS_FILE, load_review, save_review
 from engine.review.constraints import DIFFERENT, SAME, Answer, Closure
-from engine.review.refit import best_threshold, refitted
+from engine.review.refit import best_partition_threshold, best_threshold, candidate_thresholds, refitted
 from engine.review.run import open_run
 from engine.review.selectors import SELECTORS, Candidates
 from engine.review.session import ReviewOptions, ReviewRefused, ReviewSession
@@ -126,6 +126,23 @@ def test_the_threshold_refits_only_with_enough_answers_of_both_kinds():
     assert best_threshold(p, same, 0.7) == pytest.approx(0.375)
     assert refitted(p, same, 0.7, min_answers=10) is None
     assert refitted(p, same, 0.7, min_answers=8, min_each=3) == pytest.approx(0.375)
+
+
+def test_a_clustering_threshold_is_refitted_by_how_its_clusters_agree_with_the_answers():
+    # Animal X is photos 0, 1, 2 (0-1 and 1-2 close, 0-2 far apart: answered *same* at p 0.2); Y is
+    # 3 and 4, its 3 answered *different* from X's 2 at p 0.3. No cut separates those two edges,
+    # but above 0.3 the clusters do: X joined through 1, Y apart. The run's 0.1 merges them all.
+    from engine.cluster.graph import Graph
+    from engine.cluster.methods import CLUSTERERS
+
+    graph = Graph(5, np.array([0, 1, 0, 3, 2]), np.array([1, 2, 2, 4, 3]), np.array([0.9, 0.9, 0.2, 0.9, 0.3]))
+    a, b, p, same = np.array([0, 2]), np.array([2, 3]), np.array([0.2, 0.3]), np.array([True, False])
+    assert best_threshold(p, same, 0.1) == pytest.approx(0.1)  # the edges alone: no reason to move
+    thresholds = candidate_thresholds(p, 0.1)
+    assert thresholds.tolist() == pytest.approx([0.1, 0.2 - 1e-6, 0.25, 0.3 + 1e-6])
+    labelings = CLUSTERERS.build("agglomerative").labels(graph, np.full(5, -1), thresholds.tolist())
+    assert best_partition_threshold(thresholds, labelings, a, b, same, 0.1) == pytest.approx(0.3 + 1e-6)
+    assert len(candidate_thresholds(np.linspace(0, 1, 200), 0.5, most=10)) <= 11
 
 
 # ----------------------------------------------------------------------------- session

@@ -28,7 +28,7 @@ import numpy as np
 
 from core.errors import ConfigError
 from engine.review.constraints import LINKS, NOT_SURE, SAME, SKIP, VERDICTS, Answer, Closure, Conflict
-from engine.review.refit import MIN_ANSWERS, REFITS, refitted
+from engine.review.refit import MIN_ANSWERS, REFITS
 from engine.review.run import ReviewRun
 from engine.review.selectors import SELECTORS, Candidates
 from engine.review.store import ACTIVE, OVERRULED, UNDONE, AnswerClash, AnswerStore, StoredAnswer, ordered
@@ -123,16 +123,19 @@ class ReviewSession:
         refit = self.options.refit
         if refit == "never" or (refit == "auto" and self.run.data.settings.own_threshold.get(dataset, False)):
             return None
-        p, same = [], []
+        a, b, p, same = [], [], [], []
         for _, answer in self._answers():
             k = self.pair_of.get((min(answer.a, answer.b), max(answer.a, answer.b)))
             if answer.verdict in LINKS and k is not None and self.state.pair_dataset[k] == dataset:
+                a.append(answer.a)
+                b.append(answer.b)
                 p.append(self.run.data.pair_p[k])
                 same.append(answer.verdict == SAME)
         if not force and (len(p) < self.options.min_answers or (len(p) - self.options.min_answers) % REFIT_EVERY):
             return None
         original = self.run.data.settings.thresholds[dataset]
-        found = refitted(np.array(p), np.array(same), original, self.options.min_answers)
+        found = self.state.refit(dataset, np.array(a, np.int64), np.array(b, np.int64), np.array(p, np.float64),
+                                 np.array(same, bool), original, self.options.min_answers)
         value = original if found is None else found
         if abs(value - self.thresholds[dataset]) < 1e-12:
             return None

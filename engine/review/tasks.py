@@ -29,6 +29,7 @@ from engine.cluster.graph import Graph
 from engine.cluster.methods import CLUSTERERS
 from engine.cluster.pipeline import cluster_names
 from engine.review.constraints import DIFFERENT, SAME, Answer, Closure
+from engine.review.refit import best_partition_threshold, candidate_thresholds, enough, refitted
 from engine.review.run import ReviewRun
 from engine.review.selectors import Candidates
 
@@ -60,6 +61,13 @@ class TaskState(ABC):
         for dataset in datasets or self.decided_datasets():
             self.install(dataset, self.recompute(closure.pair_constraints(self.rows(dataset)), dataset,
                                                  self.thresholds[dataset]))
+
+    def refit(self, dataset: str, a: np.ndarray, b: np.ndarray, p: np.ndarray, same: np.ndarray,
+              current: float, min_answers: int) -> Optional[float]:
+        """`dataset`'s threshold re-fitted from the answered pairs (rows a[i], b[i], the run's
+        probability p[i]; a person said same[i]), or None while they are too few
+        (engine/review/refit.py): for identification, the threshold that separates them best."""
+        return refitted(p, same, current, min_answers)
 
     def decided_datasets(self) -> List[str]:
         return sorted(set(self.datasets[self.queries].tolist()))
@@ -212,6 +220,18 @@ class ClusterState(TaskState):
 
     def rows(self, dataset):
         return self.members[dataset]
+
+    def refit(self, dataset, a, b, p, same, current, min_answers):
+        # the clusters the run's clusterer makes at each candidate, anchored by the train labels but
+        # not by the answers, scored by how they agree with the answers
+        if not enough(same, min_answers):
+            return None
+        local = np.full(len(self.labels), -1, np.int64)
+        local[self.members[dataset]] = np.arange(len(self.members[dataset]))
+        thresholds = candidate_thresholds(p, current)
+        labelings = self.clusterer.labels(self.subgraphs[dataset], self.anchors[self.members[dataset]],
+                                          thresholds.tolist())
+        return best_partition_threshold(thresholds, labelings, local[a], local[b], same, current)
 
     def recompute(self, constraints, dataset, threshold):
         rows = self.members[dataset]
