@@ -48,6 +48,7 @@ VARIANTS: Dict[str, List[str]] = {
     "burstiness": ["rerank.matcher=sift", "rerank.weighting=[burstiness]"],
     "foreground": ["rerank.matcher=sift", "rerank.weighting=[foreground]"],
     "geometry": ["rerank.matcher=sift", "rerank.geometries=[similarity,affine]"],
+    "weightings": ["rerank.matcher=sift", ALL_WEIGHTINGS],
     "all": ["rerank.matcher=rootsift", ALL_WEIGHTINGS, "rerank.geometries=[similarity,affine]"],
 }
 DEFAULT = list(VARIANTS)
