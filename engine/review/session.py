@@ -13,9 +13,10 @@ this class, so a simulated reviewer chooses, answers and applies exactly as a pe
   committed before the state changes and the call returns (the acknowledgement).
 * **Threshold**: once a dataset has enough *same* / *different* answers, every `REFIT_EVERY`
   answers its threshold is re-fitted from them (engine/review/refit.py) and its decisions redone.
-  With `background` (the server) a dataset's re-clustering runs in a thread outside the lock, so
-  the next pair does not wait for it; the answers given meanwhile are replayed on its result. The
-  simulator redoes it at once, so that its runs repeat exactly.
+  With `background` (the server) the re-fit (for a clustering, the dataset clustered at each
+  candidate threshold) and the re-clustering run in a thread outside the lock, so the next pair
+  does not wait for them; the answers given meanwhile are replayed on the result. The simulator
+  does both at once, so that its runs repeat exactly.
 """
 from __future__ import annotations
 
@@ -115,14 +116,15 @@ class ReviewSession:
         self.thresholds.update(self.run.data.settings.thresholds)
         self.refits.clear()
         for dataset in sorted(set(self.thresholds)):
-            self._refit(dataset, force=True)
+            self._refit(dataset)
         self.state.reset(self.closure)
 
-    def _refit(self, dataset: str, force: bool = False) -> Optional[float]:
-        """Re-fit `dataset`'s threshold from its answers (see the module doc); the new value, if it changed."""
+    def _refits_here(self, dataset: str) -> bool:
         refit = self.options.refit
-        if refit == "never" or (refit == "auto" and self.run.data.settings.own_threshold.get(dataset, False)):
-            return None
+        return refit == "always" or (refit == "auto" and not self.run.data.settings.own_threshold.get(dataset, False))
+
+    def _refit_inputs(self, dataset: str) -> Tuple[np.ndarray, ...]:
+        """(a, b, p, same) of `dataset`'s answered *same* / *different* pairs: rows, probability, verdict."""
         a, b, p, same = [], [], [], []
         for _, answer in self._answers():
             k = self.pair_of.get((min(answer.a, answer.b), max(answer.a, answer.b)))
@@ -131,11 +133,24 @@ class ReviewSession:
                 b.append(answer.b)
                 p.append(self.run.data.pair_p[k])
                 same.append(answer.verdict == SAME)
-        if not force and (len(p) < self.options.min_answers or (len(p) - self.options.min_answers) % REFIT_EVERY):
+        return np.array(a, np.int64), np.array(b, np.int64), np.array(p, np.float64), np.array(same, bool)
+
+    def _due(self, dataset: str) -> Optional[Tuple[np.ndarray, ...]]:
+        """`dataset`'s re-fit inputs when its threshold is re-fitted after this answer (every
+        REFIT_EVERY answers from min_answers on), else None."""
+        if not self._refits_here(dataset):
             return None
+        inputs = self._refit_inputs(dataset)
+        n = len(inputs[0])
+        return inputs if n >= self.options.min_answers and (n - self.options.min_answers) % REFIT_EVERY == 0 else None
+
+    def _fitted(self, dataset: str, inputs: Tuple[np.ndarray, ...]) -> Optional[float]:
+        """The threshold the answers `inputs` re-fit (None: too few); no state is changed."""
+        return self.state.refit(dataset, *inputs, self.run.data.settings.thresholds[dataset], self.options.min_answers)
+
+    def _set_threshold(self, dataset: str, found: Optional[float], answers: int) -> Optional[float]:
+        """Set `dataset`'s threshold to the re-fitted `found` (the run's own when None); the new value, if it changed."""
         original = self.run.data.settings.thresholds[dataset]
-        found = self.state.refit(dataset, np.array(a, np.int64), np.array(b, np.int64), np.array(p, np.float64),
-                                 np.array(same, bool), original, self.options.min_answers)
         value = original if found is None else found
         if abs(value - self.thresholds[dataset]) < 1e-12:
             return None
@@ -143,8 +158,39 @@ class ReviewSession:
         if found is None:
             self.refits.pop(dataset, None)
         else:
-            self.refits[dataset] = {"from": original, "to": value, "answers": len(p)}
+            self.refits[dataset] = {"from": original, "to": value, "answers": answers}
         return value
+
+    def _refit(self, dataset: str) -> Optional[float]:
+        """Re-fit `dataset`'s threshold from its answers now (see the module doc); the new value, if it changed."""
+        if not self._refits_here(dataset):
+            return None
+        inputs = self._refit_inputs(dataset)
+        return self._set_threshold(dataset, self._fitted(dataset, inputs), len(inputs[0]))
+
+    def _refit_in_background(self, dataset: str, inputs: Tuple[np.ndarray, ...]) -> None:
+        """The re-fit and the re-decision of `dataset` in a thread, outside the lock (the server: the
+        next pair does not wait for them); the answers given meanwhile are replayed on the result."""
+        constraints = self.closure.pair_constraints(self.state.rows(dataset))
+        token: object = object()
+        self.redoing[dataset] = (token, [])
+
+        def work() -> None:
+            found = self._fitted(dataset, inputs)
+            original = self.run.data.settings.thresholds[dataset]
+            threshold = original if found is None else found
+            labels = self.state.recompute(constraints, dataset, threshold)
+            with self.lock:
+                if self.redoing.get(dataset, (None,))[0] is not token:
+                    return  # a later re-fit or a rebuild replaced this one
+                _, since = self.redoing.pop(dataset)
+                if self._set_threshold(dataset, found, len(inputs[0])) is None:
+                    return  # the threshold stayed: the decisions kept up with every answer already
+                self.state.install(dataset, labels)
+                for answer in since:
+                    self.state.after(self.closure, answer)
+
+        threading.Thread(target=work, name=f"review-refit-{dataset}", daemon=True).start()
 
     # ------------------------------------------------------------------ pairs
 
@@ -221,35 +267,18 @@ class ReviewSession:
                 self.state.after(self.closure, answer)
                 if dataset in self.redoing:
                     self.redoing[dataset][1].append(answer)
-                changed = self._refit(dataset)
-                if changed is not None:
-                    self._redo(dataset)
-                    outcome.refit[dataset] = changed
+                inputs = self._due(dataset)
+                if inputs is not None and self.options.background:
+                    self._refit_in_background(dataset, inputs)
+                elif inputs is not None:
+                    changed = self._set_threshold(dataset, self._fitted(dataset, inputs), len(inputs[0]))
+                    if changed is not None:
+                        self.state.install(dataset, self.state.recompute(
+                            self.closure.pair_constraints(self.state.rows(dataset)), dataset, changed))
+                        outcome.refit[dataset] = changed
             else:
                 self.passed.add(pair)
             return outcome
-
-    def _redo(self, dataset: str) -> None:
-        """Re-decide `dataset` under the current constraints and threshold (see the module doc)."""
-        constraints = self.closure.pair_constraints(self.state.rows(dataset))
-        threshold = self.thresholds[dataset]
-        if not self.options.background:
-            self.state.install(dataset, self.state.recompute(constraints, dataset, threshold))
-            return
-        token: object = object()
-        self.redoing[dataset] = (token, [])
-
-        def work() -> None:
-            found = self.state.recompute(constraints, dataset, threshold)
-            with self.lock:
-                if self.redoing.get(dataset, (None,))[0] is not token:
-                    return  # a later re-fit or a rebuild replaced this one
-                _, since = self.redoing.pop(dataset)
-                self.state.install(dataset, found)
-                for answer in since:
-                    self.state.after(self.closure, answer)
-
-        threading.Thread(target=work, name=f"review-redo-{dataset}", daemon=True).start()
 
     def _to_overrule(self, a: int, b: int, verdict: str) -> List[int]:
         """Every earlier answer to overrule so that the new one holds (several chains may join two images)."""
