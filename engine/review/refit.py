@@ -10,8 +10,7 @@ For identification a pair's probability against the threshold is the decision it
 threshold that separates the answered pairs best is chosen (`best_threshold`). A clustering
 decides pairs through their clusters: two photos a threshold leaves unlinked still share a cluster
 through photos between them, so the threshold that separates the answered pairs' edges best splits
-the clusters far too much (a dataset without labelled photos, one model: 0.16 where its clusters
-were best at 0.05, ARI 0.24 against 0.47). A clustering's threshold is chosen by how well the
+the clusters far too much (results.md, "A person in the loop"). A clustering's threshold is chosen by how well the
 clusters each candidate makes, without the answers, agree with them (`best_partition_threshold`).
 
 `refit` says where: `auto` only on datasets whose threshold was not tuned on their own labelled
