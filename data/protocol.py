@@ -10,7 +10,7 @@ from typing import Dict
 
 import pandas as pd
 
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.files import atomic_folder, atomic_write_text
 from data.splits import identity_split, open_set_split
 
@@ -22,14 +22,23 @@ RECORD_KEYS = {"source", "arguments", "parts"}  # protocol.json, as versions bef
 SPLIT_DEFAULTS = {"train_fraction": 0.5, "val_fraction": 0.0, "unknown_fraction": 0.2, "query_fraction": 0.2, "seed": 0}
 
 
+def _under_root(path: str, root: Path) -> Path:
+    """`path` relative to `root`, by their absolute names: links inside the root are kept as they are
+    (the root may itself be a protocol part, whose images/ links another folder)."""
+    try:
+        return Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    except ValueError:
+        raise DataError(f"{path} lies outside the dataset root {root}: a protocol links only images under its root") from None
+
+
 def write_part(table: pd.DataFrame, source_root: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     link = out / "images"
     if link.is_symlink() or link.exists():
         link.unlink()
-    os.symlink(source_root.resolve(), link, target_is_directory=True)
+    os.symlink(os.path.abspath(source_root), link, target_is_directory=True)
     rows = table.copy()
-    rows["path"] = [str(Path("images") / Path(p).resolve().relative_to(source_root.resolve())) for p in rows["path"]]
+    rows["path"] = [str(Path("images") / _under_root(p, source_root)) for p in rows["path"]]
     rows["image_id"] = range(len(rows))
     rows["bbox"] = [None if b is None else str(list(b)) for b in rows["bbox"]]
     rows[COLUMNS].to_csv(out / "metadata.csv", index=False)

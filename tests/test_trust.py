@@ -12,6 +12,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import REPO, TINY_BACKBONE
@@ -329,6 +330,22 @@ def test_the_protocol_replaces_only_a_folder_it_made(photos, tmp_path):
     assert (out / protocol.MARKER).is_file()
     protocol.build_protocol(table, photos, out, seed=2)  # its own folder: replaced
     assert json.loads((out / protocol.PROTOCOL_FILE).read_text())["arguments"]["seed"] == 2
+
+
+def test_a_protocol_part_is_a_root_another_protocol_can_split(photos, tmp_path):
+    from PIL import Image
+
+    table = load_table(load_config(DataConfig, None, ["format=folders", f"root={photos}"]))
+    first = tmp_path / "first"
+    protocol.build_protocol(table, photos, first, train_fraction=0.5)
+    part = first / "train"  # its images/ links the photos' folder
+    again = load_table(load_config(DataConfig, None, ["format=animalclef2025", f"root={part}"]))
+    second = tmp_path / "second"
+    protocol.build_protocol(again, part, second, train_fraction=0.5)
+    rows = pd.read_csv(second / "train" / "metadata.csv")
+    assert all(Image.open(second / "train" / path).size for path in rows["path"])
+    with pytest.raises(DataError, match="lies outside the dataset root"):
+        protocol.write_part(again.assign(path=[str(tmp_path / "elsewhere.jpg")] * len(again)), part, tmp_path / "x")
 
 
 # ----------------------------------------------------------------------------- recipes
