@@ -32,6 +32,10 @@ def _choosing(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--selector", default="default", help="which pair next: default | uncertainty | random")
     parser.add_argument("--refit", default="auto", help="re-fit thresholds from the answers: auto | always | never")
     parser.add_argument("--min-answers", type=int, default=30, help="answers a dataset needs before its threshold is re-fitted")
+    parser.add_argument("--error-prior", type=float, default=None,
+                        help="how often a person may answer wrongly: > 0 also asks verification questions on "
+                             "decisions the model doubts, so that a wrong answer comes out as a contradiction "
+                             "(0: never; default: ReviewOptions.error_prior)")
     parser.add_argument("--seed", type=int, default=0)
 
 
@@ -79,7 +83,8 @@ def main(argv=None):
         folder = commands.apply_answers(args.run_dir, args.answers_file, ReviewOptions(), args.out)
         print(f"reviewed outputs: {folder}")
         return folder
-    options = ReviewOptions(args.selector, args.refit, args.min_answers, args.seed)
+    chosen = {} if args.error_prior is None else {"error_prior": args.error_prior}
+    options = ReviewOptions(args.selector, args.refit, min_answers=args.min_answers, seed=args.seed, **chosen)
     if args.command == "simulate":
         summary = commands.simulate_into(args.run_dir, truth=args.truth, answers=args.answers, out=args.out,
                                          options=options, error_rate=args.error_rate, seed=args.seed)

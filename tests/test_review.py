@@ -239,6 +239,21 @@ def test_wrong_answers_are_simulated_at_the_rate_asked(clustered, tmp_path):
     assert 0 < summary["wrong_on_purpose"] < sum(summary["asked"].values())
 
 
+@pytest.mark.parametrize("error_prior", [0.0, 0.3])
+def test_a_verification_question_brings_a_wrong_answer_out(identified, error_prior):
+    from engine.review.simulate import read_truth, simulate
+
+    session = session_of(identified, error_prior=error_prior)
+    wrong = session.answer("c", "ann", pair_of(session, "img008", "img002"), SAME)  # query 0 is g0, not g1
+    done = simulate(session, read_truth(identified.parent / "truth.csv", session.run), 20, 0.0)
+    status = {a.id: a.status for a in session.store.everything()}[wrong.answer_id]
+    if error_prior:  # asked again about query 0 and g0, the oracle contradicts the closure and looks again
+        assert done.conflicts >= 1 and done.overruled == done.conflicts
+        assert status == OVERRULED and session.decide().values[0] == "g0"
+    else:  # every pair the wrong answer decides stays closed
+        assert done.conflicts == 0 and status == ACTIVE and session.decide().values[0] == "g1"
+
+
 def test_export_writes_the_confirmed_individuals_as_a_folders_gallery(identified, tmp_path, run_here):
     session = session_of(identified)
     session.answer("c", "ann", pair_of(session, "img008", "img000"), SAME)

@@ -84,7 +84,8 @@ def simulate_into(run_dir, *, truth: str, answers: int, out: str, options: Revie
         session = ReviewSession(run, store, options)
         done = simulate(session, truth_rows, answers, error_rate, np.random.default_rng(seed))
         summary = {**review_summary(session), "asked": done.asked, "wrong_on_purpose": done.wrong,
-                   "contradictions": done.conflicts, "error_rate": error_rate}
+                   "contradictions": done.conflicts, "contradictions_overruling": done.overruled,
+                   "error_rate": error_rate}
         decisions = session.decide()
         store.close()  # the answers file is complete (checkpointed) before it is copied
         summary["answers_file"] = ANSWERS_FILE

@@ -4,7 +4,10 @@ Every selector sees the same `Candidates`: the pairs whose answer the closure of
 does not already imply, each with its calibrated probability, the probability that an answer
 changes the run's output (`flip`), how much of the output it changes (`impact`: pairs of images
 whose togetherness changes, engine/review/tasks.py), and how far the scorers' own probabilities
-disagree (`disagreement`: global embeddings against keypoint matches, 0 with one scorer).
+disagree (`disagreement`: global embeddings against keypoint matches, 0 with one scorer). The
+default selector also sees, with `--error-prior` above 0, the pairs the answers decide while the
+model disagrees (verification questions, engine/review/tasks.py `doubted`): their `flip` is the
+chance that an answer behind the decision was wrong. The two references see open pairs only.
 
 * `default`: the largest expected change, flip x impact, where a pair the scorers disagree on
   counts as at least half as likely to flip as they are apart: for identification the queries
@@ -41,9 +44,14 @@ class Candidates:
     def take(self, keep: np.ndarray) -> Candidates:
         return Candidates(self.pair[keep], self.p[keep], self.flip[keep], self.impact[keep], self.disagreement[keep])
 
+    def joined(self, other: Candidates) -> Candidates:
+        return Candidates(*(np.concatenate([getattr(self, f), getattr(other, f)])
+                            for f in ("pair", "p", "flip", "impact", "disagreement")))
+
 
 class Selector(ABC):
     name = ""
+    verifies = False  # also offered the verification questions (`--error-prior`); the references are not
 
     @abstractmethod
     def scores(self, candidates: Candidates, rng: np.random.Generator) -> np.ndarray:
@@ -57,6 +65,8 @@ class Selector(ABC):
 @SELECTORS.register("default")
 class ExpectedChange(Selector):
     """The largest expected change of the output (see the module doc)."""
+
+    verifies = True
 
     def scores(self, candidates, rng):
         flip = np.maximum(candidates.flip, candidates.disagreement / 2)

@@ -52,6 +52,9 @@ class ReviewRefused(Exception):
 class ReviewOptions:
     selector: str = "default"
     refit: str = "auto"
+    # > 0: also ask verification questions (tasks.py `doubted`), a person taken to be wrong this often;
+    # chosen on the review benchmark's validation parts (docs/results.md)
+    error_prior: float = 0.02
     min_answers: int = MIN_ANSWERS
     seed: int = 0
     lease_s: float = LEASE_S
@@ -63,6 +66,8 @@ class ReviewOptions:
             raise ConfigError(f"refit must be one of {', '.join(REFITS)}, not {self.refit!r}")
         if self.min_answers < 2:
             raise ConfigError(f"min_answers must be at least 2, got {self.min_answers}")
+        if not 0 <= self.error_prior < 1:
+            raise ConfigError(f"error_prior must be at least 0 and below 1, got {self.error_prior}")
 
 
 @dataclass
@@ -112,6 +117,14 @@ class ReviewSession:
         self.closure = Closure(self.run.anchors(), [a for _, a in answers])
         self.passed = {self.pair_of[k] for s, a in answers if s.verdict in (NOT_SURE, SKIP)
                        for k in [(min(a.a, a.b), max(a.a, a.b))] if k in self.pair_of}
+        # answered directly (kept, or overruled in a contradiction): never asked again, not even as a
+        # verification question
+        self.answered = set()
+        for stored in self.store.everything():
+            a, b = self.run.row_of.get(stored.image_a), self.run.row_of.get(stored.image_b)
+            pair = None if a is None or b is None else self.pair_of.get((min(a, b), max(a, b)))
+            if pair is not None and stored.verdict in LINKS and stored.status in (ACTIVE, OVERRULED):
+                self.answered.add(pair)
         self.thresholds.clear()
         self.thresholds.update(self.run.data.settings.thresholds)
         self.refits.clear()
@@ -199,7 +212,9 @@ class ReviewSession:
         for pair in [k for k, (owner, expiry) in self.leases.items() if expiry < now or owner == client]:
             del self.leases[pair]
         found = self.state.candidates(self.closure)
-        keep = ~np.isin(found.pair, list(self.leases) + list(self.passed))
+        if self.options.error_prior > 0 and self.selector.verifies:
+            found = found.joined(self.state.doubted(self.closure, self.options.error_prior))
+        keep = ~np.isin(found.pair, list(self.leases) + list(self.passed) + list(self.answered))
         if dataset is not None:
             keep &= self.state.pair_dataset[found.pair] == dataset
         return found.take(keep)
@@ -254,6 +269,8 @@ class ReviewSession:
                 overrule = self._to_overrule(a, b, verdict)
             answer_id = self._store(client, reviewer, pair, verdict, status, overrule)
             self.leases.pop(pair, None)
+            if verdict in LINKS:
+                self.answered.add(pair)
             outcome = Outcome(answer_id)
             if status != ACTIVE:
                 return outcome

@@ -5,8 +5,10 @@ The truth is a CSV of `image_id, identity` (the AnimalCLEF solution layout) or `
 (a folder dataset's relative paths, as predictions.csv names them). Images the truth does not name
 keep the identity the run knew (database or train images). Each dataset gets `answers` questions
 in turn (a dataset runs out when no pair is left open); with `error_rate` the oracle gives the
-wrong answer that often (seeded). A contradiction is settled the careful way: the earlier answers
-are kept and the new one is stored as overruled, as a reviewer who cannot look again would.
+wrong answer that often (seeded). A contradiction (a verification question, `--error-prior`,
+answered against the closure) is settled as the page asks a person to: the oracle looks again and
+keeps whichever side is true, wrong that often too; where only the dataset's own labels stand
+against the new answer, the earlier side is kept (labels cannot be overruled).
 """
 from __future__ import annotations
 
@@ -53,7 +55,8 @@ def read_truth(path, run: ReviewRun) -> np.ndarray:
 class Simulated:
     asked: Dict[str, int]  # per dataset
     wrong: int  # answers the oracle gave wrongly on purpose
-    conflicts: int  # contradictions met (kept the earlier answers)
+    conflicts: int  # contradictions met
+    overruled: int  # of those, settled by overruling the earlier answers
 
 
 def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate: float = 0.0,
@@ -69,7 +72,7 @@ def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate
     for stored in session.store.everything():
         if stored.client == ORACLE and stored.dataset in asked:
             asked[stored.dataset] += 1
-    wrong = conflicts = 0
+    wrong = conflicts = overruled = 0
     while pending:
         for dataset in list(pending):
             pair = session.next_pair(ORACLE, dataset) if asked[dataset] < answers else None
@@ -87,6 +90,11 @@ def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate
             outcome = session.answer(ORACLE, ORACLE, pair, verdict)
             if outcome.conflict is not None:
                 conflicts += 1
-                session.answer(ORACLE, ORACLE, pair, verdict, keep="earlier")
+                new_is_true = verdict == (SAME if a == b else DIFFERENT)
+                if rng.random() < error_rate:
+                    new_is_true = not new_is_true
+                keep = "new" if new_is_true and outcome.conflict.against else "earlier"
+                overruled += keep == "new"
+                session.answer(ORACLE, ORACLE, pair, verdict, keep=keep)
             asked[dataset] += 1
-    return Simulated(asked, wrong, conflicts)
+    return Simulated(asked, wrong, conflicts, overruled)

@@ -92,6 +92,30 @@ class TaskState(ABC):
     def candidates(self, closure: Closure) -> Candidates:
         """Every pair still open, for the selectors."""
 
+    def doubted(self, closure: Closure, error_prior: float) -> Candidates:
+        """The pairs of query images the answers decide (each through a person's answer: a query image
+        has no label) whose decision the model doubts, as verification questions. Asked, an answer
+        that disagrees is a contradiction the reviewer settles, so a wrong earlier answer comes out.
+        `flip` is the chance that the decision is wrong: a person wrong `error_prior` of the time
+        against the model's probability of the other verdict (Bayes)."""
+        ra, rb, open_ = _open_pairs(closure, self.pair_a, self.pair_b)
+        at = np.flatnonzero(~open_ & self.asks_about(self.pair_a, self.pair_b))
+        same = ra[at] == rb[at]
+        p = self.pair_p[at]
+        doubt = np.where(same, 1 - p, p)
+        wrong = error_prior * doubt
+        flip = np.divide(wrong, wrong + (1 - error_prior) * (1 - doubt), out=np.zeros_like(doubt),
+                         where=(wrong + (1 - error_prior) * (1 - doubt)) > 0)
+        return Candidates(at, p, flip, self.impact(at), np.zeros(len(at)))
+
+    def asks_about(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """(pairs,) bool: pairs a person may be asked about."""
+        return np.ones(len(a), bool)
+
+    def impact(self, at: np.ndarray) -> np.ndarray:
+        """Image pairs whose decision changes with the answer on each pair `at`."""
+        return np.ones(len(at))
+
     @abstractmethod
     def changes(self, closure: Closure) -> Dict[str, int]:
         """What the answers changed so far, for the progress line."""
@@ -210,7 +234,7 @@ class ClusterState(TaskState):
             self.disagreement = np.where(finite.sum(axis=1) > 1, high - low, 0.0)
         else:
             self.disagreement = np.zeros(len(data.pair_a))
-        self.open_edge = self.is_query[data.pair_a] | self.is_query[data.pair_b]  # train pairs: labels decide
+        self.open_edge = self.asks_about(data.pair_a, data.pair_b)
 
     def _cluster(self, closure: Optional[Closure], rows: np.ndarray, dataset: str,
                  graph: Optional[Graph] = None) -> np.ndarray:
@@ -273,15 +297,20 @@ class ClusterState(TaskState):
             wide = int(self.labels.max()) + 1
             open_ &= ~np.isin(keys, [x * wide + y for x, y in self.apart])
         at = np.flatnonzero(open_ & self.open_edge)
+        p = self.pair_p[at]
+        flip = np.where(la[at] == lb[at], 1 - p, p)
+        return Candidates(at, p, flip, self.impact(at), self.disagreement[at])
+
+    def asks_about(self, a, b):
+        return self.is_query[a] | self.is_query[b]  # train pairs: labels decide
+
+    def impact(self, at):
         # the output is the test images' clusters: a cluster counts by its test images (train images
         # only anchor it), one at least, so that joining a test image to a known individual counts
         tested = self.labels[self.queries]
         sizes = np.maximum(np.bincount(tested[tested >= 0], minlength=int(self.labels.max()) + 1), 1)
-        la, lb, p = la[at], lb[at], self.pair_p[at]
-        joined = la == lb
-        flip = np.where(joined, 1 - p, p)
-        impact = np.where(joined, np.maximum(sizes[la] - 1, 1), sizes[la] * sizes[lb]).astype(np.float64)
-        return Candidates(at, p, flip, impact, self.disagreement[at])
+        la, lb = self.labels[self.pair_a[at]], self.labels[self.pair_b[at]]
+        return np.where(la == lb, np.maximum(sizes[la] - 1, 1), sizes[la] * sizes[lb]).astype(np.float64)
 
     def changes(self, closure):
         return regrouped(self.model[self.queries], self.labels[self.queries])

@@ -34,7 +34,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 from benchmarking import comma_list, cpu_line, execute
 
@@ -130,7 +130,7 @@ def _scorer(run, truth_csv: Path):
 
 
 def sweep(run_dir: Path, truth_csv: Path, selector: str, error_rate: float, seed: int, steps: List[int],
-          refit: str = "auto") -> Dict[int, Dict[str, float]]:
+          refit: str = "auto", prior: Optional[float] = None) -> Dict[int, Dict[str, float]]:
     """Scores after each number of answers per dataset (see the module doc)."""
     import numpy as np
 
@@ -145,7 +145,8 @@ def sweep(run_dir: Path, truth_csv: Path, selector: str, error_rate: float, seed
     out = {}
     with tempfile.TemporaryDirectory(prefix="review-bench-") as scratch:
         session = ReviewSession(run, AnswerStore(Path(scratch) / "answers.sqlite"),
-                                ReviewOptions(selector=selector, refit=refit, seed=seed))
+                                ReviewOptions(selector=selector, refit=refit, seed=seed,
+                                              **({} if prior is None else {"error_prior": prior})))
         rng = np.random.default_rng(seed)
         for n in sorted(steps):
             start = time.perf_counter()
@@ -182,10 +183,12 @@ def real_main(args) -> None:
             for part in comma_list(args.parts):
                 for error in [float(e) for e in comma_list(args.error_rates)]:
                     for selector in comma_list(args.selectors):
-                        key = f"{task}|{part}|s{seed}|{selector}|e{error}"
+                        named = selector if args.error_prior is None else f"{selector}@{args.error_prior}"
+                        key = f"{task}|{part}|s{seed}|{named}|e{error}"
                         if key in results:
                             continue
-                        results[key] = sweep(parts[part], truths[task][part], selector, error, seed, steps)
+                        results[key] = sweep(parts[part], truths[task][part], selector, error, seed, steps,
+                                             prior=args.error_prior)
                         print(key, json.dumps({n: round(r["score"], 4) for n, r in results[key].items()}), flush=True)
                         results_path.write_text(json.dumps(results, indent=1) + "\n")
     print_tables(results, steps)
@@ -314,6 +317,9 @@ def main(argv=None) -> None:
     real.add_argument("--parts", default="val,test")
     real.add_argument("--selectors", default="default,uncertainty,random")
     real.add_argument("--error-rates", default="0,0.05")
+    real.add_argument("--error-prior", type=float, default=None,
+                      help="the session's error prior (verification questions; default: the session's own); "
+                           "rows with one given are named SELECTOR@PRIOR")
     real.add_argument("--answers", default="0,25,50,100,200", help="the answer counts each run is scored after")
     real.add_argument("--eval-overrides", default="", help="extra eval.py key=value for every clustering run")
     table = modes.add_parser("table")
