@@ -201,7 +201,9 @@ class ThresholdConfig:
 class RerankConfig:
     # SIFT by default: on the validation parts of scripts/bench/bench_recipes.py it raised the mean open-set
     # score (most on the synthetic set, the real sets about level), is cheap on a CPU, and needs no
-    # weights; its tuned weight falls to 0 where matching does not help (figures: docs/results.md).
+    # weights; its tuned weight falls to 0 where matching does not help. Every keypoint weighting is
+    # listed for the held-out split to keep or drop: on camera photos sharing backgrounds they are
+    # what tells individuals apart, and elsewhere the split drops them (figures: docs/results.md).
     matcher: str = "sift"  # (str) keypoint matcher re-scoring the shortlist: none | aliked_lightglue | disk_lightglue | sift | rootsift (SIFT on Hellinger roots)
     matcher_args: Dict[str, Any] = field(default_factory=dict)  # (dict) matcher-specific: variant (aliked-n16rot for rotated views), filter_threshold, batched (lightglue: null = on a GPU), ratio, threads (sift)
     shortlist: int = 25  # (int) database images per query re-scored by the matcher and by Siamese pair heads
@@ -215,7 +217,7 @@ class RerankConfig:
     geometries: List[str] = field(default_factory=list)  # (list) score=inliers: other geometries the held-out split may verify with instead (each pair's stored matches fitted again, without those its weightings drop); e.g. [similarity, affine]
     ransac_threshold: float = 4.0  # (float) score=inliers: RANSAC inlier distance, pixels at `side`
     burstiness: bool = False  # (bool) a query keypoint matched in images of k identities counts 1/k (background-like), always
-    weighting: List[str] = field(default_factory=list)  # (list) keypoint weightings, a match counting the product of their weights; each kept only where it helps on the held-out split (with tune_weight): confusers (database keypoints matched by other identities) | burstiness | foreground
+    weighting: List[str] = field(default_factory=lambda: ["confusers", "burstiness", "foreground"])  # (list) keypoint weightings, a match counting the product of their weights; each kept only where it helps on the held-out split (with tune_weight): confusers (database keypoints matched by other identities) | burstiness | foreground; [] = none
     weighting_args: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # (dict) per weighting its arguments: confusers {shortlist, power}, burstiness {power}, foreground {...}
     region: float = 1.0  # (float) keep keypoints in this central fraction of the image's width and height only
     min_matches: int = 0  # (int) pairs with fewer tentative matches skip RANSAC and count 0 inliers; 0 = the geometry's minimum (8 fundamental, 4 homography: same inliers as verifying all)

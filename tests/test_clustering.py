@@ -307,3 +307,40 @@ def test_the_matchers_weight_on_the_edges_is_chosen_by_ari_on_held_out_identitie
 
     kept = OracleMatcher(truth, noise=False)
     assert tuned_with(kept, "rerank.tune_weight=false", "rerank.weight=0.5")[1] is None and kept.weight == 1.0
+
+
+def test_the_matchers_options_are_kept_only_where_they_raise_the_held_out_ari():
+    from engine.cluster.pipeline import graph_scorers
+    from engine.cluster.tuning import tune
+    from engine.scoring.scorers import MatchSpace, ModelOutput
+    from tests.embedding_worlds import OracleMatcher, clustered
+
+    class Optioned(OracleMatcher):
+        """Two options, each off first: `truth` makes the matcher know the identities, `idle` does nothing."""
+
+        def __init__(self, identities):
+            super().__init__(identities, noise=True)
+            self.values = {"truth": False, "idle": False}
+
+        def options(self):
+            return {"truth": (False, True), "idle": (False, True)}
+
+        def option_values(self):
+            return dict(self.values)
+
+        def set_option(self, name, value):
+            self.values[name] = value
+            self.noise = not self.values["truth"]
+
+    gallery, query, vectors = clustered(seed=2, identities=24, noise=1.4)
+    truth = np.concatenate([gallery["identity"].to_numpy(dtype=object), query["identity"].to_numpy(dtype=object)])
+    labels = np.concatenate([gallery["identity"].to_numpy(dtype=object), np.full(len(query), None, dtype=object)])
+    datasets = np.concatenate([gallery["dataset"].to_numpy(dtype=object), query["dataset"].to_numpy(dtype=object)])
+    cfg = load_config(EvalConfig, None, ["task=cluster", "cluster.splits=1", "cluster.criterion=ari", "rerank.matcher=sift"])
+    matcher = Optioned(truth)
+    _, record = tune(cfg, [*graph_scorers([ModelOutput("m", vectors)]), matcher], MatchSpace(labels, datasets, True, cfg.retrieval),
+                     gallery, CLUSTERERS.build("agglomerative", {}))
+    truth_choice, idle_choice = record["options"]["truth"], record["options"]["idle"]
+    assert truth_choice["chosen"] is True and truth_choice["validation"]["True"] > truth_choice["validation"]["False"]
+    assert idle_choice["chosen"] is False and idle_choice["validation"]["True"] == idle_choice["validation"]["False"]
+    assert matcher.values == {"truth": True, "idle": False} and record["chosen"] >= 1.0

@@ -161,7 +161,7 @@ def test_weightings_are_configured_by_name_with_their_arguments_and_unknown_ones
                                              burstiness=True))
     assert list(built) == ["confusers", "burstiness"] and built["confusers"].power == 2
     with pytest.raises(ConfigError, match="not in rerank.weighting"):
-        keypoint_weightings(RerankConfig(weighting_args={"confusers": {}}))
+        keypoint_weightings(RerankConfig(weighting=[], weighting_args={"confusers": {}}))
     with pytest.raises(ConfigError, match="confusers"):
         load_config(EvalConfig, None, ["rerank.weighting=[confuser]"])
     with pytest.raises(ConfigError, match="no argument 'strength'"):
@@ -297,14 +297,14 @@ def test_another_geometry_fits_each_pair_again_without_the_matches_weightings_dr
     inliers = pairs.reverified(record, 4, 0, "similarity", keep)
     assert inliers[3:12].all() and not inliers[:3].any() and inliers[12:].sum() <= 1
     assert not pairs.reverified(record, 4, 0, "similarity", np.zeros(20, bool)).any(), "nothing kept: no model"
-    scorer = MatcherScorer(pairs, RerankConfig(geometries=["similarity", "fundamental"]), 1.0)
+    scorer = MatcherScorer(pairs, RerankConfig(geometries=["similarity", "fundamental"], weighting=[]), 1.0)
     assert scorer.options() == {"geometry": ("fundamental", "similarity")}
     space = SimpleNamespace(labels=LABELS)
     assert scorer.pair_scores(space, np.array([4]), np.array([0])).tolist() == [20], "the stored inliers"
     scorer.set_option("geometry", "similarity")
     assert scorer.geometry == "similarity" and scorer.describe()["geometry"] == "similarity"
     assert 12 <= scorer.pair_scores(space, np.array([4]), np.array([0]))[0] <= 13
-    assert MatcherScorer(pairs, RerankConfig(geometries=["similarity"], score="matches"), 1.0).options() == {}
+    assert MatcherScorer(pairs, RerankConfig(geometries=["similarity"], score="matches", weighting=[]), 1.0).options() == {}
 
 
 @pytest.mark.parametrize("gain, chosen", [(0.002, "fundamental"), (0.02, "affine")])

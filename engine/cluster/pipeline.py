@@ -113,6 +113,10 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
             criterion=tuned.criterion, validation=tuned.curves, grid=tuned.search.grid, ends=tuned.search.ends(),
             matcher_weight=weight)
         if weight is not None:
+            for option, choice in weight.get("options", {}).items():
+                say(accelerator, f"{cfg.rerank.matcher} {option}: {choice['chosen']} chosen by "
+                                 f"{tuned.criterion.upper()} on the held-out identities (validation: "
+                                 + ", ".join(f"{v}: {c:.3f}" for v, c in choice["validation"].items()) + ")")
             say(accelerator, f"{cfg.rerank.matcher} weight {weight['chosen']} chosen by {tuned.criterion.upper()} on "
                              "the same held-out identities (validation per weight: "
                              + ", ".join(f"{w}: {v:.3f}" for w, v in weight["validation"].items()) + ")")

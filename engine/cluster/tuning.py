@@ -13,6 +13,10 @@ With a keypoint matcher (and rerank.tune_weight), its weight in the edges' soft 
 same way, as the query pipeline tunes it: each weight of MATCHER_WEIGHTS gets its thresholds tuned,
 and the weight whose validation ARI is best wins (the configured one among equals). The graph and
 its edges' scores are computed once: every further weight only re-votes and re-clusters.
+Before the weight, each of the matcher's options (a keypoint weighting on or off, the geometry)
+is chosen the same way, one after the other: its first value unless another raises the
+validation criterion by OPTION_MARGIN, as the query pipeline chooses them. An option changes the
+matcher's raw scores, so each value tried is calibrated and its edges scored again.
 """
 from __future__ import annotations
 
@@ -35,7 +39,7 @@ from engine.cluster.methods import Clusterer
 from engine.cluster.search import MEAN, Search, widened_search
 from engine.scoring.scorers import MatchSpace, Scorer
 from engine.scoring.voting import fit_calibrators
-from engine.scoring.weights import MATCHER_WEIGHTS
+from engine.scoring.weights import MATCHER_WEIGHTS, OPTION_MARGIN
 
 MIN_HELD_IDENTITIES = 2
 
@@ -211,12 +215,31 @@ def tune(cfg: EvalConfig, scorers: Sequence[Scorer], space: MatchSpace, gallery:
     matchers = [s for s in scorers if s.kind == "matcher"]
     if not matchers or not cfg.rerank.tune_weight:
         return tune_thresholds(cfg, scorers, space, gallery, clusterer)[0], None
+    per_dataset = cfg.cluster.per_dataset
+    chosen_options = {}
+    for matcher in matchers:
+        seen: Dict[tuple, float] = {}  # each setting of all the matcher's options tuned so far
+        for option, values in matcher.options().items():
+            tried_values = {}
+            for value in values:
+                matcher.set_option(option, value)
+                setting = tuple(sorted(matcher.option_values().items()))
+                if setting not in seen:
+                    seen[setting] = tune_thresholds(cfg, scorers, space, gallery, clusterer)[0].best_score(per_dataset)
+                tried_values[value] = seen[setting]
+            better = [v for v in values[1:] if tried_values[v] >= tried_values[values[0]] + OPTION_MARGIN]
+            best_value = max(better, key=lambda v: (tried_values[v], -list(values).index(v))) if better else values[0]
+            matcher.set_option(option, best_value)
+            chosen_options[option] = {"chosen": best_value,
+                                      "validation": {str(v): round(c, 6) for v, c in tried_values.items()}}
     options = sorted({*MATCHER_WEIGHTS, cfg.rerank.weight})
     weightings = [[w if s.kind == "matcher" else s.weight for s in scorers] for w in options]
     tried = dict(zip(options, tune_thresholds(cfg, scorers, space, gallery, clusterer, weightings), strict=True))
-    per_dataset = cfg.cluster.per_dataset
     best = max(tried, key=lambda w: (round(tried[w].best_score(per_dataset), 9), w == cfg.rerank.weight))
     for matcher in matchers:
         matcher.weight = best
-    return tried[best], {"chosen": best, "criterion": cfg.cluster.criterion,
-                         "validation": {str(w): round(t.best_score(per_dataset), 6) for w, t in tried.items()}}
+    record = {"chosen": best, "criterion": cfg.cluster.criterion,
+              "validation": {str(w): round(t.best_score(per_dataset), 6) for w, t in tried.items()}}
+    if chosen_options:
+        record["options"] = chosen_options
+    return tried[best], record

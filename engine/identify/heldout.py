@@ -29,14 +29,11 @@ from engine.scoring.adaptive import MarginChoice, choose_margin
 from engine.scoring.neighbour_scorers import NEIGHBOUR_KINDS
 from engine.scoring.scorers import MatchSpace, Scorer
 from engine.scoring.voting import ShortlistCalibration, fit_calibrators, vote
-from engine.scoring.weights import MATCHER_WEIGHTS, PAIR_HEAD_FACTORS
+from engine.scoring.weights import MATCHER_WEIGHTS, OPTION_MARGIN, PAIR_HEAD_FACTORS
 
 TUNING_QUERY_FRACTION = 0.5  # of a known held-out identity's images used as validation queries
 MIN_UNSEEN_IDENTITIES = 4  # per dataset, to tune on identities no model was trained on
 MIN_HELD_IDENTITIES = 2  # per dataset: one known and one new at least
-# A scorer option leaves its preferred value only for one that beats it by this much on the validation
-# queries: a held-out split of a few dozen queries moves by more than that between equivalent settings.
-OPTION_MARGIN = 0.005
 
 
 @dataclass
