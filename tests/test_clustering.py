@@ -344,3 +344,21 @@ def test_the_matchers_options_are_kept_only_where_they_raise_the_held_out_ari():
     assert truth_choice["chosen"] is True and truth_choice["validation"]["True"] > truth_choice["validation"]["False"]
     assert idle_choice["chosen"] is False and idle_choice["validation"]["True"] == idle_choice["validation"]["False"]
     assert matcher.values == {"truth": True, "idle": False} and record["chosen"] >= 1.0
+
+
+def test_agglomerative_labels_at_many_thresholds_at_once_equal_each_alone():
+    from engine.cluster.constraints import PairConstraints
+    from engine.cluster.graph import Graph
+
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, 300, 3000), rng.integers(0, 300, 3000)
+    a, b = a[a != b], b[a != b]
+    graph = Graph(300, a, b, rng.random(len(a)))
+    anchors = np.where(rng.random(300) < 0.2, rng.integers(0, 10, 300), -1)
+    constraints = PairConstraints([(1, 2), (5, 6)], [(2, 7), (9, 10)])
+    clusterer = CLUSTERERS.build("agglomerative")
+    thresholds = [0.9, 0.3, 0.5, 0.1, 0.5, 0.7]
+    together = clusterer.labels(graph, anchors, thresholds, constraints)
+    for t, labels in zip(thresholds, together, strict=True):
+        assert np.array_equal(labels, clusterer.labels(graph, anchors, [t], constraints)[0])
+    assert len(set(map(len, map(np.unique, together)))) >= 3  # the thresholds make different partitions

@@ -322,6 +322,9 @@ def test_a_refit_in_the_background_ends_where_the_simulator_ends(clustered, tmp_
     plain, threaded = sessions
     assert plain.refits and plain.refits == threaded.refits  # the threshold was re-fitted, the same in both
     assert np.array_equal(canonical(plain.state.labels), canonical(threaded.state.labels))
+    assert threaded.state.heavy is not threaded.state.clusterer  # its clusterings ran in the worker
+    threaded.close()
+    assert threaded.state.heavy.pool is None
 
 
 def test_photos_reached_through_a_link_to_another_folder_are_served(tmp_path):

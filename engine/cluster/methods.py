@@ -102,16 +102,20 @@ class Agglomerative(Clusterer):
 
     def labels(self, graph, anchors, thresholds, constraints=None):
         thresholds = list(thresholds)
-        merges = self.merges(graph, anchors, min(thresholds), constraints) if thresholds else []
-        results = []
-        for t in thresholds:
-            sets = ConstrainedSets(anchors, constraints)
-            for height, x, y in merges:
-                if height < t:
-                    break
-                sets.union(x, y)
-            results.append(sets.labels())
-        return results
+        if not thresholds:
+            return []
+        merges = self.merges(graph, anchors, min(thresholds), constraints)
+        # Merge heights never rise (an average of averages no higher than the last merge), so the
+        # clusters at a threshold are those of the merges down to it: one pass from the highest
+        # threshold down serves them all.
+        sets = ConstrainedSets(anchors, constraints)
+        found, done = {}, 0
+        for t in sorted(set(thresholds), reverse=True):
+            while done < len(merges) and merges[done][0] >= t:
+                sets.union(merges[done][1], merges[done][2])
+                done += 1
+            found[t] = sets.labels()
+        return [found[t] for t in thresholds]
 
 
 @CLUSTERERS.register("components")

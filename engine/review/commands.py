@@ -69,6 +69,7 @@ def serve(run_dir, *, host: str, port: int, token: Optional[str], answers: Optio
     try:
         uvicorn.Server(config).run(sockets=[listener])
     finally:
+        session.close()
         session.store.close()
 
 

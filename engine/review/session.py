@@ -14,14 +14,16 @@ this class, so a simulated reviewer chooses, answers and applies exactly as a pe
 * **Threshold**: once a dataset has enough *same* / *different* answers, every `REFIT_EVERY`
   answers its threshold is re-fitted from them (engine/review/refit.py) and its decisions redone.
   With `background` (the server) the re-fit (for a clustering, the dataset clustered at each
-  candidate threshold) and the re-clustering run in a thread outside the lock, so the next pair
-  does not wait for them; the answers given meanwhile are replayed on the result. The simulator
-  does both at once, so that its runs repeat exactly.
+  candidate threshold) and the re-clustering run in a thread outside the lock, their clusterings
+  in a worker process (engine/review/offload.py), so the next pair does not wait for them; the
+  answers given meanwhile are replayed on the result. The simulator does both at once, in
+  process, so that its runs repeat exactly.
 """
 from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
@@ -58,7 +60,7 @@ class ReviewOptions:
     min_answers: int = MIN_ANSWERS
     seed: int = 0
     lease_s: float = LEASE_S
-    background: bool = False  # re-decide a dataset after a re-fit in a thread (the server)
+    background: bool = False  # re-fit and re-decide a dataset in a thread, its clusterings in a worker process (the server)
 
     def __post_init__(self):
         SELECTORS.get(self.selector)  # an unknown name stops here, with the closest one
@@ -95,7 +97,13 @@ class ReviewSession:
         self.ignored = 0  # stored answers naming images this run does not hold
         self.redoing: Dict[str, Tuple[object, List[Answer]]] = {}  # dataset -> (token, answers since)
         self.state = REVIEW_TASKS.get(run.task)(run, self.thresholds)
+        if self.options.background:
+            self.state.offload()
         self._rebuild()
+
+    def close(self) -> None:
+        """Stop the worker the background work runs in (the answers file stays open: the store's own)."""
+        self.state.close()
 
     # ------------------------------------------------------------------ state
 
@@ -189,10 +197,13 @@ class ReviewSession:
         self.redoing[dataset] = (token, [])
 
         def work() -> None:
-            found = self._fitted(dataset, inputs)
-            original = self.run.data.settings.thresholds[dataset]
-            threshold = original if found is None else found
-            labels = self.state.recompute(constraints, dataset, threshold)
+            try:
+                found = self._fitted(dataset, inputs)
+                original = self.run.data.settings.thresholds[dataset]
+                threshold = original if found is None else found
+                labels = self.state.recompute(constraints, dataset, threshold)
+            except CancelledError:
+                return  # the session closed meanwhile
             with self.lock:
                 if self.redoing.get(dataset, (None,))[0] is not token:
                     return  # a later re-fit or a rebuild replaced this one

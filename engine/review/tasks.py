@@ -29,6 +29,7 @@ from engine.cluster.graph import Graph
 from engine.cluster.methods import CLUSTERERS
 from engine.cluster.pipeline import cluster_names
 from engine.review.constraints import DIFFERENT, SAME, Answer, Closure
+from engine.review.offload import WorkerClusterer
 from engine.review.refit import best_partition_threshold, candidate_thresholds, enough, refitted
 from engine.review.run import ReviewRun
 from engine.review.selectors import Candidates
@@ -82,6 +83,15 @@ class TaskState(ABC):
 
     def install(self, dataset: str, result) -> None:
         """Take what recompute found as the dataset's decisions."""
+        return None
+
+    def offload(self) -> None:
+        """Compute `refit` and `recompute` in a worker process from now on (the server's background
+        work, engine/review/offload.py); a task that computes nothing heavy there ignores it."""
+        return None
+
+    def close(self) -> None:
+        """Stop what `offload` started."""
         return None
 
     @abstractmethod
@@ -218,6 +228,7 @@ class ClusterState(TaskState):
         super().__init__(run, thresholds)
         data, settings = run.data, run.data.settings
         self.clusterer = CLUSTERERS.build(settings.method, settings.method_args)
+        self.heavy = self.clusterer  # what clusters whole datasets for refit and recompute (see offload)
         self.anchors = run.anchors()
         self.graph = Graph(len(data.images), data.pair_a, data.pair_b, data.pair_p)
         self.members = {d: np.flatnonzero(self.datasets == d) for d in sorted(set(self.datasets[self.queries]))}
@@ -253,7 +264,7 @@ class ClusterState(TaskState):
         local = np.full(len(self.labels), -1, np.int64)
         local[self.members[dataset]] = np.arange(len(self.members[dataset]))
         thresholds = candidate_thresholds(p, current)
-        labelings = self.clusterer.labels(self.subgraphs[dataset], self.anchors[self.members[dataset]],
+        labelings = self.heavy.labels(self.subgraphs[dataset], self.anchors[self.members[dataset]],
                                           thresholds.tolist())
         return best_partition_threshold(thresholds, labelings, local[a], local[b], same, current)
 
@@ -261,7 +272,15 @@ class ClusterState(TaskState):
         rows = self.members[dataset]
         if not constraints and threshold == self.run.data.settings.thresholds[dataset]:
             return self.model[rows]  # what the run's clusterer gave for these very inputs
-        return self.clusterer.labels(self.subgraphs[dataset], self.anchors[rows], [threshold], constraints)[0]
+        return self.heavy.labels(self.subgraphs[dataset], self.anchors[rows], [threshold], constraints)[0]
+
+    def offload(self):
+        settings = self.run.data.settings
+        self.heavy = WorkerClusterer(settings.method, settings.method_args)
+
+    def close(self):
+        if self.heavy is not self.clusterer:
+            self.heavy.close()
 
     def install(self, dataset, result):
         rows = self.members[dataset]

@@ -299,6 +299,7 @@ def speed_main(args) -> None:
         for name, values in (("store + apply the answer", answer_ms), ("choose the next pair", next_ms),
                              ("answer to next pair", total)):
             print(f"| {name} | {np.median(values):.1f} | {np.percentile(values, 95):.1f} | {np.max(values):.1f} |")
+        session.close()
 
 
 @cli_entry
