@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -325,6 +326,42 @@ def test_a_refit_in_the_background_ends_where_the_simulator_ends(clustered, tmp_
     assert threaded.state.heavy is not threaded.state.clusterer  # its clusterings ran in the worker
     threaded.close()
     assert threaded.state.heavy.pool is None
+
+
+SERVER_KILLED_WITH_ITS_WORKER = """
+import os, numpy as np
+from engine.cluster.graph import Graph
+from engine.review.offload import WorkerClusterer
+worker = WorkerClusterer("agglomerative", {})
+worker.labels(Graph(3, np.array([0]), np.array([1]), np.array([0.9])), np.full(3, -1), [0.5])
+open(os.environ["WORKER_PID_FILE"], "w").write(str(next(iter(worker.pool._processes))))
+os._exit(0)  # as SIGKILL ends a server: nothing closed
+"""
+
+
+def test_the_clustering_worker_ends_with_a_killed_server(tmp_path):
+    import os
+    import subprocess
+    import time
+
+    from conftest import REPO
+
+    pid_file = tmp_path / "worker.pid"
+    done = subprocess.run([sys.executable, "-c", SERVER_KILLED_WITH_ITS_WORKER], cwd=REPO, timeout=120,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**os.environ, "WORKER_PID_FILE": str(pid_file)})
+    assert done.returncode == 0
+    worker = int(pid_file.read_text())
+    def running() -> bool:
+        try:
+            return Path(f"/proc/{worker}/stat").read_text().split()[2] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 30
+    while running():
+        assert time.monotonic() < deadline, "the worker outlived its server"
+        time.sleep(0.2)
 
 
 def test_photos_reached_through_a_link_to_another_folder_are_served(tmp_path):

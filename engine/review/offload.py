@@ -10,6 +10,9 @@ registered clusterer, built from the run's settings, on the same inputs.
 from __future__ import annotations
 
 import multiprocessing
+import os
+import threading
+import time
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any, Dict, List, Optional, Sequence
 
@@ -18,6 +21,21 @@ import numpy as np
 from engine.cluster.constraints import PairConstraints
 from engine.cluster.graph import Graph
 from engine.cluster.methods import CLUSTERERS
+
+
+PARENT_CHECK_S = 1.0
+
+
+def _leave_with_parent(parent: int) -> None:
+    """The worker's initializer: end when the server is gone, however it ended (a server killed with
+    SIGKILL closes nothing, and its worker would wait for work for ever)."""
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="reidzoo-parent-watch", daemon=True).start()
 
 
 def _labels(method: str, args: Dict[str, Any], graph: Graph, anchors: np.ndarray, thresholds: List[float],
@@ -35,7 +53,8 @@ class WorkerClusterer:
     def labels(self, graph: Graph, anchors: np.ndarray, thresholds: Sequence[float],
                constraints: Optional[PairConstraints] = None) -> List[np.ndarray]:
         if self.pool is None:
-            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+            self.pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                            initializer=_leave_with_parent, initargs=(os.getpid(),))
         return self.pool.submit(_labels, self.method, self.args, graph, anchors, list(thresholds),
                                 constraints).result()
 
