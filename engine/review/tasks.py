@@ -265,7 +265,7 @@ class ClusterState(TaskState):
         local[self.members[dataset]] = np.arange(len(self.members[dataset]))
         thresholds = candidate_thresholds(p, current)
         labelings = self.heavy.labels(self.subgraphs[dataset], self.anchors[self.members[dataset]],
-                                          thresholds.tolist())
+                                      thresholds.tolist())
         return best_partition_threshold(thresholds, labelings, local[a], local[b], same, current)
 
     def recompute(self, constraints, dataset, threshold):
