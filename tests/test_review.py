@@ -17,7 +17,14 @@ import review
 from core.errors import DataError
 from engine.outputs.review_file import ANSWERS_FILE, load_review, save_review
 from engine.review.constraints import DIFFERENT, SAME, Answer, Closure
-from engine.review.refit import best_partition_threshold, best_threshold, candidate_thresholds, refitted
+from engine.review.refit import (
+    answers_calibration,
+    best_partition_threshold,
+    best_threshold,
+    candidate_thresholds,
+    recalibrated,
+    refitted,
+)
 from engine.review.run import open_run
 from engine.review.selectors import SELECTORS, Candidates
 from engine.review.session import ReviewOptions, ReviewRefused, ReviewSession
@@ -144,6 +151,48 @@ def test_a_clustering_threshold_is_refitted_by_how_its_clusters_agree_with_the_a
     labelings = CLUSTERERS.build("agglomerative").labels(graph, np.full(5, -1), thresholds.tolist())
     assert best_partition_threshold(thresholds, labelings, a, b, same, 0.1) == pytest.approx(0.3 + 1e-6)
     assert len(candidate_thresholds(np.linspace(0, 1, 200), 0.5, most=10)) <= 11
+
+
+def test_the_answers_recalibrate_an_overconfident_probability():
+    # the run says 0.2 to 0.8 where a quarter of that is true, as on real queries (results.md)
+    rng = np.random.default_rng(0)
+    p = rng.uniform(0.2, 0.8, 300)
+    same = rng.random(300) < p / 4
+    assert answers_calibration(p[:20], same[:20]) is None  # fewer than 30 answers: the run's own
+    calibration = answers_calibration(p, same)
+    shown = recalibrated(calibration, p)
+    assert abs(shown.mean() - same.mean()) < 0.03
+    assert np.mean((shown - same) ** 2) < 0.6 * np.mean((p - same) ** 2)
+    grid = np.linspace(0.01, 0.99, 50)
+    assert np.all(np.diff(recalibrated(calibration, grid)) > 0)  # the order, hence the decisions, kept
+    assert recalibrated(None, grid) == pytest.approx(grid)
+
+
+@pytest.mark.parametrize("refit", ["auto", "never"])
+def test_the_page_shows_the_probability_the_answers_recalibrated(clustered, refit):
+    from engine.review.simulate import read_truth, simulate
+    from engine.review.views import pair_view
+
+    session = session_of(clustered, min_answers=10, refit=refit)
+    done = simulate(session, read_truth(clustered.parent / "truth.csv", session.run), 30, 0.0)
+    pair = session.next_pair("c")
+    view = pair_view(session, pair)
+    p = float(session.run.data.pair_p[pair])
+    if refit == "never":
+        assert not session.calibrations and view["model_probability"] is None
+        assert view["probability"] == pytest.approx(p, abs=1e-4)
+        assert done.shown.brier()["pairs"] == 0
+        return
+    calibration = session.calibrations["A"]
+    assert view["model_probability"] == pytest.approx(p, abs=1e-4)
+    assert view["probability"] == pytest.approx(recalibrated(calibration, np.array([p]))[0], abs=1e-4)
+    assert view["threshold"] == pytest.approx(
+        recalibrated(calibration, np.array([session.thresholds["A"]]))[0], abs=1e-4)
+    assert done.shown.brier()["pairs"] > 0
+    # only what the page shows: without the calibration the same pair comes next, and every decision stays
+    decided = session.decide().values
+    session.calibrations.clear()
+    assert session.next_pair("c") == pair and session.decide().values == decided
 
 
 # ----------------------------------------------------------------------------- session

@@ -2,6 +2,7 @@
 headless Chromium answering with the keyboard (Debian's chromium and chromium-driver, Selenium)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -120,11 +121,11 @@ def _browser():
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
 
 
-@pytest.fixture
-def served(tmp_path):
+@contextlib.contextmanager
+def serving(session: ReviewSession):
+    """The page of `session` on a loopback port: its URL."""
     import uvicorn
 
-    session = new_session(cluster_run(tmp_path))
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(16)
@@ -133,9 +134,18 @@ def served(tmp_path):
     thread.start()
     while not server.started:
         time.sleep(0.02)
-    yield f"http://127.0.0.1:{listener.getsockname()[1]}/", session
-    server.should_exit = True
-    thread.join(10)
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+@pytest.fixture
+def served(tmp_path):
+    session = new_session(cluster_run(tmp_path))
+    with serving(session) as url:
+        yield url, session
 
 
 def test_a_reviewer_answers_with_the_keyboard_undoes_and_finds_it_all_after_a_reload(served):
@@ -174,6 +184,30 @@ def test_a_reviewer_answers_with_the_keyboard_undoes_and_finds_it_all_after_a_re
         assert "not found" in browser.page_source
     finally:
         browser.quit()
+
+
+def test_the_page_shows_the_probability_the_answers_recalibrated_beside_the_models(tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from engine.review.simulate import read_truth, simulate
+
+    run_dir = cluster_run(tmp_path)
+    run = open_run(run_dir)
+    session = ReviewSession(run, AnswerStore(run.folder / ANSWERS_FILE), ReviewOptions(min_answers=10))
+    simulate(session, read_truth(run_dir.parent / "truth.csv", run), 30, 0.0)
+    assert session.calibrations
+    with serving(session) as url:
+        browser = _browser()
+        try:
+            wait = WebDriverWait(browser, 20)
+            browser.get(url)
+            wait.until(lambda b: b.find_element(By.ID, "name").is_displayed())
+            browser.find_element(By.ID, "name").send_keys("Ann Reviewer\n")
+            text = wait.until(lambda b: b.find_element(By.ID, "scores").text or None)
+            assert "re-calibrated on your answers (the model said 0." in text, text
+        finally:
+            browser.quit()
 
 
 def test_serving_off_loopback_makes_an_access_token_and_says_it(tmp_path, monkeypatch):

@@ -86,7 +86,7 @@ def simulate_into(run_dir, *, truth: str, answers: int, out: str, options: Revie
         done = simulate(session, truth_rows, answers, error_rate, np.random.default_rng(seed))
         summary = {**review_summary(session), "asked": done.asked, "wrong_on_purpose": done.wrong,
                    "contradictions": done.conflicts, "contradictions_overruling": done.overruled,
-                   "error_rate": error_rate}
+                   "error_rate": error_rate, "page_probability": done.shown.brier()}
         decisions = session.decide()
         store.close()  # the answers file is complete (checkpointed) before it is copied
         summary["answers_file"] = ANSWERS_FILE

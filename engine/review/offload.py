@@ -22,7 +22,6 @@ from engine.cluster.constraints import PairConstraints
 from engine.cluster.graph import Graph
 from engine.cluster.methods import CLUSTERERS
 
-
 PARENT_CHECK_S = 1.0
 
 

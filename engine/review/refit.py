@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from engine.scoring.calibration import Calibrator, fit_calibrator
+
 REFITS = ("auto", "always", "never")
 MIN_ANSWERS = 30
 MIN_EACH = 5
@@ -74,3 +76,23 @@ def best_partition_threshold(thresholds: np.ndarray, labelings: Sequence[np.ndar
                          for labels in labelings])
     best = np.flatnonzero(np.isclose(accuracy, accuracy.max(), rtol=0, atol=1e-12))
     return float(thresholds[best[np.argmin(np.abs(thresholds[best] - current))]])
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-6, 1 - 1e-6)
+    return np.log(p / (1 - p))
+
+
+def answers_calibration(p: np.ndarray, same: np.ndarray, min_answers: int = MIN_ANSWERS,
+                        min_each: int = MIN_EACH) -> Optional[Calibrator]:
+    """The run's probabilities re-calibrated on the answered pairs (Platt scaling of their logits:
+    two parameters, so a few dozen answers near the threshold fit it, and it extends monotonically
+    beyond them), or None while the answers are too few."""
+    if not enough(same, min_answers, min_each):
+        return None
+    return fit_calibrator(_logit(p), np.asarray(same, bool), "logistic")
+
+
+def recalibrated(calibration: Optional[Calibrator], p: np.ndarray) -> np.ndarray:
+    """`p` through `calibration` (unchanged without one)."""
+    return np.asarray(p, np.float64) if calibration is None else calibration(_logit(p))

@@ -18,6 +18,10 @@ this class, so a simulated reviewer chooses, answers and applies exactly as a pe
   in a worker process (engine/review/offload.py), so the next pair does not wait for them; the
   answers given meanwhile are replayed on the result. The simulator does both at once, in
   process, so that its runs repeat exactly.
+* **Calibration**: on the same schedule, on every dataset (unless `refit` is `never`), the run's
+  probabilities are re-calibrated on the answered pairs (engine/review/refit.py) for the page: the
+  probability a person reads, and the threshold through the same map. The decisions and the
+  selectors keep the run's own probabilities (results.md, "The answers' calibration").
 """
 from __future__ import annotations
 
@@ -31,11 +35,12 @@ import numpy as np
 
 from core.errors import ConfigError
 from engine.review.constraints import LINKS, NOT_SURE, SAME, SKIP, VERDICTS, Answer, Closure, Conflict
-from engine.review.refit import MIN_ANSWERS, REFITS
+from engine.review.refit import MIN_ANSWERS, REFITS, answers_calibration, recalibrated
 from engine.review.run import ReviewRun
 from engine.review.selectors import SELECTORS, Candidates
 from engine.review.store import ACTIVE, OVERRULED, UNDONE, AnswerClash, AnswerStore, StoredAnswer, ordered
 from engine.review.tasks import REVIEW_TASKS, Decisions
+from engine.scoring.calibration import Calibrator
 
 LEASE_S = 600.0
 REFIT_EVERY = 10
@@ -94,6 +99,7 @@ class ReviewSession:
         self.leases: Dict[int, Tuple[str, float]] = {}  # pair -> (client, expiry)
         self.thresholds = dict(data.settings.thresholds)
         self.refits: Dict[str, Dict[str, float]] = {}
+        self.calibrations: Dict[str, Calibrator] = {}  # dataset -> its answers' calibration (refit.py)
         self.ignored = 0  # stored answers naming images this run does not hold
         self.redoing: Dict[str, Tuple[object, List[Answer]]] = {}  # dataset -> (token, answers since)
         self.state = REVIEW_TASKS.get(run.task)(run, self.thresholds)
@@ -138,6 +144,7 @@ class ReviewSession:
         self.refits.clear()
         for dataset in sorted(set(self.thresholds)):
             self._refit(dataset)
+            self._recalibrate(dataset, self._refit_inputs(dataset))
         self.state.reset(self.closure)
 
     def _refits_here(self, dataset: str) -> bool:
@@ -157,13 +164,26 @@ class ReviewSession:
         return np.array(a, np.int64), np.array(b, np.int64), np.array(p, np.float64), np.array(same, bool)
 
     def _due(self, dataset: str) -> Optional[Tuple[np.ndarray, ...]]:
-        """`dataset`'s re-fit inputs when its threshold is re-fitted after this answer (every
-        REFIT_EVERY answers from min_answers on), else None."""
-        if not self._refits_here(dataset):
+        """`dataset`'s re-fit inputs when it is re-fitted after this answer (every REFIT_EVERY
+        answers from min_answers on), else None."""
+        if self.options.refit == "never":
             return None
         inputs = self._refit_inputs(dataset)
         n = len(inputs[0])
         return inputs if n >= self.options.min_answers and (n - self.options.min_answers) % REFIT_EVERY == 0 else None
+
+    def _recalibrate(self, dataset: str, inputs: Tuple[np.ndarray, ...]) -> None:
+        """Re-calibrate `dataset`'s probabilities on its answered pairs `inputs` (the run's own while too few)."""
+        found = None if self.options.refit == "never" else answers_calibration(inputs[2], inputs[3],
+                                                                               self.options.min_answers)
+        if found is None:
+            self.calibrations.pop(dataset, None)
+        else:
+            self.calibrations[dataset] = found
+
+    def shown(self, dataset: str, p: float) -> float:
+        """A probability of `dataset` (or its threshold) as the page shows it: through the answers' calibration."""
+        return float(recalibrated(self.calibrations.get(dataset), np.array([p]))[0])
 
     def _fitted(self, dataset: str, inputs: Tuple[np.ndarray, ...]) -> Optional[float]:
         """The threshold the answers `inputs` re-fit (None: too few); no state is changed."""
@@ -296,6 +316,10 @@ class ReviewSession:
                 if dataset in self.redoing:
                     self.redoing[dataset][1].append(answer)
                 inputs = self._due(dataset)
+                if inputs is not None:
+                    self._recalibrate(dataset, inputs)
+                    if not self._refits_here(dataset):
+                        inputs = None
                 if inputs is not None and self.options.background:
                     self._refit_in_background(dataset, inputs)
                 elif inputs is not None:

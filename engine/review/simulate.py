@@ -12,7 +12,7 @@ against the new answer, the earlier side is kept (labels cannot be overruled).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -52,11 +52,41 @@ def read_truth(path, run: ReviewRun) -> np.ndarray:
 
 
 @dataclass
+class ShownPairs:
+    """The pairs the oracle was asked, each with the probability the page showed for it, the run's own,
+    whether the answers' calibration made the first (engine/review/refit.py), and the truth."""
+
+    shown: List[float] = field(default_factory=list)
+    run: List[float] = field(default_factory=list)
+    recalibrated: List[bool] = field(default_factory=list)
+    same: List[bool] = field(default_factory=list)
+
+    def add(self, shown: float, run: float, recalibrated: bool, same: bool) -> None:
+        self.shown.append(shown)
+        self.run.append(run)
+        self.recalibrated.append(recalibrated)
+        self.same.append(same)
+
+    def extend(self, other: ShownPairs) -> None:
+        for name in ("shown", "run", "recalibrated", "same"):
+            getattr(self, name).extend(getattr(other, name))
+
+    def brier(self) -> Dict[str, float]:
+        """Brier scores of the run's probability and of the shown one, over the pairs shown re-calibrated."""
+        at = np.asarray(self.recalibrated, bool)
+        same = np.asarray(self.same, np.float64)[at]
+        return {"pairs": int(at.sum()),
+                "brier_run": float(np.mean((np.asarray(self.run)[at] - same) ** 2)) if at.any() else float("nan"),
+                "brier_shown": float(np.mean((np.asarray(self.shown)[at] - same) ** 2)) if at.any() else float("nan")}
+
+
+@dataclass
 class Simulated:
     asked: Dict[str, int]  # per dataset
     wrong: int  # answers the oracle gave wrongly on purpose
     conflicts: int  # contradictions met
     overruled: int  # of those, settled by overruling the earlier answers
+    shown: ShownPairs  # what the page would have shown for each pair asked
 
 
 def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate: float = 0.0,
@@ -73,6 +103,7 @@ def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate
         if stored.client == ORACLE and stored.dataset in asked:
             asked[stored.dataset] += 1
     wrong = conflicts = overruled = 0
+    shown = ShownPairs()
     while pending:
         for dataset in list(pending):
             pair = session.next_pair(ORACLE, dataset) if asked[dataset] < answers else None
@@ -83,6 +114,8 @@ def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate
             if not a or not b:
                 verdict = "not_sure"
             else:
+                p = float(data.pair_p[pair])
+                shown.add(session.shown(dataset, p), p, dataset in session.calibrations, a == b)
                 verdict = SAME if a == b else DIFFERENT
                 if rng.random() < error_rate:
                     verdict = DIFFERENT if verdict == SAME else SAME
@@ -97,4 +130,4 @@ def simulate(session: ReviewSession, truth: np.ndarray, answers: int, error_rate
                 overruled += keep == "new"
                 session.answer(ORACLE, ORACLE, pair, verdict, keep=keep)
             asked[dataset] += 1
-    return Simulated(asked, wrong, conflicts, overruled)
+    return Simulated(asked, wrong, conflicts, overruled, shown)

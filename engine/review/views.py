@@ -44,8 +44,11 @@ def pair_view(session: ReviewSession, pair: int, matches: bool = False) -> Dict[
     a, b = int(data.pair_a[pair]), int(data.pair_b[pair])
     dataset = str(state.pair_dataset[pair])
     view: Dict[str, Any] = {"pair": int(pair), "task": session.run.task, "dataset": dataset,
-                            "probability": round(float(data.pair_p[pair]), 4),
-                            "threshold": round(float(session.thresholds[dataset]), 4),
+                            "probability": round(session.shown(dataset, float(data.pair_p[pair])), 4),
+                            "threshold": round(session.shown(dataset, session.thresholds[dataset]), 4),
+                            # the run's own probability, where the answers re-calibrated the one shown
+                            "model_probability": (round(float(data.pair_p[pair]), 4)
+                                                  if dataset in session.calibrations else None),
                             "left": _image(session, a), "right": _image(session, b)}
     scores = data.pair_scores[pair] if data.pair_scores.shape[1] else []
     view["matches"] = matches

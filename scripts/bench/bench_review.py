@@ -19,7 +19,9 @@ scored after each number of answers (--answers): mean ARI and B-cubed F1 over da
 clustering, the open-set score (sqrt(BAKS x BAUS)) for identification. The answers of one count
 are the first answers of the next (one session taken further), exactly as separate
 `simulate --answers N` runs with the same seed give them. Choose on the validation rows; report
-the test rows, which no choice looked at.
+the test rows, which no choice looked at. It also prints each run's calibrated P(same) against the
+truth (`reliability`), and how far the probability the page showed for the pairs asked, once the
+answers re-calibrated it, was from the truth (Brier, against the run's own probability).
 
 **speed**: the server side of one answer at scale: a generated clustering run of --images test
 images (k-NN graph of clustered embeddings, agglomerative clusters), then --answers oracle answers
@@ -136,12 +138,13 @@ def sweep(run_dir: Path, truth_csv: Path, selector: str, error_rate: float, seed
 
     from engine.review.run import open_run
     from engine.review.session import ReviewOptions, ReviewSession
-    from engine.review.simulate import read_truth, simulate
+    from engine.review.simulate import ShownPairs, read_truth, simulate
     from engine.review.store import AnswerStore
 
     run = open_run(run_dir)
     score = _scorer(run, truth_csv)
     truth = read_truth(truth_csv, run)
+    shown = ShownPairs()
     out = {}
     with tempfile.TemporaryDirectory(prefix="review-bench-") as scratch:
         session = ReviewSession(run, AnswerStore(Path(scratch) / "answers.sqlite"),
@@ -151,10 +154,35 @@ def sweep(run_dir: Path, truth_csv: Path, selector: str, error_rate: float, seed
         for n in sorted(steps):
             start = time.perf_counter()
             done = simulate(session, truth, n, error_rate, rng)
+            shown.extend(done.shown)
             out[n] = {**score(session.decide()), "answers": sum(done.asked.values()),
-                      "seconds": round(time.perf_counter() - start, 2)}
+                      "seconds": round(time.perf_counter() - start, 2),
+                      # the probability the page showed, against the truth, on the pairs asked so far
+                      **{f"page {k}": v for k, v in shown.brier().items()}}
         session.store.close()
     return out
+
+
+RELIABILITY_BINS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
+
+
+def reliability(run_dir: Path, truth_csv: Path) -> str:
+    """A run's calibrated P(same) against the truth, over its pairs in bins of that probability."""
+
+    from engine.review.run import open_run
+    from engine.review.simulate import read_truth
+
+    run = open_run(run_dir)
+    truth = read_truth(truth_csv, run)
+    data = run.data
+    known = (truth[data.pair_a] != "") & (truth[data.pair_b] != "")
+    p, same = data.pair_p[known], (truth[data.pair_a] == truth[data.pair_b])[known]
+    cells = []
+    for low, high in zip(RELIABILITY_BINS[:-1], RELIABILITY_BINS[1:], strict=True):
+        at = (p >= low) & ((p < high) if high < 1 else (p <= high))
+        if at.any():
+            cells.append(f"{low:.1f}-{high:.1f}: {at.sum()} pairs, mean p {p[at].mean():.2f}, same {same[at].mean():.2f}")
+    return "; ".join(cells)
 
 
 def _truths(args, protocol: Path, runs: Dict[str, Dict[str, Path]]) -> Dict[str, Dict[str, Path]]:
@@ -181,6 +209,7 @@ def real_main(args) -> None:
         truths = _truths(args, protocol, runs)
         for task, parts in runs.items():
             for part in comma_list(args.parts):
+                print(f"reliability, {task} {part} s{seed}: {reliability(parts[part], truths[task][part])}", flush=True)
                 for error in [float(e) for e in comma_list(args.error_rates)]:
                     for selector in comma_list(args.selectors):
                         named = selector if args.error_prior is None else f"{selector}@{args.error_prior}"
@@ -222,6 +251,16 @@ def print_tables(results: Dict[str, dict], steps: List[int]) -> None:
                                                                 - by_step.get("0", by_step.get(0))["score"])
         print("\nmean gain at 100 answers: " + ", ".join(f"{s} ({float(e[1:]):.0%} wrong) {np.mean(v):+.4f}"
                                                           for (s, e), v in sorted(means.items())))
+        last = str(steps[-1])
+        calibrated = [(selector, error, seed, by_step.get(last, by_step.get(steps[-1])))
+                      for (selector, error, seed), by_step in sorted(rows.items())]
+        calibrated = [(s, e, seed, r) for s, e, seed, r in calibrated if r.get("page pairs")]
+        if calibrated:
+            print(f"\nP(same) on the page, on the pairs asked once the answers re-calibrated it (first {last} answers): "
+                  "Brier of the run's probability -> the shown one")
+            for selector, error, seed, r in calibrated:
+                print(f"  {selector}, {float(error[1:]):.0%} wrong, seed {seed[1:]}: {r['page pairs']} pairs, "
+                      f"{r['page brier_run']:.4f} -> {r['page brier_shown']:.4f}")
 
 
 # ----------------------------------------------------------------------------- speed

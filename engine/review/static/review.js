@@ -74,7 +74,9 @@ function render(data) {
   $("matches-panel").classList.add("hidden");
   $("matches").removeAttribute("src");
   const scorers = view.scorers.map((s) => `${s.name} ${s.probability.toFixed(2)}`).join(", ");
-  $("scores").textContent = `${view.dataset}: P(same) ${view.probability.toFixed(2)} (threshold `
+  const recalibrated = view.model_probability === null ? ""
+    : `, re-calibrated on your answers (the model said ${view.model_probability.toFixed(2)})`;
+  $("scores").textContent = `${view.dataset}: P(same) ${view.probability.toFixed(2)}${recalibrated} (threshold `
     + `${view.threshold.toFixed(2)}); ${view.decision}` + (scorers ? `; scorers: ${scorers}` : "");
 }
 
