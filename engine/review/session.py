@@ -143,8 +143,9 @@ class ReviewSession:
         self.thresholds.update(self.run.data.settings.thresholds)
         self.refits.clear()
         for dataset in sorted(set(self.thresholds)):
-            self._refit(dataset)
-            self._recalibrate(dataset, self._refit_inputs(dataset))
+            inputs = self._refit_inputs(dataset)
+            self._refit(dataset, inputs)
+            self._recalibrate(dataset, inputs)
         self.state.reset(self.closure)
 
     def _refits_here(self, dataset: str) -> bool:
@@ -202,11 +203,11 @@ class ReviewSession:
             self.refits[dataset] = {"from": original, "to": value, "answers": answers}
         return value
 
-    def _refit(self, dataset: str) -> Optional[float]:
-        """Re-fit `dataset`'s threshold from its answers now (see the module doc); the new value, if it changed."""
+    def _refit(self, dataset: str, inputs: Tuple[np.ndarray, ...]) -> Optional[float]:
+        """Re-fit `dataset`'s threshold from its answered pairs `inputs` now (see the module doc); the
+        new value, if it changed."""
         if not self._refits_here(dataset):
             return None
-        inputs = self._refit_inputs(dataset)
         return self._set_threshold(dataset, self._fitted(dataset, inputs), len(inputs[0]))
 
     def _refit_in_background(self, dataset: str, inputs: Tuple[np.ndarray, ...]) -> None:
