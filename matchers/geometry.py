@@ -12,6 +12,7 @@ processes give the same answer as one).
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Optional, Tuple
 
 import cv2
@@ -24,17 +25,17 @@ _CONFIDENCE = 0.999
 _MAX_ITERATIONS = 2000
 
 
-class Geometry:
+class Geometry(ABC):
     """A model of how matched points move between two images, fitted robustly."""
 
     name = ""  # the registered name, set by GEOMETRIES.register
     min_points = 0  # fewer correspondences cannot fit the model
     methods: Tuple[int, ...] = (cv2.RANSAC,)  # robust estimators tried in turn (the next when one raises)
 
+    @abstractmethod
     def fit(self, p0: np.ndarray, p1: np.ndarray, method: int, threshold: float) -> Tuple[Optional[np.ndarray],
                                                                                            Optional[np.ndarray]]:
         """(model, inlier mask) of (N, 1, 2) float64 points; (None, None) when no model is found."""
-        raise NotImplementedError
 
 
 @GEOMETRIES.register("fundamental")
