@@ -4,7 +4,8 @@ code path), and the runs' scores are read after 0, 25, 50, 100 and 200 answers p
     python scripts/bench/bench_review.py real --data-root /work/shared/data --out OUT --seeds 0,1 --minutes 5
     python scripts/bench/bench_review.py real ... --train-steps 436   # a fixed number of steps instead
     python scripts/bench/bench_review.py speed --images 10000
-    python scripts/bench/bench_review.py table --out OUT        # the tables again, from OUT/review-results.json
+    python scripts/bench/bench_review.py real ... --matcher none  # the embeddings' scores alone
+    python scripts/bench/bench_review.py table --out OUT        # the tables again, from OUT/review-results-sift.json
 
 **real**: the development sets in the AnimalCLEF 2026 layout of scripts/bench/bench_cluster_real.py
 (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set: identity-disjoint train, validation and
@@ -13,7 +14,9 @@ pooled train parts for --minutes (or --train-steps, where the cores are shared a
 fewer steps). Clustering: eval.py task=cluster on the validation and test
 parts, the method chosen by validation ARI (--methods); identification: DogFaceNet-dev's parts of
 the same protocol as an AnimalCLEF 2025 open-set set (database = the part's train rows, queries
-= its test rows, 20 % of their dogs new), eval.py task=identify. Every run is then reviewed by the
+= its test rows, 20 % of their dogs new), eval.py task=identify. Every eval.py run scores its pairs
+with eval.py's default keypoint matcher unless --matcher says otherwise (`none`: the embeddings
+alone), and its name ends in the matcher's. Every run is then reviewed by the
 oracle with each selector (--selectors), without and with wrong answers (--error-rates), and
 scored after each number of answers (--answers): mean ARI and B-cubed F1 over datasets for
 clustering, the open-set score (sqrt(BAKS x BAUS)) for identification. The answers of one count
@@ -49,19 +52,35 @@ TASKS = ("cluster", "identify")
 # ----------------------------------------------------------------------------- runs to review
 
 
+def _matcher(args) -> str:
+    """The keypoint matcher of every run: --matcher, or eval.py's default (the pipeline a user gets)."""
+    from core.schema import RerankConfig
+
+    return args.matcher or RerankConfig().matcher
+
+
+def _scored_by(args) -> str:
+    """The run names' suffix for the scores behind them: `global` for the embeddings alone."""
+    matcher = _matcher(args)
+    return "global" if matcher == "none" else matcher
+
+
+def _results_path(args) -> Path:
+    return Path(args.out) / f"review-results-{_scored_by(args)}.json"
+
+
 def _cluster_runs(args, protocol: Path, seed: int, export: Path) -> Dict[str, Path]:
     from bench_cluster_real import cluster_run
 
-    out = Path(args.out)
-    val = {m: cluster_run(args, protocol, "val", export, m, seed, [f"cluster.method={m}", "rerank.matcher=none",
-                                                                   "report=false"])["ARI"]
+    out, scored_by = Path(args.out), _scored_by(args)
+    settings = [f"rerank.matcher={_matcher(args)}", "report=false"]
+    val = {m: cluster_run(args, protocol, "val", export, f"{m}-{scored_by}", seed, [f"cluster.method={m}", *settings])["ARI"]
            for m in comma_list(args.methods)}
     method = max(val, key=val.get)
     print(f"seed {seed}: clustering method {method} (validation ARI " + ", ".join(f"{m} {v:.4f}" for m, v in val.items())
           + ")", flush=True)
-    cluster_run(args, protocol, "test", export, f"{method}-global", seed, [f"cluster.method={method}", "rerank.matcher=none",
-                                                                           "report=false"])
-    return {"val": out / f"val-s{seed}-{method}", "test": out / f"test-s{seed}-{method}-global"}
+    cluster_run(args, protocol, "test", export, f"{method}-{scored_by}", seed, [f"cluster.method={method}", *settings])
+    return {part: out / f"{part}-s{seed}-{method}-{scored_by}" for part in ("val", "test")}
 
 
 def _identify_part(protocol: Path, part: str, out: Path) -> Path:
@@ -92,11 +111,11 @@ def _identify_runs(args, protocol: Path, seed: int, export: Path) -> Dict[str, P
     runs = {}
     for part in ("val", "test"):
         root = _identify_part(protocol, part, out)
-        run = out / f"identify-{part}-s{seed}"
+        run = out / f"identify-{part}-s{seed}-{_scored_by(args)}"
         if not (run / "review.npz").is_file():
             execute([sys.executable, "eval.py", "data.format=animalclef2025", f"data.root={root}", f"models=[{export}]",
-                     f"output_dir={run}", f"seed={seed}", f"embed_cache={out / 'embeddings'}", "rerank.matcher=none",
-                     "report=false"], out / f"identify-{part}-s{seed}.log", f"identify {part} seed {seed}")
+                     f"output_dir={run}", f"seed={seed}", f"embed_cache={out / 'embeddings'}", f"rerank.matcher={_matcher(args)}",
+                     "report=false"], run.with_suffix(".log"), f"identify {part} seed {seed}")
         runs[part] = run
     return runs
 
@@ -197,7 +216,7 @@ def real_main(args) -> None:
     print(f"CPU: {cpu_line()}", flush=True)
     protocol = build_protocol(args)
     steps = [int(s) for s in comma_list(args.answers)]
-    results_path = Path(args.out) / "review-results.json"
+    results_path = _results_path(args)
     results = json.loads(results_path.read_text()) if results_path.is_file() else {}
     for seed in [int(s) for s in comma_list(args.seeds)]:
         export = train(args, protocol, seed, steps=args.train_steps)
@@ -361,10 +380,13 @@ def main(argv=None) -> None:
                       help="the session's error prior (verification questions; default: the session's own); "
                            "rows with one given are named SELECTOR@PRIOR")
     real.add_argument("--answers", default="0,25,50,100,200", help="the answer counts each run is scored after")
+    real.add_argument("--matcher", default=None,
+                      help="rerank.matcher of every eval.py run (default: eval.py's own; none: the embeddings alone)")
     real.add_argument("--eval-overrides", default="", help="extra eval.py key=value for every clustering run")
     table = modes.add_parser("table")
     table.add_argument("--out", required=True)
     table.add_argument("--answers", default="0,25,50,100,200")
+    table.add_argument("--matcher", default=None, help="the --matcher of the runs to tabulate")
     speed = modes.add_parser("speed")
     speed.add_argument("--images", type=int, default=10000)
     speed.add_argument("--neighbours", type=int, default=10)
@@ -372,7 +394,7 @@ def main(argv=None) -> None:
     speed.add_argument("--selector", default="default")
     args = parser.parse_args(argv)
     if args.mode == "table":
-        print_tables(json.loads((Path(args.out) / "review-results.json").read_text()),
+        print_tables(json.loads(_results_path(args).read_text()),
                      [int(s) for s in comma_list(args.answers)])
         return
     (real_main if args.mode == "real" else speed_main)(args)
