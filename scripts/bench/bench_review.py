@@ -23,7 +23,7 @@ clustering, the open-set score (sqrt(BAKS x BAUS)) for identification. The answe
 are the first answers of the next (one session taken further), exactly as separate
 `simulate --answers N` runs with the same seed give them. Choose on the validation rows; report
 the test rows, which no choice looked at. It also prints each run's calibrated P(same) against the
-truth (`reliability`), and how far the probability the page showed for the pairs asked, once the
+truth (`reliability`; with, below 0.3, how well P(same) and a pair's rank find its true pairs), and how far the probability the page showed for the pairs asked, once the
 answers re-calibrated it, was from the truth (Brier, against the run's own probability).
 
 **speed**: the server side of one answer at scale: a generated clustering run of --images test
@@ -182,11 +182,13 @@ def sweep(run_dir: Path, truth_csv: Path, selector: str, error_rate: float, seed
     return out
 
 
+LOW_PROBABILITY = 0.3
 RELIABILITY_BINS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0)
 
 
 def reliability(run_dir: Path, truth_csv: Path) -> str:
-    """A run's calibrated P(same) against the truth, over its pairs in bins of that probability."""
+    """A run's calibrated P(same) against the truth, over its pairs in bins of that probability, and
+    how well the pairs below LOW_PROBABILITY are told apart (_low_separation)."""
 
     from engine.review.run import open_run
     from engine.review.simulate import read_truth
@@ -201,7 +203,24 @@ def reliability(run_dir: Path, truth_csv: Path) -> str:
         at = (p >= low) & ((p < high) if high < 1 else (p <= high))
         if at.any():
             cells.append(f"{low:.1f}-{high:.1f}: {at.sum()} pairs, mean p {p[at].mean():.2f}, same {same[at].mean():.2f}")
-    return "; ".join(cells)
+    return "; ".join(cells + _low_separation(data.pair_a[known], p, same))
+
+
+def _low_separation(first, p, same) -> List[str]:
+    """Among the pairs below LOW_PROBABILITY, where a selector must find the true pairs a run missed:
+    how many are the same individual, and the AUC with which P(same), and the pair's rank among the
+    pairs of its first image (for identification: the candidate's rank in its query's shortlist),
+    tell them from the others."""
+    import pandas as pd
+    from sklearn.metrics import roc_auc_score
+
+    low = p < LOW_PROBABILITY
+    if not (same[low].any() and (~same[low]).any()):
+        return []
+    rank = pd.Series(p).groupby(first).rank(ascending=False).to_numpy()
+    return [f"below {LOW_PROBABILITY}: {same[low].sum()} same of {low.sum()} pairs, AUC of p "
+            f"{roc_auc_score(same[low], p[low]):.2f}, of the rank among its first image's pairs "
+            f"{roc_auc_score(same[low], -rank[low]):.2f}"]
 
 
 def _truths(args, protocol: Path, runs: Dict[str, Dict[str, Path]]) -> Dict[str, Dict[str, Path]]:
