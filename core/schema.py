@@ -235,7 +235,7 @@ class ClusterConfig:
     neighbours: int = 10  # (int) graph edges: each image's k nearest neighbours under every global scorer (faiss, within its dataset)
     threshold: Optional[float] = None  # (float) P(same individual) at which images join (leiden: the resolution); null = tuned by ARI on held-out train identities
     grid: List[float] = field(default_factory=lambda: [round(0.05 * i, 2) for i in range(1, 20)])  # (list) thresholds tried first by the tuning; widened towards 0 or 1 while the best is at an end (docs/clustering.md)
-    criterion: str = "ami"  # (str) registered cluster_criterion the threshold is tuned for on held-out train identities: ami | ari (AnimalCLEF 2026's score) | count; defaults chosen leaving each development dataset out (docs/clustering.md)
+    criterion: str = "ari"  # (str) registered cluster_criterion the threshold is tuned for on held-out train identities: ari (AnimalCLEF 2026's score) | ami | count; defaults chosen leaving each development dataset out, with the default keypoint matcher (docs/clustering.md)
     count_criterion: str = "same"  # (str) the population count's threshold: same (the count is the clusters written) | a registered cluster_criterion, e.g. count (as many clusters as individuals on the held-out images)
     unlabelled: str = "unanchored"  # (str) registered unlabelled_threshold strategy for a dataset without train images: unanchored (best on the labelled datasets clustered without anchors) | transfer (best on their anchored validation) | mixture (from its own edges' similarities)
     per_dataset: bool = True  # (bool) one threshold per dataset; a dataset without train images takes the one best over the others

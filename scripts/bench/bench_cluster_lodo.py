@@ -8,7 +8,8 @@ validation and test parts. Each part comes in variants: `all` (every dataset lab
 `no-<d>` per dataset d, whose train rows are removed as if it had none (its test rows and answers
 unchanged, so it is clustered without anchors and its threshold comes from `cluster.unlabelled`).
 
-Per seed, part and variant, eval.py task=cluster (its default method, global scores only) runs once
+Per seed, part and variant, eval.py task=cluster (its default method and, unless --matcher says
+otherwise, its default keypoint matcher; `--matcher none`: global scores only) runs once
 per criterion of --criteria; each run records what every registered unlabelled strategy chose for
 the dataset without train rows, its ARI and its count (metrics.json other_strategies). Beside it:
   today   on the test part, the same with the code before issue 37 (--today: a plain export of that commit)
@@ -39,7 +40,7 @@ from typing import Dict, List, Optional
 import numpy as np
 import pandas as pd
 from bench_cluster_real import SOURCES, build_protocol, dbscan_on, train
-from benchmarking import REPO, comma_list, cpu_line, execute
+from benchmarking import REPO, comma_list, cpu_line, execute, matcher_of, scored_by
 
 ALL = "all"
 WITHIN = 0.25  # the count target: within 25 % of the truth
@@ -55,6 +56,8 @@ def add_arguments(parser) -> None:
                              "cores shared with other jobs)")
     parser.add_argument("--criteria", default="ari,ami", help="cluster.criterion values tried on the validation part")
     parser.add_argument("--parts", default="val,test")
+    parser.add_argument("--matcher", default=None,
+                        help="rerank.matcher of every eval.py run (default: eval.py's own; none: the embeddings alone)")
     parser.add_argument("--today", default="", help="a plain export of the code before issue 37, run as `today` on the "
                                                     "test part")
     parser.add_argument("--test-overrides", default="", help="eval.py key=value for the test part's runs")
@@ -88,11 +91,12 @@ def variant_root(protocol: Path, part: str, variant: str) -> Path:
 
 def eval_run(args, root: Path, export: Path, name: str, seed: int, overrides: List[str], code: Path) -> dict:
     """metrics.json of one eval.py task=cluster run (reused when it exists)."""
-    out = Path(args.out) / "lodo" / f"s{seed}" / name
+    out = Path(args.out) / f"lodo-{scored_by(args.matcher)}" / f"s{seed}" / name
     if not (out / "metrics.json").is_file():
         command = [sys.executable, str(code / "eval.py"), "task=cluster", "data.format=animalclef2026",
                    f"data.root={root}", f"models=[{export}]", f"output_dir={out}", f"seed={seed}",
-                   f"embed_cache={Path(args.out) / 'embeddings'}", "rerank.matcher=none", "report=false", *overrides]
+                   f"embed_cache={Path(args.out) / 'embeddings'}", f"rerank.matcher={matcher_of(args.matcher)}",
+                   "report=false", *overrides]
         start = time.perf_counter()
         execute(command, out.parent / f"{name}.log", f"{name} seed {seed}")
         (out / "wall.txt").write_text(f"{time.perf_counter() - start:.1f}\n")
@@ -180,7 +184,7 @@ def lodo_main(args) -> None:
     protocol = build_protocol(args, folder="protocol-lodo", no_train="")
     train_protocol = build_protocol(args)  # the model is `real`'s: trained on the same pooled part
     print(f"protocol: {(protocol / 'protocol.json').read_text()}", flush=True)
-    saved = Path(args.out) / "lodo-results.json"
+    saved = Path(args.out) / f"lodo-results-{scored_by(args.matcher)}.json"
     results = json.loads(saved.read_text()) if saved.is_file() else {}  # earlier parts and seeds are kept
     for seed in [int(s) for s in comma_list(args.seeds)]:
         export = train(args, train_protocol, seed, steps=args.steps)

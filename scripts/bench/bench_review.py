@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from benchmarking import comma_list, cpu_line, execute
+from benchmarking import comma_list, cpu_line, execute, matcher_of, scored_by
 
 import engine.components  # noqa: F401  (the built-in names a config may use, registered)
 from core.errors import cli_entry
@@ -52,35 +52,22 @@ TASKS = ("cluster", "identify")
 # ----------------------------------------------------------------------------- runs to review
 
 
-def _matcher(args) -> str:
-    """The keypoint matcher of every run: --matcher, or eval.py's default (the pipeline a user gets)."""
-    from core.schema import RerankConfig
-
-    return args.matcher or RerankConfig().matcher
-
-
-def _scored_by(args) -> str:
-    """The run names' suffix for the scores behind them: `global` for the embeddings alone."""
-    matcher = _matcher(args)
-    return "global" if matcher == "none" else matcher
-
-
 def _results_path(args) -> Path:
-    return Path(args.out) / f"review-results-{_scored_by(args)}.json"
+    return Path(args.out) / f"review-results-{scored_by(args.matcher)}.json"
 
 
 def _cluster_runs(args, protocol: Path, seed: int, export: Path) -> Dict[str, Path]:
     from bench_cluster_real import cluster_run
 
-    out, scored_by = Path(args.out), _scored_by(args)
-    settings = [f"rerank.matcher={_matcher(args)}", "report=false"]
-    val = {m: cluster_run(args, protocol, "val", export, f"{m}-{scored_by}", seed, [f"cluster.method={m}", *settings])["ARI"]
+    out, suffix = Path(args.out), scored_by(args.matcher)
+    settings = [f"rerank.matcher={matcher_of(args.matcher)}", "report=false"]
+    val = {m: cluster_run(args, protocol, "val", export, f"{m}-{suffix}", seed, [f"cluster.method={m}", *settings])["ARI"]
            for m in comma_list(args.methods)}
     method = max(val, key=val.get)
     print(f"seed {seed}: clustering method {method} (validation ARI " + ", ".join(f"{m} {v:.4f}" for m, v in val.items())
           + ")", flush=True)
-    cluster_run(args, protocol, "test", export, f"{method}-{scored_by}", seed, [f"cluster.method={method}", *settings])
-    return {part: out / f"{part}-s{seed}-{method}-{scored_by}" for part in ("val", "test")}
+    cluster_run(args, protocol, "test", export, f"{method}-{suffix}", seed, [f"cluster.method={method}", *settings])
+    return {part: out / f"{part}-s{seed}-{method}-{suffix}" for part in ("val", "test")}
 
 
 def _identify_part(protocol: Path, part: str, out: Path) -> Path:
@@ -111,10 +98,11 @@ def _identify_runs(args, protocol: Path, seed: int, export: Path) -> Dict[str, P
     runs = {}
     for part in ("val", "test"):
         root = _identify_part(protocol, part, out)
-        run = out / f"identify-{part}-s{seed}-{_scored_by(args)}"
+        run = out / f"identify-{part}-s{seed}-{scored_by(args.matcher)}"
         if not (run / "review.npz").is_file():
             execute([sys.executable, "eval.py", "data.format=animalclef2025", f"data.root={root}", f"models=[{export}]",
-                     f"output_dir={run}", f"seed={seed}", f"embed_cache={out / 'embeddings'}", f"rerank.matcher={_matcher(args)}",
+                     f"output_dir={run}", f"seed={seed}", f"embed_cache={out / 'embeddings'}",
+                     f"rerank.matcher={matcher_of(args.matcher)}",
                      "report=false"], run.with_suffix(".log"), f"identify {part} seed {seed}")
         runs[part] = run
     return runs

@@ -50,6 +50,20 @@ def cpu_line() -> str:
             f"AMX {'yes' if cpu['amx'] else 'no'}")
 
 
+def matcher_of(chosen: Optional[str]) -> str:
+    """The keypoint matcher of a benchmark's eval.py runs: its --matcher, or eval.py's own default
+    (what a user gets)."""
+    from core.schema import RerankConfig
+
+    return chosen or RerankConfig().matcher
+
+
+def scored_by(chosen: Optional[str]) -> str:
+    """The name runs and results take from their matcher: `global` for the embeddings alone."""
+    matcher = matcher_of(chosen)
+    return "global" if matcher == "none" else matcher
+
+
 def comma_list(text: str) -> List[str]:
     """'a, b,,c' -> ['a', 'b', 'c']: a comma-separated command-line value."""
     return [part.strip() for part in text.split(",") if part.strip()]
