@@ -45,6 +45,7 @@ from benchmarking import comma_list, cpu_line, execute, matcher_of, scored_by
 
 import engine.components  # noqa: F401  (the built-in names a config may use, registered)
 from core.errors import cli_entry
+from engine.review.refit import REFITS
 
 TASKS = ("cluster", "identify")
 
@@ -238,12 +239,13 @@ def real_main(args) -> None:
                 print(f"reliability, {task} {part} s{seed}: {reliability(parts[part], truths[task][part])}", flush=True)
                 for error in [float(e) for e in comma_list(args.error_rates)]:
                     for selector in comma_list(args.selectors):
-                        named = selector if args.error_prior is None else f"{selector}@{args.error_prior}"
+                        named = (selector + ("" if args.error_prior is None else f"@{args.error_prior}")
+                                 + ("" if args.refit == "auto" else f" refit {args.refit}"))
                         key = f"{task}|{part}|s{seed}|{named}|e{error}"
                         if key in results:
                             continue
                         results[key] = sweep(parts[part], truths[task][part], selector, error, seed, steps,
-                                             prior=args.error_prior)
+                                             refit=args.refit, prior=args.error_prior)
                         print(key, json.dumps({n: round(r["score"], 4) for n, r in results[key].items()}), flush=True)
                         results_path.write_text(json.dumps(results, indent=1) + "\n")
     print_tables(results, steps)
@@ -387,6 +389,9 @@ def main(argv=None) -> None:
                       help="the session's error prior (verification questions; default: the session's own); "
                            "rows with one given are named SELECTOR@PRIOR")
     real.add_argument("--answers", default="0,25,50,100,200", help="the answer counts each run is scored after")
+    real.add_argument("--refit", default="auto", choices=REFITS,
+                      help="the session's threshold re-fit (reidzoo-review --refit); rows with another than auto "
+                           "are named SELECTOR refit VALUE")
     real.add_argument("--matcher", default=None,
                       help="rerank.matcher of every eval.py run (default: eval.py's own; none: the embeddings alone)")
     real.add_argument("--eval-overrides", default="", help="extra eval.py key=value for every clustering run")
