@@ -1,6 +1,7 @@
 """Accelerator construction that behaves the same on a laptop CPU and a multi-GPU node."""
 from __future__ import annotations
 
+import atexit
 from typing import Tuple
 
 import torch
@@ -48,14 +49,25 @@ def rank_and_world(accelerator) -> Tuple[int, int]:
     return accelerator.process_index, accelerator.num_processes
 
 
+def leave_process_group() -> None:
+    """Destroy this process's process group, if it has one. Left to interpreter shutdown, gloo's
+    worker threads can abort the process ("terminate called without an active exception"), and
+    `accelerate launch` then reports a run that finished its work as failed."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def make_accelerator(mixed_precision: str = "auto", cpu_bf16: bool = True) -> Accelerator:
     # Without CUDA, `accelerate launch --multi_gpu` starts independent processes unless the
     # accelerator is built for CPU: then it joins them over gloo and averages gradients.
     cpu = not torch.cuda.is_available()
     # Loss modules and frozen stages leave some parameters without gradients in some steps.
     ddp = DistributedDataParallelKwargs(find_unused_parameters=True)
-    return Accelerator(
+    accelerator = Accelerator(
         cpu=cpu,
         mixed_precision=resolve_mixed_precision(mixed_precision, cpu_bf16),
         kwargs_handlers=[ddp],
     )
+    atexit.unregister(leave_process_group)  # once, however many accelerators a process makes
+    atexit.register(leave_process_group)
+    return accelerator

@@ -223,6 +223,7 @@ out = cache.get_or_compute(keys, compute, accelerator=acc, expected_rows=11)
 again = cache.get_or_compute(keys, compute, accelerator=acc, expected_rows=11)
 if acc.is_main_process:
     np.savez({out!r}, world=acc.num_processes, calls=len(calls), **out)
+acc.end_training()  # the process group destroyed before exit, as engine.accel.make_accelerator does
 """
 
 
