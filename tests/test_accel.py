@@ -33,7 +33,7 @@ def test_an_explicit_choice_is_kept(monkeypatch):
 
 
 EXIT_SCRIPT = """
-import atexit, os, sys
+import atexit, sys
 import torch.distributed as dist
 sys.path.insert(0, {repo!r})
 atexit.register(lambda: print("group at exit:", dist.is_initialized(), flush=True))  # runs after later handlers

@@ -23,8 +23,9 @@ clustering, the open-set score (sqrt(BAKS x BAUS)) for identification. The answe
 are the first answers of the next (one session taken further), exactly as separate
 `simulate --answers N` runs with the same seed give them. Choose on the validation rows; report
 the test rows, which no choice looked at. It also prints each run's calibrated P(same) against the
-truth (`reliability`; with, below 0.3, how well P(same) and a pair's rank find its true pairs), and how far the probability the page showed for the pairs asked, once the
-answers re-calibrated it, was from the truth (Brier, against the run's own probability).
+truth (`reliability`, with how well P(same) and a pair's rank find the true pairs below 0.3), and
+how far the probability the page showed for the pairs asked, once the answers re-calibrated it,
+was from the truth (Brier, against the run's own probability).
 
 **speed**: the server side of one answer at scale: a generated clustering run of --images test
 images (k-NN graph of clustered embeddings, agglomerative clusters), then --answers oracle answers
