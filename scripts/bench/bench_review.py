@@ -259,7 +259,8 @@ def print_tables(results: Dict[str, dict], steps: List[int]) -> None:
     groups: Dict[tuple, Dict[tuple, dict]] = {}
     for key, by_step in results.items():
         task, part, seed, selector, error = key.split("|")
-        groups.setdefault((task, part), {})[(selector, error, seed)] = by_step
+        # steps are ints in a fresh sweep and strings once read back from review-results-*.json
+        groups.setdefault((task, part), {})[(selector, error, seed)] = {int(n): r for n, r in by_step.items()}
     for (task, part), rows in sorted(groups.items()):
         measure = "mean ARI" if task == "cluster" else "open-set score"
         print(f"\n{task}, {part} part ({measure} after N answers per dataset)\n")
@@ -268,22 +269,20 @@ def print_tables(results: Dict[str, dict], steps: List[int]) -> None:
               + f" | gain at 100 | {extra} at 0 / {steps[-1]} |")
         print("|---|---|---|" + "---|" * len(steps) + "---|---|")
         for (selector, error, seed), by_step in sorted(rows.items()):
-            values = [by_step.get(str(n), by_step.get(n))["score"] for n in steps]
-            gain = (by_step.get("100", by_step.get(100))["score"] - values[0]) if 100 in steps else float("nan")
-            first, last = (by_step.get(str(n), by_step.get(n))[extra] for n in (steps[0], steps[-1]))
+            values = [by_step[n]["score"] for n in steps]
+            gain = (by_step[100]["score"] - values[0]) if 100 in steps else float("nan")
+            first, last = (by_step[n][extra] for n in (steps[0], steps[-1]))
             print(f"| {selector} | {float(error[1:]):.0%} | {seed[1:]} | " + " | ".join(f"{v:.4f}" for v in values)
                   + f" | {gain:+.4f} | {first:.4f} / {last:.4f} |")
         means = {}
         for (selector, error, _), by_step in rows.items():
             if 100 in steps:
-                means.setdefault((selector, error), []).append(by_step.get("100", by_step.get(100))["score"]
-                                                                - by_step.get("0", by_step.get(0))["score"])
+                means.setdefault((selector, error), []).append(by_step[100]["score"] - by_step[0]["score"])
         print("\nmean gain at 100 answers: " + ", ".join(f"{s} ({float(e[1:]):.0%} wrong) {np.mean(v):+.4f}"
                                                           for (s, e), v in sorted(means.items())))
-        last = str(steps[-1])
-        calibrated = [(selector, error, seed, by_step.get(last, by_step.get(steps[-1])))
-                      for (selector, error, seed), by_step in sorted(rows.items())]
-        calibrated = [(s, e, seed, r) for s, e, seed, r in calibrated if r.get("page pairs")]
+        last = steps[-1]
+        calibrated = [(selector, error, seed, by_step[last]) for (selector, error, seed), by_step in sorted(rows.items())
+                      if by_step[last].get("page pairs")]
         if calibrated:
             print(f"\nP(same) on the page, on the pairs asked once the answers re-calibrated it (first {last} answers): "
                   "Brier of the run's probability -> the shown one")
