@@ -19,11 +19,13 @@ from engine.outputs.review_file import ANSWERS_FILE, load_review, save_review
 from engine.review.constraints import DIFFERENT, SAME, Answer, Closure
 from engine.review.refit import (
     answers_calibration,
-    best_partition_threshold,
+    best_expected_threshold,
     best_threshold,
     candidate_thresholds,
+    expected_ari,
     recalibrated,
     refitted,
+    with_answers,
 )
 from engine.review.run import open_run
 from engine.review.selectors import SELECTORS, Candidates
@@ -136,21 +138,45 @@ def test_the_threshold_refits_only_with_enough_answers_of_both_kinds():
     assert refitted(p, same, 0.7, min_answers=8, min_each=3) == pytest.approx(0.375)
 
 
-def test_a_clustering_threshold_is_refitted_by_how_its_clusters_agree_with_the_answers():
-    # Animal X is photos 0, 1, 2 (0-1 and 1-2 close, 0-2 far apart: answered *same* at p 0.2); Y is
-    # 3 and 4, its 3 answered *different* from X's 2 at p 0.3. No cut separates those two edges,
-    # but above 0.3 the clusters do: X joined through 1, Y apart. The run's 0.1 merges them all.
+def test_the_expected_ari_of_certain_pairs_is_the_ari():
+    # with every pair an edge and q the truth (1: one individual), the expectation is ARI itself
+    from sklearn.metrics import adjusted_rand_score
+
+    rng = np.random.default_rng(0)
+    truth, found = rng.integers(0, 6, 40), rng.integers(0, 9, 40)
+    i, j = np.triu_indices(40, 1)
+    found[:20] = truth[:20]  # half agree, so the score is not near zero by chance
+    assert expected_ari(found, i, j, (truth[i] == truth[j]).astype(float)) == pytest.approx(
+        adjusted_rand_score(truth, found))
+
+
+def test_a_clustering_threshold_is_refitted_by_the_ari_its_clusters_are_expected_to_score():
+    # Animal X is photos 0, 1, 2, Y is 3 and 4, Z 5 and 6; the edge 2-3 bridges X and Y at 0.3 and was
+    # answered *different*, 0-1 *same*. The run's 0.1 joins X and Y; 0.625 parts them; 0.925 also
+    # cuts X's unasked edge 1-2 (0.9).
     from engine.cluster.graph import Graph
     from engine.cluster.methods import CLUSTERERS
 
-    graph = Graph(5, np.array([0, 1, 0, 3, 2]), np.array([1, 2, 2, 4, 3]), np.array([0.9, 0.9, 0.2, 0.9, 0.3]))
-    a, b, p, same = np.array([0, 2]), np.array([2, 3]), np.array([0.2, 0.3]), np.array([True, False])
-    assert best_threshold(p, same, 0.1) == pytest.approx(0.1)  # the edges alone: no reason to move
-    thresholds = candidate_thresholds(p, 0.1)
-    assert thresholds.tolist() == pytest.approx([0.1, 0.2 - 1e-6, 0.25, 0.3 + 1e-6])
-    labelings = CLUSTERERS.build("agglomerative").labels(graph, np.full(5, -1), thresholds.tolist())
-    assert best_partition_threshold(thresholds, labelings, a, b, same, 0.1) == pytest.approx(0.3 + 1e-6)
+    graph = Graph(7, np.array([0, 1, 2, 3, 5]), np.array([1, 2, 3, 4, 6]), np.array([0.95, 0.9, 0.3, 0.95, 0.95]))
+    thresholds = np.array([0.1, 0.625, 0.925])
+    labelings = CLUSTERERS.build("agglomerative").labels(graph, np.full(7, -1), thresholds.tolist())
+    q = np.array([1.0, 0.9, 0.0, 0.95, 0.95])  # the answers; the other edges their (re-calibrated) probability
+    assert best_expected_threshold(thresholds, labelings, graph.i, graph.j, q, 0.1) == pytest.approx(0.625)
+    q[1] = 0.3  # were 1-2 likely two animals, cutting it too would be expected to score best
+    assert best_expected_threshold(thresholds, labelings, graph.i, graph.j, q, 0.1) == pytest.approx(0.925)
+    # the candidates: the current threshold and the cuts between the answered probabilities
+    assert candidate_thresholds(np.array([0.95, 0.3]), 0.1).tolist() == pytest.approx([0.1, 0.3 - 1e-6, 0.625, 0.95 + 1e-6])
     assert len(candidate_thresholds(np.linspace(0, 1, 200), 0.5, most=10)) <= 11
+
+
+def test_an_answered_edge_counts_as_the_person_said():
+    from engine.cluster.graph import Graph
+
+    graph = Graph(5, np.array([0, 1, 3]), np.array([1, 2, 4]), np.array([0.5, 0.5, 0.5]))
+    # 2-1 is the edge 1-2 asked the other way round; 0-4 is no edge of the graph
+    q = with_answers(graph, graph.p, np.array([2, 3, 0]), np.array([1, 4, 4]), np.array([True, False, True]))
+    assert q.tolist() == [0.5, 1.0, 0.0]
+    assert graph.p.tolist() == [0.5, 0.5, 0.5]  # a copy: the run's probabilities are left alone
 
 
 def test_the_answers_recalibrate_an_overconfident_probability():

@@ -1,17 +1,21 @@
 """A dataset's threshold re-fitted from a person's answers, once there are enough of them.
 
 Every *same* / *different* answer is a labelled pair at the probability the run gave it. With at
-least `min_answers` of them in a dataset, `min_each` of each kind, the threshold becomes the one
-that best separates them (balanced accuracy: a wrong *same* and a wrong *different* weigh alike,
-whatever their numbers), the nearest to the current threshold among equals. The pairs asked lie
-near the decision, which is where a threshold is decided.
+least `min_answers` of them in a dataset, `min_each` of each kind, the threshold is re-fitted;
+among equals the one nearest the current threshold.
 
 For identification a pair's probability against the threshold is the decision itself, so the
-threshold that separates the answered pairs best is chosen (`best_threshold`). A clustering
-decides pairs through their clusters: two photos a threshold leaves unlinked still share a cluster
-through photos between them, so the threshold that separates the answered pairs' edges best splits
-the clusters far too much (results.md, "A person in the loop"). A clustering's threshold is chosen by how well the
-clusters each candidate makes, without the answers, agree with them (`best_partition_threshold`).
+threshold that best separates the answered pairs is chosen (`best_threshold`, by balanced
+accuracy: a wrong *same* and a wrong *different* weigh alike, whatever their numbers). A clustering
+decides pairs through their clusters, and most of the pairs a threshold decides are never asked:
+the pairs asked are those the selector found worth asking, not a sample, so the threshold whose
+clusters agree best with them alone splits or merges everything else (results.md, "A person in the
+loop"). A clustering's threshold is the one whose clusters, made without the answers, score the
+best ARI expected over all the dataset's edges (`best_expected_threshold`): an answered edge is
+what the person said, every other edge is one individual with its probability re-calibrated on the
+answers, and a pair the graph does not hold is two individuals. Chosen against both the answered
+pairs alone and no re-fit, on the datasets of the validation parts each treated as unlabelled
+(results.md).
 
 `refit` says where: `auto` only on datasets whose threshold was not tuned on their own labelled
 images (transferred from other datasets, or given), which is where a run's threshold is least
@@ -23,6 +27,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from engine.cluster.graph import Graph
 from engine.scoring.calibration import Calibrator, fit_calibrator
 
 REFITS = ("auto", "always", "never")
@@ -67,14 +72,42 @@ def candidate_thresholds(p: np.ndarray, current: float, most: int = MOST_CANDIDA
     return np.unique(np.concatenate([cuts, [current]]))
 
 
-def best_partition_threshold(thresholds: np.ndarray, labelings: Sequence[np.ndarray], a: np.ndarray,
-                             b: np.ndarray, same: np.ndarray, current: float) -> float:
-    """The threshold whose labeling puts the answered pairs (a[i], b[i]) together where a person said
-    *same* and apart where *different* with the best balanced accuracy (nearest `current` among ties)."""
-    same = np.asarray(same, bool)
-    accuracy = np.array([((labels[a] == labels[b])[same].mean() + (labels[a] != labels[b])[~same].mean()) / 2
-                         for labels in labelings])
-    best = np.flatnonzero(np.isclose(accuracy, accuracy.max(), rtol=0, atol=1e-12))
+def expected_ari(labels: np.ndarray, i: np.ndarray, j: np.ndarray, q: np.ndarray) -> float:
+    """The ARI that `labels` (a cluster per node) is expected to score if the pair (i[e], j[e]) is one
+    individual with probability q[e] and every pair outside those edges is two individuals (a k-NN
+    graph holds nearly every pair of one individual): the pair counts' expectations in ARI's formula."""
+    _, labels = np.unique(np.asarray(labels), return_inverse=True)
+    n = len(labels)
+    if n < 2:
+        return 0.0
+    sizes = np.bincount(labels).astype(np.float64)
+    together = float((sizes * (sizes - 1) / 2).sum())
+    same = float(np.sum(q))
+    agreed = float(np.sum(q[labels[i] == labels[j]]))
+    chance = together * same / (n * (n - 1) / 2)
+    spread = (together + same) / 2 - chance
+    return (agreed - chance) / spread if spread > 0 else 0.0
+
+
+def with_answers(graph: Graph, q: np.ndarray, a: np.ndarray, b: np.ndarray, same: np.ndarray) -> np.ndarray:
+    """`q` (per edge of `graph`) with each answered pair (a[k], b[k]) that is an edge set to what the
+    person said: 1 for *same*, 0 for *different*; answered pairs the graph does not hold change nothing."""
+    q = np.array(q, np.float64)
+    edges = graph.i.astype(np.int64) * graph.n + graph.j
+    asked = np.minimum(a, b).astype(np.int64) * graph.n + np.maximum(a, b)
+    if len(edges) and len(asked):
+        order = np.argsort(edges)
+        at = order[np.minimum(np.searchsorted(edges, asked, sorter=order), len(edges) - 1)]
+        found = edges[at] == asked
+        q[at[found]] = np.asarray(same, np.float64)[found]
+    return q
+
+
+def best_expected_threshold(thresholds: np.ndarray, labelings: Sequence[np.ndarray], i: np.ndarray, j: np.ndarray,
+                            q: np.ndarray, current: float) -> float:
+    """The threshold whose labeling has the best expected_ari (nearest `current` among ties)."""
+    scores = np.array([expected_ari(labels, i, j, q) for labels in labelings])
+    best = np.flatnonzero(np.isclose(scores, scores.max(), rtol=0, atol=1e-12))
     return float(thresholds[best[np.argmin(np.abs(thresholds[best] - current))]])
 
 

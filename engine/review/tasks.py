@@ -30,7 +30,14 @@ from engine.cluster.methods import CLUSTERERS
 from engine.cluster.pipeline import cluster_names
 from engine.review.constraints import DIFFERENT, SAME, Answer, Closure
 from engine.review.offload import WorkerClusterer
-from engine.review.refit import best_partition_threshold, candidate_thresholds, enough, refitted
+from engine.review.refit import (
+    answers_calibration,
+    best_expected_threshold,
+    candidate_thresholds,
+    recalibrated,
+    refitted,
+    with_answers,
+)
 from engine.review.run import ReviewRun
 from engine.review.selectors import Candidates
 
@@ -258,15 +265,21 @@ class ClusterState(TaskState):
 
     def refit(self, dataset, a, b, p, same, current, min_answers):
         # the clusters the run's clusterer makes at each candidate, anchored by the train labels but
-        # not by the answers, scored by how they agree with the answers
-        if not enough(same, min_answers):
+        # not by the answers, scored by the ARI expected over the dataset's query images (refit.py)
+        calibration = answers_calibration(p, same, min_answers)
+        if calibration is None:
             return None
+        rows, graph = self.members[dataset], self.subgraphs[dataset]
         local = np.full(len(self.labels), -1, np.int64)
-        local[self.members[dataset]] = np.arange(len(self.members[dataset]))
+        local[rows] = np.arange(len(rows))
+        q = with_answers(graph, recalibrated(calibration, graph.p), local[a], local[b], same)
+        queries = self.is_query[rows]
+        position = np.cumsum(queries) - 1
+        among = queries[graph.i] & queries[graph.j]
         thresholds = candidate_thresholds(p, current)
-        labelings = self.heavy.labels(self.subgraphs[dataset], self.anchors[self.members[dataset]],
-                                      thresholds.tolist())
-        return best_partition_threshold(thresholds, labelings, local[a], local[b], same, current)
+        labelings = self.heavy.labels(graph, self.anchors[rows], thresholds.tolist())
+        return best_expected_threshold(thresholds, [labels[queries] for labels in labelings], position[graph.i[among]],
+                                       position[graph.j[among]], q[among], current)
 
     def recompute(self, constraints, dataset, threshold):
         rows = self.members[dataset]
