@@ -61,11 +61,18 @@ class ARI(Criterion):
         n = len(t)
         together = _pairs(np.unique(t * (int(c.max(initial=0)) + 1) + c, return_counts=True)[1])
         same, joined = _pairs(np.bincount(t)), _pairs(np.bincount(c))
-        tp, fp, fn = together, joined - together, same - together
-        tn = n * (n - 1) / 2 - tp - fp - fn
-        if fn == 0 and fp == 0:
-            return 1.0
-        return float(2 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
+        return ari_of_pairs(together, joined, same, n * (n - 1) / 2)
+
+
+def ari_of_pairs(together: float, joined: float, same: float, pairs: float) -> float:
+    """ARI from pair counts: `together` pairs of one identity in one cluster, `joined` pairs in one
+    cluster, `same` pairs of one identity, among `pairs` (sklearn's formula; counts may be expected
+    values, engine/review/refit.py)."""
+    tp, fp, fn = together, joined - together, same - together
+    tn = pairs - tp - fp - fn
+    if fn == 0 and fp == 0:
+        return 1.0
+    return float(2 * (tp * tn - fn * fp) / ((tp + fn) * (fn + tn) + (tp + fp) * (fp + tn)))
 
 
 def _entropy(counts: np.ndarray) -> float:
