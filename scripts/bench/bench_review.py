@@ -28,12 +28,7 @@ truth (`reliability`, with how well P(same) and a pair's rank find the true pair
 how far the probability the page showed for the pairs asked, once the answers re-calibrated it,
 was from the truth (Brier, against the run's own probability).
 
-**lodo**: the threshold re-fit where it acts, on a dataset without train rows. It reviews the runs
-`bench_cluster.py lodo --out LODO_OUT` made (each dataset of each part in turn with its train rows
-removed, eval.py's default method), with each --refits value, and prints the ARI of the dataset
-treated as unlabelled (the only one `auto` re-fits) after each number of answers per dataset. The
-validation runs are those of --val-criterion (the default `cluster.criterion`), the test runs the
-defaults'.
+**lodo**: the threshold re-fit on each dataset treated as unlabelled (bench_review_lodo.py).
 
 **speed**: the server side of one answer at scale: a generated clustering run of --images test
 images (k-NN graph of clustered embeddings, agglomerative clusters), then --answers oracle answers
@@ -299,57 +294,6 @@ def print_tables(results: Dict[str, dict], steps: List[int]) -> None:
                       f"{r['page brier_run']:.4f} -> {r['page brier_shown']:.4f}")
 
 
-# ----------------------------------------------------------------------------- lodo
-
-
-def lodo_main(args) -> None:
-    """The re-fit on each dataset treated as unlabelled (see the module doc)."""
-    import numpy as np
-    from bench_cluster_lodo import datasets
-
-    from core.errors import UserError
-
-    print(f"CPU: {cpu_line()}", flush=True)
-    root = Path(args.lodo_out)
-    steps = [int(s) for s in comma_list(args.answers)]
-    saved = root / f"review-lodo-{scored_by(args.matcher)}.json"
-    results = json.loads(saved.read_text()) if saved.is_file() else {}
-    names = {"val": args.val_criterion, "test": "default"}
-    for seed in [int(s) for s in comma_list(args.seeds)]:
-        for part in comma_list(args.parts):
-            for dataset in datasets():
-                run = root / f"lodo-{scored_by(args.matcher)}" / f"s{seed}" / f"{part}-no-{dataset}-{names[part]}"
-                truth = root / "protocol-lodo" / f"{part}-no-{dataset}" / "solution.csv"
-                if not (run / "review.npz").is_file():
-                    raise UserError(f"no run {run}: run bench_cluster.py lodo --out {root} --parts {part} first")
-                for selector in comma_list(args.selectors):
-                    for refit in comma_list(args.refits):
-                        key = f"{part}|s{seed}|{dataset}|{selector}|{refit}"
-                        if key not in results:
-                            found = sweep(run, truth, selector, 0.0, seed, steps, refit=refit)
-                            results[key] = {str(n): round(r[f"ARI {dataset}"], 4) for n, r in found.items()}
-                            saved.write_text(json.dumps(results, indent=1) + "\n")
-                        print(key, json.dumps(results[key]), flush=True)
-    for part in comma_list(args.parts):
-        print(f"\n{part} parts: ARI of the dataset treated as unlabelled after N answers per dataset (seed 0 / seed 1)\n")
-        print("| selector | refit | dataset | " + " | ".join(f"N={n}" for n in steps) + " |")
-        print("|---|---|---|" + "---|" * len(steps))
-        for selector in comma_list(args.selectors):
-            for refit in comma_list(args.refits):
-                rows = {d: [results.get(f"{part}|s{seed}|{d}|{selector}|{refit}") for seed in comma_list(args.seeds)]
-                        for d in datasets()}
-                for d, by_seed in [*rows.items(), ("mean", None)]:
-                    cells = []
-                    for n in steps:
-                        if by_seed is None:
-                            values = [[r[str(n)] for r in runs if r] for runs in rows.values()]
-                            per_seed = np.mean(values, axis=0)
-                        else:
-                            per_seed = [r[str(n)] for r in by_seed if r]
-                        cells.append(" / ".join(f"{v:.3f}" for v in per_seed))
-                    print(f"| {selector} | {refit} | {d} | " + " | ".join(cells) + " |")
-
-
 # ----------------------------------------------------------------------------- speed
 
 
@@ -459,14 +403,10 @@ def main(argv=None) -> None:
     table.add_argument("--answers", default="0,25,50,100,200")
     table.add_argument("--matcher", default=None, help="the --matcher of the runs to tabulate")
     lodo = modes.add_parser("lodo")
-    lodo.add_argument("--lodo-out", required=True, help="the --out of a bench_cluster.py lodo run")
-    lodo.add_argument("--seeds", default="0,1")
-    lodo.add_argument("--parts", default="val,test")
-    lodo.add_argument("--selectors", default="default")
-    lodo.add_argument("--refits", default="auto,never")
-    lodo.add_argument("--answers", default="0,25,50,100,200")
-    lodo.add_argument("--val-criterion", default="ari", help="the cluster.criterion of the validation runs to review")
-    lodo.add_argument("--matcher", default=None, help="the --matcher of the lodo runs")
+    from bench_review_lodo import add_arguments as lodo_arguments
+    from bench_review_lodo import lodo_main
+
+    lodo_arguments(lodo)
     speed = modes.add_parser("speed")
     speed.add_argument("--images", type=int, default=10000)
     speed.add_argument("--neighbours", type=int, default=10)
@@ -477,7 +417,10 @@ def main(argv=None) -> None:
         print_tables(json.loads(_results_path(args).read_text()),
                      [int(s) for s in comma_list(args.answers)])
         return
-    {"real": real_main, "lodo": lodo_main, "speed": speed_main}[args.mode](args)
+    if args.mode == "lodo":
+        lodo_main(args, sweep)
+        return
+    (real_main if args.mode == "real" else speed_main)(args)
 
 
 if __name__ == "__main__":
