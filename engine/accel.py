@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import time
 from typing import Tuple
 
 import torch
@@ -50,11 +51,21 @@ def rank_and_world(accelerator) -> Tuple[int, int]:
 
 
 def leave_process_group() -> None:
-    """Destroy this process's process group, if it has one. Left to interpreter shutdown, gloo's
-    worker threads can abort the process ("terminate called without an active exception"), and
-    `accelerate launch` then reports a run that finished its work as failed."""
+    """Destroy this process's process group, if it has one, while the interpreter is fully alive.
+
+    Gloo's worker threads drop their last reference to a finished collective's tensors after they
+    have woken the caller, and need the GIL to do it. If the interpreter is already shutting down
+    they abort the process ("terminate called without an active exception"), and
+    `accelerate launch` reports a run that finished its work as failed. Giving up the GIL for a
+    moment lets any such thread finish first; no peer is waited for, so a crashing process still
+    exits at once.
+    """
     if torch.distributed.is_available() and torch.distributed.is_initialized():
+        time.sleep(_WORKER_DRAIN_S)
         torch.distributed.destroy_process_group()
+
+
+_WORKER_DRAIN_S = 0.05
 
 
 def make_accelerator(mixed_precision: str = "auto", cpu_bf16: bool = True) -> Accelerator:

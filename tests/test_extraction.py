@@ -208,6 +208,7 @@ import sys
 import numpy as np, torch
 sys.path.insert(0, {repo!r})
 from accelerate import Accelerator
+from engine.accel import leave_process_group
 from engine.scoring.embed_cache import EmbeddingCache
 from engine.extraction import extract
 from tests.test_extraction import Items, TinyClassifier, distributed_views
@@ -223,7 +224,7 @@ out = cache.get_or_compute(keys, compute, accelerator=acc, expected_rows=11)
 again = cache.get_or_compute(keys, compute, accelerator=acc, expected_rows=11)
 if acc.is_main_process:
     np.savez({out!r}, world=acc.num_processes, calls=len(calls), **out)
-acc.end_training()  # the process group destroyed before exit, as engine.accel.make_accelerator does
+leave_process_group()  # as every program does at exit (engine.accel.make_accelerator registers it)
 """
 
 
