@@ -50,6 +50,9 @@ def rank_and_world(accelerator) -> Tuple[int, int]:
     return accelerator.process_index, accelerator.num_processes
 
 
+_WORKER_DRAIN_S = 0.05  # gloo's workers finish a collective's cleanup within microseconds
+
+
 def leave_process_group() -> None:
     """Destroy this process's process group, if it has one, while the interpreter is fully alive.
 
@@ -63,9 +66,6 @@ def leave_process_group() -> None:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         time.sleep(_WORKER_DRAIN_S)
         torch.distributed.destroy_process_group()
-
-
-_WORKER_DRAIN_S = 0.05
 
 
 def make_accelerator(mixed_precision: str = "auto", cpu_bf16: bool = True) -> Accelerator:
