@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from benchmarking import REPO, cpu_line, execute, parse_set, read_metrics
+from benchmarking import REPO, cell, cpu_line, execute, parse_set, read_metrics
 
 from core.errors import ConfigError, cli_entry
 from core.files import atomic_write_text
@@ -140,10 +140,6 @@ def _children_cpu() -> float:
     return used.ru_utime + used.ru_stime
 
 
-def _cell(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
 def _extra(record: Dict, base: Dict, sift: Dict, key: str, variant: str) -> tuple:
     """(the variant's `key` seconds beyond the `none` run's, that over the `sift` variant's); None where
     a run or the figure is missing."""
@@ -171,9 +167,9 @@ def markdown(records: List[Dict], sets: List[str], variants: List[str]) -> str:
             rerank_cpu, ratio_cpu = _extra(r, base, sift, "cpu_seconds", variant)
             kept = ", ".join(k.split(": ", 1)[-1] + ("" if v is True else f" {v}") for k, v in r["options"].items()
                              if v is not False) or "-"
-            lines.append(f"| {name} | {variant} | {_cell(r['score'])} ({_cell(r['BAKS'])}, {_cell(r['BAUS'])}) | "
-                         f"{_cell(r['rank1'])} | {r['seconds']:.0f} | {_cell(rerank, 0)} | {_cell(ratio, 2)} | "
-                         f"{_cell(rerank_cpu, 0)} | {_cell(ratio_cpu, 2)} | "
+            lines.append(f"| {name} | {variant} | {cell(r['score'])} ({cell(r['BAKS'])}, {cell(r['BAUS'])}) | "
+                         f"{cell(r['rank1'])} | {r['seconds']:.0f} | {cell(rerank, 0)} | {cell(ratio, 2)} | "
+                         f"{cell(rerank_cpu, 0)} | {cell(ratio_cpu, 2)} | "
                          f"{r['pairs_matched'] if r['pairs_matched'] is not None else '-'} | "
                          f"{'-' if r['matcher_weight'] is None else r['matcher_weight']} | {kept} |")
     return "\n".join(lines) + "\n"
@@ -205,7 +201,7 @@ def main(argv=None) -> None:
         for variant in args.variants:
             record = run_variant(out, data, variant, args.overrides)
             records.append(record)
-            print(f"{data['name']:>8} {variant:>10}: score {_cell(record['score'])} rank-1 {_cell(record['rank1'])} "
+            print(f"{data['name']:>8} {variant:>10}: score {cell(record['score'])} rank-1 {cell(record['rank1'])} "
                   f"in {record['seconds']:.0f} s", flush=True)
             atomic_write_text(out / "results.md", markdown(records, [s["name"] for s in args.sets], args.variants))
     print(markdown(records, [s["name"] for s in args.sets], args.variants))

@@ -18,7 +18,7 @@ from typing import Callable, Dict, List, Optional
 
 import numpy as np
 from bench_cluster_lodo import datasets
-from benchmarking import comma_list, cpu_line, scored_by
+from benchmarking import cell, comma_list, cpu_line, scored_by
 
 from core.errors import UserError
 
@@ -74,9 +74,9 @@ def _table(results: Dict[str, dict], part: str, seeds: List[str], selectors: Lis
             rows = {d: [results.get(f"{part}|s{seed}|{d}|{selector}|{refit}") for seed in seeds] for d in datasets()}
             for d, by_seed in rows.items():
                 print(f"| {selector} | {refit} | {d} | " + " | ".join(
-                    _cell([r and r[str(n)] for r in by_seed]) for n in steps) + " |")
+                    _cells([r and r[str(n)] for r in by_seed]) for n in steps) + " |")
             print(f"| {selector} | {refit} | mean | " + " | ".join(
-                _cell([_mean([runs[k] and runs[k][str(n)] for runs in rows.values()]) for k in range(len(seeds))])
+                _cells([_mean([runs[k] and runs[k][str(n)] for runs in rows.values()]) for k in range(len(seeds))])
                 for n in steps) + " |")
 
 
@@ -85,5 +85,5 @@ def _mean(values: List[Optional[float]]) -> Optional[float]:
     return float(np.mean(present)) if present else None
 
 
-def _cell(values: List[Optional[float]]) -> str:
-    return " / ".join("-" if v is None else f"{v:.3f}" for v in values)
+def _cells(values: List[Optional[float]]) -> str:
+    return " / ".join(cell(v) for v in values)

@@ -69,6 +69,11 @@ def comma_list(text: str) -> List[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+def cell(value: Optional[float], digits: int = 3) -> str:
+    """A table cell: the value with `digits` decimals, '-' where it is missing."""
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
 def hardware_line() -> str:
     """The CPU line, and the GPU where the runs use one (train.py and eval.py take it when present)."""
     import torch  # the scripts that only read results need no torch
