@@ -7,6 +7,7 @@ code path), and the runs' scores are read after 0, 25, 50, 100 and 200 answers p
     python scripts/bench/bench_review.py real ... --matcher none  # the embeddings' scores alone
     python scripts/bench/bench_review.py table --out OUT        # the tables again, from OUT/review-results-sift.json
     python scripts/bench/bench_review.py lodo --lodo-out LODO_OUT --parts val,test
+    python scripts/bench/bench_review.py ceiling --out OUT --seeds 0,1 --parts val,test
 
 **real**: the development sets in the AnimalCLEF 2026 layout of scripts/bench/bench_cluster_real.py
 (DogFaceNet-dev, LionData, ZebraStripes, the synthetic set: identity-disjoint train, validation and
@@ -29,6 +30,9 @@ how far the probability the page showed for the pairs asked, once the answers re
 was from the truth (Brier, against the run's own probability).
 
 **lodo**: the threshold re-fit on each dataset treated as unlabelled (bench_review_lodo.py).
+
+**ceiling**: what the real runs' models leave reachable: the true pairs their clustering graphs
+hold, and the gain with each pair's probability moved toward its truth (bench_review_ceiling.py).
 
 **speed**: the server side of one answer at scale: a generated clustering run of --images test
 images (k-NN graph of clustered embeddings, agglomerative clusters), then --answers oracle answers
@@ -146,14 +150,20 @@ def _scorer(run, truth_csv: Path):
 def sweep(run_dir: Path, truth_csv: Path, selector: str, error_rate: float, seed: int, steps: List[int],
           refit: str = "auto", prior: Optional[float] = None) -> Dict[int, Dict[str, float]]:
     """Scores after each number of answers per dataset (see the module doc)."""
+    from engine.review.run import open_run
+
+    return sweep_run(open_run(run_dir), truth_csv, selector, error_rate, seed, steps, refit, prior)
+
+
+def sweep_run(run, truth_csv: Path, selector: str, error_rate: float, seed: int, steps: List[int],
+              refit: str = "auto", prior: Optional[float] = None) -> Dict[int, Dict[str, float]]:
+    """`sweep` of a run already open (engine.review.run.ReviewRun)."""
     import numpy as np
 
-    from engine.review.run import open_run
     from engine.review.session import ReviewOptions, ReviewSession
     from engine.review.simulate import ShownPairs, read_truth, simulate
     from engine.review.store import AnswerStore
 
-    run = open_run(run_dir)
     score = _scorer(run, truth_csv)
     truth = read_truth(truth_csv, run)
     shown = ShownPairs()
@@ -407,6 +417,11 @@ def main(argv=None) -> None:
     from bench_review_lodo import lodo_main
 
     lodo_arguments(lodo)
+    ceiling = modes.add_parser("ceiling")
+    from bench_review_ceiling import add_arguments as ceiling_arguments
+    from bench_review_ceiling import ceiling_main
+
+    ceiling_arguments(ceiling)
     speed = modes.add_parser("speed")
     speed.add_argument("--images", type=int, default=10000)
     speed.add_argument("--neighbours", type=int, default=10)
@@ -419,6 +434,9 @@ def main(argv=None) -> None:
         return
     if args.mode == "lodo":
         lodo_main(args, sweep)
+        return
+    if args.mode == "ceiling":
+        ceiling_main(args, sweep_run)
         return
     (real_main if args.mode == "real" else speed_main)(args)
 
