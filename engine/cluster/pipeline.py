@@ -160,7 +160,7 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
         estimate = counts[choice.count_threshold]
         known = [clean_identity(v) for v in truth[at_query]]
         estimates.append(PopulationEstimate(
-            dataset, int(is_query.sum()), estimate, *interval(estimate, choice.count_draws, counts),
+            dataset, int(is_query.sum()), estimate, *interval(estimate, choice.count_draws, counts, int(is_query.sum())),
             choice.count_threshold, counts[choice.threshold], len({j for j in joined[at_query] if j is not None}),
             choice.threshold, choice.strategy,
             len({v for v in known if v is not None}) if any(v is not None for v in known) else None))

@@ -14,8 +14,14 @@ identities a bootstrap replicate did not draw, at that replicate's threshold (bo
 without, the count of each labelled dataset left out in turn and clustered as if unlabelled at what
 the strategy sets from the others (assign.py). And chance: what each individual adds to a count
 varies (its spread, measured with that error), so the test's own individuals move it too. Each draw
-is the test images' count at the drawn threshold, divided by the drawn error, plus that chance; the
-interval holds the central 90 % of the draws.
+is the test images' count at the drawn threshold, divided by the drawn error, plus that chance.
+
+The interval holds the central 90 % of the draws read both ways: divided by each drawn error, and
+multiplied by it. The held-out images say how far counts land, but not on which side for the test:
+known individuals with few test photos join other individuals' clusters (the count falls), new
+individuals with many are split (it rises), and the test's mix of the two is not the held-out one,
+nor is an unlabelled species' the left-out datasets'. Read one way only, the interval missed the
+truth on the side the held-out images did not point to (docs/results.md).
 docs/clustering.md measures how often it holds the true count.
 """
 from __future__ import annotations
@@ -60,21 +66,29 @@ def clusters_at(graph: Graph, anchors: np.ndarray, clusterer: Clusterer,
     return dict(zip(distinct, clusterer.labels(graph, anchors, distinct), strict=True)) if distinct else {}
 
 
-def interval(count: int, draws: Sequence[Tuple[float, CountError]], counts: Dict[float, int], seed: int = 0) -> tuple:
-    """(low, high): the central LEVEL of the truths the draws point to, widened to hold `count`. A
-    draw (threshold, error) says: the count at that threshold, divided by how far such counts landed
-    (a count that landed 20 % high says the truth may be 20 % lower), give or take what the test's
-    own individuals add by chance (the error's spread per individual)."""
+def interval(count: int, draws: Sequence[Tuple[float, CountError]], counts: Dict[float, int], images: int,
+             seed: int = 0) -> tuple:
+    """(low, high): the central LEVEL of the truths the draws point to, read both ways (see the module
+    doc), widened to hold `count`, and no more individuals than the `images` they were counted on."""
     if not len(draws):
         return None, None
+    ends = np.array([_central(draws, counts, direction, seed) for direction in (1.0, -1.0)])
+    low, high = ends[:, 0].min(), ends[:, 1].max()
+    return int(min(max(np.floor(low), 1), count)), int(min(max(np.ceil(high), count), images))
+
+
+def _central(draws: Sequence[Tuple[float, CountError]], counts: Dict[float, int], direction: float, seed: int) -> tuple:
+    """The central LEVEL of the truths the draws point to. A draw (threshold, error) says: the count at
+    that threshold, divided by how far such counts landed (direction 1: a count that landed 20 % high
+    says the truth may be 20 % lower; -1: its mirror image, 20 % higher), give or take what the test's
+    own individuals add by chance (the error's spread per individual)."""
     rng = np.random.default_rng(seed)
     values = []
     for t, error in draws:
-        centre = counts[float(t)] * np.exp(-error.log_error)
+        centre = counts[float(t)] * np.exp(-direction * error.log_error)
         values.append(centre + rng.normal(0.0, np.sqrt(max(centre, 1.0) * error.spread)))
     tail = (1 - LEVEL) / 2 * 100
-    low, high = np.percentile(values, [tail, 100 - tail])
-    return int(min(max(np.floor(low), 1), count)), int(max(np.ceil(high), count))
+    return tuple(np.percentile(values, [tail, 100 - tail]))
 
 
 def write_population(path: Path, estimates: List[PopulationEstimate]) -> None:

@@ -73,7 +73,7 @@ def _population(estimates: List[PopulationEstimate], metrics: Optional[dict]) ->
         '<p class="note">Estimated individuals: the clusters of the test images at the count\'s own threshold '
         '(the clusters written may be more or fewer). The interval: that count at the thresholds its choice could '
         'as well have been, each corrected by how far such a count landed from the truth on held-out identities or '
-        'on a labelled dataset left out (docs/clustering.md). Also in population.csv.</p>')
+        'on a labelled dataset left out, in either direction (docs/clustering.md). Also in population.csv.</p>')
 
 
 def _scores(metrics: Optional[dict]) -> str:
