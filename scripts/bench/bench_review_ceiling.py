@@ -66,7 +66,8 @@ def _runs(args, seed: str) -> Dict[str, Dict[str, tuple]]:
 
 
 def graph_holds(run, truth: np.ndarray) -> List[str]:
-    """Per dataset: true test pairs, those that are edges, and the ARI of every edge answered right."""
+    """Per dataset: true test pairs, those that are edges, and the ARI and number of the clusters that
+    every edge answered right would give."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
     from sklearn.metrics import adjusted_rand_score
