@@ -16,8 +16,8 @@ the strategy sets from the others (assign.py). And chance: what each individual 
 varies (its spread, measured with that error), so the test's own individuals move it too. Each draw
 is the test images' count at the drawn threshold, divided by the drawn error, plus that chance.
 
-The interval holds the central 90 % of the draws read both ways: divided by each drawn error, and
-multiplied by it. The held-out images say how far counts land, but not on which side for the test:
+The draws are read both ways: divided by each drawn error, and multiplied by it; the interval runs
+from the lower to the higher end of the two readings' central 90 %. The held-out images say how far counts land, but not on which side for the test:
 known individuals with few test photos join other individuals' clusters (the count falls), new
 individuals with many are split (it rises), and the test's mix of the two is not the held-out one,
 nor is an unlabelled species' the left-out datasets'. Read one way only, the interval missed the
