@@ -157,10 +157,10 @@ def run_clustering(cfg: EvalConfig, accelerator=None) -> Optional[RunResult]:
         identity_of = {c: labels[m] for c, m in zip(chosen[~is_query], members[~is_query], strict=True)}
         joined[at_query] = [identity_of.get(c) for c in chosen[is_query]]
         counts = {t: len(set(found_labels[is_query].tolist())) for t, found_labels in found.items()}
-        estimate = counts[choice.count_threshold]
+        estimate, images = counts[choice.count_threshold], int(is_query.sum())
         known = [clean_identity(v) for v in truth[at_query]]
         estimates.append(PopulationEstimate(
-            dataset, int(is_query.sum()), estimate, *interval(estimate, choice.count_draws, counts, int(is_query.sum())),
+            dataset, images, estimate, *interval(estimate, choice.count_draws, counts, images),
             choice.count_threshold, counts[choice.threshold], len({j for j in joined[at_query] if j is not None}),
             choice.threshold, choice.strategy,
             len({v for v in known if v is not None}) if any(v is not None for v in known) else None))

@@ -68,23 +68,18 @@ def _runs(args, seed: str) -> Dict[str, Dict[str, tuple]]:
 def graph_holds(run, truth: np.ndarray) -> List[str]:
     """Per dataset: true test pairs, those that are edges, and the ARI and number of the clusters that
     every edge answered right would give."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
     from sklearn.metrics import adjusted_rand_score
+
+    from engine.cluster.graph import Graph
+    from engine.cluster.methods import CLUSTERERS
 
     data = run.data
     datasets = run.images["dataset"].to_numpy(dtype=object)
     is_query = run.images["is_query"].to_numpy(bool)
     same = truth[data.pair_a] == truth[data.pair_b]
-    anchors = run.anchors()
-    labelled = np.flatnonzero(anchors >= 0)
-    first = {}
-    for row in labelled.tolist():
-        first.setdefault(int(anchors[row]), row)
-    joins = np.array([first[int(anchors[row])] for row in labelled.tolist()], np.int64)
-    a = np.concatenate([data.pair_a[same], labelled])
-    b = np.concatenate([data.pair_b[same], joins])
-    _, component = connected_components(coo_matrix((np.ones(len(a)), (a, b)), shape=(len(truth),) * 2), directed=False)
+    # the components clusterer on the true edges alone, its anchors joining each identity's train images
+    true_edges = Graph(len(truth), data.pair_a, data.pair_b, same.astype(np.float64))
+    component = CLUSTERERS.build("components").labels(true_edges, run.anchors(), [0.5])[0]
     lines = []
     for dataset in sorted(set(datasets[is_query])):
         rows = np.flatnonzero((datasets == dataset) & is_query)
@@ -116,6 +111,7 @@ def emulated(run, truth: np.ndarray, strength: float):
     """(the run with every pair's logit moved by `strength` toward its truth, the pairs' AUC)."""
     from sklearn.metrics import roc_auc_score
 
+    from engine.cluster.constraints import canonical
     from engine.cluster.graph import Graph
     from engine.cluster.methods import CLUSTERERS
 
@@ -136,7 +132,7 @@ def emulated(run, truth: np.ndarray, strength: float):
         for dataset in sorted(set(datasets)):
             rows = np.flatnonzero(datasets == dataset)
             found = clusterer.labels(graph.subgraph(rows), anchors[rows], [settings.thresholds[dataset]])[0]
-            labels[rows] = np.unique(found, return_inverse=True)[1] + labels.max() + 1
+            labels[rows] = canonical(found) + labels.max() + 1
         changed.cluster = labels
     return dataclasses.replace(run, data=changed), float(roc_auc_score(same[known], moved[known]))
 
